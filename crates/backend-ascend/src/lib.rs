@@ -1,0 +1,1 @@
+//! The backend op set on Ascend NPUs.

@@ -1,0 +1,3 @@
+//! The op set every device implements, and the CPU implementation.
+
+pub mod sampling;

@@ -1,0 +1,1 @@
+//! Qwen3 model: config, weights, forward pass, executor.
