@@ -1,3 +1,216 @@
 //! The op set every device implements, and the CPU implementation.
+//!
+//! The model's forward pass is written once over [`Backend`]; each device (the CPU here, the
+//! NPU in `qwen3-backend-ascend`) implements the ops with its own tensors, step metadata and KV
+//! cache. Ops are as coarse as the fastest device wants them (fused add + RMSNorm, one
+//! attention call for mixed prefill and decode, one MoE call), so no device is forced into
+//! extra launches.
 
+pub mod comm;
+pub mod cpu;
 pub mod sampling;
+
+use sampling::{SampleRow, Sampled};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("{0} is not supported by this backend")]
+    Unsupported(String),
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("out of device memory: {0}")]
+    OutOfMemory(String),
+    #[error("collective failed: {0}")]
+    Collective(String),
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// Element types a weight can be stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 => 2,
+        }
+    }
+}
+
+/// Host data handed to a backend to become a device weight.
+#[derive(Clone, Copy, Debug)]
+pub enum HostData<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [half::bf16]),
+}
+
+impl HostData<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            HostData::F32(d) => d.len(),
+            HostData::BF16(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rotary embedding parameters after any scaling (linear, dynamic, YaRN) has been folded in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeSpec {
+    /// `head_dim / 2` inverse frequencies (neox layout: rotate halves).
+    pub inv_freq: Vec<f32>,
+    /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
+    pub mscale: f32,
+}
+
+/// Shapes of the KV cache on one rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheShape {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Per-step metadata every layer shares: built once per step by [`Backend::prepare_step`].
+#[derive(Clone, Copy, Debug)]
+pub struct StepMeta<'a> {
+    pub token_ids: &'a [u32],
+    pub positions: &'a [u32],
+    pub slot_mapping: &'a [u32],
+    /// Per sequence: first token index in the flattened batch, query length, context length.
+    pub query_start: &'a [u32],
+    pub query_len: &'a [u32],
+    pub context_len: &'a [u32],
+    /// Row-major `[num_seqs, max_blocks_per_seq]`.
+    pub block_tables: &'a [u32],
+    pub max_blocks_per_seq: usize,
+    pub block_size: usize,
+    pub rope: &'a RopeSpec,
+}
+
+/// Attention geometry of one rank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnGeometry {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    /// Keys older than this many positions are not attended to.
+    pub sliding_window: Option<usize>,
+}
+
+/// Stacked expert weights of one MoE layer (this rank's slice of each expert).
+pub struct MoeWeights<T> {
+    /// `[experts, inter, hidden]`
+    pub gate: T,
+    /// `[experts, inter, hidden]`
+    pub up: T,
+    /// `[experts, hidden, inter]`
+    pub down: T,
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub renormalize: bool,
+}
+
+/// The op set. Activations are `[tokens, features]` row-major; linear weights are `[out, in]`
+/// as Hugging Face stores them.
+pub trait Backend: Send + Sync + 'static {
+    type Tensor: Send + Sync;
+    type Step: Send;
+    type KvCache: Send;
+
+    fn name(&self) -> String;
+
+    /// Device memory as (free, total) bytes, for KV cache sizing.
+    fn memory_info(&self) -> Result<(u64, u64)>;
+
+    fn upload(&self, data: HostData<'_>, shape: &[usize]) -> Result<Self::Tensor>;
+    fn shape<'t>(&self, t: &'t Self::Tensor) -> &'t [usize];
+    fn to_host_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Device bytes a tensor occupies.
+    fn size_bytes(&self, t: &Self::Tensor) -> u64;
+
+    fn prepare_step(&self, meta: &StepMeta<'_>) -> Result<Self::Step>;
+
+    /// Rows of `table` for the step's token ids; with a vocab-parallel table holding ids
+    /// `[vocab_start, vocab_start + rows)`, other ids give zero rows (summed across ranks).
+    fn embedding(
+        &self,
+        table: &Self::Tensor,
+        step: &Self::Step,
+        vocab_start: usize,
+    ) -> Result<Self::Tensor>;
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// `residual += x`, then returns `rms_norm(residual)`.
+    fn add_rms_norm(
+        &self,
+        x: &Self::Tensor,
+        residual: &mut Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+    /// RMSNorm over each `head_dim` slice of `[tokens, heads * head_dim]`, in place.
+    fn head_rms_norm(
+        &self,
+        x: &mut Self::Tensor,
+        weight: &Self::Tensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// `x @ weight^T` with `weight` `[out, in]`.
+    fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Rotary embedding at the step's positions (neox layout), in place on `[tokens, heads * head_dim]`.
+    fn rope(&self, x: &mut Self::Tensor, step: &Self::Step, head_dim: usize) -> Result<()>;
+    /// `silu(gate) * up`.
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    fn add_inplace(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    /// Selects rows (e.g. the last token of each sequence that samples).
+    fn select_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
+
+    fn alloc_kv_cache(&self, shape: KvCacheShape) -> Result<Self::KvCache>;
+    /// Bytes of one block across all layers, K and V.
+    fn kv_block_bytes(&self, shape: KvCacheShape) -> u64;
+    /// Writes the step's K and V (`[tokens, kv_heads * head_dim]`) at the slot mapping.
+    fn write_kv(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        step: &Self::Step,
+    ) -> Result<()>;
+    /// Causal attention of the step's queries over each sequence's paged context (which
+    /// already holds this step's K/V): prefill chunks and decodes in one call.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::KvCache,
+        layer: usize,
+        step: &Self::Step,
+        geometry: &AttnGeometry,
+    ) -> Result<Self::Tensor>;
+
+    /// Routes each token to its top-k experts by `router_logits` `[tokens, experts]` and returns
+    /// the weighted sum of their SwiGLU outputs.
+    fn moe(
+        &self,
+        x: &Self::Tensor,
+        router_logits: &Self::Tensor,
+        experts: &MoeWeights<Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// Samples one token per row of `logits` `[rows.len(), vocab]`.
+    fn sample(&self, logits: &Self::Tensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>>;
+}

@@ -86,3 +86,299 @@ pub struct Sampled {
     /// Top-N (token, logprob) under the raw distribution, best first (when asked).
     pub top_logprobs: Vec<(u32, f32)>,
 }
+
+/// A uniform draw in `[0, 1)` from a 64-bit seed (SplitMix64 finaliser): counter-based, so a
+/// request's draws depend only on its seed and position, never on batch order.
+pub fn uniform_from_seed(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Mixes a request seed with an output position into the seed of one draw.
+pub fn draw_seed(request_seed: u64, output_index: u64) -> u64 {
+    request_seed
+        ^ output_index
+            .wrapping_mul(0xD6E8_FEB8_6659_FD93)
+            .rotate_left(17)
+}
+
+/// Samples one token from a row of logits on the host. Devices that sample on their own
+/// implement the same semantics; this is the reference and the CPU path.
+///
+/// Order as vLLM: logit bias and suppression, penalties, then temperature, min_p, top_k, top_p.
+/// Logprobs are of the raw distribution (vLLM's default `raw_logprobs`).
+pub fn sample_row(logits: &[f32], row: &SampleRow<'_>, scratch: &mut Vec<f32>) -> Sampled {
+    let p = row.params;
+    let (logprob_of, top_logprobs) = match p.logprobs {
+        Some(n) => {
+            let lse = log_sum_exp(logits);
+            let top = top_n(logits, n as usize)
+                .into_iter()
+                .map(|(t, l)| (t, l - lse))
+                .collect::<Vec<_>>();
+            (Some(lse), top)
+        }
+        None => (None, Vec::new()),
+    };
+
+    scratch.clear();
+    scratch.extend_from_slice(logits);
+    let v = scratch.as_mut_slice();
+    for &(t, b) in &p.logit_bias {
+        if let Some(x) = v.get_mut(t as usize) {
+            *x += b;
+        }
+    }
+    if p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0 {
+        // Each distinct token once, as vLLM's mask-based penalty does.
+        let mut seen = std::collections::HashSet::new();
+        for &t in row.prompt_tokens.iter().chain(row.output_tokens) {
+            if seen.insert(t) {
+                if let Some(x) = v.get_mut(t as usize) {
+                    *x = if *x > 0.0 {
+                        *x / p.repetition_penalty
+                    } else {
+                        *x * p.repetition_penalty
+                    };
+                }
+            }
+        }
+    }
+    if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &t in row.output_tokens {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
+            if let Some(x) = v.get_mut(t as usize) {
+                *x -= p.frequency_penalty * c as f32 + p.presence_penalty;
+            }
+        }
+    }
+    for &t in row.suppressed {
+        if let Some(x) = v.get_mut(t as usize) {
+            *x = f32::NEG_INFINITY;
+        }
+    }
+
+    let token = if p.is_greedy() {
+        argmax(v)
+    } else {
+        sample_processed(v, p, uniform_from_seed(row.rng_seed))
+    };
+    let logprob = logprob_of.map(|lse| {
+        logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |l| l - lse)
+    });
+    Sampled {
+        token,
+        logprob,
+        top_logprobs,
+    }
+}
+
+/// First index of the maximum, as torch.argmax.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &x) in v.iter().enumerate() {
+        if x > best_v {
+            best_v = x;
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn log_sum_exp(v: &[f32]) -> f32 {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f64 = v.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    max + sum.ln() as f32
+}
+
+/// The `n` largest (index, value) pairs, best first, ties by lower index.
+fn top_n(v: &[f32], n: usize) -> Vec<(u32, f32)> {
+    let mut idx: Vec<u32> = (0..v.len() as u32).collect();
+    let n = n.min(v.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let cmp = |a: &u32, b: &u32| v[*b as usize].total_cmp(&v[*a as usize]).then(a.cmp(b));
+    idx.select_nth_unstable_by(n - 1, cmp);
+    idx.truncate(n);
+    idx.sort_by(cmp);
+    idx.into_iter().map(|i| (i, v[i as usize])).collect()
+}
+
+fn sample_processed(v: &mut [f32], p: &SamplingParams, u: f64) -> u32 {
+    let t = p.temperature.max(1e-5);
+    // Candidates sorted by logit, best first; truncated by top_k.
+    let k = if p.top_k > 0 {
+        (p.top_k as usize).min(v.len())
+    } else {
+        v.len()
+    };
+    let mut cand = top_n(v, k);
+    let max = cand.first().map_or(0.0, |c| c.1);
+    if !max.is_finite() {
+        return cand.first().map_or(0, |c| c.0);
+    }
+    let mut probs: Vec<f64> = cand
+        .iter()
+        .map(|&(_, l)| (((l - max) / t) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= total);
+    let mut keep = probs.len();
+    if p.min_p > 0.0 {
+        let floor = probs[0] * p.min_p as f64;
+        keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
+    }
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut n = 0;
+        for &x in &probs[..keep] {
+            n += 1;
+            acc += x;
+            if acc >= p.top_p as f64 {
+                break;
+            }
+        }
+        keep = n.max(1);
+    }
+    cand.truncate(keep);
+    probs.truncate(keep);
+    let total: f64 = probs.iter().sum();
+    let target = u * total;
+    let mut acc = 0.0;
+    for (i, x) in probs.iter().enumerate() {
+        acc += x;
+        if target < acc {
+            return cand[i].0;
+        }
+    }
+    cand.last().map_or(0, |c| c.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(p: &'a SamplingParams, out: &'a [u32], seed: u64) -> SampleRow<'a> {
+        SampleRow {
+            params: p,
+            prompt_tokens: &[],
+            output_tokens: out,
+            suppressed: &[],
+            rng_seed: seed,
+        }
+    }
+
+    #[test]
+    fn greedy_takes_first_max() {
+        let p = SamplingParams::greedy();
+        let s = sample_row(&[1.0, 3.0, 3.0, 2.0], &row(&p, &[], 0), &mut Vec::new());
+        assert_eq!(s.token, 1);
+        assert_eq!(s.logprob, None);
+    }
+
+    #[test]
+    fn logprobs_are_raw_and_sorted() {
+        let p = SamplingParams {
+            logprobs: Some(2),
+            ..SamplingParams::greedy()
+        };
+        let logits = [0.0f32, 1.0, 2.0];
+        let s = sample_row(&logits, &row(&p, &[], 0), &mut Vec::new());
+        let lse = (1.0f32 + 1f32.exp() + 2f32.exp()).ln();
+        assert_eq!(s.token, 2);
+        assert!((s.logprob.unwrap_or(0.0) - (2.0 - lse)).abs() < 1e-5);
+        assert_eq!(s.top_logprobs.len(), 2);
+        assert_eq!(s.top_logprobs[0].0, 2);
+        assert_eq!(s.top_logprobs[1].0, 1);
+    }
+
+    #[test]
+    fn top_k_one_and_suppression() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            ..SamplingParams::default()
+        };
+        let mut r = row(&p, &[], 7);
+        let supp = [2u32];
+        r.suppressed = &supp;
+        assert_eq!(sample_row(&[0.0, 1.0, 5.0], &r, &mut Vec::new()).token, 1);
+    }
+
+    #[test]
+    fn seeded_draws_repeat_and_follow_distribution() {
+        let p = SamplingParams::default();
+        let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
+        let mut ones = 0;
+        for i in 0..4000u64 {
+            let a = sample_row(&logits, &row(&p, &[], draw_seed(42, i)), &mut Vec::new());
+            let b = sample_row(&logits, &row(&p, &[], draw_seed(42, i)), &mut Vec::new());
+            assert_eq!(a.token, b.token);
+            ones += a.token as usize;
+        }
+        let frac = ones as f64 / 4000.0;
+        assert!((frac - 0.75).abs() < 0.03, "{frac}");
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        let logits = [5.0f32, 4.9, -10.0, -10.0];
+        for p in [
+            SamplingParams {
+                top_p: 0.9,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                min_p: 0.1,
+                ..SamplingParams::default()
+            },
+        ] {
+            for i in 0..500u64 {
+                let s = sample_row(&logits, &row(&p, &[], draw_seed(1, i)), &mut Vec::new());
+                assert!(s.token < 2);
+            }
+        }
+    }
+
+    #[test]
+    fn penalties_change_the_choice() {
+        let logits = [2.0f32, 1.9];
+        let p = SamplingParams {
+            frequency_penalty: 0.5,
+            ..SamplingParams::greedy()
+        };
+        assert_eq!(
+            sample_row(&logits, &row(&p, &[0], 0), &mut Vec::new()).token,
+            1
+        );
+        let p = SamplingParams {
+            repetition_penalty: 1.2,
+            ..SamplingParams::greedy()
+        };
+        assert_eq!(
+            sample_row(&logits, &row(&p, &[0], 0), &mut Vec::new()).token,
+            1
+        );
+        let p = SamplingParams {
+            logit_bias: vec![(1, -5.0)],
+            ..SamplingParams::greedy()
+        };
+        assert_eq!(
+            sample_row(&[1.0, 2.0], &row(&p, &[], 0), &mut Vec::new()).token,
+            0
+        );
+    }
+}

@@ -1,0 +1,666 @@
+//! The CPU backend: BF16 (or F32) weights kept as loaded, F32 activations and KV cache,
+//! matrix products through `gemm`, rows spread over rayon's pool.
+
+pub mod attention;
+pub mod matmul;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::sampling::{sample_row, SampleRow, Sampled};
+use crate::{
+    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, Result, StepMeta,
+};
+use attention::{PagedKv, TokenPlace};
+use matmul::{matmul_t, WeightRows};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuData {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    shape: Vec<usize>,
+    data: CpuData,
+}
+
+impl CpuTensor {
+    pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(shape_err(
+                "from_f32",
+                format!("{} elements for shape {shape:?}", data.len()),
+            ));
+        }
+        Ok(Self {
+            shape: shape.to_vec(),
+            data: CpuData::F32(data),
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn data(&self) -> &CpuData {
+        &self.data
+    }
+
+    /// The F32 payload of an activation.
+    pub fn f32(&self, op: &'static str) -> Result<&[f32]> {
+        match &self.data {
+            CpuData::F32(v) => Ok(v),
+            CpuData::BF16(_) => Err(shape_err(op, "expected an F32 activation".into())),
+        }
+    }
+
+    fn f32_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
+        match &mut self.data {
+            CpuData::F32(v) => Ok(v),
+            CpuData::BF16(_) => Err(shape_err(op, "expected an F32 activation".into())),
+        }
+    }
+
+    fn weight_rows(&self) -> WeightRows<'_> {
+        match &self.data {
+            CpuData::F32(v) => WeightRows::F32(v),
+            CpuData::BF16(v) => WeightRows::BF16(v),
+        }
+    }
+
+    fn weight_f32(&self, i: usize) -> f32 {
+        match &self.data {
+            CpuData::F32(v) => v[i],
+            CpuData::BF16(v) => v[i].to_f32(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Matrix `i` of a stacked `[count, rows, cols]` weight.
+    fn stacked(&self, i: usize, rows: usize, cols: usize) -> WeightRows<'_> {
+        let n = rows * cols;
+        match &self.data {
+            CpuData::F32(v) => WeightRows::F32(&v[i * n..(i + 1) * n]),
+            CpuData::BF16(v) => WeightRows::BF16(&v[i * n..(i + 1) * n]),
+        }
+    }
+
+    /// `(rows, cols)` of a tensor seen as a matrix over its last dimension.
+    fn matrix(&self) -> (usize, usize) {
+        let cols = self.shape.last().copied().unwrap_or(1);
+        (self.len() / cols.max(1), cols)
+    }
+}
+
+fn shape_err(op: &'static str, detail: String) -> BackendError {
+    BackendError::Shape { op, detail }
+}
+
+/// One step's metadata, copied once and shared by every layer.
+pub struct CpuStep {
+    token_ids: Vec<u32>,
+    slot_mapping: Vec<u32>,
+    places: Vec<TokenPlace>,
+    block_tables: Vec<u32>,
+    max_blocks_per_seq: usize,
+    /// `[tokens, head_dim / 2]` each, with the rope's mscale folded in.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+pub struct CpuKvCache {
+    shape: KvCacheShape,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl CpuKvCache {
+    pub fn shape(&self) -> KvCacheShape {
+        self.shape
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend {
+    /// Bytes the KV cache may use, as vLLM's `--cpu-kv-cache-space`; None: size from RAM.
+    pub kv_cache_space: Option<u64>,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn rms_norm_row(x: &[f32], w: &CpuTensor, eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for (i, (o, v)) in out.iter_mut().zip(x).enumerate() {
+        *o = v * r * w.weight_f32(i);
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn read_meminfo() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((field("MemAvailable:")?, field("MemTotal:")?))
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Step = CpuStep;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn memory_info(&self) -> Result<(u64, u64)> {
+        match self.kv_cache_space {
+            Some(space) => Ok((space, space)),
+            None => read_meminfo()
+                .ok_or_else(|| BackendError::Device("cannot read /proc/meminfo".into())),
+        }
+    }
+
+    fn upload(&self, data: HostData<'_>, shape: &[usize]) -> Result<CpuTensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(shape_err(
+                "upload",
+                format!("{} elements for shape {shape:?}", data.len()),
+            ));
+        }
+        let data = match data {
+            HostData::F32(d) => CpuData::F32(d.to_vec()),
+            HostData::BF16(d) => CpuData::BF16(d.to_vec()),
+        };
+        Ok(CpuTensor {
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    fn shape<'t>(&self, t: &'t CpuTensor) -> &'t [usize] {
+        &t.shape
+    }
+
+    fn to_host_f32(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(match &t.data {
+            CpuData::F32(v) => v.clone(),
+            CpuData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+        })
+    }
+
+    fn size_bytes(&self, t: &CpuTensor) -> u64 {
+        let elem = match t.data {
+            CpuData::F32(_) => 4,
+            CpuData::BF16(_) => 2,
+        };
+        (t.len() * elem) as u64
+    }
+
+    fn prepare_step(&self, m: &StepMeta<'_>) -> Result<CpuStep> {
+        let n = m.token_ids.len();
+        let seqs = m.query_start.len();
+        if m.positions.len() != n
+            || m.slot_mapping.len() != n
+            || m.query_len.len() != seqs
+            || m.context_len.len() != seqs
+            || m.block_tables.len() != seqs * m.max_blocks_per_seq
+            || m.block_size == 0
+        {
+            return Err(shape_err(
+                "prepare_step",
+                "inconsistent step metadata".into(),
+            ));
+        }
+        let mut places = Vec::with_capacity(n);
+        for s in 0..seqs {
+            let (start, len, ctx) = (m.query_start[s], m.query_len[s], m.context_len[s]);
+            if start as usize != places.len() || len > ctx {
+                return Err(shape_err(
+                    "prepare_step",
+                    format!("sequence {s}: query {start}+{len}, context {ctx}"),
+                ));
+            }
+            if (ctx as usize).div_ceil(m.block_size) > m.max_blocks_per_seq {
+                return Err(shape_err(
+                    "prepare_step",
+                    format!("sequence {s}: context {ctx} exceeds its block table"),
+                ));
+            }
+            for i in 0..len {
+                places.push(TokenPlace {
+                    seq: s as u32,
+                    pos: ctx - len + i,
+                });
+            }
+        }
+        if places.len() != n {
+            return Err(shape_err(
+                "prepare_step",
+                "query lengths do not cover the tokens".into(),
+            ));
+        }
+        let half = m.rope.inv_freq.len();
+        let mut cos = vec![0.0; n * half];
+        let mut sin = vec![0.0; n * half];
+        for (t, &p) in m.positions.iter().enumerate() {
+            for (i, &f) in m.rope.inv_freq.iter().enumerate() {
+                // The angle in F32, as transformers computes it, so positions match bit for bit.
+                let a = p as f32 * f;
+                cos[t * half + i] = a.cos() * m.rope.mscale;
+                sin[t * half + i] = a.sin() * m.rope.mscale;
+            }
+        }
+        Ok(CpuStep {
+            token_ids: m.token_ids.to_vec(),
+            slot_mapping: m.slot_mapping.to_vec(),
+            places,
+            block_tables: m.block_tables.to_vec(),
+            max_blocks_per_seq: m.max_blocks_per_seq,
+            cos,
+            sin,
+        })
+    }
+
+    fn embedding(
+        &self,
+        table: &CpuTensor,
+        step: &CpuStep,
+        vocab_start: usize,
+    ) -> Result<CpuTensor> {
+        let (rows, dim) = table.matrix();
+        let mut out = vec![0.0f32; step.token_ids.len() * dim];
+        for (o, &id) in out.chunks_mut(dim).zip(&step.token_ids) {
+            let id = id as usize;
+            if id >= vocab_start && id < vocab_start + rows {
+                let r = id - vocab_start;
+                match &table.data {
+                    CpuData::F32(v) => o.copy_from_slice(&v[r * dim..(r + 1) * dim]),
+                    CpuData::BF16(v) => {
+                        for (a, b) in o.iter_mut().zip(&v[r * dim..(r + 1) * dim]) {
+                            *a = b.to_f32();
+                        }
+                    }
+                }
+            }
+        }
+        CpuTensor::from_f32(out, &[step.token_ids.len(), dim])
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        let (rows, dim) = x.matrix();
+        if w.len() != dim {
+            return Err(shape_err(
+                "rms_norm",
+                format!("weight {:?} for dim {dim}", w.shape),
+            ));
+        }
+        let xs = x.f32("rms_norm")?;
+        let mut out = vec![0.0; rows * dim];
+        out.par_chunks_mut(dim)
+            .zip(xs.par_chunks(dim))
+            .for_each(|(o, r)| rms_norm_row(r, w, eps, o));
+        CpuTensor::from_f32(out, &x.shape)
+    }
+
+    fn add_rms_norm(
+        &self,
+        x: &CpuTensor,
+        residual: &mut CpuTensor,
+        w: &CpuTensor,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        if x.shape != residual.shape {
+            return Err(shape_err(
+                "add_rms_norm",
+                format!("{:?} + {:?}", x.shape, residual.shape),
+            ));
+        }
+        self.add_inplace(residual, x)?;
+        self.rms_norm(residual, w, eps)
+    }
+
+    fn head_rms_norm(
+        &self,
+        x: &mut CpuTensor,
+        w: &CpuTensor,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        if w.len() != head_dim || head_dim == 0 || x.matrix().1 % head_dim != 0 {
+            return Err(shape_err(
+                "head_rms_norm",
+                format!("x {:?}, weight {:?}, head_dim {head_dim}", x.shape, w.shape),
+            ));
+        }
+        let xs = x.f32_mut("head_rms_norm")?;
+        xs.par_chunks_mut(head_dim).for_each(|h| {
+            let ms = h.iter().map(|v| v * v).sum::<f32>() / head_dim as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            for (i, v) in h.iter_mut().enumerate() {
+                *v = *v * r * w.weight_f32(i);
+            }
+        });
+        Ok(())
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor> {
+        let (m, k) = x.matrix();
+        if w.shape.len() != 2 || w.shape[1] != k {
+            return Err(shape_err(
+                "linear",
+                format!("x {:?} @ w {:?}^T", x.shape, w.shape),
+            ));
+        }
+        let n = w.shape[0];
+        let mut out = vec![0.0; m * n];
+        matmul_t(x.f32("linear")?, m, k, w.weight_rows(), n, &mut out);
+        let mut shape = x.shape.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        CpuTensor::from_f32(out, &shape)
+    }
+
+    fn rope(&self, x: &mut CpuTensor, step: &CpuStep, head_dim: usize) -> Result<()> {
+        let (tokens, width) = x.matrix();
+        let half = head_dim / 2;
+        if tokens != step.places.len()
+            || head_dim % 2 != 0
+            || width % head_dim != 0
+            || step.cos.len() != tokens * half
+        {
+            return Err(shape_err(
+                "rope",
+                format!(
+                    "x {:?} with head_dim {head_dim} for {} tokens",
+                    x.shape,
+                    step.places.len()
+                ),
+            ));
+        }
+        let xs = x.f32_mut("rope")?;
+        xs.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
+            let cos = &step.cos[t * half..(t + 1) * half];
+            let sin = &step.sin[t * half..(t + 1) * half];
+            for h in row.chunks_mut(head_dim) {
+                let (a, b) = h.split_at_mut(half);
+                for i in 0..half {
+                    let (x1, x2) = (a[i], b[i]);
+                    a[i] = x1 * cos[i] - x2 * sin[i];
+                    b[i] = x2 * cos[i] + x1 * sin[i];
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
+        if gate.shape != up.shape {
+            return Err(shape_err(
+                "silu_mul",
+                format!("{:?} vs {:?}", gate.shape, up.shape),
+            ));
+        }
+        let out = gate
+            .f32("silu_mul")?
+            .par_iter()
+            .zip(up.f32("silu_mul")?.par_iter())
+            .map(|(&g, &u)| silu(g) * u)
+            .collect();
+        CpuTensor::from_f32(out, &gate.shape)
+    }
+
+    fn add_inplace(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        if x.shape != y.shape {
+            return Err(shape_err("add", format!("{:?} + {:?}", x.shape, y.shape)));
+        }
+        let ys = y.f32("add")?;
+        x.f32_mut("add")?
+            .iter_mut()
+            .zip(ys)
+            .for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn select_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor> {
+        let (n, dim) = x.matrix();
+        let xs = x.f32("select_rows")?;
+        let mut out = Vec::with_capacity(rows.len() * dim);
+        for &r in rows {
+            let r = r as usize;
+            if r >= n {
+                return Err(shape_err("select_rows", format!("row {r} of {n}")));
+            }
+            out.extend_from_slice(&xs[r * dim..(r + 1) * dim]);
+        }
+        CpuTensor::from_f32(out, &[rows.len(), dim])
+    }
+
+    fn alloc_kv_cache(&self, s: KvCacheShape) -> Result<CpuKvCache> {
+        let per_layer = s.num_blocks * s.block_size * s.num_kv_heads * s.head_dim;
+        let alloc = || -> Result<Vec<f32>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(per_layer)
+                .map_err(|e| BackendError::OutOfMemory(format!("KV cache layer: {e}")))?;
+            v.resize(per_layer, 0.0);
+            Ok(v)
+        };
+        let mut k = Vec::with_capacity(s.num_layers);
+        let mut v = Vec::with_capacity(s.num_layers);
+        for _ in 0..s.num_layers {
+            k.push(alloc()?);
+            v.push(alloc()?);
+        }
+        Ok(CpuKvCache { shape: s, k, v })
+    }
+
+    fn kv_block_bytes(&self, s: KvCacheShape) -> u64 {
+        (2 * s.num_layers * s.block_size * s.num_kv_heads * s.head_dim * 4) as u64
+    }
+
+    fn write_kv(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        step: &CpuStep,
+    ) -> Result<()> {
+        let s = cache.shape;
+        let row = s.num_kv_heads * s.head_dim;
+        let slots = s.num_blocks * s.block_size;
+        if layer >= s.num_layers
+            || k.shape != v.shape
+            || k.matrix() != (step.slot_mapping.len(), row)
+        {
+            return Err(shape_err(
+                "write_kv",
+                format!("layer {layer}, k {:?}, v {:?}, row {row}", k.shape, v.shape),
+            ));
+        }
+        let (ks, vs) = (k.f32("write_kv")?, v.f32("write_kv")?);
+        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
+        for (t, &slot) in step.slot_mapping.iter().enumerate() {
+            let slot = slot as usize;
+            if slot >= slots {
+                return Err(shape_err("write_kv", format!("slot {slot} of {slots}")));
+            }
+            kc[slot * row..(slot + 1) * row].copy_from_slice(&ks[t * row..(t + 1) * row]);
+            vc[slot * row..(slot + 1) * row].copy_from_slice(&vs[t * row..(t + 1) * row]);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        step: &CpuStep,
+        g: &AttnGeometry,
+    ) -> Result<CpuTensor> {
+        let s = cache.shape;
+        let width = g.num_heads * g.head_dim;
+        if layer >= s.num_layers
+            || q.matrix() != (step.places.len(), width)
+            || g.num_kv_heads != s.num_kv_heads
+            || g.head_dim != s.head_dim
+            || g.num_kv_heads == 0
+            || g.num_heads % g.num_kv_heads != 0
+        {
+            return Err(shape_err(
+                "attention",
+                format!("q {:?}, geometry {g:?}, cache {s:?}", q.shape),
+            ));
+        }
+        if let Some(&b) = step
+            .block_tables
+            .iter()
+            .find(|&&b| b as usize >= s.num_blocks)
+        {
+            return Err(shape_err(
+                "attention",
+                format!("block {b} of {}", s.num_blocks),
+            ));
+        }
+        let kv = PagedKv {
+            k: &cache.k[layer],
+            v: &cache.v[layer],
+            block_size: s.block_size,
+            block_tables: &step.block_tables,
+            max_blocks_per_seq: step.max_blocks_per_seq,
+        };
+        let mut out = vec![0.0; step.places.len() * width];
+        attention::paged_attention(q.f32("attention")?, &step.places, &kv, g, &mut out);
+        CpuTensor::from_f32(out, &q.shape)
+    }
+
+    fn moe(
+        &self,
+        x: &CpuTensor,
+        router_logits: &CpuTensor,
+        e: &MoeWeights<CpuTensor>,
+    ) -> Result<CpuTensor> {
+        let (tokens, hidden) = x.matrix();
+        let ne = e.num_experts;
+        let inter = e.gate.shape.get(1).copied().unwrap_or(0);
+        if router_logits.matrix() != (tokens, ne)
+            || e.gate.shape != [ne, inter, hidden]
+            || e.up.shape != [ne, inter, hidden]
+            || e.down.shape != [ne, hidden, inter]
+            || e.top_k == 0
+            || e.top_k > ne
+        {
+            return Err(shape_err(
+                "moe",
+                format!(
+                    "x {:?}, router {:?}, gate {:?}, up {:?}, down {:?}, top_k {}",
+                    x.shape, router_logits.shape, e.gate.shape, e.up.shape, e.down.shape, e.top_k
+                ),
+            ));
+        }
+        // Routing as transformers' Qwen3Moe: softmax in F32, top-k, optional renormalisation.
+        let logits = router_logits.f32("moe")?;
+        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
+        for t in 0..tokens {
+            let row = &logits[t * ne..(t + 1) * ne];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let probs: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
+            let sum: f32 = probs.iter().sum();
+            let mut order: Vec<usize> = (0..ne).collect();
+            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            let chosen = &order[..e.top_k];
+            let norm = if e.renormalize {
+                chosen.iter().map(|&i| probs[i] / sum).sum::<f32>()
+            } else {
+                1.0
+            };
+            for &i in chosen {
+                per_expert[i].push((t, probs[i] / sum / norm));
+            }
+        }
+        let xs = x.f32("moe")?;
+        let mut out = vec![0.0f32; tokens * hidden];
+        for (i, routed) in per_expert.iter().enumerate() {
+            if routed.is_empty() {
+                continue;
+            }
+            let m = routed.len();
+            let mut xe = Vec::with_capacity(m * hidden);
+            for &(t, _) in routed {
+                xe.extend_from_slice(&xs[t * hidden..(t + 1) * hidden]);
+            }
+            let mut g = vec![0.0; m * inter];
+            let mut u = vec![0.0; m * inter];
+            matmul_t(
+                &xe,
+                m,
+                hidden,
+                e.gate.stacked(i, inter, hidden),
+                inter,
+                &mut g,
+            );
+            matmul_t(
+                &xe,
+                m,
+                hidden,
+                e.up.stacked(i, inter, hidden),
+                inter,
+                &mut u,
+            );
+            for (a, b) in g.iter_mut().zip(&u) {
+                *a = silu(*a) * b;
+            }
+            let mut y = vec![0.0; m * hidden];
+            matmul_t(
+                &g,
+                m,
+                inter,
+                e.down.stacked(i, hidden, inter),
+                hidden,
+                &mut y,
+            );
+            for (r, &(t, w)) in routed.iter().enumerate() {
+                for (o, v) in out[t * hidden..(t + 1) * hidden]
+                    .iter_mut()
+                    .zip(&y[r * hidden..(r + 1) * hidden])
+                {
+                    *o += w * v;
+                }
+            }
+        }
+        CpuTensor::from_f32(out, &x.shape)
+    }
+
+    fn sample(&self, logits: &CpuTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {
+        let (n, vocab) = logits.matrix();
+        if n != rows.len() {
+            return Err(shape_err(
+                "sample",
+                format!("{n} rows of logits for {} requests", rows.len()),
+            ));
+        }
+        let ls = logits.f32("sample")?;
+        Ok(ls
+            .par_chunks(vocab)
+            .zip(rows.par_iter())
+            .map_init(Vec::new, |scratch, (l, r)| sample_row(l, r, scratch))
+            .collect())
+    }
+}
