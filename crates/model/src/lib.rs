@@ -1,1 +1,13 @@
 //! Qwen3 model: config, weights, forward pass, executor.
+
+pub mod build;
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod qwen3;
+pub mod rope;
+pub mod tp;
+pub mod weights;
+
+pub use executor::{SingleExecutor, Worker};
+pub use qwen3::{ModelError, Qwen3, Shard, WeightDType};

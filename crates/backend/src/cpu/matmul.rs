@@ -28,6 +28,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    // A method (not field access) so closures capture the Send wrapper, not the raw pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `out[m, n] = x[m, k] @ w[n, k]^T`. Slices must have exactly these sizes.
 pub fn matmul_t(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), m * k, "matmul_t: x size");
@@ -46,7 +53,6 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize, out:
     let dst = OutPtr(out.as_mut_ptr());
     let panels = n.div_ceil(PANEL_ROWS);
     (0..panels).into_par_iter().for_each(|p| {
-        let dst = dst;
         let r0 = p * PANEL_ROWS;
         let rows = PANEL_ROWS.min(n - r0);
         let run = |panel: &[f32]| {
@@ -57,7 +63,7 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, w: WeightRows<'_>, n: usize, out:
                     m,
                     rows,
                     k,
-                    dst.0.add(r0),
+                    dst.get().add(r0),
                     1,
                     n as isize,
                     false,

@@ -2,6 +2,7 @@
 //! matrix products through `gemm`, rows spread over rayon's pool.
 
 pub mod attention;
+pub mod comm;
 pub mod matmul;
 
 use half::bf16;
@@ -342,7 +343,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         eps: f32,
     ) -> Result<()> {
-        if w.len() != head_dim || head_dim == 0 || x.matrix().1 % head_dim != 0 {
+        if w.len() != head_dim || head_dim == 0 || !x.matrix().1.is_multiple_of(head_dim) {
             return Err(shape_err(
                 "head_rms_norm",
                 format!("x {:?}, weight {:?}, head_dim {head_dim}", x.shape, w.shape),
@@ -381,8 +382,8 @@ impl Backend for CpuBackend {
         let (tokens, width) = x.matrix();
         let half = head_dim / 2;
         if tokens != step.places.len()
-            || head_dim % 2 != 0
-            || width % head_dim != 0
+            || !head_dim.is_multiple_of(2)
+            || !width.is_multiple_of(head_dim)
             || step.cos.len() != tokens * half
         {
             return Err(shape_err(
@@ -522,7 +523,7 @@ impl Backend for CpuBackend {
             || g.num_kv_heads != s.num_kv_heads
             || g.head_dim != s.head_dim
             || g.num_kv_heads == 0
-            || g.num_heads % g.num_kv_heads != 0
+            || !g.num_heads.is_multiple_of(g.num_kv_heads)
         {
             return Err(shape_err(
                 "attention",

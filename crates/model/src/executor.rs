@@ -1,0 +1,236 @@
+//! Executors: run the engine's [`Batch`] through the model and sample on the backend.
+//!
+//! Like vLLM V1's workers, an executor keeps each sequence's token history and sampling
+//! parameters from the step that introduced it, so later steps ship only new tokens.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use qwen3_backend::comm::{Communicator, SingleRank};
+use qwen3_backend::sampling::{draw_seed, SampleRow, SamplingParams};
+use qwen3_backend::{Backend, StepMeta};
+use qwen3_engine::{Batch, Executor, ExecutorError, SeqId, SeqOutput, StepOutput};
+
+use crate::qwen3::{ModelError, Qwen3};
+
+struct SeqState {
+    tokens: Vec<u32>,
+    num_prompt: usize,
+    params: Arc<SamplingParams>,
+    seed: u64,
+}
+
+/// Sampler-side state of every live sequence.
+#[derive(Default)]
+pub struct SeqStates {
+    seqs: HashMap<SeqId, SeqState>,
+}
+
+/// Seeds for requests that gave none: distinct per request, never repeated in a process.
+fn fresh_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    draw_seed(t, n)
+}
+
+impl SeqStates {
+    /// Applies the batch's new and finished sequences.
+    pub fn update(&mut self, batch: &Batch) {
+        for id in &batch.finished {
+            self.seqs.remove(id);
+        }
+        for s in &batch.new_seqs {
+            self.seqs.insert(
+                s.seq_id,
+                SeqState {
+                    tokens: s.token_ids.to_vec(),
+                    num_prompt: s.num_prompt_tokens,
+                    seed: s.sampling.seed.unwrap_or_else(fresh_seed),
+                    params: s.sampling.clone(),
+                },
+            );
+        }
+    }
+
+    /// Samples one token for every sequence of the batch with `sample == true`, whose logits
+    /// are the rows of `logits` in order, and records the tokens.
+    pub fn sample<B: Backend>(
+        &mut self,
+        backend: &B,
+        batch: &Batch,
+        logits: &B::Tensor,
+    ) -> Result<StepOutput, ExecutorError> {
+        let mut rows = Vec::new();
+        let mut ids = Vec::new();
+        for s in batch.seqs.iter().filter(|s| s.sample) {
+            let st = self.seqs.get(&s.seq_id).ok_or_else(|| {
+                ExecutorError(format!("sequence {} was never introduced", s.seq_id))
+            })?;
+            let (prompt, output) = st.tokens.split_at(st.num_prompt.min(st.tokens.len()));
+            rows.push(SampleRow {
+                params: &st.params,
+                prompt_tokens: prompt,
+                output_tokens: output,
+                suppressed: &s.suppressed,
+                rng_seed: draw_seed(st.seed, output.len() as u64),
+            });
+            ids.push(s.seq_id);
+        }
+        let sampled = backend
+            .sample(logits, &rows)
+            .map_err(|e| ExecutorError(e.to_string()))?;
+        drop(rows);
+        let mut outputs = Vec::with_capacity(ids.len());
+        for (id, sampled) in ids.into_iter().zip(sampled) {
+            if let Some(st) = self.seqs.get_mut(&id) {
+                st.tokens.push(sampled.token);
+            }
+            outputs.push(SeqOutput {
+                seq_id: id,
+                sampled,
+            });
+        }
+        Ok(StepOutput { outputs })
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+}
+
+/// The per-step arrays the backend wants, derived from the batch.
+pub struct StepArrays {
+    query_start: Vec<u32>,
+    query_len: Vec<u32>,
+    context_len: Vec<u32>,
+    /// Flattened row of each sequence's last token, for those that sample.
+    sample_rows: Vec<u32>,
+}
+
+impl StepArrays {
+    pub fn new(batch: &Batch) -> Self {
+        let n = batch.seqs.len();
+        let mut a = Self {
+            query_start: Vec::with_capacity(n),
+            query_len: Vec::with_capacity(n),
+            context_len: Vec::with_capacity(n),
+            sample_rows: Vec::with_capacity(n),
+        };
+        for s in &batch.seqs {
+            a.query_start.push(s.query_start);
+            a.query_len.push(s.query_len);
+            a.context_len.push(s.context_len);
+            if s.sample {
+                a.sample_rows
+                    .push(s.query_start + s.query_len.saturating_sub(1));
+            }
+        }
+        a
+    }
+
+    pub fn meta<'a>(&'a self, batch: &'a Batch, rope: &'a qwen3_backend::RopeSpec) -> StepMeta<'a> {
+        StepMeta {
+            token_ids: &batch.token_ids,
+            positions: &batch.positions,
+            slot_mapping: &batch.slot_mapping,
+            query_start: &self.query_start,
+            query_len: &self.query_len,
+            context_len: &self.context_len,
+            block_tables: &batch.block_tables,
+            max_blocks_per_seq: batch.max_blocks_per_seq,
+            block_size: batch.block_size,
+            rope,
+        }
+    }
+
+    pub fn sample_rows(&self) -> &[u32] {
+        &self.sample_rows
+    }
+}
+
+/// One model shard with its KV cache on one device: what a rank owns.
+pub struct Worker<B: Backend> {
+    pub backend: B,
+    pub model: Qwen3<B>,
+    pub kv: B::KvCache,
+}
+
+impl<B: Backend> Worker<B> {
+    /// Runs the step; returns the gathered logits of the sampling rows.
+    pub fn step(
+        &mut self,
+        batch: &Batch,
+        comm: &dyn Communicator<B>,
+    ) -> Result<B::Tensor, ModelError> {
+        let arrays = StepArrays::new(batch);
+        self.forward_rows(batch, &arrays, arrays.sample_rows(), comm)
+    }
+
+    /// Runs the step; returns the gathered logits of the given flattened token rows.
+    pub fn forward_rows(
+        &mut self,
+        batch: &Batch,
+        arrays: &StepArrays,
+        rows: &[u32],
+        comm: &dyn Communicator<B>,
+    ) -> Result<B::Tensor, ModelError> {
+        let meta = arrays.meta(batch, &self.model.rope);
+        self.model
+            .forward(&self.backend, comm, &meta, &mut self.kv, rows)
+    }
+}
+
+/// Tensor parallel size 1: the model on one device, stepped on the engine's thread.
+pub struct SingleExecutor<B: Backend> {
+    worker: Worker<B>,
+    states: SeqStates,
+}
+
+impl<B: Backend> SingleExecutor<B> {
+    pub fn new(worker: Worker<B>) -> Self {
+        Self {
+            worker,
+            states: SeqStates::default(),
+        }
+    }
+
+    pub fn worker(&self) -> &Worker<B> {
+        &self.worker
+    }
+
+    /// Logits of the given flattened token rows of a step, without sampling (parity tests).
+    pub fn logits(&mut self, batch: &Batch, rows: &[u32]) -> Result<Vec<f32>, ExecutorError> {
+        let arrays = StepArrays::new(batch);
+        let logits = self
+            .worker
+            .forward_rows(batch, &arrays, rows, &SingleRank)
+            .map_err(exec_err)?;
+        self.worker
+            .backend
+            .to_host_f32(&logits)
+            .map_err(|e| ExecutorError(e.to_string()))
+    }
+}
+
+pub(crate) fn exec_err(e: ModelError) -> ExecutorError {
+    ExecutorError(e.to_string())
+}
+
+impl<B: Backend> Executor for SingleExecutor<B> {
+    fn execute(&mut self, batch: &Batch) -> Result<StepOutput, ExecutorError> {
+        self.states.update(batch);
+        if batch.seqs.is_empty() {
+            return Ok(StepOutput::default());
+        }
+        let logits = self.worker.step(batch, &SingleRank).map_err(exec_err)?;
+        self.states.sample(&self.worker.backend, batch, &logits)
+    }
+}

@@ -1,0 +1,428 @@
+//! The Qwen3 forward pass (dense and MoE), written once over the backend's ops, and the
+//! loading of one tensor-parallel rank's shard straight from the safetensors slices it needs.
+
+use std::path::Path;
+
+use qwen3_backend::comm::Communicator;
+use qwen3_backend::{
+    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, RopeSpec, StepMeta,
+};
+
+use crate::config::ModelConfig;
+use crate::error::{ConfigError, WeightError};
+use crate::rope::rope_spec;
+use crate::weights::WeightStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How weights are kept on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightDType {
+    BF16,
+    F32,
+}
+
+/// Which slice of the model a rank holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// `[start, start + len)` of `total` items split evenly (the last ranks may get one less).
+    pub fn range(&self, total: usize) -> (usize, usize) {
+        let base = total / self.world;
+        let extra = total % self.world;
+        let start = self.rank * base + self.rank.min(extra);
+        let len = base + usize::from(self.rank < extra);
+        (start, len)
+    }
+}
+
+/// Attention heads of one rank: its query heads, and the KV heads those need (replicated
+/// across ranks when there are more ranks than KV heads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadPlan {
+    pub q_start: usize,
+    pub q_heads: usize,
+    pub kv_start: usize,
+    pub kv_heads: usize,
+}
+
+impl HeadPlan {
+    pub fn new(cfg: &ModelConfig, shard: Shard) -> Result<Self, ModelError> {
+        let (hq, hkv, w) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            shard.world,
+        );
+        if w == 0 || !hq.is_multiple_of(w) {
+            return Err(ModelError::Invalid(format!(
+                "tensor parallel size {w} must divide the {hq} attention heads"
+            )));
+        }
+        if hkv == 0 || !hq.is_multiple_of(hkv) {
+            return Err(ModelError::Invalid(format!(
+                "{hq} attention heads are not a multiple of {hkv} key/value heads"
+            )));
+        }
+        if hkv >= w && !hkv.is_multiple_of(w) {
+            return Err(ModelError::Invalid(format!(
+                "tensor parallel size {w} must divide the {hkv} key/value heads"
+            )));
+        }
+        if hkv < w && !w.is_multiple_of(hkv) {
+            return Err(ModelError::Invalid(format!(
+                "tensor parallel size {w} must be a multiple of the {hkv} key/value heads"
+            )));
+        }
+        let q_heads = hq / w;
+        let q_start = shard.rank * q_heads;
+        let (kv_start, kv_heads) = if hkv >= w {
+            (shard.rank * hkv / w, hkv / w)
+        } else {
+            (shard.rank * hkv / w, 1)
+        };
+        Ok(Self {
+            q_start,
+            q_heads,
+            kv_start,
+            kv_heads,
+        })
+    }
+}
+
+enum Mlp<T> {
+    Dense { gate: T, up: T, down: T },
+    Moe { router: T, experts: MoeWeights<T> },
+}
+
+struct Layer<T> {
+    input_norm: T,
+    post_attn_norm: T,
+    q: T,
+    k: T,
+    v: T,
+    o: T,
+    q_norm: T,
+    k_norm: T,
+    mlp: Mlp<T>,
+    sliding_window: Option<usize>,
+}
+
+/// One rank's shard of a Qwen3 model on backend `B`.
+pub struct Qwen3<B: Backend> {
+    pub config: ModelConfig,
+    pub shard: Shard,
+    pub heads: HeadPlan,
+    pub rope: RopeSpec,
+    embed: B::Tensor,
+    /// None when tied to the embedding.
+    lm_head: Option<B::Tensor>,
+    vocab_start: usize,
+    norm: B::Tensor,
+    layers: Vec<Layer<B::Tensor>>,
+    eps: f32,
+    weight_bytes: u64,
+}
+
+/// Reads tensors of one rank from the store and uploads them.
+struct Loader<'a, B: Backend> {
+    store: &'a WeightStore,
+    backend: &'a B,
+    dtype: WeightDType,
+    bytes: u64,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    /// The whole tensor.
+    fn full(&mut self, name: &str, shape: &[usize]) -> Result<B::Tensor, ModelError> {
+        self.slice(name, shape, 0, 0, shape.first().copied().unwrap_or(1))
+    }
+
+    /// `len` items from `start` along `dim` of a tensor of `shape`.
+    fn slice(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<B::Tensor, ModelError> {
+        let mut out_shape = shape.to_vec();
+        out_shape[dim] = len;
+        let whole = start == 0 && len == shape[dim];
+        let t = match self.dtype {
+            WeightDType::BF16 => {
+                let data = if whole {
+                    self.store.load_bf16(name, shape)?
+                } else {
+                    self.store.load_bf16_slice(name, shape, dim, start, len)?
+                };
+                self.backend.upload(HostData::BF16(&data), &out_shape)?
+            }
+            WeightDType::F32 => {
+                let data = if whole {
+                    self.store.load_f32(name, shape)?
+                } else {
+                    self.store.load_f32_slice(name, shape, dim, start, len)?
+                };
+                self.backend.upload(HostData::F32(&data), &out_shape)?
+            }
+        };
+        self.bytes += self.backend.size_bytes(&t);
+        Ok(t)
+    }
+
+    /// Experts `0..n` of `model.layers.L.mlp.experts.E.<proj>.weight`, stacked, each sliced.
+    fn stacked_experts(
+        &mut self,
+        prefix: &str,
+        proj: &str,
+        n: usize,
+        shape: &[usize],
+        dim: usize,
+        (start, len): (usize, usize),
+    ) -> Result<B::Tensor, ModelError> {
+        let mut out_shape = shape.to_vec();
+        out_shape[dim] = len;
+        let per = out_shape.iter().product::<usize>();
+        let mut out_shape3 = vec![n];
+        out_shape3.extend_from_slice(&out_shape);
+        let t = match self.dtype {
+            WeightDType::BF16 => {
+                let mut all = Vec::with_capacity(per * n);
+                for e in 0..n {
+                    let name = format!("{prefix}.experts.{e}.{proj}.weight");
+                    all.extend(self.store.load_bf16_slice(&name, shape, dim, start, len)?);
+                }
+                self.backend.upload(HostData::BF16(&all), &out_shape3)?
+            }
+            WeightDType::F32 => {
+                let mut all = Vec::with_capacity(per * n);
+                for e in 0..n {
+                    let name = format!("{prefix}.experts.{e}.{proj}.weight");
+                    all.extend(self.store.load_f32_slice(&name, shape, dim, start, len)?);
+                }
+                self.backend.upload(HostData::F32(&all), &out_shape3)?
+            }
+        };
+        self.bytes += self.backend.size_bytes(&t);
+        Ok(t)
+    }
+}
+
+impl<B: Backend> Qwen3<B> {
+    /// Loads rank `shard` of the model in `dir` (config already parsed, overrides applied).
+    pub fn load(
+        backend: &B,
+        dir: &Path,
+        config: ModelConfig,
+        dtype: WeightDType,
+        shard: Shard,
+    ) -> Result<Self, ModelError> {
+        let store = WeightStore::open(dir)?;
+        Self::load_from_store(backend, &store, config, dtype, shard)
+    }
+
+    pub fn load_from_store(
+        backend: &B,
+        store: &WeightStore,
+        config: ModelConfig,
+        dtype: WeightDType,
+        shard: Shard,
+    ) -> Result<Self, ModelError> {
+        let cfg = &config;
+        let heads = HeadPlan::new(cfg, shard)?;
+        let (h, d, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
+        let (hq, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let mut ld = Loader {
+            store,
+            backend,
+            dtype,
+            bytes: 0,
+        };
+        let vocab = shard.range(v);
+        let embed = ld.slice("model.embed_tokens.weight", &[v, h], 0, vocab.0, vocab.1)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(ld.slice("lm_head.weight", &[v, h], 0, vocab.0, vocab.1)?)
+        };
+        let norm = ld.full("model.norm.weight", &[h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let a = format!("{p}.self_attn");
+            let (qs, qn) = (heads.q_start * d, heads.q_heads * d);
+            let (ks, kn) = (heads.kv_start * d, heads.kv_heads * d);
+            let mlp = if cfg.is_moe_layer(l) {
+                let moe = cfg.moe.as_ref().ok_or_else(|| {
+                    ModelError::Invalid(format!("layer {l} is MoE but the config has no experts"))
+                })?;
+                let (ne, im) = (moe.num_experts, moe.moe_intermediate_size);
+                if !im.is_multiple_of(shard.world) {
+                    return Err(ModelError::Invalid(format!(
+                        "tensor parallel size {} must divide moe_intermediate_size {im}",
+                        shard.world
+                    )));
+                }
+                let cols = shard.range(im);
+                let m = format!("{p}.mlp");
+                Mlp::Moe {
+                    router: ld.full(&format!("{m}.gate.weight"), &[ne, h])?,
+                    experts: MoeWeights {
+                        gate: ld.stacked_experts(&m, "gate_proj", ne, &[im, h], 0, cols)?,
+                        up: ld.stacked_experts(&m, "up_proj", ne, &[im, h], 0, cols)?,
+                        down: ld.stacked_experts(&m, "down_proj", ne, &[h, im], 1, cols)?,
+                        num_experts: ne,
+                        top_k: moe.num_experts_per_tok,
+                        renormalize: moe.norm_topk_prob,
+                    },
+                }
+            } else {
+                let i = cfg.intermediate_size;
+                if !i.is_multiple_of(shard.world) {
+                    return Err(ModelError::Invalid(format!(
+                        "tensor parallel size {} must divide intermediate_size {i}",
+                        shard.world
+                    )));
+                }
+                let (is, il) = shard.range(i);
+                Mlp::Dense {
+                    gate: ld.slice(&format!("{p}.mlp.gate_proj.weight"), &[i, h], 0, is, il)?,
+                    up: ld.slice(&format!("{p}.mlp.up_proj.weight"), &[i, h], 0, is, il)?,
+                    down: ld.slice(&format!("{p}.mlp.down_proj.weight"), &[h, i], 1, is, il)?,
+                }
+            };
+            layers.push(Layer {
+                input_norm: ld.full(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_attn_norm: ld.full(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                q: ld.slice(&format!("{a}.q_proj.weight"), &[hq * d, h], 0, qs, qn)?,
+                k: ld.slice(&format!("{a}.k_proj.weight"), &[hkv * d, h], 0, ks, kn)?,
+                v: ld.slice(&format!("{a}.v_proj.weight"), &[hkv * d, h], 0, ks, kn)?,
+                o: ld.slice(&format!("{a}.o_proj.weight"), &[h, hq * d], 1, qs, qn)?,
+                q_norm: ld.full(&format!("{a}.q_norm.weight"), &[d])?,
+                k_norm: ld.full(&format!("{a}.k_norm.weight"), &[d])?,
+                mlp,
+                sliding_window: if cfg.layer_uses_sliding_window(l) {
+                    cfg.sliding_window
+                } else {
+                    None
+                },
+            });
+        }
+        let weight_bytes = ld.bytes;
+        Ok(Self {
+            rope: rope_spec(cfg),
+            eps: cfg.rms_norm_eps as f32,
+            heads,
+            shard,
+            embed,
+            lm_head,
+            vocab_start: vocab.0,
+            norm,
+            layers,
+            weight_bytes,
+            config,
+        })
+    }
+
+    /// Device bytes of this rank's weights.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    /// This rank's KV cache geometry for `num_blocks` blocks.
+    pub fn kv_shape(&self, num_blocks: usize, block_size: usize) -> KvCacheShape {
+        KvCacheShape {
+            num_layers: self.layers.len(),
+            num_blocks,
+            block_size,
+            num_kv_heads: self.heads.kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Runs the step and returns the logits `[rows.len(), vocab]` of the given token rows
+    /// (complete on every rank after the gather).
+    pub fn forward(
+        &self,
+        backend: &B,
+        comm: &dyn Communicator<B>,
+        meta: &StepMeta<'_>,
+        kv: &mut B::KvCache,
+        rows: &[u32],
+    ) -> Result<B::Tensor, ModelError> {
+        let step = backend.prepare_step(meta)?;
+        let d = self.config.head_dim;
+        let geometry = AttnGeometry {
+            num_heads: self.heads.q_heads,
+            num_kv_heads: self.heads.kv_heads,
+            head_dim: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            sliding_window: None,
+        };
+        let mut residual = backend.embedding(&self.embed, &step, self.vocab_start)?;
+        comm.all_reduce_sum(backend, &mut residual)?;
+        let mut pending: Option<B::Tensor> = None;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let x = match pending.take() {
+                None => backend.rms_norm(&residual, &layer.input_norm, self.eps)?,
+                Some(out) => {
+                    backend.add_rms_norm(&out, &mut residual, &layer.input_norm, self.eps)?
+                }
+            };
+            let mut q = backend.linear(&x, &layer.q)?;
+            let mut k = backend.linear(&x, &layer.k)?;
+            let v = backend.linear(&x, &layer.v)?;
+            backend.head_rms_norm(&mut q, &layer.q_norm, d, self.eps)?;
+            backend.head_rms_norm(&mut k, &layer.k_norm, d, self.eps)?;
+            backend.rope(&mut q, &step, d)?;
+            backend.rope(&mut k, &step, d)?;
+            backend.write_kv(kv, l, &k, &v, &step)?;
+            let g = AttnGeometry {
+                sliding_window: layer.sliding_window,
+                ..geometry
+            };
+            let attn = backend.attention(&q, kv, l, &step, &g)?;
+            let mut o = backend.linear(&attn, &layer.o)?;
+            comm.all_reduce_sum(backend, &mut o)?;
+            let x = backend.add_rms_norm(&o, &mut residual, &layer.post_attn_norm, self.eps)?;
+            let mut y = match &layer.mlp {
+                Mlp::Dense { gate, up, down } => {
+                    let g = backend.linear(&x, gate)?;
+                    let u = backend.linear(&x, up)?;
+                    backend.linear(&backend.silu_mul(&g, &u)?, down)?
+                }
+                Mlp::Moe { router, experts } => {
+                    let logits = backend.linear(&x, router)?;
+                    backend.moe(&x, &logits, experts)?
+                }
+            };
+            comm.all_reduce_sum(backend, &mut y)?;
+            pending = Some(y);
+        }
+        let last = match pending {
+            Some(out) => backend.add_rms_norm(&out, &mut residual, &self.norm, self.eps)?,
+            None => backend.rms_norm(&residual, &self.norm, self.eps)?,
+        };
+        let picked = backend.select_rows(&last, rows)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let local = backend.linear(&picked, head)?;
+        Ok(comm.all_gather_cols(backend, local)?)
+    }
+}

@@ -1,0 +1,180 @@
+//! Tensor parallelism: one worker thread per rank, each owning its device, its shard and its
+//! KV cache, driven in lock-step; rank 0 samples from the gathered logits.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use qwen3_backend::comm::Communicator;
+use qwen3_backend::Backend;
+use qwen3_engine::{Batch, Executor, ExecutorError, StepOutput};
+
+use crate::executor::{exec_err, SeqStates, Worker};
+use crate::qwen3::ModelError;
+
+/// What a rank thread is given to build itself on its own thread (devices bind per thread).
+pub type RankInit<B> =
+    Box<dyn FnOnce() -> Result<(Worker<B>, Box<dyn Communicator<B>>), ModelError> + Send + 'static>;
+
+enum Reply {
+    Sampled(Result<StepOutput, ExecutorError>),
+    Done(Result<(), ExecutorError>),
+}
+
+struct Rank {
+    tx: Sender<Arc<Batch>>,
+    rx: Receiver<Reply>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct TpExecutor {
+    ranks: Vec<Rank>,
+    /// Called when a rank fails, so peers blocked in a collective are released.
+    abort: Arc<dyn Fn() + Send + Sync>,
+}
+
+fn rank_loop<B: Backend>(
+    rank: usize,
+    init: RankInit<B>,
+    jobs: Receiver<Arc<Batch>>,
+    replies: Sender<Reply>,
+    ready: Sender<Result<(), ModelError>>,
+    abort: Arc<dyn Fn() + Send + Sync>,
+) {
+    let (mut worker, comm) = match init() {
+        Ok(w) => {
+            let _ = ready.send(Ok(()));
+            w
+        }
+        Err(e) => {
+            abort();
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut states = SeqStates::default();
+    while let Ok(batch) = jobs.recv() {
+        if rank == 0 {
+            states.update(&batch);
+        }
+        let result = if batch.seqs.is_empty() {
+            Ok(None)
+        } else {
+            worker
+                .step(&batch, comm.as_ref())
+                .map(Some)
+                .map_err(exec_err)
+        };
+        if result.is_err() {
+            abort();
+        }
+        let reply = if rank == 0 {
+            Reply::Sampled(result.and_then(|logits| match logits {
+                Some(l) => states.sample(&worker.backend, &batch, &l),
+                None => Ok(StepOutput::default()),
+            }))
+        } else {
+            Reply::Done(result.map(|_| ()))
+        };
+        if replies.send(reply).is_err() {
+            return;
+        }
+    }
+}
+
+impl TpExecutor {
+    /// Starts one thread per entry of `inits` (rank order) and waits until every rank has
+    /// loaded its shard. `abort` releases ranks blocked in collectives when one fails.
+    pub fn start<B: Backend>(
+        inits: Vec<RankInit<B>>,
+        abort: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, ModelError> {
+        let mut ranks = Vec::with_capacity(inits.len());
+        let mut readies = Vec::with_capacity(inits.len());
+        for (rank, init) in inits.into_iter().enumerate() {
+            let (job_tx, job_rx) = channel();
+            let (rep_tx, rep_rx) = channel();
+            let (ready_tx, ready_rx) = channel();
+            let abort_r = abort.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("tp-rank-{rank}"))
+                .spawn(move || rank_loop(rank, init, job_rx, rep_tx, ready_tx, abort_r))
+                .map_err(|e| ModelError::Invalid(format!("cannot start rank {rank}: {e}")))?;
+            ranks.push(Rank {
+                tx: job_tx,
+                rx: rep_rx,
+                thread: Some(thread),
+            });
+            readies.push(ready_rx);
+        }
+        let mut first_err = None;
+        for (rank, r) in readies.into_iter().enumerate() {
+            let res = r.recv().unwrap_or_else(|_| {
+                Err(ModelError::Invalid(format!(
+                    "rank {rank} died while loading"
+                )))
+            });
+            if let Err(e) = res {
+                first_err.get_or_insert(ModelError::Invalid(format!("rank {rank}: {e}")));
+            }
+        }
+        let ex = Self { ranks, abort };
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(ex),
+        }
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.ranks.len()
+    }
+}
+
+impl Executor for TpExecutor {
+    fn execute(&mut self, batch: &Batch) -> Result<StepOutput, ExecutorError> {
+        let batch = Arc::new(batch.clone());
+        for (i, r) in self.ranks.iter().enumerate() {
+            if r.tx.send(batch.clone()).is_err() {
+                (self.abort)();
+                return Err(ExecutorError(format!(
+                    "tensor-parallel rank {i} has stopped"
+                )));
+            }
+        }
+        let mut out = Err(ExecutorError("rank 0 sent no output".into()));
+        let mut failure = None;
+        for (i, r) in self.ranks.iter().enumerate() {
+            match r.rx.recv() {
+                Ok(Reply::Sampled(res)) => out = res,
+                Ok(Reply::Done(Ok(()))) => {}
+                Ok(Reply::Done(Err(e))) => {
+                    failure.get_or_insert(ExecutorError(format!("rank {i}: {}", e.0)));
+                }
+                Err(_) => {
+                    failure.get_or_insert(ExecutorError(format!(
+                        "tensor-parallel rank {i} has stopped"
+                    )));
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => out,
+        }
+    }
+}
+
+impl Drop for TpExecutor {
+    fn drop(&mut self) {
+        for r in &mut self.ranks {
+            // Closing the job channel ends the rank's loop.
+            let (dead_tx, _) = channel();
+            r.tx = dead_tx;
+        }
+        for r in &mut self.ranks {
+            if let Some(t) = r.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
