@@ -134,6 +134,8 @@ impl ModelConfig {
 
     /// As transformers: not in `mlp_only_layers`, `num_experts > 0` and
     /// `(layer + 1) % decoder_sparse_step == 0`.
+    // `is_multiple_of` is newer (1.87) than the workspace's rust-version (1.85).
+    #[allow(clippy::manual_is_multiple_of)]
     pub fn is_moe_layer(&self, layer: usize) -> bool {
         let Some(moe) = &self.moe else {
             return false;
@@ -362,7 +364,7 @@ fn family(f: &Fields) -> Result<Family, ConfigError> {
                 Some(fam) => Some(fam),
                 None => {
                     return Err(ConfigError::Unsupported {
-                        what: "architecture",
+                        what: "model architecture",
                         name: archs.join(", "),
                         supported: SUPPORTED_ARCHITECTURES,
                     })
@@ -437,10 +439,13 @@ fn rope(f: &Fields, max_position_embeddings: usize) -> Result<(f64, RopeScaling)
         obj,
         prefix: "rope_parameters.",
     });
-    let theta = match params_fields.as_ref().map(|p| p.f64_opt("rope_theta")) {
-        Some(Ok(Some(t))) => t,
-        Some(Err(e)) => return Err(e),
-        _ => f.f64_opt("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA),
+    let params_theta = match &params_fields {
+        Some(p) => p.f64_opt("rope_theta")?,
+        None => None,
+    };
+    let theta = match params_theta {
+        Some(t) => t,
+        None => f.f64_opt("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA),
     };
     if !(theta.is_finite() && theta > 0.0) {
         return Err(invalid(

@@ -29,7 +29,7 @@ pub enum ConfigError {
     #[error("{what} must be a JSON object")]
     NotAnObject { what: &'static str },
 
-    #[error("model config has no `{field}` field, which is required")]
+    #[error("model config field `{field}` is missing (or null), and it is required")]
     MissingField { field: String },
 
     #[error("model config field `{field}` must be {expected}, found {found}")]
@@ -42,9 +42,9 @@ pub enum ConfigError {
     #[error("model config field `{field}` is invalid: {reason}")]
     Invalid { field: String, reason: String },
 
-    #[error("unsupported model {what} {name:?}: supported are {supported}")]
+    #[error("unsupported {what} {name:?}: supported are {supported}")]
     Unsupported {
-        /// "architecture", "model_type" or "rope type".
+        /// "model architecture", "model_type" or "rope type".
         what: &'static str,
         name: String,
         supported: &'static str,

@@ -633,12 +633,16 @@ fn explain(e: &SafeTensorError, buf: &[u8]) -> String {
         .unwrap_or(0);
     let after_len = buf.len().saturating_sub(8);
     match e {
-        SafeTensorError::HeaderTooSmall => "the file is too short for a header; it is truncated".into(),
+        SafeTensorError::HeaderTooSmall => {
+            "the file is too short for a header; it is truncated".into()
+        }
         SafeTensorError::HeaderTooLarge => format!(
-            "the header length field says {header_len} bytes, over the 100 MB limit;              this is not a safetensors file"
+            "the header length field says {header_len} bytes, over the 100 MB limit; \
+             this is not a safetensors file"
         ),
         SafeTensorError::InvalidHeaderLength => format!(
-            "the header length field says {header_len} bytes but only {after_len} follow;              the file is truncated (or not a safetensors file)"
+            "the header length field says {header_len} bytes but only {after_len} follow; \
+             the file is truncated (or not a safetensors file)"
         ),
         SafeTensorError::InvalidHeader(err) => format!("the header is not UTF-8: {err}"),
         SafeTensorError::InvalidHeaderStart => "the header is not a JSON object".into(),
@@ -649,10 +653,12 @@ fn explain(e: &SafeTensorError, buf: &[u8]) -> String {
             let have = after_len.saturating_sub(usize::try_from(header_len).unwrap_or(usize::MAX));
             match declared_data_len(buf, header_len) {
                 Some(want) if have < want => format!(
-                    "the header describes {want} bytes of tensor data but the file holds only                      {have}; it is truncated"
+                    "the header describes {want} bytes of tensor data but the file holds only \
+                     {have}; it is truncated"
                 ),
                 Some(want) => format!(
-                    "the header describes {want} bytes of tensor data but the file holds                      {have}; it has trailing bytes"
+                    "the header describes {want} bytes of tensor data but the file holds \
+                     {have}; it has trailing bytes"
                 ),
                 None => "the tensor data does not match the header's size".into(),
             }

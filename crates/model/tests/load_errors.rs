@@ -17,7 +17,13 @@ fn copy_fixture(model: &str) -> tempfile::TempDir {
 
 fn load_err(dir: &std::path::Path, cfg_json: &str) -> String {
     let cfg = qwen3_model::config::ModelConfig::from_json_str(cfg_json).expect("config");
-    match Qwen3::load(&CpuBackend::new(), dir, cfg, WeightDType::BF16, Shard::WHOLE) {
+    match Qwen3::load(
+        &CpuBackend::new(),
+        dir,
+        cfg,
+        WeightDType::BF16,
+        Shard::WHOLE,
+    ) {
         Ok(_) => panic!("loading should fail"),
         Err(e) => e.to_string(),
     }
@@ -49,7 +55,10 @@ fn truncated_shard_is_a_clear_error() {
     let dir = copy_fixture("tiny-qwen3-moe");
     let shard = dir.path().join("model-00002-of-00003.safetensors");
     let len = std::fs::metadata(&shard).expect("shard").len();
-    let f = std::fs::OpenOptions::new().write(true).open(&shard).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .expect("open");
     f.set_len(len / 2).expect("truncate");
     let text = std::fs::read_to_string(dir.path().join("config.json")).expect("config");
     let msg = load_err(dir.path(), &text);
@@ -62,8 +71,9 @@ fn unknown_model_type_is_refused() {
     let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
     v["model_type"] = "llama".into();
     v["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
-    let err = qwen3_model::config::ModelConfig::from_json_str(&v.to_string())
-        .err()
-        .expect("refused");
-    assert!(err.to_string().contains("llama") || err.to_string().contains("Llama"), "{err}");
+    let err = qwen3_model::config::ModelConfig::from_json_str(&v.to_string()).expect_err("refused");
+    assert!(
+        err.to_string().contains("llama") || err.to_string().contains("Llama"),
+        "{err}"
+    );
 }
