@@ -79,7 +79,10 @@ fn attention(c: &mut Criterion) {
 
 fn sampler(c: &mut Criterion) {
     let mut g = c.benchmark_group("sampler_vocab_151936");
-    let logits = pseudo(151_936, 9).into_iter().map(|x| x * 20.0).collect::<Vec<_>>();
+    let logits = pseudo(151_936, 9)
+        .into_iter()
+        .map(|x| x * 20.0)
+        .collect::<Vec<_>>();
     let cases = [
         ("greedy", SamplingParams::greedy()),
         (

@@ -146,6 +146,28 @@ fn rms_norm_row(x: &[f32], w: &CpuTensor, eps: f32, out: &mut [f32]) {
     }
 }
 
+/// A zero-filled buffer from the allocator's zeroed pages, so a large KV cache costs no
+/// start-up time and no resident memory until used; an allocation failure is an error.
+fn zeroed_f32(n: usize) -> Result<Vec<f32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n)
+        .map_err(|e| BackendError::OutOfMemory(format!("KV cache layer of {n} floats: {e}")))?;
+    // SAFETY: `layout` has non-zero size; the pointer is checked for null; all-zero bytes are
+    // a valid f32 (0.0); the Vec takes ownership with the same layout (capacity n, align of f32).
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
+        if p.is_null() {
+            return Err(BackendError::OutOfMemory(format!(
+                "KV cache layer of {} bytes",
+                layout.size()
+            )));
+        }
+        Ok(Vec::from_raw_parts(p, n, n))
+    }
+}
+
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
@@ -455,13 +477,7 @@ impl Backend for CpuBackend {
 
     fn alloc_kv_cache(&self, s: KvCacheShape) -> Result<CpuKvCache> {
         let per_layer = s.num_blocks * s.block_size * s.num_kv_heads * s.head_dim;
-        let alloc = || -> Result<Vec<f32>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(per_layer)
-                .map_err(|e| BackendError::OutOfMemory(format!("KV cache layer: {e}")))?;
-            v.resize(per_layer, 0.0);
-            Ok(v)
-        };
+        let alloc = || zeroed_f32(per_layer);
         let mut k = Vec::with_capacity(s.num_layers);
         let mut v = Vec::with_capacity(s.num_layers);
         for _ in 0..s.num_layers {

@@ -1,0 +1,43 @@
+//! Finding the model: a local directory as is, or the bundled fixture when none is named.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+/// The tiny random-weight model shipped in the repository, served when no MODEL is given.
+pub fn bundled_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3")
+}
+
+/// Resolves MODEL to a directory holding config.json, tokenizer.json and the weights.
+pub fn resolve(model: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
+    let Some(model) = model else {
+        let dir = bundled_model();
+        if !dir.join("config.json").is_file() {
+            bail!(
+                "no MODEL given and the bundled fixture model is missing at {}",
+                dir.display()
+            );
+        }
+        return Ok((dir, true));
+    };
+    let path = Path::new(model);
+    if path.is_dir() {
+        if !path.join("config.json").is_file() {
+            bail!("{} is a directory but has no config.json", path.display());
+        }
+        return Ok((path.to_path_buf(), false));
+    }
+    bail!("{model} is not a local model directory (hub downloads need network access to the hub)")
+}
+
+/// The tokenizer file of a model directory.
+pub fn tokenizer_path(dir: &Path) -> anyhow::Result<PathBuf> {
+    let p = dir.join("tokenizer.json");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(anyhow::anyhow!("{} has no tokenizer.json", dir.display()))
+            .context("loading the tokenizer")
+    }
+}

@@ -1,0 +1,469 @@
+//! Wiring: model directory → config → executor → engine (→ server).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use qwen3_backend::sampling::SamplingParams;
+use qwen3_backend::Backend;
+use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
+use qwen3_model::build::{cpu_executor, rank_kv_shape, weight_file_bytes, LoadOptions};
+use qwen3_model::config::ModelConfig;
+use qwen3_model::WeightDType;
+use tracing::info;
+
+use crate::cli::{DTypeArg, DeviceArg, GenerateArgs, ModelArgs, ServeArgs};
+use crate::model_dir;
+
+/// The CPU KV cache default when no space is given, as vLLM's CPU backend (4 GiB).
+const DEFAULT_CPU_KV_SPACE: u64 = 4 << 30;
+
+/// A loaded model, ready for an engine.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub tokenizer: Arc<tokenizers::Tokenizer>,
+    pub engine_config: EngineConfig,
+    pub executor: Box<dyn qwen3_engine::Executor>,
+}
+
+/// Engine limits that are not part of model loading.
+pub struct Limits {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: Option<usize>,
+    pub block_size: Option<usize>,
+    pub memory_utilization: f64,
+    pub enable_prefix_caching: bool,
+    pub enable_chunked_prefill: bool,
+    pub max_waiting_requests: usize,
+}
+
+fn model_config(dir: &std::path::Path, args: &ModelArgs) -> anyhow::Result<ModelConfig> {
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", dir.display()))?;
+    let mut overrides = match &args.hf_overrides {
+        Some(s) => {
+            serde_json::from_str::<serde_json::Value>(s).context("--hf-overrides is not JSON")?
+        }
+        None => serde_json::json!({}),
+    };
+    if let Some(s) = &args.rope_scaling {
+        let v: serde_json::Value = serde_json::from_str(s).context("--rope-scaling is not JSON")?;
+        if let Some(o) = overrides.as_object_mut() {
+            o.insert("rope_scaling".into(), v);
+        }
+    }
+    let has = overrides.as_object().is_some_and(|o| !o.is_empty());
+    Ok(ModelConfig::from_json_str_with_overrides(
+        &text,
+        has.then_some(&overrides),
+    )?)
+}
+
+/// EOS ids: the model's, plus generation_config.json's (Qwen3 lists <|im_end|> there).
+fn eos_ids(dir: &std::path::Path, config: &ModelConfig) -> Vec<u32> {
+    let mut ids = config.eos_token_ids.clone();
+    if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            match v.get("eos_token_id") {
+                Some(serde_json::Value::Array(a)) => {
+                    ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+                }
+                Some(x) => ids.extend(x.as_u64().map(|x| x as u32)),
+                None => {}
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// TP must split attention heads, KV heads and MLP widths evenly; checked before loading.
+fn validate_tp(config: &ModelConfig, world: usize) -> anyhow::Result<()> {
+    let (hq, hkv) = (config.num_attention_heads, config.num_key_value_heads);
+    if world == 0 || hq % world != 0 {
+        bail!("--tensor-parallel-size {world} must divide the model's {hq} attention heads");
+    }
+    if (hkv >= world && hkv % world != 0) || (hkv < world && world % hkv != 0) {
+        bail!("--tensor-parallel-size {world} must divide, or be a multiple of, the model's {hkv} key/value heads");
+    }
+    if config.intermediate_size % world != 0 {
+        bail!(
+            "--tensor-parallel-size {world} must divide the model's intermediate_size {}",
+            config.intermediate_size
+        );
+    }
+    if let Some(moe) = &config.moe {
+        if moe.moe_intermediate_size % world != 0 {
+            bail!(
+                "--tensor-parallel-size {world} must divide the model's moe_intermediate_size {}",
+                moe.moe_intermediate_size
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Quantized checkpoints are recognised; running them is not implemented yet.
+fn check_quantization(config: &ModelConfig, flag: Option<&str>) -> anyhow::Result<()> {
+    let method = config
+        .quantization_config
+        .as_ref()
+        .and_then(|q| q.get("quant_method"))
+        .and_then(|m| m.as_str());
+    match (method, flag) {
+        (None, None) => Ok(()),
+        (None, Some(f)) => bail!("--quantization {f} was given, but the model's config.json has no quantization_config: it is not a {f} model"),
+        (Some(m), Some(f)) if !m.eq_ignore_ascii_case(f) => {
+            bail!("--quantization {f} does not match the model, which is quantized with {m}")
+        }
+        (Some(m), _) => bail!("the model is quantized with {m}; quantized weights are not supported by this build yet"),
+    }
+}
+
+/// Devices listed in ASCEND_RT_VISIBLE_DEVICES, if set.
+fn visible_npus() -> Option<usize> {
+    let v = std::env::var("ASCEND_RT_VISIBLE_DEVICES").ok()?;
+    Some(v.split(',').filter(|s| !s.trim().is_empty()).count())
+}
+
+/// Resolves --device; the NPU path is refused with the reason until the Ascend backend lands.
+fn pick_device(device: DeviceArg, world: usize) -> anyhow::Result<()> {
+    if device == DeviceArg::Npu {
+        if let Some(n) = visible_npus() {
+            if n < world {
+                bail!(
+                    "--tensor-parallel-size {world} needs {world} NPUs, but ASCEND_RT_VISIBLE_DEVICES lists only {n}"
+                );
+            }
+        }
+    }
+    let cann = ascend_sys::Cann::load();
+    match (device, cann) {
+        (DeviceArg::Cpu, _) => {
+            info!("device: cpu (as asked)");
+            Ok(())
+        }
+        (DeviceArg::Npu, Err(e)) => bail!("--device npu: CANN could not be loaded: {e}"),
+        (DeviceArg::Npu, Ok(_)) => bail!(
+            "--device npu: CANN loaded, but the Ascend backend is not implemented in this build yet; use --device cpu"
+        ),
+        (DeviceArg::Auto, Err(_)) => {
+            info!("device: cpu (auto: CANN not found)");
+            Ok(())
+        }
+        (DeviceArg::Auto, Ok(_)) => {
+            tracing::warn!("device: cpu (auto: CANN found, but the Ascend backend is not implemented in this build yet)");
+            Ok(())
+        }
+    }
+}
+
+pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
+    if let Some(n) = args.cpu_threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting --cpu-threads")?;
+    }
+    let requested = args.model.as_deref().or(args.model_flag.as_deref());
+    let (dir, bundled) = model_dir::resolve(requested)?;
+    if bundled {
+        info!(
+            "no MODEL given: serving the bundled tiny fixture model at {} — its weights are RANDOM, so its text is gibberish",
+            dir.display()
+        );
+    }
+    let config = model_config(&dir, args)?;
+    let world = args.tensor_parallel_size;
+    validate_tp(&config, world)?;
+    check_quantization(&config, args.quantization.as_deref())?;
+    pick_device(args.device, world)?;
+    let supported = config.max_context_len();
+    let max_model_len = args.max_model_len.unwrap_or(supported);
+    if max_model_len > supported {
+        bail!(
+            "--max-model-len {max_model_len} exceeds the model's {supported} positions; add rope scaling to extend it, e.g. --rope-scaling '{{\"rope_type\":\"yarn\",\"factor\":{:.1},\"original_max_position_embeddings\":{}}}'",
+            (max_model_len as f64 / config.max_position_embeddings as f64).ceil(),
+            config.max_position_embeddings
+        );
+    }
+    let dtype = match args.dtype {
+        DTypeArg::Float32 => WeightDType::F32,
+        DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => WeightDType::BF16,
+    };
+    let block_size = limits.block_size.unwrap_or(16);
+    // KV cache: the CPU's RAM budget over the bytes one block takes on every rank.
+    let probe = LoadOptions {
+        dir: dir.clone(),
+        config: config.clone(),
+        dtype,
+        tensor_parallel_size: world,
+        block_size,
+        num_blocks: 1,
+    };
+    let block_bytes =
+        qwen3_backend::cpu::CpuBackend::new().kv_block_bytes(rank_kv_shape(&probe)?) * world as u64;
+    let budget = match args.cpu_kv_cache_space {
+        Some(gib) => (gib * (1u64 << 30) as f64) as u64,
+        None => {
+            let (avail, _) = qwen3_backend::cpu::CpuBackend::new().memory_info()?;
+            let usable = (avail as f64 * limits.memory_utilization) as u64;
+            usable
+                .saturating_sub(weight_file_bytes(&dir))
+                .min(DEFAULT_CPU_KV_SPACE)
+        }
+    };
+    let num_blocks = (budget / block_bytes.max(1)) as usize;
+    let fits = num_blocks * block_size;
+    if fits < max_model_len {
+        bail!(
+            "the KV cache holds {fits} tokens ({num_blocks} blocks of {block_size}), less than one --max-model-len {max_model_len} sequence; lower --max-model-len to at most {fits} or give it more memory (--cpu-kv-cache-space GiB)"
+        );
+    }
+    info!(
+        "KV cache: {num_blocks} blocks of {block_size} tokens ({:.2} GiB); maximum concurrency for {max_model_len} tokens per request: {:.2}x",
+        (num_blocks as u64 * block_bytes) as f64 / (1u64 << 30) as f64,
+        fits as f64 / max_model_len as f64
+    );
+    let opts = LoadOptions {
+        num_blocks,
+        ..probe
+    };
+    let t0 = std::time::Instant::now();
+    let executor = cpu_executor(&opts)?;
+    info!(
+        "loaded {} on the CPU (tensor parallel {world}) in {:.2}s",
+        dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let tokenizer = tokenizers::Tokenizer::from_file(model_dir::tokenizer_path(&dir)?)
+        .map_err(|e| anyhow::anyhow!("loading the tokenizer: {e}"))?;
+    let chunked = limits.enable_chunked_prefill;
+    let engine_config = EngineConfig {
+        block_size,
+        num_blocks,
+        max_num_seqs: limits.max_num_seqs,
+        max_num_batched_tokens: limits.max_num_batched_tokens.unwrap_or(if chunked {
+            8192.min(max_model_len)
+        } else {
+            max_model_len
+        }),
+        max_model_len,
+        enable_prefix_caching: limits.enable_prefix_caching,
+        enable_chunked_prefill: chunked,
+        max_waiting_requests: limits.max_waiting_requests,
+        eos_token_ids: eos_ids(&dir, &config),
+    };
+    Ok(Loaded {
+        dir,
+        tokenizer: Arc::new(tokenizer),
+        engine_config,
+        executor,
+    })
+}
+
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    let limits = Limits {
+        max_num_seqs: 1,
+        max_num_batched_tokens: None,
+        block_size: None,
+        memory_utilization: 0.9,
+        enable_prefix_caching: false,
+        enable_chunked_prefill: true,
+        max_waiting_requests: 1,
+    };
+    let loaded = load(&args.model, &limits)?;
+    let prompt_ids = loaded
+        .tokenizer
+        .encode(args.prompt.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?
+        .get_ids()
+        .to_vec();
+    let engine = EngineHandle::start(
+        loaded.engine_config,
+        loaded.executor,
+        loaded.tokenizer.clone(),
+    )?;
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        seed: args.model.seed,
+        ..SamplingParams::default()
+    };
+    let req = EngineRequest {
+        request_id: "generate-0".into(),
+        prompt_token_ids: prompt_ids,
+        sampling,
+        max_tokens: Some(args.max_tokens),
+        min_tokens: 0,
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: args.ignore_eos,
+        include_stop_str_in_output: false,
+        skip_special_tokens: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut stream = engine.submit(req)?;
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        while let Some(o) = stream.next().await {
+            write!(out, "{}", o.text)?;
+            out.flush()?;
+            if let Some(reason) = o.finish_reason {
+                writeln!(out)?;
+                info!("finished: {reason:?}, {} tokens", o.num_output_tokens);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    engine.shutdown(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+/// Sampling defaults from generation_config.json, as vLLM's `--generation-config auto`.
+fn generation_defaults(dir: &std::path::Path, mode: &str) -> qwen3_api::SamplingDefaults {
+    let mut d = qwen3_api::SamplingDefaults::default();
+    if mode != "auto" {
+        return d;
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
+        return d;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return d;
+    };
+    let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
+    d.temperature = f("temperature");
+    d.top_p = f("top_p");
+    d.min_p = f("min_p");
+    d.repetition_penalty = f("repetition_penalty");
+    d.top_k = v.get("top_k").and_then(|x| x.as_i64());
+    if d.temperature.is_some() || d.top_p.is_some() || d.top_k.is_some() {
+        info!("sampling defaults from generation_config.json: {d:?} (override with --generation-config vllm)");
+    }
+    d
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let limits = Limits {
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        block_size: args.block_size,
+        memory_utilization: args.gpu_memory_utilization,
+        // Both on by default, as in vLLM V1; the --no- flags turn them off.
+        enable_prefix_caching: !args.no_enable_prefix_caching,
+        enable_chunked_prefill: !args.no_enable_chunked_prefill,
+        max_waiting_requests: args.max_waiting_requests,
+    };
+    if !(0.0..=1.0).contains(&args.gpu_memory_utilization) || args.gpu_memory_utilization == 0.0 {
+        bail!("--gpu-memory-utilization must be in (0, 1]");
+    }
+    match args.reasoning_parser.as_deref() {
+        None | Some("qwen3") | Some("deepseek_r1") => {}
+        Some(other) => bail!("unknown --reasoning-parser {other:?}; supported: qwen3"),
+    }
+    match args.tool_call_parser.as_deref() {
+        None | Some("hermes") => {}
+        Some(other) => bail!("unknown --tool-call-parser {other:?}; supported: hermes"),
+    }
+    if args.enable_auto_tool_choice && args.tool_call_parser.is_none() {
+        bail!("--enable-auto-tool-choice needs --tool-call-parser hermes");
+    }
+    let loaded = load(&args.model, &limits)?;
+    let names = if args.served_model_name.is_empty() {
+        vec![args
+            .model
+            .model
+            .clone()
+            .or(args.model.model_flag.clone())
+            .unwrap_or_else(|| "tiny-qwen3".into())]
+    } else {
+        args.served_model_name.clone()
+    };
+    let template = match qwen3_api::ChatTemplate::from_model_dir(&loaded.dir) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("no chat template: {e}; /v1/chat/completions will refuse requests");
+            None
+        }
+    };
+    let max_model_len = loaded.engine_config.max_model_len;
+    let engine = EngineHandle::start(
+        loaded.engine_config,
+        loaded.executor,
+        loaded.tokenizer.clone(),
+    )?;
+    let state = std::sync::Arc::new(qwen3_api::AppState {
+        config: qwen3_api::ApiConfig {
+            served_model_names: names.clone(),
+            model_root: loaded.dir.display().to_string(),
+            max_model_len,
+            api_key: args
+                .api_key
+                .clone()
+                .or_else(|| std::env::var("QWEN3_SERVE_API_KEY").ok()),
+            reasoning_parser: args.reasoning_parser.is_some(),
+            tool_parser: args.tool_call_parser.is_some(),
+            enable_auto_tool_choice: args.enable_auto_tool_choice,
+            defaults: generation_defaults(&loaded.dir, &args.generation_config),
+            max_body_bytes: 32 << 20,
+        },
+        engine: engine.clone(),
+        tokenizer: loaded.tokenizer.clone(),
+        template,
+    });
+    let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        info!("serving model(s) {names:?} with max_model_len {max_model_len}");
+        info!("listening on http://{addr} (Press CTRL+C to quit)");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let eng = engine.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!(
+                "shutting down: no new requests; in-flight requests get {}s",
+                grace.as_secs()
+            );
+            let _ = stop_tx.send(());
+            let _ = tokio::task::spawn_blocking(move || eng.shutdown(grace)).await;
+        });
+        qwen3_api::serve(listener, qwen3_api::router(state), async move {
+            let _ = stop_rx.await;
+        })
+        .await?;
+        info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
