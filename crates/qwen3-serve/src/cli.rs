@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
                   `qwen3-serve MODEL [flags]` takes the flags of `vllm serve`. With no MODEL it \
                   serves the tiny random-weight fixture model shipped in the repository.",
     args_conflicts_with_subcommands = true,
+    args_override_self = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {

@@ -14,7 +14,8 @@ fn tokenizations_match_transformers() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
     let tok = tokenizers::Tokenizer::from_file(fixtures.join("tiny-qwen3/tokenizer.json"))
         .expect("tokenizer loads");
-    let text = std::fs::read_to_string(fixtures.join("goldens/tokenize_cases.json")).expect("goldens");
+    let text =
+        std::fs::read_to_string(fixtures.join("goldens/tokenize_cases.json")).expect("goldens");
     let cases: Vec<TokCase> = serde_json::from_str(&text).expect("json");
     assert!(cases.len() >= 8);
     for c in cases {
