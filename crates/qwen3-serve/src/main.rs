@@ -2,6 +2,7 @@
 
 mod cli;
 mod model_dir;
+mod preset;
 mod runtime;
 
 use clap::Parser;
@@ -9,7 +10,8 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args = preset::expand(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
