@@ -29,6 +29,35 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the greedy (or sampled) continuation of a prompt, without the server.
     Generate(GenerateArgs),
+    /// Benchmarks: offline latency/throughput through the engine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One batch through the engine (default batch 1): prefill and decode speed.
+    Latency(BenchOfflineArgs),
+    /// Many requests at once through the engine (default 64): throughput.
+    Throughput(BenchOfflineArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchOfflineArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    pub input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub output_len: usize,
+    /// Requests in the batch (latency: 1, throughput: 64).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, default_value_t = 8192)]
+    pub max_num_batched_tokens: usize,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    pub output_json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

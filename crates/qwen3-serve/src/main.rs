@@ -1,5 +1,6 @@
 //! `qwen3-serve`: serve Qwen3 behind an OpenAI-compatible API.
 
+mod bench_offline;
 mod cli;
 mod model_dir;
 mod preset;
@@ -7,7 +8,7 @@ mod runtime;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{BenchCommand, Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let args = preset::expand(std::env::args_os().collect())?;
@@ -22,6 +23,19 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => runtime::generate(&args),
         Some(Command::Serve(args)) => runtime::serve(args),
+        Some(Command::Bench(b)) => {
+            let (args, default_batch) = match &b {
+                BenchCommand::Latency(a) => (a, 1),
+                BenchCommand::Throughput(a) => (a, 64),
+            };
+            let r =
+                bench_offline::run(&args.model, args, args.batch_size.unwrap_or(default_batch))?;
+            bench_offline::print(&r);
+            if let Some(p) = &args.output_json {
+                std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
+            }
+            Ok(())
+        }
         None => runtime::serve(cli.serve),
     }
 }

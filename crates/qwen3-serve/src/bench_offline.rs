@@ -1,0 +1,123 @@
+//! `qwen3-serve bench latency` and `bench throughput`: one batch of requests of given input and
+//! output lengths straight through the engine (no HTTP), reporting prefill and decode speed.
+
+use std::time::Instant;
+
+use qwen3_engine::{EngineHandle, EngineRequest};
+
+use crate::cli::{BenchOfflineArgs, ModelArgs};
+use crate::runtime::{load, Limits};
+
+/// Summary of one offline run.
+#[derive(Debug, serde::Serialize)]
+pub struct OfflineResult {
+    pub batch_size: usize,
+    pub input_len: usize,
+    pub output_len: usize,
+    /// Time from submission until every request has its first token.
+    pub prefill_seconds: f64,
+    pub prefill_tokens_per_second: f64,
+    /// Output tokens after the first, over the time after the last first token.
+    pub decode_tokens_per_second: f64,
+    pub total_seconds: f64,
+    pub output_tokens_per_second: f64,
+    pub requests_per_second: f64,
+}
+
+fn prompt(i: usize, len: usize, vocab: u32) -> Vec<u32> {
+    // Deterministic "random" ids from the regular vocabulary, distinct per request so the
+    // prefix cache does not turn the benchmark into a cache test.
+    (0..len)
+        .map(|j| {
+            let x = (i as u64 * 1_000_003 + j as u64 * 7919 + 12345)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            ((x >> 33) % u64::from(vocab.max(1))) as u32
+        })
+        .collect()
+}
+
+pub fn run(
+    model: &ModelArgs,
+    args: &BenchOfflineArgs,
+    batch_size: usize,
+) -> anyhow::Result<OfflineResult> {
+    let limits = Limits {
+        max_num_seqs: batch_size.max(1),
+        max_num_batched_tokens: Some(args.max_num_batched_tokens),
+        block_size: None,
+        memory_utilization: 0.9,
+        enable_prefix_caching: false,
+        enable_chunked_prefill: true,
+        max_waiting_requests: batch_size.max(1),
+    };
+    let loaded = load(model, &limits)?;
+    // Ids below 151,643 are ordinary tokens in Qwen3's vocabulary.
+    let vocab = (loaded.tokenizer.get_vocab_size(false) as u32).min(151_643);
+    let engine = EngineHandle::start(loaded.engine_config, loaded.executor, loaded.tokenizer)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (first_tokens, done, total_out) = rt.block_on(async {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..batch_size {
+            let mut r = EngineRequest::new(format!("bench-{i}"), prompt(i, args.input_len, vocab));
+            r.max_tokens = Some(args.output_len as u32);
+            r.ignore_eos = true;
+            let mut s = engine.submit(r)?;
+            tasks.push(tokio::spawn(async move {
+                let mut first = None;
+                let mut n = 0;
+                while let Some(o) = s.next().await {
+                    if first.is_none() && !o.token_ids.is_empty() {
+                        first = Some(start.elapsed().as_secs_f64());
+                    }
+                    n = o.num_output_tokens;
+                }
+                (first.unwrap_or(0.0), n)
+            }));
+        }
+        let mut firsts = Vec::new();
+        let mut outs = 0;
+        for t in tasks {
+            let (f, n) = t.await?;
+            firsts.push(f);
+            outs += n;
+        }
+        anyhow::Ok((firsts, start.elapsed().as_secs_f64(), outs))
+    })?;
+    engine.shutdown(std::time::Duration::from_secs(1));
+    let prefill = first_tokens.iter().copied().fold(0.0, f64::max);
+    let decode_time = (done - prefill).max(1e-9);
+    let r = OfflineResult {
+        batch_size,
+        input_len: args.input_len,
+        output_len: args.output_len,
+        prefill_seconds: prefill,
+        prefill_tokens_per_second: (batch_size * args.input_len) as f64 / prefill.max(1e-9),
+        decode_tokens_per_second: total_out.saturating_sub(batch_size) as f64 / decode_time,
+        total_seconds: done,
+        output_tokens_per_second: total_out as f64 / done.max(1e-9),
+        requests_per_second: batch_size as f64 / done.max(1e-9),
+    };
+    Ok(r)
+}
+
+pub fn print(r: &OfflineResult) {
+    println!(
+        "batch {} × ({} in, {} out)",
+        r.batch_size, r.input_len, r.output_len
+    );
+    println!(
+        "prefill: {:.3} s, {:.1} tokens/s",
+        r.prefill_seconds, r.prefill_tokens_per_second
+    );
+    println!(
+        "decode:  {:.1} tokens/s (all sequences together)",
+        r.decode_tokens_per_second
+    );
+    println!(
+        "total:   {:.3} s, {:.1} output tokens/s, {:.2} requests/s",
+        r.total_seconds, r.output_tokens_per_second, r.requests_per_second
+    );
+}
