@@ -199,7 +199,7 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| TemplateError::Render(e.to_string()))?;
-        tmpl.render(Value::from_serialize(&Json::Object(ctx)))
+        tmpl.render(Value::from_serialize(Json::Object(ctx)))
             .map_err(|e| TemplateError::Render(describe(&e)))
     }
 }

@@ -39,7 +39,9 @@ fn batch(ids: &[u32], start: usize, new: bool) -> Batch {
         token_ids: ids.to_vec(),
         positions: (start as u32..ctx as u32).collect(),
         // Blocks from 1: block 0 is the engine's null block.
-        slot_mapping: (start as u32..ctx as u32).map(|s| s + BLOCK as u32).collect(),
+        slot_mapping: (start as u32..ctx as u32)
+            .map(|s| s + BLOCK as u32)
+            .collect(),
         block_tables: (1..=blocks as u32).collect(),
         max_blocks_per_seq: blocks,
         block_size: BLOCK,

@@ -57,8 +57,78 @@ pub fn weight_file_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A CPU executor before it is boxed for the engine: its KV cache can still be resized
+/// (after the profiling pass has measured what activations need).
+pub enum CpuExecutor {
+    Single(Box<SingleExecutor<CpuBackend>>),
+    Tp(TpExecutor),
+}
+
+impl CpuExecutor {
+    pub fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ModelError> {
+        match self {
+            CpuExecutor::Single(e) => e.resize_kv(num_blocks, block_size),
+            CpuExecutor::Tp(e) => e
+                .resize_kv(num_blocks, block_size)
+                .map_err(|e| ModelError::Invalid(e.0)),
+        }
+    }
+
+    pub fn as_executor(&mut self) -> &mut dyn Executor {
+        match self {
+            CpuExecutor::Single(e) => e.as_mut(),
+            CpuExecutor::Tp(e) => e,
+        }
+    }
+
+    pub fn into_boxed(self) -> Box<dyn Executor> {
+        match self {
+            CpuExecutor::Single(e) => e,
+            CpuExecutor::Tp(e) => Box::new(e),
+        }
+    }
+}
+
+/// The batch of a profiling pass: one sequence of `num_tokens` prompt tokens in blocks
+/// `1..` (block 0 is the engine's null block), sampling one token.
+pub fn profile_batch(num_tokens: usize, block_size: usize, token_id: u32) -> qwen3_engine::Batch {
+    use qwen3_engine::{Batch, NewSeq, ScheduledSeq};
+    let ids = vec![token_id; num_tokens];
+    let blocks = num_tokens.div_ceil(block_size);
+    Batch {
+        new_seqs: vec![NewSeq {
+            seq_id: u64::MAX,
+            token_ids: ids.clone().into(),
+            num_prompt_tokens: num_tokens,
+            sampling: Arc::new(qwen3_backend::sampling::SamplingParams::greedy()),
+        }],
+        finished: Vec::new(),
+        seqs: vec![ScheduledSeq {
+            seq_id: u64::MAX,
+            query_start: 0,
+            query_len: num_tokens as u32,
+            context_len: num_tokens as u32,
+            sample: true,
+            suppressed: Vec::new(),
+        }],
+        token_ids: ids,
+        positions: (0..num_tokens as u32).collect(),
+        slot_mapping: (0..num_tokens as u32)
+            .map(|s| s + block_size as u32)
+            .collect(),
+        block_tables: (1..=blocks as u32).collect(),
+        max_blocks_per_seq: blocks,
+        block_size,
+    }
+}
+
 /// Loads the model on the CPU, in-process TP ranks when `tensor_parallel_size > 1`.
 pub fn cpu_executor(opts: &LoadOptions) -> Result<Box<dyn Executor>, ModelError> {
+    Ok(cpu_executor_resizable(opts)?.into_boxed())
+}
+
+/// Like [`cpu_executor`], but unboxed so the KV cache can be resized after profiling.
+pub fn cpu_executor_resizable(opts: &LoadOptions) -> Result<CpuExecutor, ModelError> {
     let world = opts.tensor_parallel_size;
     let kv_shape = rank_kv_shape(opts)?;
     if world == 1 {
@@ -71,7 +141,11 @@ pub fn cpu_executor(opts: &LoadOptions) -> Result<Box<dyn Executor>, ModelError>
             Shard::WHOLE,
         )?;
         let kv = backend.alloc_kv_cache(kv_shape)?;
-        return Ok(Box::new(SingleExecutor::new(Worker { backend, model, kv })));
+        return Ok(CpuExecutor::Single(Box::new(SingleExecutor::new(Worker {
+            backend,
+            model,
+            kv,
+        }))));
     }
     let groups = InProcessGroup::new(world);
     let aborter = groups[0].clone();
@@ -92,5 +166,5 @@ pub fn cpu_executor(opts: &LoadOptions) -> Result<Box<dyn Executor>, ModelError>
         })
         .collect();
     let ex = TpExecutor::start(inits, Arc::new(move || aborter.abort()))?;
-    Ok(Box::new(ex))
+    Ok(CpuExecutor::Tp(ex))
 }

@@ -164,6 +164,15 @@ pub struct Worker<B: Backend> {
 }
 
 impl<B: Backend> Worker<B> {
+    /// Replaces the KV cache with one of `num_blocks` blocks (the old one is freed first).
+    pub fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ModelError> {
+        let shape = self.model.kv_shape(num_blocks, block_size);
+        let empty = self.model.kv_shape(0, block_size);
+        self.kv = self.backend.alloc_kv_cache(empty)?;
+        self.kv = self.backend.alloc_kv_cache(shape)?;
+        Ok(())
+    }
+
     /// Runs the step; returns the gathered logits of the sampling rows.
     pub fn step(
         &mut self,
@@ -204,6 +213,10 @@ impl<B: Backend> SingleExecutor<B> {
 
     pub fn worker(&self) -> &Worker<B> {
         &self.worker
+    }
+
+    pub fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ModelError> {
+        self.worker.resize_kv(num_blocks, block_size)
     }
 
     /// Logits of the given flattened token rows of a step, without sampling (parity tests).

@@ -16,13 +16,21 @@ use crate::qwen3::ModelError;
 pub type RankInit<B> =
     Box<dyn FnOnce() -> Result<(Worker<B>, Box<dyn Communicator<B>>), ModelError> + Send + 'static>;
 
+enum Job {
+    Step(Arc<Batch>),
+    ResizeKv {
+        num_blocks: usize,
+        block_size: usize,
+    },
+}
+
 enum Reply {
     Sampled(Result<StepOutput, ExecutorError>),
     Done(Result<(), ExecutorError>),
 }
 
 struct Rank {
-    tx: Sender<Arc<Batch>>,
+    tx: Sender<Job>,
     rx: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
 }
@@ -36,7 +44,7 @@ pub struct TpExecutor {
 fn rank_loop<B: Backend>(
     rank: usize,
     init: RankInit<B>,
-    jobs: Receiver<Arc<Batch>>,
+    jobs: Receiver<Job>,
     replies: Sender<Reply>,
     ready: Sender<Result<(), ModelError>>,
     abort: Arc<dyn Fn() + Send + Sync>,
@@ -53,7 +61,20 @@ fn rank_loop<B: Backend>(
         }
     };
     let mut states = SeqStates::default();
-    while let Ok(batch) = jobs.recv() {
+    while let Ok(job) = jobs.recv() {
+        let batch = match job {
+            Job::Step(b) => b,
+            Job::ResizeKv {
+                num_blocks,
+                block_size,
+            } => {
+                let r = worker.resize_kv(num_blocks, block_size).map_err(exec_err);
+                if replies.send(Reply::Done(r)).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         if rank == 0 {
             states.update(&batch);
         }
@@ -128,13 +149,36 @@ impl TpExecutor {
     pub fn world_size(&self) -> usize {
         self.ranks.len()
     }
+
+    /// Gives every rank a KV cache of `num_blocks` blocks.
+    pub fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ExecutorError> {
+        for r in &self.ranks {
+            r.tx.send(Job::ResizeKv {
+                num_blocks,
+                block_size,
+            })
+            .map_err(|_| ExecutorError("a tensor-parallel rank has stopped".into()))?;
+        }
+        let mut result = Ok(());
+        for (i, r) in self.ranks.iter().enumerate() {
+            match r.rx.recv() {
+                Ok(Reply::Done(Ok(()))) => {}
+                Ok(Reply::Done(Err(e))) | Ok(Reply::Sampled(Err(e))) => {
+                    result = Err(ExecutorError(format!("rank {i}: {}", e.0)))
+                }
+                Ok(Reply::Sampled(Ok(_))) => {}
+                Err(_) => result = Err(ExecutorError(format!("rank {i} has stopped"))),
+            }
+        }
+        result
+    }
 }
 
 impl Executor for TpExecutor {
     fn execute(&mut self, batch: &Batch) -> Result<StepOutput, ExecutorError> {
         let batch = Arc::new(batch.clone());
         for (i, r) in self.ranks.iter().enumerate() {
-            if r.tx.send(batch.clone()).is_err() {
+            if r.tx.send(Job::Step(batch.clone())).is_err() {
                 (self.abort)();
                 return Err(ExecutorError(format!(
                     "tensor-parallel rank {i} has stopped"

@@ -1,12 +1,17 @@
 //! `qwen3-serve`: serve Qwen3 behind an OpenAI-compatible API.
 
+mod alloc;
 mod bench_offline;
 mod cli;
+mod hub;
 mod model_dir;
 mod preset;
 mod runtime;
 
 use clap::Parser;
+
+#[global_allocator]
+static GLOBAL: alloc::Counting = alloc::Counting;
 
 use cli::{BenchCommand, Cli, Command};
 

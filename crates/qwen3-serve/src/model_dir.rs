@@ -9,8 +9,12 @@ pub fn bundled_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3")
 }
 
-/// Resolves MODEL to a directory holding config.json, tokenizer.json and the weights.
-pub fn resolve(model: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
+/// Resolves MODEL to a directory holding config.json, tokenizer.json and the weights: a local
+/// directory as is, else a hub id downloaded (Hugging Face, or ModelScope when asked).
+pub fn resolve(
+    model: Option<&str>,
+    hub: &crate::hub::HubOptions,
+) -> anyhow::Result<(PathBuf, bool)> {
     let Some(model) = model else {
         let dir = bundled_model();
         if !dir.join("config.json").is_file() {
@@ -28,7 +32,11 @@ pub fn resolve(model: Option<&str>) -> anyhow::Result<(PathBuf, bool)> {
         }
         return Ok((path.to_path_buf(), false));
     }
-    bail!("{model} is not a local model directory (hub downloads need network access to the hub)")
+    if path.exists() || model.starts_with('/') || model.starts_with('.') {
+        bail!("{model} is not a model directory");
+    }
+    let dir = crate::hub::download_model(model, hub)?;
+    Ok((dir, false))
 }
 
 /// The tokenizer file of a model directory.

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use qwen3_backend::sampling::SamplingParams;
 use qwen3_backend::Backend;
 use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
-use qwen3_model::build::{cpu_executor, rank_kv_shape, weight_file_bytes, LoadOptions};
+use qwen3_model::build::{cpu_executor_resizable, profile_batch, rank_kv_shape, LoadOptions};
 use qwen3_model::config::ModelConfig;
 use qwen3_model::WeightDType;
 use tracing::info;
@@ -17,6 +17,9 @@ use crate::model_dir;
 
 /// The CPU KV cache default when no space is given, as vLLM's CPU backend (4 GiB).
 const DEFAULT_CPU_KV_SPACE: u64 = 4 << 30;
+/// Tokens of the profiling pass (scaled up to max-num-batched-tokens).
+const PROFILE_TOKENS: usize = 512;
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// A loaded model, ready for an engine.
 pub struct Loaded {
@@ -81,20 +84,20 @@ fn eos_ids(dir: &std::path::Path, config: &ModelConfig) -> Vec<u32> {
 /// TP must split attention heads, KV heads and MLP widths evenly; checked before loading.
 fn validate_tp(config: &ModelConfig, world: usize) -> anyhow::Result<()> {
     let (hq, hkv) = (config.num_attention_heads, config.num_key_value_heads);
-    if world == 0 || hq % world != 0 {
+    if world == 0 || !hq.is_multiple_of(world) {
         bail!("--tensor-parallel-size {world} must divide the model's {hq} attention heads");
     }
-    if (hkv >= world && hkv % world != 0) || (hkv < world && world % hkv != 0) {
+    if (hkv >= world && !hkv.is_multiple_of(world)) || (hkv < world && !world.is_multiple_of(hkv)) {
         bail!("--tensor-parallel-size {world} must divide, or be a multiple of, the model's {hkv} key/value heads");
     }
-    if config.intermediate_size % world != 0 {
+    if !config.intermediate_size.is_multiple_of(world) {
         bail!(
             "--tensor-parallel-size {world} must divide the model's intermediate_size {}",
             config.intermediate_size
         );
     }
     if let Some(moe) = &config.moe {
-        if moe.moe_intermediate_size % world != 0 {
+        if !moe.moe_intermediate_size.is_multiple_of(world) {
             bail!(
                 "--tensor-parallel-size {world} must divide the model's moe_intermediate_size {}",
                 moe.moe_intermediate_size
@@ -167,7 +170,15 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
             .context("setting --cpu-threads")?;
     }
     let requested = args.model.as_deref().or(args.model_flag.as_deref());
-    let (dir, bundled) = model_dir::resolve(requested)?;
+    let use_modelscope = args.use_modelscope
+        || std::env::var("VLLM_USE_MODELSCOPE")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let hub = crate::hub::HubOptions {
+        download_dir: args.download_dir.clone(),
+        use_modelscope,
+        ..Default::default()
+    };
+    let (dir, bundled) = model_dir::resolve(requested, &hub)?;
     if bundled {
         info!(
             "no MODEL given: serving the bundled tiny fixture model at {} — its weights are RANDOM, so its text is gibberish",
@@ -193,50 +204,85 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => WeightDType::BF16,
     };
     let block_size = limits.block_size.unwrap_or(16);
-    // KV cache: the CPU's RAM budget over the bytes one block takes on every rank.
-    let probe = LoadOptions {
+    let chunked = limits.enable_chunked_prefill;
+    let max_num_batched_tokens = limits.max_num_batched_tokens.unwrap_or(if chunked {
+        8192.min(max_model_len)
+    } else {
+        max_model_len
+    });
+    // Load with a KV cache just big enough for the profiling pass; resize it after.
+    let profile_tokens = max_num_batched_tokens.min(PROFILE_TOKENS);
+    let opts = LoadOptions {
         dir: dir.clone(),
         config: config.clone(),
         dtype,
         tensor_parallel_size: world,
         block_size,
-        num_blocks: 1,
+        num_blocks: profile_tokens.div_ceil(block_size) + 1,
     };
+    let t0 = std::time::Instant::now();
+    let heap_before = crate::alloc::current();
+    let mut executor = cpu_executor_resizable(&opts)?;
+    let loaded_bytes = crate::alloc::current().saturating_sub(heap_before) as u64;
+    info!(
+        "loaded {} on the CPU (tensor parallel {world}) in {:.2}s: {:.2} GiB",
+        dir.display(),
+        t0.elapsed().as_secs_f64(),
+        loaded_bytes as f64 / GIB
+    );
+    // Profiling pass: peak heap above the loaded weights while a step of profile_tokens runs,
+    // scaled linearly to max_num_batched_tokens (activations grow linearly with tokens; the
+    // full length is not run, as a long causal prefill would slow start-up).
+    let base = crate::alloc::reset_peak();
+    executor
+        .as_executor()
+        .execute(&profile_batch(profile_tokens, block_size, 0))
+        .map_err(|e| anyhow::anyhow!("profiling forward pass failed: {e}"))?;
+    let measured = crate::alloc::peak().saturating_sub(base) as u64;
+    let cleanup = qwen3_engine::Batch {
+        finished: vec![u64::MAX],
+        block_size,
+        ..Default::default()
+    };
+    executor
+        .as_executor()
+        .execute(&cleanup)
+        .map_err(|e| anyhow::anyhow!("profiling cleanup failed: {e}"))?;
+    let peak = measured * max_num_batched_tokens.div_ceil(profile_tokens) as u64;
     let block_bytes =
-        qwen3_backend::cpu::CpuBackend::new().kv_block_bytes(rank_kv_shape(&probe)?) * world as u64;
+        qwen3_backend::cpu::CpuBackend::new().kv_block_bytes(rank_kv_shape(&opts)?) * world as u64;
+    let (avail, total) = qwen3_backend::cpu::CpuBackend::new().memory_info()?;
     let budget = match args.cpu_kv_cache_space {
-        Some(gib) => (gib * (1u64 << 30) as f64) as u64,
+        Some(gib) => (gib * GIB) as u64,
         None => {
-            let (avail, _) = qwen3_backend::cpu::CpuBackend::new().memory_info()?;
-            let usable = (avail as f64 * limits.memory_utilization) as u64;
+            let usable = (total as f64 * limits.memory_utilization) as u64;
             usable
-                .saturating_sub(weight_file_bytes(&dir))
+                .saturating_sub(loaded_bytes)
+                .saturating_sub(peak)
+                .min(avail.saturating_sub(peak))
                 .min(DEFAULT_CPU_KV_SPACE)
         }
     };
+    info!(
+        "memory profiling: weights {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), KV budget {:.2} GiB",
+        loaded_bytes as f64 / GIB,
+        peak as f64 / (1u64 << 20) as f64,
+        budget as f64 / GIB
+    );
     let num_blocks = (budget / block_bytes.max(1)) as usize;
-    let fits = num_blocks * block_size;
+    let fits = num_blocks.saturating_sub(1) * block_size;
     if fits < max_model_len {
         bail!(
             "the KV cache holds {fits} tokens ({num_blocks} blocks of {block_size}), less than one --max-model-len {max_model_len} sequence; lower --max-model-len to at most {fits} or give it more memory (--cpu-kv-cache-space GiB)"
         );
     }
+    executor.resize_kv(num_blocks, block_size)?;
     info!(
         "KV cache: {num_blocks} blocks of {block_size} tokens ({:.2} GiB); maximum concurrency for {max_model_len} tokens per request: {:.2}x",
-        (num_blocks as u64 * block_bytes) as f64 / (1u64 << 30) as f64,
+        (num_blocks as u64 * block_bytes) as f64 / GIB,
         fits as f64 / max_model_len as f64
     );
-    let opts = LoadOptions {
-        num_blocks,
-        ..probe
-    };
-    let t0 = std::time::Instant::now();
-    let executor = cpu_executor(&opts)?;
-    info!(
-        "loaded {} on the CPU (tensor parallel {world}) in {:.2}s",
-        dir.display(),
-        t0.elapsed().as_secs_f64()
-    );
+    let executor = executor.into_boxed();
     let tokenizer = tokenizers::Tokenizer::from_file(model_dir::tokenizer_path(&dir)?)
         .map_err(|e| anyhow::anyhow!("loading the tokenizer: {e}"))?;
     let chunked = limits.enable_chunked_prefill;
