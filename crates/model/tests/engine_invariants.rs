@@ -176,15 +176,17 @@ fn preemption_under_a_tiny_cache_keeps_outputs() {
 }
 
 #[test]
-fn tensor_parallel_2_in_the_engine_matches() {
+fn tensor_parallel_2_and_4_in_the_engine_match() {
     for model in ["tiny-qwen3", "tiny-qwen3-moe"] {
-        run_all(
-            model,
-            &Setup {
-                tp: 2,
-                max_num_batched_tokens: 7,
-                ..Setup::default()
-            },
-        );
+        for tp in [2, 4] {
+            run_all(
+                model,
+                &Setup {
+                    tp,
+                    max_num_batched_tokens: 7,
+                    ..Setup::default()
+                },
+            );
+        }
     }
 }
