@@ -112,3 +112,27 @@ mod tests {
         assert!(pre < cli);
     }
 }
+
+#[cfg(test)]
+mod preset_files {
+    use clap::Parser;
+
+    /// Every preset in configs/ expands to flags the CLI accepts.
+    #[test]
+    fn every_shipped_preset_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).expect("configs/") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let mut args = vec!["qwen3-serve".to_string(), "serve".into()];
+                args.extend(super::preset_flags(&p).expect("preset"));
+                if let Err(e) = crate::cli::Cli::try_parse_from(&args) {
+                    panic!("{}: {e}", p.display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "{n} presets");
+    }
+}
