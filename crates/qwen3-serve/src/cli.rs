@@ -36,10 +36,58 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Load-test an OpenAI-compatible server (this one, vLLM, llama.cpp), as `vllm bench serve`.
+    Serve(BenchServeArgs),
     /// One batch through the engine (default batch 1): prefill and decode speed.
     Latency(BenchOfflineArgs),
     /// Many requests at once through the engine (default 64): throughput.
     Throughput(BenchOfflineArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchServeArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub base_url: String,
+    /// Model name sent in requests (default: the first of GET /v1/models).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long, default_value = "/v1/completions")]
+    pub endpoint: String,
+    /// random | sharegpt | jsonl
+    #[arg(long, default_value = "random")]
+    pub dataset: String,
+    #[arg(long)]
+    pub dataset_path: Option<PathBuf>,
+    /// tokenizer.json for random prompts (their token ids go to /v1/completions as is).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 1024)]
+    pub random_input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub random_output_len: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub random_range_ratio: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub num_prompts: usize,
+    /// Requests per second (Poisson arrivals); inf sends all at once.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    pub request_rate: f64,
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub ignore_eos: bool,
+    #[arg(long)]
+    pub api_key: Option<String>,
+    #[arg(long)]
+    pub save_result: bool,
+    #[arg(long, default_value = ".")]
+    pub result_dir: PathBuf,
+    #[arg(long)]
+    pub result_filename: Option<String>,
+    #[arg(long)]
+    pub disable_tqdm: bool,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -1,6 +1,7 @@
 //! `qwen3-serve`: serve Qwen3 behind an OpenAI-compatible API.
 
 mod alloc;
+mod bench_client;
 mod bench_offline;
 mod cli;
 mod hub;
@@ -28,19 +29,36 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => runtime::generate(&args),
         Some(Command::Serve(args)) => runtime::serve(args),
-        Some(Command::Bench(b)) => {
-            let (args, default_batch) = match &b {
-                BenchCommand::Latency(a) => (a, 1),
-                BenchCommand::Throughput(a) => (a, 64),
-            };
-            let r =
-                bench_offline::run(&args.model, args, args.batch_size.unwrap_or(default_batch))?;
-            bench_offline::print(&r);
-            if let Some(p) = &args.output_json {
-                std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
-            }
-            Ok(())
-        }
+        Some(Command::Bench(BenchCommand::Serve(args))) => bench_serve(&args),
+        Some(Command::Bench(BenchCommand::Latency(args))) => bench_offline(&args, 1),
+        Some(Command::Bench(BenchCommand::Throughput(args))) => bench_offline(&args, 64),
         None => runtime::serve(cli.serve),
     }
+}
+
+fn bench_serve(args: &cli::BenchServeArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(bench_client::run(args))?;
+    bench_client::print(&r);
+    if args.save_result {
+        let name = args
+            .result_filename
+            .clone()
+            .unwrap_or_else(|| "bench-serve.json".into());
+        let path = args.result_dir.join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+        eprintln!("saved {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench_offline(args: &cli::BenchOfflineArgs, default_batch: usize) -> anyhow::Result<()> {
+    let r = bench_offline::run(&args.model, args, args.batch_size.unwrap_or(default_batch))?;
+    bench_offline::print(&r);
+    if let Some(p) = &args.output_json {
+        std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
+    }
+    Ok(())
 }

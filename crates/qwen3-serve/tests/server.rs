@@ -591,3 +591,98 @@ fn sigterm_during_a_stream_ends_it_cleanly_and_exits_0() {
     let ev = r.events();
     assert_eq!(ev.last().map(String::as_str), Some("[DONE]"), "{}", r.body);
 }
+
+#[test]
+fn bench_serve_against_the_server_writes_consistent_json() {
+    let srv = start(&["--max-num-seqs", "4"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny-qwen3/tokenizer.json"
+    );
+    let out = bin()
+        .args([
+            "bench",
+            "serve",
+            "--base-url",
+            &format!("http://{}", srv.addr),
+            "--tokenizer",
+            tok,
+        ])
+        .args([
+            "--random-input-len",
+            "24",
+            "--random-output-len",
+            "8",
+            "--random-range-ratio",
+            "0.5",
+        ])
+        .args([
+            "--num-prompts",
+            "12",
+            "--request-rate",
+            "100",
+            "--max-concurrency",
+            "6",
+            "--ignore-eos",
+        ])
+        .args([
+            "--save-result",
+            "--result-filename",
+            "r.json",
+            "--disable-tqdm",
+            "--result-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("bench serve");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for label in [
+        "Successful requests:",
+        "Output token throughput (tok/s):",
+        "Median TTFT (ms):",
+        "P99 TPOT (ms):",
+        "Mean ITL (ms):",
+        "P90 E2EL (ms):",
+    ] {
+        assert!(stdout.contains(label), "missing {label}");
+    }
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).expect("json"))
+            .expect("parse");
+    assert_eq!(
+        r["completed"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0),
+        12
+    );
+    assert_eq!(r["completed"], 12);
+    let outs: u64 = r["output_lens"]
+        .as_array()
+        .expect("lens")
+        .iter()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(r["total_output_tokens"].as_u64(), Some(outs));
+    let ins: Vec<u64> = r["input_lens"]
+        .as_array()
+        .expect("lens")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(r["total_input_tokens"].as_u64(), Some(ins.iter().sum()));
+    assert!(ins.iter().all(|&n| (12..=36).contains(&n)), "{ins:?}");
+    for k in ["ttft", "tpot", "itl", "e2el"] {
+        let (m, p9, p99) = (
+            r[format!("median_{k}_ms")].as_f64(),
+            r[format!("p90_{k}_ms")].as_f64(),
+            r[format!("p99_{k}_ms")].as_f64(),
+        );
+        assert!(m <= p9 && p9 <= p99, "{k}: {m:?} {p9:?} {p99:?}");
+    }
+    // 12 requests at 100 req/s (Poisson) take some tens of milliseconds to send at least.
+    assert!(r["duration"].as_f64().unwrap_or(0.0) > 0.02);
+}
