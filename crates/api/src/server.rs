@@ -446,6 +446,17 @@ fn usage(prompt: usize, completion: usize, cached: usize) -> Value {
     })
 }
 
+/// One stream of `(choice index, output)` from the requests of all choices, as they arrive.
+fn merge_streams(
+    streams: Vec<RequestStream>,
+) -> impl futures::Stream<Item = (usize, RequestOutput)> + Unpin {
+    futures::stream::select_all(streams.into_iter().enumerate().map(|(i, st)| {
+        futures::stream::unfold(st, |mut st| async move { st.next().await.map(|o| (o, st)) })
+            .map(move |o| (i, o))
+            .boxed()
+    }))
+}
+
 fn sse_response(rx: mpsc::Receiver<String>) -> Response {
     let stream =
         ReceiverStream::new(rx).map(|data| Ok::<_, Infallible>(Event::default().data(data)));
@@ -576,15 +587,7 @@ async fn completions(
             }
             c.to_string()
         };
-        let mut merged =
-            futures::stream::select_all(streams.into_iter().enumerate().map(|(i, st)| {
-                futures::stream::unfold(
-                    st,
-                    |mut st| async move { st.next().await.map(|o| (o, st)) },
-                )
-                .map(move |o| (i, o))
-                .boxed()
-            }));
+        let mut merged = merge_streams(streams);
         for (i, e) in echoes.iter().enumerate() {
             if !e.is_empty()
                 && tx
@@ -839,15 +842,7 @@ async fn chat_completions(
         let mut parsers: Vec<StreamParser> = (0..n)
             .map(|_| StreamParser::new(reasoning, parse_tools))
             .collect();
-        let mut merged =
-            futures::stream::select_all(streams.into_iter().enumerate().map(|(i, st)| {
-                futures::stream::unfold(
-                    st,
-                    |mut st| async move { st.next().await.map(|o| (o, st)) },
-                )
-                .map(move |o| (i, o))
-                .boxed()
-            }));
+        let mut merged = merge_streams(streams);
         let mut prompt_tokens = 0;
         let mut output_tokens = vec![0usize; n as usize];
         while let Some((i, o)) = merged.next().await {

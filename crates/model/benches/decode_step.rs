@@ -2,50 +2,16 @@
 //! so the difference is the cost of the in-process collectives and the rank hand-off.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use qwen3_backend::sampling::SamplingParams;
-use qwen3_engine::{Batch, NewSeq, ScheduledSeq};
-use qwen3_model::build::{cpu_executor, LoadOptions};
+use qwen3_model::build::{cpu_executor, single_seq_batch, LoadOptions};
 use qwen3_model::config::ModelConfig;
 use qwen3_model::WeightDType;
 
 const BLOCK: usize = 16;
 
-fn batch(ids: &[u32], start: usize, new: bool) -> Batch {
-    let ctx = start + ids.len();
-    let blocks = ctx.div_ceil(BLOCK);
-    Batch {
-        new_seqs: if new {
-            vec![NewSeq {
-                seq_id: 1,
-                token_ids: Arc::from(ids),
-                num_prompt_tokens: ids.len(),
-                sampling: Arc::new(SamplingParams::greedy()),
-            }]
-        } else {
-            Vec::new()
-        },
-        finished: Vec::new(),
-        seqs: vec![ScheduledSeq {
-            seq_id: 1,
-            query_start: 0,
-            query_len: ids.len() as u32,
-            context_len: ctx as u32,
-            sample: true,
-            suppressed: Vec::new(),
-        }],
-        token_ids: ids.to_vec(),
-        positions: (start as u32..ctx as u32).collect(),
-        // Blocks from 1: block 0 is the engine's null block.
-        slot_mapping: (start as u32..ctx as u32)
-            .map(|s| s + BLOCK as u32)
-            .collect(),
-        block_tables: (1..=blocks as u32).collect(),
-        max_blocks_per_seq: blocks,
-        block_size: BLOCK,
-    }
+fn batch(ids: &[u32], start: usize, new: bool) -> qwen3_engine::Batch {
+    single_seq_batch(1, ids, start, new, BLOCK)
 }
 
 fn bench(c: &mut Criterion) {

@@ -89,37 +89,53 @@ impl CpuExecutor {
     }
 }
 
-/// The batch of a profiling pass: one sequence of `num_tokens` prompt tokens in blocks
-/// `1..` (block 0 is the engine's null block), sampling one token.
-pub fn profile_batch(num_tokens: usize, block_size: usize, token_id: u32) -> qwen3_engine::Batch {
+/// A step of one greedy sequence `seq_id` computing `ids` at positions `start..`, its blocks
+/// `1..` in order (block 0 is the engine's null block); `new` introduces the sequence. Used by
+/// the profiling pass, benches and tests.
+pub fn single_seq_batch(
+    seq_id: u64,
+    ids: &[u32],
+    start: usize,
+    new: bool,
+    block_size: usize,
+) -> qwen3_engine::Batch {
     use qwen3_engine::{Batch, NewSeq, ScheduledSeq};
-    let ids = vec![token_id; num_tokens];
-    let blocks = num_tokens.div_ceil(block_size);
+    let ctx = start + ids.len();
+    let blocks = ctx.div_ceil(block_size);
     Batch {
-        new_seqs: vec![NewSeq {
-            seq_id: u64::MAX,
-            token_ids: ids.clone().into(),
-            num_prompt_tokens: num_tokens,
-            sampling: Arc::new(qwen3_backend::sampling::SamplingParams::greedy()),
-        }],
+        new_seqs: if new {
+            vec![NewSeq {
+                seq_id,
+                token_ids: ids.into(),
+                num_prompt_tokens: ids.len(),
+                sampling: Arc::new(qwen3_backend::sampling::SamplingParams::greedy()),
+            }]
+        } else {
+            Vec::new()
+        },
         finished: Vec::new(),
         seqs: vec![ScheduledSeq {
-            seq_id: u64::MAX,
+            seq_id,
             query_start: 0,
-            query_len: num_tokens as u32,
-            context_len: num_tokens as u32,
+            query_len: ids.len() as u32,
+            context_len: ctx as u32,
             sample: true,
             suppressed: Vec::new(),
         }],
-        token_ids: ids,
-        positions: (0..num_tokens as u32).collect(),
-        slot_mapping: (0..num_tokens as u32)
-            .map(|s| s + block_size as u32)
+        token_ids: ids.to_vec(),
+        positions: (start as u32..ctx as u32).collect(),
+        slot_mapping: (start as u32..ctx as u32)
+            .map(|p| p + block_size as u32)
             .collect(),
         block_tables: (1..=blocks as u32).collect(),
         max_blocks_per_seq: blocks,
         block_size,
     }
+}
+
+/// The batch of a profiling pass: `num_tokens` prompt tokens of one sequence.
+pub fn profile_batch(num_tokens: usize, block_size: usize, token_id: u32) -> qwen3_engine::Batch {
+    single_seq_batch(u64::MAX, &vec![token_id; num_tokens], 0, true, block_size)
 }
 
 /// Loads the model on the CPU, in-process TP ranks when `tensor_parallel_size > 1`.

@@ -3,10 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use qwen3_backend::sampling::SamplingParams;
-use qwen3_engine::{Batch, NewSeq, ScheduledSeq};
+use qwen3_engine::Batch;
 use qwen3_model::config::ModelConfig;
 use serde::Deserialize;
 
@@ -82,37 +80,9 @@ pub fn config(model: &str, overrides: Option<&serde_json::Value>) -> ModelConfig
 
 pub const BLOCK_SIZE: usize = 16;
 
-/// A step of one sequence whose blocks are `0..`, computing tokens `start..start+ids.len()`.
+/// A step of one sequence (id 1) computing `ids` at positions `start..`.
 pub fn single_seq_batch(ids: &[u32], start: usize, new: bool) -> Batch {
-    let ctx = start + ids.len();
-    let blocks = ctx.div_ceil(BLOCK_SIZE);
-    Batch {
-        new_seqs: if new {
-            vec![NewSeq {
-                seq_id: 1,
-                token_ids: Arc::from(ids),
-                num_prompt_tokens: ids.len(),
-                sampling: Arc::new(SamplingParams::greedy()),
-            }]
-        } else {
-            Vec::new()
-        },
-        finished: Vec::new(),
-        seqs: vec![ScheduledSeq {
-            seq_id: 1,
-            query_start: 0,
-            query_len: ids.len() as u32,
-            context_len: ctx as u32,
-            sample: true,
-            suppressed: Vec::new(),
-        }],
-        token_ids: ids.to_vec(),
-        positions: (start as u32..ctx as u32).collect(),
-        slot_mapping: (start as u32..ctx as u32).collect(),
-        block_tables: (0..blocks as u32).collect(),
-        max_blocks_per_seq: blocks,
-        block_size: BLOCK_SIZE,
-    }
+    qwen3_model::build::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
 }
 
 /// Largest |ours - theirs| over the recorded columns.
