@@ -53,6 +53,9 @@ pub struct ApiConfig {
     pub enable_auto_tool_choice: bool,
     pub defaults: SamplingDefaults,
     pub max_body_bytes: usize,
+    /// `--seed`: requests without a seed get `seed + n` for the n-th such request, so a
+    /// server started with the same seed and fed the same requests gives the same outputs.
+    pub default_seed: Option<u64>,
 }
 
 pub struct AppState {
@@ -276,7 +279,12 @@ fn engine_request(
             frequency_penalty: frequency,
             repetition_penalty: repetition,
             logit_bias,
-            seed: f.seed,
+            seed: f.seed.or_else(|| {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                s.config
+                    .default_seed
+                    .map(|base| base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)))
+            }),
             logprobs,
         },
         max_tokens,

@@ -477,6 +477,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             enable_auto_tool_choice: args.enable_auto_tool_choice,
             defaults: generation_defaults(&loaded.dir, &args.generation_config),
             max_body_bytes: 32 << 20,
+            default_seed: args.model.seed,
         },
         engine: engine.clone(),
         tokenizer: loaded.tokenizer.clone(),

@@ -686,3 +686,18 @@ fn bench_serve_against_the_server_writes_consistent_json() {
     // 12 requests at 100 req/s (Poisson) take some tens of milliseconds to send at least.
     assert!(r["duration"].as_f64().unwrap_or(0.0) > 0.02);
 }
+
+#[test]
+fn server_seed_makes_unseeded_requests_reproducible() {
+    let run = || {
+        let srv = start(&["--seed", "5"]);
+        let body =
+            json!({"prompt": "Hi", "max_tokens": 12, "temperature": 1.0, "top_k": 0, "top_p": 1.0});
+        let a = post(&srv.addr, "/v1/completions", &body).json()["choices"][0]["text"].clone();
+        let b = post(&srv.addr, "/v1/completions", &body).json()["choices"][0]["text"].clone();
+        (a, b)
+    };
+    let (a1, b1) = run();
+    let (a2, b2) = run();
+    assert_eq!((&a1, &b1), (&a2, &b2));
+}
