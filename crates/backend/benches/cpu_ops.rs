@@ -4,6 +4,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use qwen3_backend::cpu::attention::{paged_attention, PagedKv, TokenPlace};
+use qwen3_backend::cpu::gemv::gemv_bf16;
 use qwen3_backend::cpu::matmul::{matmul_t, WeightRows};
 use qwen3_backend::sampling::{sample_row, SampleRow, SamplingParams};
 use qwen3_backend::AttnGeometry;
@@ -36,6 +37,11 @@ fn matmul(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new(name, m), &m, |b, &m| {
                 b.iter(|| matmul_t(&x, m, k, WeightRows::BF16(&w), n, &mut out))
             });
+            if m <= 8 {
+                g.bench_with_input(BenchmarkId::new(format!("{name}_gemv"), m), &m, |b, &m| {
+                    b.iter(|| gemv_bf16(&x, m, k, &w, n, &mut out))
+                });
+            }
         }
     }
     g.finish();

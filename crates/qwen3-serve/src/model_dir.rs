@@ -4,9 +4,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-/// The tiny random-weight model shipped in the repository, served when no MODEL is given.
+/// The tiny random-weight model shipped in the repository, served when no MODEL is given: in
+/// the source tree, or installed beside the binary (`<prefix>/share/qwen3-serve/tiny-qwen3`, as
+/// the Docker images do).
 pub fn bundled_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3")
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-qwen3");
+    if source.join("config.json").is_file() {
+        return source;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()
+                .map(|bin| bin.join("../share/qwen3-serve/tiny-qwen3"))
+        })
+        .filter(|p| p.join("config.json").is_file())
+        .unwrap_or(source)
 }
 
 /// Resolves MODEL to a directory holding config.json, tokenizer.json and the weights: a local

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod comm;
+pub mod gemv;
 pub mod matmul;
 
 use half::bf16;
@@ -392,7 +393,13 @@ impl Backend for CpuBackend {
         }
         let n = w.shape[0];
         let mut out = vec![0.0; m * n];
-        matmul_t(x.f32("linear")?, m, k, w.weight_rows(), n, &mut out);
+        match &w.data {
+            // Decode-sized batches: memory-bound GEMV that reads each weight once.
+            CpuData::BF16(wb) if m <= gemv::MAX_ROWS => {
+                gemv::gemv_bf16(x.f32("linear")?, m, k, wb, n, &mut out)
+            }
+            _ => matmul_t(x.f32("linear")?, m, k, w.weight_rows(), n, &mut out),
+        }
         let mut shape = x.shape.clone();
         if let Some(last) = shape.last_mut() {
             *last = n;
