@@ -4,6 +4,7 @@ pub mod build;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod quant;
 pub mod qwen3;
 pub mod rope;
 pub mod tp;

@@ -107,21 +107,21 @@ fn validate_tp(config: &ModelConfig, world: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Quantized checkpoints are recognised; running them is not implemented yet.
+/// Quantized checkpoints are recognised and checked against --quantization; running them is
+/// not implemented yet.
 fn check_quantization(config: &ModelConfig, flag: Option<&str>) -> anyhow::Result<()> {
-    let method = config
-        .quantization_config
-        .as_ref()
-        .and_then(|q| q.get("quant_method"))
-        .and_then(|m| m.as_str());
-    match (method, flag) {
-        (None, None) => Ok(()),
-        (None, Some(f)) => bail!("--quantization {f} was given, but the model's config.json has no quantization_config: it is not a {f} model"),
-        (Some(m), Some(f)) if !m.eq_ignore_ascii_case(f) => {
-            bail!("--quantization {f} does not match the model, which is quantized with {m}")
-        }
-        (Some(m), _) => bail!("the model is quantized with {m}; quantized weights are not supported by this build yet"),
+    use qwen3_model::quant::QuantConfig;
+    let q = QuantConfig::from_json(config.quantization_config.as_ref())?;
+    QuantConfig::check_flag(q.as_ref(), flag)?;
+    if let Some(q) = q {
+        bail!(
+            "the model is quantized with {} ({}-bit, group size {}); quantized weights are not supported by this build yet",
+            q.method.name(),
+            q.bits,
+            q.group_size.map_or("all inputs".to_string(), |g| g.to_string())
+        );
     }
+    Ok(())
 }
 
 /// Devices listed in ASCEND_RT_VISIBLE_DEVICES, if set.
