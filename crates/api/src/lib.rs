@@ -1,12 +1,19 @@
-//! OpenAI-compatible HTTP API: routes, request types, SSE, auth, chat templates, reasoning
-//! and tool-call parsing, Prometheus metrics.
+//! OpenAI-compatible HTTP API: routes, request and response types, SSE, auth, chat
+//! templates, Qwen3 reasoning and hermes tool-call parsing, Prometheus metrics.
+//!
+//! The binary builds an [`AppState`] (config, engine handle, tokenizer, chat template) and
+//! calls [`serve`]`(listener, `[`router`]`(state), shutdown)`.
 
+pub mod chat_template;
 pub mod error;
 pub mod metrics;
 pub mod openai;
-pub mod parsers;
+pub mod reasoning;
+mod routes;
 pub mod server;
-pub mod template;
+pub mod tool_parser;
 
-pub use server::{router, serve, ApiConfig, AppState, SamplingDefaults};
-pub use template::ChatTemplate;
+pub use chat_template::ChatTemplate;
+pub use error::ApiError;
+pub use openai::SamplingDefaults;
+pub use server::{router, serve, ApiConfig, AppState};

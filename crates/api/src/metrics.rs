@@ -30,11 +30,15 @@ fn histogram(out: &mut String, name: &str, help: &str, label: &str, h: &Histogra
     );
 }
 
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 pub fn render(s: &EngineStats, names: &[String]) -> String {
-    let model = names
-        .first()
-        .map_or("", String::as_str)
-        .replace('"', "\\\"");
+    let model = escape_label(names.first().map_or("", String::as_str));
     let l = format!("model_name=\"{model}\"");
     let mut o = String::new();
     gauge(
@@ -143,4 +147,41 @@ pub fn render(s: &EngineStats, names: &[String]) -> String {
         &s.request_queue_time,
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_format() {
+        let mut stats = EngineStats {
+            num_running: 2,
+            ..EngineStats::default()
+        };
+        stats.request_success_total.length = 5;
+        stats.time_to_first_token.observe(0.003);
+        let text = render(&stats, &["Qwen\"3".to_string()]);
+        assert!(
+            text.contains("vllm:num_requests_running{model_name=\"Qwen\\\"3\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "vllm:request_success_total{model_name=\"Qwen\\\"3\",finished_reason=\"length\"} 5\n"
+        ));
+        assert!(text.contains(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"Qwen\\\"3\",le=\"0.001\"} 0\n"
+        ));
+        assert!(text.contains(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"Qwen\\\"3\",le=\"0.005\"} 1\n"
+        ));
+        assert!(
+            text.contains("vllm:time_to_first_token_seconds_count{model_name=\"Qwen\\\"3\"} 1\n")
+        );
+        // Every sample line is `name{labels} value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap_or_default();
+            assert!(v.parse::<f64>().is_ok(), "{line}");
+        }
+    }
 }

@@ -1,15 +1,392 @@
-//! Request types of the OpenAI API with vLLM's extras. Unknown fields are ignored, as the
-//! OpenAI SDKs send fields a server may not know.
+//! The OpenAI API's types, with vLLM's extras: requests (parsed field by field so every bad
+//! field is a 400 naming it in `param`), their validation, and the responses and stream
+//! chunks, shaped as OpenAI's (and vLLM's) are.
+//!
+//! Unknown request fields are ignored, as the OpenAI SDKs send fields a server may not know;
+//! `null` counts as absent. Fields that would change the output but that this server does
+//! not implement (structured output, beam search, prompt logprobs, ...) are refused with a
+//! clear 400 instead of being silently ignored.
 
-use std::collections::HashMap;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
 
-use serde::Deserialize;
-use serde_json::Value as Json;
-
+use crate::chat_template::normalize_messages;
 use crate::error::ApiError;
+use qwen3_engine::batch::SamplingParams;
+use qwen3_engine::EngineRequest;
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// Most choices one request may ask for (each is a sequence in the engine).
+pub const MAX_N: u32 = 128;
+/// Most top logprobs per token (vLLM's default `--max-logprobs`).
+pub const MAX_LOGPROBS: u32 = 20;
+
+// ---------------------------------------------------------------------------------------------
+// Request parsing
+
+/// A request body as a JSON object whose fields are taken one by one.
+pub struct Fields {
+    obj: Map<String, Json>,
+}
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        match serde_json::from_slice::<Json>(body) {
+            Ok(Json::Object(obj)) => Ok(Self { obj }),
+            Ok(_) => Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "the request body is not valid JSON: {e}"
+            ))),
+        }
+    }
+
+    pub fn from_map(obj: Map<String, Json>) -> Self {
+        Self { obj }
+    }
+
+    /// The raw value of a field; `null` is absent.
+    pub fn raw(&mut self, key: &str) -> Option<Json> {
+        self.obj.remove(key).filter(|v| !v.is_null())
+    }
+
+    pub fn opt<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ApiError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| ApiError::invalid(key, format!("invalid `{key}`: {e}"))),
+        }
+    }
+
+    pub fn req<T: DeserializeOwned>(&mut self, key: &str) -> Result<T, ApiError> {
+        self.opt(key)?
+            .ok_or_else(|| ApiError::invalid(key, format!("`{key}` is required")))
+    }
+
+    /// Refuses a field that is present (and not `null`, `false`, or `default`).
+    fn refuse(&mut self, key: &str, what: &str, allowed: &[Json]) -> Result<(), ApiError> {
+        match self.raw(key) {
+            Some(v) if !allowed.contains(&v) => Err(ApiError::unsupported(key, what)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_range(
+    key: &str,
+    v: Option<f32>,
+    ok: impl Fn(f32) -> bool,
+    range: &str,
+) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !ok(x) => Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be in {range}, got {x}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An integer seed of either sign (vLLM accepts negative seeds); kept as its 64 bits.
+fn parse_seed(f: &mut Fields) -> Result<Option<u64>, ApiError> {
+    match f.raw("seed") {
+        None => Ok(None),
+        Some(Json::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_i64().map(|i| i as u64))
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid("seed", "`seed` must be an integer")),
+        Some(_) => Err(ApiError::invalid("seed", "`seed` must be an integer")),
+    }
+}
+
+fn parse_stop(f: &mut Fields) -> Result<Vec<String>, ApiError> {
+    let stop = match f.raw("stop") {
+        None => Vec::new(),
+        Some(Json::String(s)) => vec![s],
+        Some(Json::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Json::String(s) => Ok(s),
+                _ => Err(ApiError::invalid(
+                    "stop",
+                    "`stop` must be a string or a list of strings",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "stop",
+                "`stop` must be a string or a list of strings",
+            ))
+        }
+    };
+    // An empty stop string would match at once; OpenAI ignores them.
+    Ok(stop.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// The sampling and stopping fields both endpoints share, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingRequest {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub repetition_penalty: Option<f32>,
+    pub logit_bias: Vec<(u32, f32)>,
+    pub seed: Option<u64>,
+    pub n: u32,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub include_stop_str_in_output: bool,
+    pub ignore_eos: bool,
+    pub min_tokens: u32,
+    pub skip_special_tokens: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Default for SamplingRequest {
+    fn default() -> Self {
+        Self {
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            min_p: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: None,
+            logit_bias: Vec::new(),
+            seed: None,
+            n: 1,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            include_stop_str_in_output: false,
+            ignore_eos: false,
+            min_tokens: 0,
+            skip_special_tokens: true,
+            stream: false,
+            include_usage: false,
+        }
+    }
+}
+
+/// Sampling defaults from the model's generation_config.json (vLLM's
+/// `--generation-config auto`), used where a request is silent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingRequest {
+    pub fn parse(f: &mut Fields) -> Result<Self, ApiError> {
+        let temperature = f.opt::<f32>("temperature")?;
+        check_range(
+            "temperature",
+            temperature,
+            |x| (0.0..=2.0).contains(&x),
+            "[0, 2]",
+        )?;
+        let top_p = f.opt::<f32>("top_p")?;
+        check_range("top_p", top_p, |x| x > 0.0 && x <= 1.0, "(0, 1]")?;
+        let top_k = f.opt::<i64>("top_k")?;
+        if let Some(k) = top_k {
+            if k < -1 || k > i64::from(u32::MAX) {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("`top_k` must be -1 or 0 (disabled) or a positive count, got {k}"),
+                ));
+            }
+        }
+        let min_p = f.opt::<f32>("min_p")?;
+        check_range("min_p", min_p, |x| (0.0..=1.0).contains(&x), "[0, 1]")?;
+        let presence_penalty = f.opt::<f32>("presence_penalty")?;
+        check_range(
+            "presence_penalty",
+            presence_penalty,
+            |x| (-2.0..=2.0).contains(&x),
+            "[-2, 2]",
+        )?;
+        let frequency_penalty = f.opt::<f32>("frequency_penalty")?;
+        check_range(
+            "frequency_penalty",
+            frequency_penalty,
+            |x| (-2.0..=2.0).contains(&x),
+            "[-2, 2]",
+        )?;
+        let repetition_penalty = f.opt::<f32>("repetition_penalty")?;
+        check_range(
+            "repetition_penalty",
+            repetition_penalty,
+            |x| x > 0.0 && x <= 2.0,
+            "(0, 2]",
+        )?;
+        let mut logit_bias = Vec::new();
+        for (k, v) in f
+            .opt::<Map<String, Json>>("logit_bias")?
+            .unwrap_or_default()
+        {
+            let id: u32 = k.trim().parse().map_err(|_| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!("`logit_bias` key {k:?} is not a token id"),
+                )
+            })?;
+            let bias = v
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "logit_bias",
+                        "`logit_bias` values must be numbers in [-100, 100]",
+                    )
+                })?;
+            logit_bias.push((id, bias as f32));
+        }
+        let seed = parse_seed(f)?;
+        let n = f.opt::<u32>("n")?.unwrap_or(1);
+        if n == 0 || n > MAX_N {
+            return Err(ApiError::invalid(
+                "n",
+                format!("`n` must be between 1 and {MAX_N}, got {n}"),
+            ));
+        }
+        let stop = parse_stop(f)?;
+        let stream = f.opt::<bool>("stream")?.unwrap_or(false);
+        let include_usage = match f.opt::<Map<String, Json>>("stream_options")? {
+            None => false,
+            Some(_) if !stream => {
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "`stream_options` can only be given when `stream` is true",
+                ))
+            }
+            Some(o) => o
+                .get("include_usage")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
+        };
+        // vLLM extras that need machinery this server does not have.
+        f.refuse("use_beam_search", "beam search", &[Json::Bool(false)])?;
+        f.refuse("prompt_logprobs", "`prompt_logprobs`", &[])?;
+        for key in [
+            "guided_json",
+            "guided_regex",
+            "guided_choice",
+            "guided_grammar",
+            "structured_outputs",
+        ] {
+            f.refuse(key, "structured output (guided decoding)", &[])?;
+        }
+        let _user = f.opt::<String>("user")?;
+        Ok(Self {
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            presence_penalty: presence_penalty.unwrap_or(0.0),
+            frequency_penalty: frequency_penalty.unwrap_or(0.0),
+            repetition_penalty,
+            logit_bias,
+            seed,
+            n,
+            stop,
+            stop_token_ids: f.opt("stop_token_ids")?.unwrap_or_default(),
+            include_stop_str_in_output: f.opt("include_stop_str_in_output")?.unwrap_or(false),
+            ignore_eos: f.opt("ignore_eos")?.unwrap_or(false),
+            min_tokens: f.opt("min_tokens")?.unwrap_or(0),
+            skip_special_tokens: f.opt("skip_special_tokens")?.unwrap_or(true),
+            stream,
+            include_usage,
+        })
+    }
+
+    /// The engine request for one choice (id and prompt are filled in by the caller).
+    /// Fields the request leaves out take the model's defaults, then OpenAI's.
+    pub fn engine_request(
+        &self,
+        defaults: &SamplingDefaults,
+        max_tokens: Option<u32>,
+        logprobs: Option<u32>,
+    ) -> Result<EngineRequest, ApiError> {
+        if let Some(max) = max_tokens {
+            if self.min_tokens > max {
+                return Err(ApiError::invalid(
+                    "min_tokens",
+                    format!(
+                        "`min_tokens` ({}) is larger than `max_tokens` ({max})",
+                        self.min_tokens
+                    ),
+                ));
+            }
+        }
+        let top_k = self.top_k.or(defaults.top_k).unwrap_or(0);
+        Ok(EngineRequest {
+            request_id: String::new(),
+            prompt_token_ids: Vec::new(),
+            sampling: SamplingParams {
+                temperature: self.temperature.or(defaults.temperature).unwrap_or(1.0),
+                top_p: self.top_p.or(defaults.top_p).unwrap_or(1.0),
+                top_k: u32::try_from(top_k).unwrap_or(0),
+                min_p: self.min_p.or(defaults.min_p).unwrap_or(0.0),
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                repetition_penalty: self
+                    .repetition_penalty
+                    .or(defaults.repetition_penalty)
+                    .unwrap_or(1.0),
+                logit_bias: self.logit_bias.clone(),
+                seed: self.seed,
+                logprobs,
+            },
+            max_tokens,
+            min_tokens: self.min_tokens,
+            stop: self.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+            include_stop_str_in_output: self.include_stop_str_in_output,
+            skip_special_tokens: self.skip_special_tokens,
+        })
+    }
+}
+
+fn parse_max_tokens(f: &mut Fields, key: &str) -> Result<Option<u32>, ApiError> {
+    match f.opt::<u32>(key)? {
+        Some(0) => Err(ApiError::invalid(
+            key,
+            format!("`{key}` must be at least 1"),
+        )),
+        m => Ok(m),
+    }
+}
+
+fn parse_response_format(f: &mut Fields) -> Result<(), ApiError> {
+    let Some(rf) = f.raw("response_format") else {
+        return Ok(());
+    };
+    match rf.get("type").and_then(Json::as_str) {
+        Some("text") => Ok(()),
+        Some(t @ ("json_object" | "json_schema" | "structural_tag")) => Err(ApiError::unsupported(
+            "response_format",
+            format!("`response_format` {t:?} (structured output)"),
+        )),
+        _ => Err(ApiError::invalid(
+            "response_format",
+            "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
+    }
+}
+
+/// `prompt` of /v1/completions.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Prompt {
     Text(String),
     Texts(Vec<String>),
@@ -17,84 +394,760 @@ pub enum Prompt {
     IdLists(Vec<Vec<u32>>),
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Stop {
-    One(String),
-    Many(Vec<String>),
+impl Prompt {
+    fn parse(v: Json) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::invalid(
+                "prompt",
+                "`prompt` must be a string, a list of strings, a list of token ids or a list of \
+                 lists of token ids",
+            )
+        };
+        let p = match v {
+            Json::String(s) => Prompt::Text(s),
+            Json::Array(items) if items.is_empty() => {
+                return Err(ApiError::invalid("prompt", "`prompt` is empty"))
+            }
+            Json::Array(items) => match &items[0] {
+                Json::String(_) => {
+                    Prompt::Texts(serde_json::from_value(Json::Array(items)).map_err(|_| bad())?)
+                }
+                Json::Number(_) => {
+                    Prompt::Ids(serde_json::from_value(Json::Array(items)).map_err(|_| bad())?)
+                }
+                Json::Array(_) => {
+                    Prompt::IdLists(serde_json::from_value(Json::Array(items)).map_err(|_| bad())?)
+                }
+                _ => return Err(bad()),
+            },
+            _ => return Err(bad()),
+        };
+        let empty = match &p {
+            Prompt::Text(_) => false,
+            Prompt::Texts(t) => t.is_empty(),
+            Prompt::Ids(ids) => ids.is_empty(),
+            Prompt::IdLists(l) => l.is_empty() || l.iter().any(Vec::is_empty),
+        };
+        if empty {
+            return Err(ApiError::invalid("prompt", "`prompt` is empty"));
+        }
+        Ok(p)
+    }
 }
 
-impl Stop {
-    pub fn into_vec(self) -> Vec<String> {
-        match self {
-            Stop::One(s) => vec![s],
-            Stop::Many(v) => v,
+/// POST /v1/completions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Prompt,
+    pub max_tokens: u32,
+    pub logprobs: Option<u32>,
+    pub echo: bool,
+    /// vLLM's extra: add the tokenizer's special tokens (BOS) to text prompts.
+    pub add_special_tokens: bool,
+    pub sampling: SamplingRequest,
+}
+
+impl CompletionRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let mut f = Fields::parse(body)?;
+        let model = f.opt("model")?;
+        let prompt = Prompt::parse(
+            f.raw("prompt")
+                .ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?,
+        )?;
+        let max_tokens = parse_max_tokens(&mut f, "max_tokens")?.unwrap_or(16);
+        let logprobs = f.opt::<u32>("logprobs")?;
+        if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
+            return Err(ApiError::invalid(
+                "logprobs",
+                format!("`logprobs` must be at most {MAX_LOGPROBS}"),
+            ));
+        }
+        let echo = f.opt::<bool>("echo")?.unwrap_or(false);
+        if echo && logprobs.is_some() {
+            return Err(ApiError::unsupported(
+                "echo",
+                "`echo` together with `logprobs` (prompt logprobs)",
+            ));
+        }
+        match f.opt::<u32>("best_of")? {
+            None | Some(1) => {}
+            Some(_) => return Err(ApiError::unsupported("best_of", "`best_of` other than 1")),
+        }
+        if f.raw("suffix").is_some() {
+            return Err(ApiError::unsupported("suffix", "`suffix` (insertion)"));
+        }
+        parse_response_format(&mut f)?;
+        let add_special_tokens = f.opt::<bool>("add_special_tokens")?.unwrap_or(true);
+        let sampling = SamplingRequest::parse(&mut f)?;
+        Ok(Self {
+            model,
+            prompt,
+            max_tokens,
+            logprobs,
+            echo,
+            add_special_tokens,
+            sampling,
+        })
+    }
+}
+
+/// `tool_choice` of /v1/chat/completions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    None,
+    Auto,
+    Required,
+    Function(String),
+}
+
+/// POST /v1/chat/completions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    /// Normalised for the template: text parts joined, tool-call arguments parsed.
+    pub messages: Vec<Json>,
+    pub max_tokens: Option<u32>,
+    /// `Some(top_logprobs)` when `logprobs` is true.
+    pub logprobs: Option<u32>,
+    pub tools: Option<Vec<Json>>,
+    pub tool_choice: ToolChoice,
+    pub parallel_tool_calls: bool,
+    pub chat_template_kwargs: Map<String, Json>,
+    pub add_generation_prompt: bool,
+    pub continue_final_message: bool,
+    pub sampling: SamplingRequest,
+}
+
+fn tool_name(tool: &Json) -> Option<&str> {
+    tool.get("function")?.get("name")?.as_str()
+}
+
+impl ChatRequest {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let mut f = Fields::parse(body)?;
+        let model = f.opt("model")?;
+        let messages: Vec<Json> = f.req("messages")?;
+        if messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must not be empty",
+            ));
+        }
+        let messages =
+            normalize_messages(&messages).map_err(|e| ApiError::invalid("messages", e))?;
+        let max_tokens = match parse_max_tokens(&mut f, "max_completion_tokens")? {
+            Some(m) => Some(m),
+            None => parse_max_tokens(&mut f, "max_tokens")?,
+        };
+        let logprobs = f.opt::<bool>("logprobs")?.unwrap_or(false);
+        let top_logprobs = f.opt::<u32>("top_logprobs")?;
+        if top_logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("`top_logprobs` must be at most {MAX_LOGPROBS}"),
+            ));
+        }
+        if top_logprobs.is_some() && !logprobs {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "when using `top_logprobs`, `logprobs` must be set to true",
+            ));
+        }
+        let mut tools = f.opt::<Vec<Json>>("tools")?;
+        for t in tools.iter().flatten() {
+            if tool_name(t).is_none() {
+                return Err(ApiError::invalid(
+                    "tools",
+                    "each tool must be {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": ...}}",
+                ));
+            }
+        }
+        // As vLLM: tools without tool_choice mean "auto"; "required" with no tools is "none".
+        let tool_choice = match f.raw("tool_choice") {
+            None if tools.as_ref().is_some_and(|t| !t.is_empty()) => ToolChoice::Auto,
+            None => ToolChoice::None,
+            Some(Json::String(s)) if s == "none" => ToolChoice::None,
+            Some(Json::String(s)) if s == "auto" || s == "required" => {
+                if tools.is_none() {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "when using `tool_choice`, `tools` must be set",
+                    ));
+                }
+                if tools.as_ref().is_some_and(Vec::is_empty) {
+                    tools = None;
+                    ToolChoice::None
+                } else if s == "auto" {
+                    ToolChoice::Auto
+                } else {
+                    ToolChoice::Required
+                }
+            }
+            Some(Json::Object(o)) => {
+                let name = o
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Json::as_str)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "tool_choice",
+                            "a named `tool_choice` is {\"type\": \"function\", \"function\": {\"name\": \"my_function\"}}",
+                        )
+                    })?;
+                if !tools.iter().flatten().any(|t| tool_name(t) == Some(name)) {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!("the tool {name:?} named in `tool_choice` is not among `tools`"),
+                    ));
+                }
+                ToolChoice::Function(name.to_string())
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "`tool_choice` must be \"none\", \"auto\", \"required\" or a named function",
+                ))
+            }
+        };
+        let parallel_tool_calls = f.opt::<bool>("parallel_tool_calls")?.unwrap_or(true);
+        let chat_template_kwargs = f.opt("chat_template_kwargs")?.unwrap_or_default();
+        let add_generation_prompt = f.opt::<bool>("add_generation_prompt")?.unwrap_or(true);
+        let continue_final_message = f.opt::<bool>("continue_final_message")?.unwrap_or(false);
+        if add_generation_prompt && continue_final_message {
+            return Err(ApiError::invalid(
+                "continue_final_message",
+                "`continue_final_message` needs `add_generation_prompt` set to false",
+            ));
+        }
+        f.refuse("chat_template", "a chat template given in the request", &[])?;
+        parse_response_format(&mut f)?;
+        let sampling = SamplingRequest::parse(&mut f)?;
+        Ok(Self {
+            model,
+            messages,
+            max_tokens,
+            logprobs: logprobs.then(|| top_logprobs.unwrap_or(0)),
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            chat_template_kwargs,
+            add_generation_prompt,
+            continue_final_message,
+            sampling,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Logprobs cannot be -inf in JSON; vLLM sends -9999.0 instead.
+pub fn finite_logprob(l: f32) -> f32 {
+    if l.is_finite() {
+        l
+    } else {
+        -9999.0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+impl Usage {
+    pub fn new(prompt: usize, completion: usize, cached: usize) -> Self {
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: cached,
+            },
         }
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
+/// `usage` of a stream chunk: absent, or `null` on every chunk but the last when the client
+/// asked for usage (as OpenAI sends it).
+pub type ChunkUsage = Option<Option<Usage>>;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CompletionLogprobs {
+    pub text_offset: Vec<usize>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub tokens: Vec<String>,
+    pub top_logprobs: Vec<Option<Map<String, Json>>>,
 }
 
-/// Sampling fields shared by both endpoints.
-#[derive(Debug, Default, Deserialize)]
-pub struct Sampling {
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub logit_bias: Option<HashMap<String, f32>>,
-    pub seed: Option<u64>,
-    pub n: Option<u32>,
-    pub stop: Option<Stop>,
-    pub stop_token_ids: Option<Vec<u32>>,
-    pub include_stop_str_in_output: Option<bool>,
-    pub ignore_eos: Option<bool>,
-    pub min_tokens: Option<u32>,
-    pub skip_special_tokens: Option<bool>,
-    pub stream: Option<bool>,
-    pub stream_options: Option<StreamOptions>,
-    pub user: Option<String>,
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<&'static str>,
+    /// vLLM's extra: the stop string or token id that ended the choice.
+    pub stop_reason: Json,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    pub model: Option<String>,
-    pub prompt: Prompt,
-    pub max_tokens: Option<u32>,
-    pub logprobs: Option<u32>,
-    pub echo: Option<bool>,
-    pub best_of: Option<u32>,
-    pub suffix: Option<String>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: ChunkUsage,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub model: Option<String>,
-    pub messages: Vec<Json>,
-    pub max_tokens: Option<u32>,
-    pub max_completion_tokens: Option<u32>,
-    pub logprobs: Option<bool>,
-    pub top_logprobs: Option<u32>,
-    pub tools: Option<Vec<Json>>,
-    pub tool_choice: Option<Json>,
-    pub chat_template_kwargs: Option<serde_json::Map<String, Json>>,
-    pub add_generation_prompt: Option<bool>,
-    pub response_format: Option<Json>,
-    #[serde(flatten)]
-    pub sampling: Sampling,
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
 }
 
-/// Parses a JSON body into `T`, mapping serde's message into a 400.
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text, as OpenAI sends it.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatMessage {
+    pub role: &'static str,
+    pub content: Option<String>,
+    /// Set when the server runs a reasoning parser (`reasoning` is vLLM's newer name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: ChatMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+    pub stop_reason: Json,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DeltaFunctionCall {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+/// One piece of a streamed tool call: the first carries id, type and name; later ones more
+/// of the arguments.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeltaToolCall {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: DeltaFunctionCall,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<DeltaToolCall>,
+}
+
+impl ChatDelta {
+    pub fn is_empty(&self) -> bool {
+        self.role.is_none()
+            && self.content.is_none()
+            && self.reasoning_content.is_none()
+            && self.tool_calls.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<Json>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: ChunkUsage,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    pub root: String,
+    pub parent: Option<String>,
+    pub max_model_len: usize,
+    pub permission: Vec<Json>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelCard>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn completion(v: Json) -> Result<CompletionRequest, ApiError> {
+        CompletionRequest::parse(v.to_string().as_bytes())
+    }
+
+    fn chat(v: Json) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(v.to_string().as_bytes())
+    }
+
+    fn param_of(r: Result<impl std::fmt::Debug, ApiError>) -> Option<String> {
+        match r {
+            Ok(v) => panic!("accepted: {v:?}"),
+            Err(e) => {
+                assert_eq!(e.status.as_u16(), 400, "{e:?}");
+                e.param
+            }
+        }
+    }
+
+    #[test]
+    fn completion_prompt_forms_and_defaults() {
+        let r = completion(json!({"prompt": "hi", "model": null, "unknown_field": 1}));
+        let r = r.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.prompt, Prompt::Text("hi".into()));
+        assert_eq!(r.max_tokens, 16);
+        assert_eq!(r.sampling, SamplingRequest::default());
+        for (p, want) in [
+            (
+                json!(["a", "b"]),
+                Prompt::Texts(vec!["a".into(), "b".into()]),
+            ),
+            (json!([1, 2]), Prompt::Ids(vec![1, 2])),
+            (
+                json!([[1], [2, 3]]),
+                Prompt::IdLists(vec![vec![1], vec![2, 3]]),
+            ),
+        ] {
+            assert_eq!(completion(json!({"prompt": p})).map(|r| r.prompt), Ok(want));
+        }
+        for bad in [
+            json!([]),
+            json!([[]]),
+            json!([1, "a"]),
+            json!({"a": 1}),
+            json!([-1]),
+            json!(5),
+        ] {
+            assert_eq!(
+                param_of(completion(json!({"prompt": bad}))).as_deref(),
+                Some("prompt")
+            );
+        }
+        assert_eq!(param_of(completion(json!({}))).as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn every_bad_field_names_itself() {
+        let cases = [
+            (json!({"temperature": 2.5}), "temperature"),
+            (json!({"temperature": -0.1}), "temperature"),
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"top_p": 0}), "top_p"),
+            (json!({"top_p": 1.5}), "top_p"),
+            (json!({"top_k": -2}), "top_k"),
+            (json!({"min_p": 2}), "min_p"),
+            (json!({"presence_penalty": 3}), "presence_penalty"),
+            (json!({"frequency_penalty": -3}), "frequency_penalty"),
+            (json!({"repetition_penalty": 0}), "repetition_penalty"),
+            (json!({"n": 0}), "n"),
+            (json!({"n": 1000}), "n"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (json!({"max_tokens": -5}), "max_tokens"),
+            (json!({"logprobs": 21}), "logprobs"),
+            (json!({"logit_bias": {"abc": 1}}), "logit_bias"),
+            (json!({"logit_bias": {"5": 500}}), "logit_bias"),
+            (json!({"stop": 5}), "stop"),
+            (json!({"stop": ["a", 1]}), "stop"),
+            (json!({"seed": 1.5}), "seed"),
+            (
+                json!({"stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+            (json!({"suffix": "x"}), "suffix"),
+            (json!({"best_of": 2}), "best_of"),
+            (json!({"echo": true, "logprobs": 1}), "echo"),
+            (json!({"use_beam_search": true}), "use_beam_search"),
+            (json!({"guided_json": {}}), "guided_json"),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format",
+            ),
+            (json!({"stop_token_ids": "x"}), "stop_token_ids"),
+        ];
+        for (extra, param) in cases {
+            let mut body = json!({"prompt": "x"});
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                body[k] = v.clone();
+            }
+            assert_eq!(
+                param_of(completion(body.clone())).as_deref(),
+                Some(param),
+                "{body}"
+            );
+        }
+        assert!(matches!(
+            CompletionRequest::parse(b"{not json"),
+            Err(ApiError { param: None, .. })
+        ));
+        assert!(CompletionRequest::parse(b"[1]").is_err());
+    }
+
+    #[test]
+    fn accepted_values() {
+        let r = completion(json!({
+            "prompt": "x", "temperature": 0, "top_p": 1, "top_k": -1, "seed": -3, "n": 2,
+            "stop": "END", "logit_bias": {"7": -100}, "best_of": 1, "stream": true,
+            "stream_options": {"include_usage": true}, "response_format": {"type": "text"},
+            "use_beam_search": false, "min_tokens": 2, "max_tokens": 5
+        }))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let s = &r.sampling;
+        assert_eq!(s.seed, Some((-3i64) as u64));
+        assert_eq!(s.stop, vec!["END".to_string()]);
+        assert_eq!(s.logit_bias, vec![(7, -100.0)]);
+        assert!(s.stream && s.include_usage);
+        let e = s
+            .engine_request(&SamplingDefaults::default(), Some(r.max_tokens), None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(e.sampling.top_k, 0);
+        assert_eq!(e.min_tokens, 2);
+        let bad = s.engine_request(&SamplingDefaults::default(), Some(1), None);
+        assert_eq!(param_of(bad).as_deref(), Some("min_tokens"));
+    }
+
+    #[test]
+    fn generation_defaults_fill_what_the_request_leaves_out() {
+        let d = SamplingDefaults {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: None,
+            repetition_penalty: Some(1.1),
+        };
+        let r =
+            completion(json!({"prompt": "x", "top_p": 0.5})).unwrap_or_else(|e| panic!("{e:?}"));
+        let e = r
+            .sampling
+            .engine_request(&d, Some(3), Some(2))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(e.sampling.temperature, 0.6);
+        assert_eq!(e.sampling.top_p, 0.5);
+        assert_eq!(e.sampling.top_k, 20);
+        assert_eq!(e.sampling.min_p, 0.0);
+        assert_eq!(e.sampling.repetition_penalty, 1.1);
+        assert_eq!(e.sampling.logprobs, Some(2));
+        assert_eq!(e.max_tokens, Some(3));
+        let e = SamplingRequest::default()
+            .engine_request(&SamplingDefaults::default(), None, None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((e.sampling.temperature, e.sampling.top_p), (1.0, 1.0));
+    }
+
+    #[test]
+    fn chat_fields() {
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        let r = chat(json!({"messages": msgs, "max_tokens": 5, "max_completion_tokens": 7}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.max_tokens, Some(7));
+        assert_eq!(r.tool_choice, ToolChoice::None);
+        assert!(r.add_generation_prompt);
+        assert_eq!(r.logprobs, None);
+        let r =
+            chat(json!({"messages": msgs, "logprobs": true})).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.logprobs, Some(0));
+        let r = chat(json!({"messages": msgs, "tools": tools})).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.tool_choice, ToolChoice::Auto);
+        let r = chat(json!({"messages": msgs, "tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}}}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.tool_choice, ToolChoice::Function("f".into()));
+        let r = chat(json!({"messages": msgs, "tools": [], "tool_choice": "required"}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((r.tool_choice, r.tools), (ToolChoice::None, None));
+        let cases = [
+            (json!({"messages": []}), "messages"),
+            (json!({}), "messages"),
+            (json!({"messages": [{"content": "x"}]}), "messages"),
+            (
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
+                "messages",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+                "messages",
+            ),
+            (json!({"messages": msgs, "top_logprobs": 2}), "top_logprobs"),
+            (
+                json!({"messages": msgs, "logprobs": true, "top_logprobs": 21}),
+                "top_logprobs",
+            ),
+            (
+                json!({"messages": msgs, "max_completion_tokens": 0}),
+                "max_completion_tokens",
+            ),
+            (
+                json!({"messages": msgs, "tool_choice": "auto"}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": msgs, "tools": tools, "tool_choice": "sometimes"}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": msgs, "tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+                "tool_choice",
+            ),
+            (
+                json!({"messages": msgs, "tools": [{"type": "function"}]}),
+                "tools",
+            ),
+            (
+                json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {}}}),
+                "response_format",
+            ),
+            (
+                json!({"messages": msgs, "continue_final_message": true}),
+                "continue_final_message",
+            ),
+            (
+                json!({"messages": msgs, "chat_template": "{{ x }}"}),
+                "chat_template",
+            ),
+            (
+                json!({"messages": msgs, "chat_template_kwargs": 3}),
+                "chat_template_kwargs",
+            ),
+        ];
+        for (body, param) in cases {
+            assert_eq!(
+                param_of(chat(body.clone())).as_deref(),
+                Some(param),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_shapes() {
+        let chunk = ChatCompletionChunk {
+            id: "chatcmpl-1".into(),
+            object: "chat.completion.chunk",
+            created: 1,
+            model: "m".into(),
+            choices: vec![ChatChunkChoice {
+                index: 0,
+                delta: ChatDelta {
+                    tool_calls: vec![DeltaToolCall {
+                        index: 0,
+                        id: None,
+                        kind: None,
+                        function: DeltaFunctionCall {
+                            name: None,
+                            arguments: Some("{\"a\"".into()),
+                        },
+                    }],
+                    ..ChatDelta::default()
+                },
+                logprobs: None,
+                finish_reason: None,
+                stop_reason: None,
+            }],
+            usage: Some(None),
+        };
+        assert_eq!(
+            serde_json::to_value(&chunk).unwrap_or_default(),
+            json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]},
+                "logprobs": null, "finish_reason": null}], "usage": null})
+        );
+        assert_eq!(
+            serde_json::to_value(Usage::new(3, 4, 1)).unwrap_or_default(),
+            json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 1}})
+        );
+        assert_eq!(finite_logprob(f32::NEG_INFINITY), -9999.0);
+    }
 }

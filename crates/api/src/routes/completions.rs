@@ -1,0 +1,209 @@
+//! POST /v1/completions.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::Response;
+use axum::Extension;
+use qwen3_engine::FinishReason;
+
+use super::{
+    collect, completion_logprobs, finish_str, logged_json, merge_streams, sse, stop_reason_json,
+    submit_n, GenLog,
+};
+use crate::error::ApiError;
+use crate::openai::{CompletionChoice, CompletionRequest, CompletionResponse, Prompt, Usage};
+use crate::server::{body_bytes, new_id, now_secs, AppState, RequestId, St};
+
+fn encode(s: &AppState, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ApiError> {
+    s.tokenizer
+        .encode(text, add_special_tokens)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| ApiError::invalid("prompt", format!("cannot tokenize the prompt: {e}")))
+}
+
+/// Distinct finish reasons, for the log line.
+fn summary(reasons: &[Option<&'static str>]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for r in reasons.iter().map(|r| r.unwrap_or("none")) {
+        if !seen.contains(&r) {
+            seen.push(r);
+        }
+    }
+    seen.join(",")
+}
+
+pub async fn completions(
+    State(s): St,
+    Extension(rid): Extension<RequestId>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let start = Instant::now();
+    let req = CompletionRequest::parse(&body_bytes(body)?)?;
+    let model = s.check_model(req.model.as_deref())?;
+    let mut base =
+        req.sampling
+            .engine_request(&s.config.defaults, Some(req.max_tokens), req.logprobs)?;
+    base.sampling.seed = s.seed(base.sampling.seed);
+    // (token ids, echo text) per prompt.
+    let prompts: Vec<(Vec<u32>, String)> = match &req.prompt {
+        Prompt::Text(t) => vec![(encode(&s, t, req.add_special_tokens)?, t.clone())],
+        Prompt::Texts(ts) => ts
+            .iter()
+            .map(|t| Ok((encode(&s, t, req.add_special_tokens)?, t.clone())))
+            .collect::<Result<_, ApiError>>()?,
+        Prompt::Ids(ids) => vec![(ids.clone(), String::new())],
+        Prompt::IdLists(l) => l.iter().map(|ids| (ids.clone(), String::new())).collect(),
+    };
+    let id = new_id("cmpl");
+    let n = req.sampling.n;
+    let mut streams = Vec::new();
+    let mut echoes = Vec::new();
+    for (p, (ids, text)) in prompts.into_iter().enumerate() {
+        let echo = match (req.echo, text.is_empty()) {
+            (false, _) => String::new(),
+            (true, false) => text,
+            (true, true) => s.tokenizer.decode(&ids, false).unwrap_or_default(),
+        };
+        for st in submit_n(&s, &base, ids, n, &format!("{id}-{p}"), "prompt")? {
+            streams.push(st);
+            echoes.push(echo.clone());
+        }
+    }
+    let created = now_secs();
+    let mut log = GenLog::new(
+        &rid.0,
+        "/v1/completions",
+        start,
+        streams.len(),
+        req.sampling.stream,
+    );
+    let n = n as usize;
+    if !req.sampling.stream {
+        let collected = futures::future::join_all(streams.into_iter().map(collect)).await;
+        if let Some(e) = collected.iter().find_map(|c| c.error()) {
+            return Err(e);
+        }
+        let mut choices = Vec::with_capacity(collected.len());
+        for (i, c) in collected.iter().enumerate() {
+            if i % n == 0 {
+                log.prompt_tokens += c.prompt_tokens;
+                log.cached_tokens += c.cached_tokens;
+            }
+            log.output_tokens += c.output_tokens;
+            if let Some(t) = c.first_token {
+                log.first_token = Some(log.first_token.map_or(t, |f| f.min(t)));
+            }
+            let mut offset = echoes[i].chars().count();
+            choices.push(CompletionChoice {
+                index: i,
+                text: format!("{}{}", echoes[i], c.text),
+                logprobs: req
+                    .logprobs
+                    .map(|_| completion_logprobs(&s, &c.logprobs, &mut offset)),
+                finish_reason: finish_str(&c.finish),
+                stop_reason: stop_reason_json(&c.stop_reason),
+            });
+        }
+        log.done(&summary(
+            &choices.iter().map(|c| c.finish_reason).collect::<Vec<_>>(),
+        ));
+        return Ok(logged_json(&CompletionResponse {
+            id,
+            object: "text_completion",
+            created,
+            model,
+            usage: Some(Some(Usage::new(
+                log.prompt_tokens,
+                log.output_tokens,
+                log.cached_tokens,
+            ))),
+            choices,
+        }));
+    }
+    let include_usage = req.sampling.include_usage;
+    let logprobs = req.logprobs;
+    Ok(sse(move |tx| async move {
+        let chunk = |choice: CompletionChoice| CompletionResponse {
+            id: id.clone(),
+            object: "text_completion",
+            created,
+            model: model.clone(),
+            choices: vec![choice],
+            usage: include_usage.then_some(None),
+        };
+        for (i, e) in echoes.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
+            let c = CompletionChoice {
+                index: i,
+                text: e.clone(),
+                logprobs: None,
+                finish_reason: None,
+                stop_reason: serde_json::Value::Null,
+            };
+            if !tx.json(&chunk(c)).await {
+                return log.done("client disconnected");
+            }
+        }
+        let k = echoes.len();
+        let mut offsets: Vec<usize> = echoes.iter().map(|e| e.chars().count()).collect();
+        let (mut prompt, mut output, mut cached) = (vec![0; k], vec![0; k], vec![0; k]);
+        let mut finishes = vec![None; k];
+        let mut merged = merge_streams(streams);
+        loop {
+            let (i, o) = match tx.next_or_gone(&mut merged).await {
+                Err(()) => return log.done("client disconnected"),
+                Ok(None) => break,
+                Ok(Some(x)) => x,
+            };
+            prompt[i] = o.num_prompt_tokens.max(prompt[i]);
+            output[i] = o.num_output_tokens.max(output[i]);
+            cached[i] = o.num_cached_tokens.max(cached[i]);
+            if !o.token_ids.is_empty() {
+                log.first_token_now();
+            }
+            if let Some(FinishReason::Error(msg)) = &o.finish_reason {
+                tx.send(ApiError::internal(msg.clone()).to_json_string())
+                    .await;
+                tx.send("[DONE]".into()).await;
+                return log.done("error");
+            }
+            let has_logprobs = logprobs.is_some() && !o.logprobs.is_empty();
+            if o.text.is_empty() && o.finish_reason.is_none() && !has_logprobs {
+                continue; // tokens held back by the detokenizer: nothing to show yet
+            }
+            finishes[i] = finish_str(&o.finish_reason);
+            let c = CompletionChoice {
+                index: i,
+                text: o.text,
+                logprobs: logprobs.map(|_| completion_logprobs(&s, &o.logprobs, &mut offsets[i])),
+                finish_reason: finish_str(&o.finish_reason),
+                stop_reason: stop_reason_json(&o.stop_reason),
+            };
+            if !tx.json(&chunk(c)).await {
+                return log.done("client disconnected");
+            }
+        }
+        log.prompt_tokens = prompt.iter().step_by(n).sum();
+        log.cached_tokens = cached.iter().step_by(n).sum();
+        log.output_tokens = output.iter().sum();
+        if include_usage {
+            let u = CompletionResponse {
+                id: id.clone(),
+                object: "text_completion",
+                created,
+                model: model.clone(),
+                choices: Vec::new(),
+                usage: Some(Some(Usage::new(
+                    log.prompt_tokens,
+                    log.output_tokens,
+                    log.cached_tokens,
+                ))),
+            };
+            tx.json(&u).await;
+        }
+        tx.send("[DONE]".into()).await;
+        log.done(&summary(&finishes));
+    }))
+}

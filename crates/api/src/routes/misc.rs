@@ -1,0 +1,130 @@
+//! The small routes: /v1/models, /health, /version, /tokenize, /detokenize, /metrics.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use crate::chat_template::{RenderOptions, TemplateError};
+use crate::error::ApiError;
+use crate::openai::{Fields, ModelCard, ModelList};
+use crate::server::{body_bytes, now_secs, St};
+
+pub async fn models(State(s): St) -> Json<ModelList> {
+    let created = now_secs();
+    let data = s
+        .config
+        .served_model_names
+        .iter()
+        .map(|name| ModelCard {
+            id: name.clone(),
+            object: "model",
+            created,
+            owned_by: "qwen3-serve",
+            root: s.config.model_root.clone(),
+            parent: None,
+            max_model_len: s.config.max_model_len,
+            permission: Vec::new(),
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+}
+
+pub async fn health(State(s): St) -> Response {
+    if s.engine.is_alive() {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running")
+            .into_response()
+    }
+}
+
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// vLLM's /tokenize: `{"prompt"}` or `{"messages"}` (through the chat template) to
+/// `{"count", "max_model_len", "tokens", "token_strs"}`.
+pub async fn tokenize(
+    State(s): St,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mut f = Fields::parse(&body_bytes(body)?)?;
+    s.check_model(f.opt::<String>("model")?.as_deref())?;
+    let return_token_strs = f.opt::<bool>("return_token_strs")?.unwrap_or(false);
+    let (text, add_special_default) = if let Some(prompt) = f.opt::<String>("prompt")? {
+        (prompt, true)
+    } else if let Some(messages) = f.opt::<Vec<Value>>("messages")? {
+        let t = s
+            .template
+            .as_ref()
+            .ok_or_else(|| ApiError::bad_request("this model has no chat template"))?;
+        let tools = f.opt::<Vec<Value>>("tools")?;
+        let kwargs = f.opt::<Map<String, Value>>("chat_template_kwargs")?;
+        let opts = RenderOptions {
+            tools: tools.as_deref(),
+            add_generation_prompt: f.opt("add_generation_prompt")?.unwrap_or(true),
+            continue_final_message: f.opt("continue_final_message")?.unwrap_or(false),
+            kwargs: kwargs.as_ref(),
+        };
+        let text = t.render_with(&messages, &opts).map_err(|e| match e {
+            TemplateError::InvalidMessages(m) => ApiError::invalid("messages", m),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+        (text, false)
+    } else {
+        return Err(ApiError::invalid("prompt", "give a `prompt` or `messages`"));
+    };
+    let add_special = f
+        .opt::<bool>("add_special_tokens")?
+        .unwrap_or(add_special_default);
+    let enc = s
+        .tokenizer
+        .encode(text.as_str(), add_special)
+        .map_err(|e| ApiError::bad_request(format!("cannot tokenize: {e}")))?;
+    let ids = enc.get_ids().to_vec();
+    let token_strs = return_token_strs.then(|| enc.get_tokens().to_vec());
+    Ok(Json(json!({
+        "count": ids.len(),
+        "max_model_len": s.config.max_model_len,
+        "tokens": ids,
+        "token_strs": token_strs,
+    })))
+}
+
+/// vLLM's /detokenize: `{"tokens"}` to `{"prompt"}`.
+pub async fn detokenize(
+    State(s): St,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mut f = Fields::parse(&body_bytes(body)?)?;
+    s.check_model(f.opt::<String>("model")?.as_deref())?;
+    let ids: Vec<u32> = f.req("tokens")?;
+    let vocab = s.tokenizer.get_vocab_size(true);
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            "tokens",
+            format!("token id {bad} is outside the vocabulary (size {vocab})"),
+        ));
+    }
+    let text = s
+        .tokenizer
+        .decode(&ids, false)
+        .map_err(|e| ApiError::bad_request(format!("cannot detokenize: {e}")))?;
+    Ok(Json(json!({"prompt": text})))
+}
+
+pub async fn metrics(State(s): St) -> Response {
+    let text = crate::metrics::render(&s.engine.stats(), &s.config.served_model_names);
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,321 @@
+//! Route handlers, and what the two generation routes share: submitting choices, collecting
+//! or merging their outputs, logprobs, SSE, and the one log line per request.
+
+pub mod chat;
+pub mod completions;
+pub mod misc;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use qwen3_engine::{
+    EngineRequest, FinishReason, RequestOutput, RequestStream, StopReason, TokenLogprob,
+};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::info;
+
+use crate::error::ApiError;
+use crate::openai::{
+    finite_logprob, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob,
+};
+use crate::server::{AppState, LoggedByHandler};
+
+/// Checks that a prompt leaves room to generate, then submits `n` choices of it (seeds
+/// `seed + i` when seeded). On an error the choices already submitted are dropped, which
+/// aborts them.
+pub(crate) fn submit_n(
+    s: &AppState,
+    base: &EngineRequest,
+    ids: Vec<u32>,
+    n: u32,
+    id_prefix: &str,
+    param: &str,
+) -> Result<Vec<RequestStream>, ApiError> {
+    let max_len = s.config.max_model_len;
+    let context_error = |msg: String| ApiError {
+        code: Some("context_length_exceeded"),
+        ..ApiError::invalid(param, msg)
+    };
+    if ids.len() >= max_len {
+        return Err(context_error(format!(
+            "This model's maximum context length is {max_len} tokens. However, your request has {} input tokens. Please reduce the length of the input.",
+            ids.len()
+        )));
+    }
+    if let Some(max_tokens) = base.max_tokens {
+        if ids.len() + max_tokens as usize > max_len {
+            return Err(ApiError {
+                param: Some("max_tokens".into()),
+                ..context_error(format!(
+                    "This model's maximum context length is {max_len} tokens. However, you requested {} tokens ({} in the input, {max_tokens} in the completion). Please reduce the length of the input or the completion.",
+                    ids.len() + max_tokens as usize,
+                    ids.len()
+                ))
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut r = base.clone();
+        r.request_id = format!("{id_prefix}-{i}");
+        r.prompt_token_ids = ids.clone();
+        r.sampling.seed = base.sampling.seed.map(|x| x.wrapping_add(u64::from(i)));
+        out.push(s.engine.submit(r)?);
+    }
+    Ok(out)
+}
+
+/// Everything one choice produced (non-streaming).
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish: Option<FinishReason>,
+    pub stop_reason: Option<StopReason>,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub cached_tokens: usize,
+    pub first_token: Option<Instant>,
+}
+
+impl Collected {
+    pub fn add(&mut self, o: RequestOutput) {
+        if self.first_token.is_none() && !o.token_ids.is_empty() {
+            self.first_token = Some(Instant::now());
+        }
+        self.text.push_str(&o.text);
+        self.logprobs.extend(o.logprobs);
+        self.prompt_tokens = self.prompt_tokens.max(o.num_prompt_tokens);
+        self.output_tokens = self.output_tokens.max(o.num_output_tokens);
+        self.cached_tokens = self.cached_tokens.max(o.num_cached_tokens);
+        if o.finish_reason.is_some() {
+            self.finish = o.finish_reason;
+            self.stop_reason = o.stop_reason;
+        }
+    }
+
+    /// A choice the engine failed is an error for the whole request.
+    pub fn error(&self) -> Option<ApiError> {
+        match &self.finish {
+            Some(FinishReason::Error(msg)) => Some(ApiError::internal(msg.clone())),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) async fn collect(mut stream: RequestStream) -> Collected {
+    let mut c = Collected::default();
+    while let Some(o) = stream.next().await {
+        c.add(o);
+    }
+    c
+}
+
+/// One stream of `(choice index, output)` from all choices, as outputs arrive.
+pub(crate) fn merge_streams(
+    streams: Vec<RequestStream>,
+) -> impl Stream<Item = (usize, RequestOutput)> + Unpin + Send {
+    futures::stream::select_all(streams.into_iter().enumerate().map(|(i, st)| {
+        futures::stream::unfold(st, |mut st| async move { st.next().await.map(|o| (o, st)) })
+            .map(move |o| (i, o))
+            .boxed()
+    }))
+}
+
+pub(crate) fn finish_str(f: &Option<FinishReason>) -> Option<&'static str> {
+    f.as_ref().map(FinishReason::as_str)
+}
+
+pub(crate) fn stop_reason_json(r: &Option<StopReason>) -> Json {
+    match r {
+        Some(StopReason::TokenId(t)) => Json::from(*t),
+        Some(StopReason::Text(s)) => Json::from(s.as_str()),
+        None => Json::Null,
+    }
+}
+
+/// A token's text as logprobs show it (a byte-level piece of a character decodes to U+FFFD,
+/// as in vLLM).
+pub(crate) fn token_str(s: &AppState, id: u32) -> String {
+    s.tokenizer.decode(&[id], false).unwrap_or_default()
+}
+
+/// Completions' logprobs for some tokens; `offset` is the text offset of the first, advanced
+/// past them.
+pub(crate) fn completion_logprobs(
+    s: &AppState,
+    lps: &[TokenLogprob],
+    offset: &mut usize,
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs {
+        text_offset: Vec::with_capacity(lps.len()),
+        token_logprobs: Vec::with_capacity(lps.len()),
+        tokens: Vec::with_capacity(lps.len()),
+        top_logprobs: Vec::with_capacity(lps.len()),
+    };
+    for lp in lps {
+        let t = token_str(s, lp.token_id);
+        out.text_offset.push(*offset);
+        *offset += t.chars().count();
+        // As vLLM: the chosen token is among its top logprobs.
+        let mut top = Map::new();
+        top.insert(t.clone(), Json::from(finite_logprob(lp.logprob)));
+        for (id, l) in &lp.top {
+            top.entry(token_str(s, *id))
+                .or_insert_with(|| Json::from(finite_logprob(*l)));
+        }
+        out.tokens.push(t);
+        out.token_logprobs.push(Some(finite_logprob(lp.logprob)));
+        out.top_logprobs.push(Some(top));
+    }
+    out
+}
+
+pub(crate) fn chat_logprobs(s: &AppState, lps: &[TokenLogprob]) -> ChatLogprobs {
+    let top = |id: u32, l: f32| {
+        let token = token_str(s, id);
+        TopLogprob {
+            bytes: token.as_bytes().to_vec(),
+            token,
+            logprob: finite_logprob(l),
+        }
+    };
+    ChatLogprobs {
+        content: lps
+            .iter()
+            .map(|lp| {
+                let t = top(lp.token_id, lp.logprob);
+                ChatTokenLogprob {
+                    token: t.token,
+                    logprob: t.logprob,
+                    bytes: t.bytes,
+                    top_logprobs: lp.top.iter().map(|(id, l)| top(*id, *l)).collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The one log line of a generation request, written when it ends.
+pub(crate) struct GenLog {
+    pub request_id: String,
+    pub route: &'static str,
+    pub start: Instant,
+    pub first_token: Option<Instant>,
+    pub prompt_tokens: usize,
+    pub output_tokens: usize,
+    pub cached_tokens: usize,
+    pub n: usize,
+    pub stream: bool,
+}
+
+impl GenLog {
+    pub fn new(
+        request_id: &str,
+        route: &'static str,
+        start: Instant,
+        n: usize,
+        stream: bool,
+    ) -> Self {
+        Self {
+            request_id: request_id.to_string(),
+            route,
+            start,
+            first_token: None,
+            prompt_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+            n,
+            stream,
+        }
+    }
+
+    pub fn first_token_now(&mut self) {
+        self.first_token.get_or_insert_with(Instant::now);
+    }
+
+    pub fn done(&self, finish: &str) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let e2e = self.start.elapsed();
+        let ttft = self.first_token.map(|t| ms(t - self.start));
+        let tpot = match (self.first_token, self.output_tokens) {
+            (Some(t), n) if n > self.n => {
+                Some(ms(t.elapsed()) / (n - self.n) as f64 * self.n as f64)
+            }
+            _ => None,
+        };
+        info!(
+            request_id = %self.request_id,
+            route = self.route,
+            stream = self.stream,
+            n = self.n,
+            prompt_tokens = self.prompt_tokens,
+            cached_tokens = self.cached_tokens,
+            output_tokens = self.output_tokens,
+            ttft_ms = ttft,
+            tpot_ms = tpot,
+            e2e_ms = ms(e2e),
+            finish,
+            "request finished"
+        );
+    }
+}
+
+/// Writes a streaming response's events; `false` once the client is gone.
+pub(crate) struct SseSender {
+    tx: mpsc::Sender<String>,
+}
+
+impl SseSender {
+    pub async fn send(&self, data: String) -> bool {
+        self.tx.send(data).await.is_ok()
+    }
+
+    pub async fn json<T: Serialize>(&self, v: &T) -> bool {
+        match serde_json::to_string(v) {
+            Ok(s) => self.send(s).await,
+            Err(e) => {
+                self.send(ApiError::internal(format!("serialising a chunk: {e}")).to_json_string())
+                    .await
+            }
+        }
+    }
+
+    /// The next item of `s`, or `Err(())` as soon as the client disconnects (dropping the
+    /// engine streams then aborts their requests).
+    pub async fn next_or_gone<S: Stream + Unpin>(&self, s: &mut S) -> Result<Option<S::Item>, ()> {
+        tokio::select! {
+            biased;
+            _ = self.tx.closed() => Err(()),
+            item = s.next() => Ok(item),
+        }
+    }
+}
+
+/// An SSE response (`data: <json>\n\n` events) whose events `task` writes.
+pub(crate) fn sse<F, Fut>(task: F) -> Response
+where
+    F: FnOnce(SseSender) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<String>(64);
+    tokio::spawn(task(SseSender { tx }));
+    let events =
+        ReceiverStream::new(rx).map(|data| Ok::<_, Infallible>(Event::default().data(data)));
+    let mut resp = Sse::new(events).into_response();
+    resp.extensions_mut().insert(LoggedByHandler);
+    resp
+}
+
+/// A JSON response for a request whose handler logged it.
+pub(crate) fn logged_json<T: Serialize>(v: &T) -> Response {
+    let mut resp = axum::Json(v).into_response();
+    resp.extensions_mut().insert(LoggedByHandler);
+    resp
+}
