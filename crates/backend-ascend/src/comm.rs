@@ -1,0 +1,164 @@
+//! Tensor-parallel collectives over HCCL: one communicator per rank thread, collectives
+//! queued on the rank's stream.
+
+use std::sync::Arc;
+
+use ascend_sys::types::*;
+use ascend_sys::Cann;
+use qwen3_backend::comm::Communicator;
+use qwen3_backend::{BackendError, Result};
+
+use crate::desc::View;
+use crate::mem::DevPtr;
+use crate::{AscendBackend, AscendTensor};
+
+fn coll_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Collective(e.to_string())
+}
+
+/// The root info every rank of one group joins with: made once (on any thread), then
+/// handed to each rank's [`HcclCommunicator::init`].
+pub fn root_info(cann: &Cann) -> Result<HcclRootInfo> {
+    let h = cann.hccl().map_err(coll_err)?;
+    let mut root = HcclRootInfo::default();
+    // SAFETY: valid out-pointer of the documented size.
+    let rc = unsafe { (h.HcclGetRootInfo)(&mut root) };
+    cann.check_hccl(rc, "HcclGetRootInfo").map_err(coll_err)?;
+    Ok(root)
+}
+
+/// One rank's HCCL communicator.
+pub struct HcclCommunicator {
+    cann: Arc<Cann>,
+    comm: DevPtr,
+    rank: usize,
+    world: usize,
+}
+
+impl HcclCommunicator {
+    /// Joins the group: every rank calls this at the same time, each on its own thread with
+    /// its backend's device bound (HcclCommInitRootInfo blocks until all have joined).
+    pub fn init(
+        backend: &AscendBackend,
+        root: &HcclRootInfo,
+        rank: usize,
+        world: usize,
+    ) -> Result<Self> {
+        let dev = backend.device();
+        dev.bind()?;
+        let cann = Arc::clone(&dev.cann);
+        let h = cann.hccl().map_err(coll_err)?;
+        if rank >= world {
+            return Err(coll_err(format!("rank {rank} of {world}")));
+        }
+        let mut comm = std::ptr::null_mut();
+        // SAFETY: `root` came from HcclGetRootInfo; valid out-pointer; the device is bound.
+        let rc = unsafe { (h.HcclCommInitRootInfo)(world as u32, root, rank as u32, &mut comm) };
+        cann.check_hccl(rc, "HcclCommInitRootInfo")
+            .map_err(coll_err)?;
+        Ok(Self {
+            cann,
+            comm: DevPtr(comm),
+            rank,
+            world,
+        })
+    }
+
+    fn dtype(t: &AscendTensor) -> Result<HcclDataType> {
+        HcclDataType::from_acl(t.dtype().acl())
+            .ok_or_else(|| coll_err(format!("HCCL has no type for {:?}", t.dtype())))
+    }
+}
+
+impl Drop for HcclCommunicator {
+    fn drop(&mut self) {
+        if let Ok(h) = self.cann.hccl() {
+            // SAFETY: created by HcclCommInitRootInfo, destroyed once.
+            unsafe { (h.HcclCommDestroy)(self.comm.0) };
+        }
+    }
+}
+
+impl Communicator<AscendBackend> for HcclCommunicator {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, backend: &AscendBackend, t: &mut AscendTensor) -> Result<()> {
+        let n = t.numel();
+        if n == 0 || self.world == 1 {
+            return Ok(());
+        }
+        let dev = backend.device();
+        dev.bind()?;
+        let out = backend.empty(t.dtype(), t.shape())?;
+        let h = self.cann.hccl().map_err(coll_err)?;
+        // SAFETY: both buffers hold `n` elements of the type on this rank's device; queued
+        // on its stream, which keeps them alive in order.
+        let rc = unsafe {
+            (h.HcclAllReduce)(
+                t.buf.ptr.0,
+                out.buf.ptr.0,
+                n as u64,
+                Self::dtype(t)?,
+                HcclReduceOp::HCCL_REDUCE_SUM,
+                self.comm.0,
+                dev.stream.0,
+            )
+        };
+        self.cann
+            .check_hccl(rc, "HcclAllReduce")
+            .map_err(coll_err)?;
+        *t = out;
+        Ok(())
+    }
+
+    fn all_gather_cols(&self, backend: &AscendBackend, t: AscendTensor) -> Result<AscendTensor> {
+        if self.world == 1 {
+            return Ok(t);
+        }
+        let (rows, cols) = t.matrix();
+        let w = self.world;
+        let dev = backend.device();
+        dev.bind()?;
+        // HcclAllGather concatenates along the first dimension: [world, rows, cols].
+        let gathered = backend.empty(t.dtype(), &[w, rows, cols])?;
+        let h = self.cann.hccl().map_err(coll_err)?;
+        if rows * cols > 0 {
+            // SAFETY: send holds rows*cols elements, recv world times that; on this rank's
+            // device and stream.
+            let rc = unsafe {
+                (h.HcclAllGather)(
+                    t.buf.ptr.0,
+                    gathered.buf.ptr.0,
+                    (rows * cols) as u64,
+                    Self::dtype(&t)?,
+                    self.comm.0,
+                    dev.stream.0,
+                )
+            };
+            self.cann
+                .check_hccl(rc, "HcclAllGather")
+                .map_err(coll_err)?;
+        }
+        let mut shape = t.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = cols * w;
+        }
+        let out = backend.empty(t.dtype(), &shape)?;
+        if rows * cols > 0 {
+            // out[r, k*cols + c] = gathered[k, r, c]: write through a permuted view of out.
+            let dst = View {
+                shape: vec![w as i64, rows as i64, cols as i64],
+                strides: vec![cols as i64, (w * cols) as i64, 1],
+                ..out.view()
+            };
+            backend.copy_view(&dst, &gathered.view())?;
+        }
+        Ok(out)
+    }
+}
