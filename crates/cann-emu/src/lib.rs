@@ -1,0 +1,123 @@
+//! An emulated CANN for tests: the ACL runtime, nnopbase, the aclnn operators the
+//! backend uses and HCCL, exported as C symbols with CANN's signatures from a cdylib and
+//! implemented on the CPU with memory checks (out-of-bounds, use-after-free, double free,
+//! leaks, wrong copy directions).
+//!
+//! Never shipped and never loaded unless pointed at: [`harness`] finds the built
+//! `libcann_emu.so`, makes a directory of symlinks named as CANN's libraries and hands it
+//! to `ascend_sys::Cann::load_from`. Operator semantics are written from CANN's
+//! documentation, independently of the CPU backend's kernels.
+
+#![allow(clippy::missing_safety_doc)] // every export documents CANN's own contract
+
+/// Exports the second phase of aclnn operators (all share one signature) and checks
+/// each against ascend-sys.
+macro_rules! phase2_exports {
+    ($($name:ident),* $(,)?) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            _workspace: *mut std::ffi::c_void,
+            _workspace_size: u64,
+            executor: *mut ascend_sys::types::aclOpExecutor,
+            stream: ascend_sys::types::aclrtStream,
+        ) -> ascend_sys::types::aclnnStatus {
+            crate::nnop::phase2(stringify!($name), executor, stream)
+        }
+        const _: ascend_sys::fns::$name = $name;
+    )*};
+}
+
+pub mod harness;
+
+mod dtype;
+mod hccl;
+mod mem;
+mod nnop;
+mod ops;
+mod ops_attn;
+mod ops_moe;
+mod rt;
+mod state;
+
+/// Counters of the emulator, read by tests through the exported `cannEmuStats`.
+///
+/// `live_*` are resources created and not yet destroyed (leaks when a test ends with
+/// them non-zero); the others count violations the emulator caught.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CannEmuStats {
+    pub live_allocs: u64,
+    pub live_bytes: u64,
+    pub peak_bytes: u64,
+    pub total_allocs: u64,
+    pub live_host_allocs: u64,
+    pub double_frees: u64,
+    pub invalid_frees: u64,
+    pub oob_accesses: u64,
+    pub use_after_free: u64,
+    pub bad_memcpy_kinds: u64,
+    pub live_tensors: u64,
+    pub live_scalars: u64,
+    pub live_int_arrays: u64,
+    pub live_tensor_lists: u64,
+    pub live_executors: u64,
+    pub live_streams: u64,
+    pub live_events: u64,
+    pub live_graphs: u64,
+    pub live_comms: u64,
+    pub ops_executed: u64,
+    pub ops_rejected: u64,
+    pub exec_errors: u64,
+    pub capture_violations: u64,
+    pub bad_handles: u64,
+    pub collectives: u64,
+}
+
+impl CannEmuStats {
+    /// Memory-safety violations of any kind.
+    pub fn violations(&self) -> u64 {
+        self.double_frees
+            + self.invalid_frees
+            + self.oob_accesses
+            + self.use_after_free
+            + self.bad_memcpy_kinds
+            + self.bad_handles
+    }
+
+    /// Resources still alive (device and host allocations, descriptors, executors...).
+    pub fn leaks(&self) -> u64 {
+        self.live_allocs
+            + self.live_host_allocs
+            + self.live_tensors
+            + self.live_scalars
+            + self.live_int_arrays
+            + self.live_tensor_lists
+            + self.live_executors
+            + self.live_graphs
+    }
+}
+
+/// Fills `out` with the emulator's counters (test-only symbol, not CANN's).
+///
+/// # Safety
+/// `out` is null or points to a writable `CannEmuStats`.
+#[no_mangle]
+pub unsafe extern "C" fn cannEmuStats(out: *mut CannEmuStats) {
+    if out.is_null() {
+        return;
+    }
+    let s = state::stats_snapshot();
+    // SAFETY: non-null and writable per the contract.
+    unsafe { out.write(s) };
+}
+
+/// Drops every resource and zeroes every counter (test-only symbol, not CANN's).
+#[no_mangle]
+pub extern "C" fn cannEmuReset() {
+    state::reset_all();
+}
+
+/// `cannEmuStats`'s type, for the harness.
+pub type CannEmuStatsFn = unsafe extern "C" fn(*mut CannEmuStats);
+/// `cannEmuReset`'s type, for the harness.
+pub type CannEmuResetFn = extern "C" fn();

@@ -1,0 +1,1 @@
+//! MoE and weight-quantized operators.

@@ -1,0 +1,922 @@
+//! The ACL runtime: init, devices, contexts, streams (deferred, in order), events,
+//! memory copies and graph capture.
+
+use crate::mem;
+use crate::state::{bump, code_of, drop1, lock, recent_error_ptr, Fail, Handles, Res, STATS};
+use ascend_sys::fns;
+use ascend_sys::types::*;
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Instant;
+
+/// A unit of stream work; `Fn` (not `FnOnce`) so that captured graphs can replay it.
+pub type Task = Arc<dyn Fn() -> Res<()> + Send + Sync>;
+
+pub struct Stream {
+    pub dev: i32,
+    queue: Mutex<VecDeque<Task>>,
+    capture: Mutex<Option<(aclmdlRICaptureMode, Vec<Task>)>>,
+    /// Held while the queue runs, so that two threads never run one stream at once.
+    run: Mutex<()>,
+}
+
+struct EventState {
+    recorded_on: Option<Arc<Stream>>,
+    done: Arc<AtomicBool>,
+    at: Arc<Mutex<Option<Instant>>>,
+}
+
+struct Rt {
+    init: bool,
+    streams: Handles<Arc<Stream>>,
+    default_streams: Vec<(i32, Arc<Stream>)>,
+    events: Handles<EventState>,
+    contexts: Handles<i32>,
+    graphs: Handles<Arc<Vec<Task>>>,
+}
+
+static RT: LazyLock<Mutex<Rt>> = LazyLock::new(|| {
+    Mutex::new(Rt {
+        init: false,
+        streams: Handles::new(0x5100_0000_0000_0000),
+        default_streams: Vec::new(),
+        events: Handles::new(0x5200_0000_0000_0000),
+        contexts: Handles::new(0x5300_0000_0000_0000),
+        graphs: Handles::new(0x5400_0000_0000_0000),
+    })
+});
+
+thread_local! {
+    static CUR_DEV: Cell<Option<i32>> = const { Cell::new(None) };
+}
+
+pub fn reset() {
+    let mut rt = lock(&RT);
+    rt.init = false;
+    rt.streams.clear();
+    rt.default_streams.clear();
+    rt.events.clear();
+    rt.contexts.clear();
+    rt.graphs.clear();
+    CUR_DEV.with(|c| c.set(None));
+}
+
+pub fn current_device() -> Res<i32> {
+    CUR_DEV.with(|c| c.get()).ok_or_else(|| {
+        Fail::new(
+            ACL_ERROR_RT_CONTEXT_NULL,
+            "no device set on this thread: call aclrtSetDevice or aclrtSetCurrentContext first",
+        )
+    })
+}
+
+fn check_dev(id: i32) -> Res<()> {
+    if id < 0 || id as u32 >= crate::state::device_count() {
+        return Err(Fail::new(
+            ACL_ERROR_RT_INVALID_DEVICEID,
+            format!(
+                "invalid device id {id}: {} emulated devices",
+                crate::state::device_count()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn bad_handle(what: &str, h: *mut c_void) -> Fail {
+    bump(&STATS.bad_handles);
+    Fail::new(
+        ACL_ERROR_INVALID_PARAM,
+        format!("{what}: {h:p} is not a live handle"),
+    )
+}
+
+/// The stream behind a handle (null = the current device's default stream).
+pub fn stream_of(h: aclrtStream, what: &str) -> Res<Arc<Stream>> {
+    if h.is_null() {
+        let dev = current_device()?;
+        let mut rt = lock(&RT);
+        if let Some((_, s)) = rt.default_streams.iter().find(|(d, _)| *d == dev) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(new_stream(dev));
+        rt.default_streams.push((dev, s.clone()));
+        return Ok(s);
+    }
+    lock(&RT)
+        .streams
+        .get(h as u64)
+        .cloned()
+        .ok_or_else(|| bad_handle(what, h))
+}
+
+fn new_stream(dev: i32) -> Stream {
+    Stream {
+        dev,
+        queue: Mutex::new(VecDeque::new()),
+        capture: Mutex::new(None),
+        run: Mutex::new(()),
+    }
+}
+
+impl Stream {
+    /// Queues work, or records it while the stream is being captured.
+    pub fn enqueue(&self, t: Task) {
+        let mut cap = lock(&self.capture);
+        if let Some((_, tasks)) = cap.as_mut() {
+            tasks.push(t);
+        } else {
+            drop(cap);
+            lock(&self.queue).push_back(t);
+        }
+    }
+
+    pub fn is_capturing(&self) -> bool {
+        lock(&self.capture).is_some()
+    }
+
+    /// Runs queued work in order. After a failure the rest of the queue is dropped, as
+    /// a device exception poisons the stream.
+    pub fn flush(&self) -> Res<()> {
+        let _run = lock(&self.run);
+        loop {
+            let t = lock(&self.queue).pop_front();
+            let Some(t) = t else { return Ok(()) };
+            if let Err(e) = t() {
+                bump(&STATS.exec_errors);
+                lock(&self.queue).clear();
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn all_streams(dev: Option<i32>) -> Vec<Arc<Stream>> {
+    let rt = lock(&RT);
+    rt.streams
+        .values()
+        .cloned()
+        .chain(rt.default_streams.iter().map(|(_, s)| s.clone()))
+        .filter(|s| dev.is_none_or(|d| s.dev == d))
+        .collect()
+}
+
+fn sync_device(dev: Option<i32>) -> Res<()> {
+    let mut first = Ok(());
+    for s in all_streams(dev) {
+        if s.is_capturing() {
+            continue;
+        }
+        if let Err(e) = s.flush() {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+fn capture_blocks_sync(dev: Option<i32>, what: &str) -> Res<()> {
+    let blocking = all_streams(dev).iter().any(|s| {
+        lock(&s.capture)
+            .as_ref()
+            .is_some_and(|(m, _)| *m != aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED)
+    });
+    if blocking {
+        bump(&STATS.capture_violations);
+        return Err(Fail::new(
+            ACL_ERROR_RT_STREAM_CAPTURED,
+            format!("{what}: not allowed while a stream of this device is being captured"),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Exports
+// ---------------------------------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn aclInit(_config: *const c_char) -> aclError {
+    let mut rt = lock(&RT);
+    if rt.init {
+        crate::state::set_error("aclInit: already initialised");
+        return ACL_ERROR_REPEAT_INITIALIZE;
+    }
+    rt.init = true;
+    ACL_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn aclFinalize() -> aclError {
+    let mut rt = lock(&RT);
+    if !rt.init {
+        crate::state::set_error("aclFinalize: not initialised");
+        return ACL_ERROR_REPEAT_FINALIZE;
+    }
+    rt.init = false;
+    ACL_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn aclGetRecentErrMsg() -> *const c_char {
+    recent_error_ptr()
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtSetDevice(id: i32) -> aclError {
+    code_of((|| {
+        if !lock(&RT).init {
+            return Err(Fail::new(
+                ACL_ERROR_UNINITIALIZE,
+                "aclrtSetDevice: aclInit has not been called",
+            ));
+        }
+        check_dev(id)?;
+        CUR_DEV.with(|c| c.set(Some(id)));
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtResetDevice(id: i32) -> aclError {
+    code_of((|| {
+        check_dev(id)?;
+        sync_device(Some(id))?;
+        CUR_DEV.with(|c| {
+            if c.get() == Some(id) {
+                c.set(None)
+            }
+        });
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetDevice(id: *mut i32) -> aclError {
+    code_of((|| {
+        let d = current_device()?;
+        out(id, d)
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> aclError {
+    code_of(out(count, crate::state::device_count()))
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtSynchronizeDevice() -> aclError {
+    code_of((|| {
+        let dev = current_device()?;
+        capture_blocks_sync(Some(dev), "aclrtSynchronizeDevice")?;
+        sync_device(Some(dev))
+    })())
+}
+
+fn out<T>(p: *mut T, v: T) -> Res<()> {
+    if p.is_null() {
+        return Err(Fail::new(ACL_ERROR_INVALID_PARAM, "null output pointer"));
+    }
+    // SAFETY: non-null; the caller passes a writable out-pointer per the C API.
+    unsafe { p.write(v) };
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateContext(ctx: *mut aclrtContext, id: i32) -> aclError {
+    code_of((|| {
+        if !lock(&RT).init {
+            return Err(Fail::new(ACL_ERROR_UNINITIALIZE, "aclInit has not been called"));
+        }
+        check_dev(id)?;
+        let h = lock(&RT).contexts.insert(id);
+        CUR_DEV.with(|c| c.set(Some(id)));
+        out(ctx, h as aclrtContext)
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtDestroyContext(ctx: aclrtContext) -> aclError {
+    code_of(match lock(&RT).contexts.remove(ctx as u64) {
+        Some(_) => Ok(()),
+        None => Err(bad_handle("aclrtDestroyContext", ctx)),
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtSetCurrentContext(ctx: aclrtContext) -> aclError {
+    code_of((|| {
+        let dev = lock(&RT).contexts.get(ctx as u64).copied();
+        let dev = dev.ok_or_else(|| bad_handle("aclrtSetCurrentContext", ctx))?;
+        CUR_DEV.with(|c| c.set(Some(dev)));
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetCurrentContext(ctx: *mut aclrtContext) -> aclError {
+    code_of((|| {
+        let dev = current_device()?;
+        let h = {
+            let mut rt = lock(&RT);
+            let found = rt
+                .contexts
+                .map_iter()
+                .find(|(_, d)| **d == dev)
+                .map(|(h, _)| *h);
+            match found {
+                Some(h) => h,
+                None => rt.contexts.insert(dev),
+            }
+        };
+        out(ctx, h as aclrtContext)
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateStream(stream: *mut aclrtStream) -> aclError {
+    code_of((|| {
+        let dev = current_device()?;
+        let h = lock(&RT).streams.insert(Arc::new(new_stream(dev)));
+        bump(&STATS.live_streams);
+        out(stream, h as aclrtStream)
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateStreamWithConfig(
+    stream: *mut aclrtStream,
+    _priority: u32,
+    _flag: u32,
+) -> aclError {
+    // SAFETY: same contract as aclrtCreateStream.
+    unsafe { aclrtCreateStream(stream) }
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
+    code_of((|| {
+        let s = stream_of(stream, "aclrtDestroyStream")?;
+        if stream.is_null() {
+            return Err(Fail::new(
+                ACL_ERROR_INVALID_PARAM,
+                "aclrtDestroyStream: the default stream cannot be destroyed",
+            ));
+        }
+        // Pending work still runs, as the runtime drains a stream it destroys.
+        let r = if s.is_capturing() { Ok(()) } else { s.flush() };
+        lock(&RT).streams.remove(stream as u64);
+        drop1(&STATS.live_streams);
+        r
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError {
+    code_of((|| {
+        let s = stream_of(stream, "aclrtSynchronizeStream")?;
+        if s.is_capturing() {
+            bump(&STATS.capture_violations);
+            return Err(Fail::new(
+                ACL_ERROR_RT_STREAM_CAPTURED,
+                "aclrtSynchronizeStream: the stream is being captured",
+            ));
+        }
+        s.flush()
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtSynchronizeStreamWithTimeout(stream: aclrtStream, _t: i32) -> aclError {
+    aclrtSynchronizeStream(stream)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMalloc(
+    p: *mut *mut c_void,
+    size: usize,
+    _policy: aclrtMemMallocPolicy,
+) -> aclError {
+    code_of((|| {
+        let dev = current_device()?;
+        let a = mem::malloc(dev, size)?;
+        out(p, a as *mut c_void)
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtFree(p: *mut c_void) -> aclError {
+    code_of(mem::free(p as u64))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMallocHost(p: *mut *mut c_void, size: usize) -> aclError {
+    code_of((|| {
+        let a = mem::malloc_host(size)?;
+        out(p, a as *mut c_void)
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtFreeHost(p: *mut c_void) -> aclError {
+    code_of(mem::free_host(p as usize))
+}
+
+/// A validated copy, run now or later: host addresses are read/written at run time.
+#[derive(Clone, Copy)]
+struct Copy {
+    dst: u64,
+    src: u64,
+    count: usize,
+    kind: aclrtMemcpyKind,
+}
+
+fn plan_copy(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+    what: &str,
+) -> Res<Copy> {
+    let (d, s) = (dst as u64, src as u64);
+    if count > dest_max {
+        return Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{what}: count {count} exceeds destMax {dest_max}"),
+        ));
+    }
+    if count > 0 && (dst.is_null() || src.is_null()) {
+        return Err(Fail::new(ACL_ERROR_INVALID_PARAM, format!("{what}: null pointer")));
+    }
+    let (dd, sd) = (mem::is_device_addr(d), mem::is_device_addr(s));
+    let kind = if kind == aclrtMemcpyKind::ACL_MEMCPY_DEFAULT {
+        match (sd, dd) {
+            (false, false) => aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST,
+            (false, true) => aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+            (true, false) => aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+            (true, true) => aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_DEVICE,
+        }
+    } else {
+        kind
+    };
+    let want = match kind {
+        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST => (false, false),
+        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE => (false, true),
+        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST => (true, false),
+        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_DEVICE => (true, true),
+        other => {
+            return Err(Fail::new(
+                ACL_ERROR_INVALID_PARAM,
+                format!("{what}: invalid memcpy kind {other:?}"),
+            ))
+        }
+    };
+    if (sd, dd) != want {
+        bump(&STATS.bad_memcpy_kinds);
+        return Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            format!(
+                "{what}: kind {kind:?} but src is {} memory and dst is {} memory",
+                if sd { "device" } else { "host" },
+                if dd { "device" } else { "host" }
+            ),
+        ));
+    }
+    if count > 0 {
+        if sd {
+            mem::check(s, count as u64, what)?;
+        }
+        if dd {
+            mem::check(d, count as u64, what)?;
+        }
+    }
+    Ok(Copy {
+        dst: d,
+        src: s,
+        count,
+        kind,
+    })
+}
+
+fn run_copy(c: Copy, what: &str) -> Res<()> {
+    if c.count == 0 {
+        return Ok(());
+    }
+    match c.kind {
+        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE => {
+            // SAFETY: the caller keeps `count` readable host bytes at `src` until the copy
+            // runs (immediately, or at the stream's synchronisation for async copies).
+            let b = unsafe { std::slice::from_raw_parts(c.src as *const u8, c.count) };
+            mem::write(c.dst, b, what)
+        }
+        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST => {
+            let b = mem::read(c.src, c.count, what)?;
+            // SAFETY: as above, `count` writable host bytes at `dst`.
+            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), c.dst as *mut u8, c.count) };
+            Ok(())
+        }
+        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_DEVICE => mem::copy_d2d(c.dst, c.src, c.count, what),
+        _ => {
+            // SAFETY: both host ranges valid per the C API; `copy` allows overlap.
+            unsafe { std::ptr::copy(c.src as *const u8, c.dst as *mut u8, c.count) };
+            Ok(())
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMemcpy(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+) -> aclError {
+    code_of((|| {
+        let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpy")?;
+        if c.kind != aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST {
+            // A blocking copy waits for the device's queued work, which is what makes the
+            // results of earlier kernels visible.
+            let dev = CUR_DEV.with(|d| d.get());
+            capture_blocks_sync(dev, "aclrtMemcpy")?;
+            sync_device(dev)?;
+        }
+        run_copy(c, "aclrtMemcpy")
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtMemcpyAsync(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+    stream: aclrtStream,
+) -> aclError {
+    code_of((|| {
+        let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpyAsync")?;
+        let s = stream_of(stream, "aclrtMemcpyAsync")?;
+        s.enqueue(Arc::new(move || run_copy(c, "aclrtMemcpyAsync")));
+        Ok(())
+    })())
+}
+
+fn plan_memset(p: *mut c_void, max: usize, count: usize, what: &str) -> Res<u64> {
+    if count > max {
+        return Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{what}: count {count} exceeds maxCount {max}"),
+        ));
+    }
+    let a = p as u64;
+    if !mem::is_device_addr(a) {
+        bump(&STATS.bad_memcpy_kinds);
+        return Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{what}: {a:#x} is not a device address"),
+        ));
+    }
+    mem::check(a, count as u64, what)?;
+    Ok(a)
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtMemset(p: *mut c_void, max: usize, value: i32, count: usize) -> aclError {
+    code_of((|| {
+        let a = plan_memset(p, max, count, "aclrtMemset")?;
+        let dev = CUR_DEV.with(|d| d.get());
+        capture_blocks_sync(dev, "aclrtMemset")?;
+        sync_device(dev)?;
+        mem::with_mut(a, count, "aclrtMemset", |b| b.fill(value as u8))
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtMemsetAsync(
+    p: *mut c_void,
+    max: usize,
+    value: i32,
+    count: usize,
+    stream: aclrtStream,
+) -> aclError {
+    code_of((|| {
+        let a = plan_memset(p, max, count, "aclrtMemsetAsync")?;
+        let s = stream_of(stream, "aclrtMemsetAsync")?;
+        s.enqueue(Arc::new(move || {
+            mem::with_mut(a, count, "aclrtMemsetAsync", |b| b.fill(value as u8))
+        }));
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetMemInfo(
+    _attr: aclrtMemAttr,
+    free: *mut usize,
+    total: *mut usize,
+) -> aclError {
+    code_of((|| {
+        let dev = current_device()?;
+        let (f, t) = mem::mem_info(dev);
+        out(free, f as usize)?;
+        out(total, t as usize)
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateEvent(event: *mut aclrtEvent) -> aclError {
+    code_of((|| {
+        let h = lock(&RT).events.insert(EventState {
+            recorded_on: None,
+            done: Arc::new(AtomicBool::new(false)),
+            at: Arc::new(Mutex::new(None)),
+        });
+        bump(&STATS.live_events);
+        out(event, h as aclrtEvent)
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtCreateEventWithFlag(event: *mut aclrtEvent, _flag: u32) -> aclError {
+    // SAFETY: same contract as aclrtCreateEvent.
+    unsafe { aclrtCreateEvent(event) }
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtDestroyEvent(event: aclrtEvent) -> aclError {
+    code_of(match lock(&RT).events.remove(event as u64) {
+        Some(_) => {
+            drop1(&STATS.live_events);
+            Ok(())
+        }
+        None => Err(bad_handle("aclrtDestroyEvent", event)),
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtRecordEvent(event: aclrtEvent, stream: aclrtStream) -> aclError {
+    code_of((|| {
+        let s = stream_of(stream, "aclrtRecordEvent")?;
+        let (done, at) = {
+            let mut rt = lock(&RT);
+            let e = rt
+                .events
+                .get_mut(event as u64)
+                .ok_or_else(|| bad_handle("aclrtRecordEvent", event))?;
+            // A new record replaces the previous one, as on the device.
+            e.done = Arc::new(AtomicBool::new(false));
+            e.at = Arc::new(Mutex::new(None));
+            e.recorded_on = Some(s.clone());
+            (e.done.clone(), e.at.clone())
+        };
+        s.enqueue(Arc::new(move || {
+            *lock(&at) = Some(Instant::now());
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        }));
+        Ok(())
+    })())
+}
+
+fn event_wait_target(event: aclrtEvent, what: &str) -> Res<Option<(Arc<Stream>, Arc<AtomicBool>)>> {
+    let rt = lock(&RT);
+    let e = rt
+        .events
+        .get(event as u64)
+        .ok_or_else(|| bad_handle(what, event))?;
+    Ok(e.recorded_on.clone().map(|s| (s, e.done.clone())))
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtEvent) -> aclError {
+    code_of((|| {
+        let s = stream_of(stream, "aclrtStreamWaitEvent")?;
+        let target = event_wait_target(event, "aclrtStreamWaitEvent")?;
+        if let Some((other, done)) = target {
+            if !Arc::ptr_eq(&other, &s) {
+                s.enqueue(Arc::new(move || {
+                    if !done.load(Ordering::SeqCst) {
+                        other.flush()?;
+                    }
+                    Ok(())
+                }));
+            }
+        }
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
+    code_of((|| {
+        if let Some((s, done)) = event_wait_target(event, "aclrtSynchronizeEvent")? {
+            if !done.load(Ordering::SeqCst) {
+                if s.is_capturing() {
+                    bump(&STATS.capture_violations);
+                    return Err(Fail::new(
+                        ACL_ERROR_RT_STREAM_CAPTURED,
+                        "aclrtSynchronizeEvent: the event's stream is being captured",
+                    ));
+                }
+                s.flush()?;
+            }
+        }
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtEventElapsedTime(
+    ms: *mut f32,
+    start: aclrtEvent,
+    end: aclrtEvent,
+) -> aclError {
+    code_of((|| {
+        let t = |e: aclrtEvent| -> Res<Instant> {
+            let rt = lock(&RT);
+            let ev = rt
+                .events
+                .get(e as u64)
+                .ok_or_else(|| bad_handle("aclrtEventElapsedTime", e))?;
+            let at = *lock(&ev.at);
+            at.ok_or_else(|| {
+                Fail::new(
+                    ACL_ERROR_INVALID_PARAM,
+                    "aclrtEventElapsedTime: event not recorded or not yet complete",
+                )
+            })
+        };
+        let (a, b) = (t(start)?, t(end)?);
+        out(ms, b.saturating_duration_since(a).as_secs_f32() * 1000.0)
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclmdlRICaptureBegin(stream: aclrtStream, mode: aclmdlRICaptureMode) -> aclError {
+    code_of((|| {
+        let s = stream_of(stream, "aclmdlRICaptureBegin")?;
+        if stream.is_null() {
+            return Err(Fail::new(
+                ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
+                "aclmdlRICaptureBegin: the default stream cannot be captured",
+            ));
+        }
+        if mode.0 > 2 {
+            return Err(Fail::new(
+                ACL_ERROR_RT_CAPTURE_MODE_NOT_SUPPORT,
+                format!("aclmdlRICaptureBegin: invalid mode {mode:?}"),
+            ));
+        }
+        let mut cap = lock(&s.capture);
+        if cap.is_some() {
+            return Err(Fail::new(
+                ACL_ERROR_RT_STREAM_CAPTURED,
+                "aclmdlRICaptureBegin: the stream is already being captured",
+            ));
+        }
+        *cap = Some((mode, Vec::new()));
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclmdlRICaptureEnd(stream: aclrtStream, ri: *mut aclmdlRI) -> aclError {
+    code_of((|| {
+        let s = stream_of(stream, "aclmdlRICaptureEnd")?;
+        let tasks = lock(&s.capture).take().ok_or_else(|| {
+            Fail::new(
+                ACL_ERROR_RT_STREAM_NOT_CAPTURED,
+                "aclmdlRICaptureEnd: the stream is not being captured",
+            )
+        })?;
+        let h = lock(&RT).graphs.insert(Arc::new(tasks.1));
+        bump(&STATS.live_graphs);
+        out(ri, h as aclmdlRI)
+    })())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclmdlRICaptureGetInfo(
+    stream: aclrtStream,
+    status: *mut aclmdlRICaptureStatus,
+    ri: *mut aclmdlRI,
+) -> aclError {
+    code_of((|| {
+        let s = stream_of(stream, "aclmdlRICaptureGetInfo")?;
+        let st = if s.is_capturing() {
+            aclmdlRICaptureStatus::ACL_MODEL_RI_CAPTURE_STATUS_ACTIVE
+        } else {
+            aclmdlRICaptureStatus::ACL_MODEL_RI_CAPTURE_STATUS_NONE
+        };
+        out(status, st)?;
+        if !ri.is_null() {
+            out(ri, std::ptr::null_mut())?;
+        }
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclmdlRIExecuteAsync(ri: aclmdlRI, stream: aclrtStream) -> aclError {
+    code_of((|| {
+        let g = lock(&RT).graphs.get(ri as u64).cloned();
+        let g = g.ok_or_else(|| bad_handle("aclmdlRIExecuteAsync", ri))?;
+        let s = stream_of(stream, "aclmdlRIExecuteAsync")?;
+        for t in g.iter() {
+            s.enqueue(t.clone());
+        }
+        Ok(())
+    })())
+}
+
+#[no_mangle]
+pub extern "C" fn aclmdlRIDestroy(ri: aclmdlRI) -> aclError {
+    code_of(match lock(&RT).graphs.remove(ri as u64) {
+        Some(_) => {
+            drop1(&STATS.live_graphs);
+            Ok(())
+        }
+        None => Err(bad_handle("aclmdlRIDestroy", ri)),
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclrtGetVersion(a: *mut i32, b: *mut i32, c: *mut i32) -> aclError {
+    code_of(out(a, 1).and_then(|_| out(b, 17)).and_then(|_| out(c, 0)))
+}
+
+fn fill(buf: &mut [c_char], s: &str) {
+    for (d, b) in buf.iter_mut().zip(s.bytes().chain(std::iter::once(0))) {
+        *d = b as c_char;
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn aclsysGetCANNVersion(
+    _name: aclCANNPackageName,
+    v: *mut aclCANNPackageVersion,
+) -> aclError {
+    let mut ver = aclCANNPackageVersion::default();
+    fill(&mut ver.version, "8.3.RC1");
+    fill(&mut ver.majorVersion, "8");
+    fill(&mut ver.minorVersion, "3");
+    fill(&mut ver.releaseVersion, "RC1");
+    fill(&mut ver.patchVersion, "0");
+    code_of(out(v, ver))
+}
+
+static SOC: &[u8] = b"Ascend910B-emu\0";
+
+#[no_mangle]
+pub extern "C" fn aclrtGetSocName() -> *const c_char {
+    SOC.as_ptr() as *const c_char
+}
+
+// Signatures checked against ascend-sys at compile time.
+const _: fns::aclInit = aclInit;
+const _: fns::aclFinalize = aclFinalize;
+const _: fns::aclGetRecentErrMsg = aclGetRecentErrMsg;
+const _: fns::aclrtSetDevice = aclrtSetDevice;
+const _: fns::aclrtResetDevice = aclrtResetDevice;
+const _: fns::aclrtGetDevice = aclrtGetDevice;
+const _: fns::aclrtGetDeviceCount = aclrtGetDeviceCount;
+const _: fns::aclrtSynchronizeDevice = aclrtSynchronizeDevice;
+const _: fns::aclrtCreateContext = aclrtCreateContext;
+const _: fns::aclrtDestroyContext = aclrtDestroyContext;
+const _: fns::aclrtSetCurrentContext = aclrtSetCurrentContext;
+const _: fns::aclrtGetCurrentContext = aclrtGetCurrentContext;
+const _: fns::aclrtCreateStream = aclrtCreateStream;
+const _: fns::aclrtCreateStreamWithConfig = aclrtCreateStreamWithConfig;
+const _: fns::aclrtDestroyStream = aclrtDestroyStream;
+const _: fns::aclrtSynchronizeStream = aclrtSynchronizeStream;
+const _: fns::aclrtSynchronizeStreamWithTimeout = aclrtSynchronizeStreamWithTimeout;
+const _: fns::aclrtMalloc = aclrtMalloc;
+const _: fns::aclrtFree = aclrtFree;
+const _: fns::aclrtMallocHost = aclrtMallocHost;
+const _: fns::aclrtFreeHost = aclrtFreeHost;
+const _: fns::aclrtMemcpy = aclrtMemcpy;
+const _: fns::aclrtMemcpyAsync = aclrtMemcpyAsync;
+const _: fns::aclrtMemset = aclrtMemset;
+const _: fns::aclrtMemsetAsync = aclrtMemsetAsync;
+const _: fns::aclrtGetMemInfo = aclrtGetMemInfo;
+const _: fns::aclrtCreateEvent = aclrtCreateEvent;
+const _: fns::aclrtCreateEventWithFlag = aclrtCreateEventWithFlag;
+const _: fns::aclrtDestroyEvent = aclrtDestroyEvent;
+const _: fns::aclrtRecordEvent = aclrtRecordEvent;
+const _: fns::aclrtStreamWaitEvent = aclrtStreamWaitEvent;
+const _: fns::aclrtSynchronizeEvent = aclrtSynchronizeEvent;
+const _: fns::aclrtEventElapsedTime = aclrtEventElapsedTime;
+const _: fns::aclmdlRICaptureBegin = aclmdlRICaptureBegin;
+const _: fns::aclmdlRICaptureEnd = aclmdlRICaptureEnd;
+const _: fns::aclmdlRICaptureGetInfo = aclmdlRICaptureGetInfo;
+const _: fns::aclmdlRIExecuteAsync = aclmdlRIExecuteAsync;
+const _: fns::aclmdlRIDestroy = aclmdlRIDestroy;
+const _: fns::aclrtGetVersion = aclrtGetVersion;
+const _: fns::aclsysGetCANNVersion = aclsysGetCANNVersion;
+const _: fns::aclrtGetSocName = aclrtGetSocName;
