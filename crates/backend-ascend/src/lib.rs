@@ -1122,11 +1122,151 @@ impl Backend for AscendBackend {
 
     fn moe(
         &self,
-        _x: &AscendTensor,
-        _router_logits: &AscendTensor,
-        _experts: &MoeWeights<AscendTensor>,
+        x: &AscendTensor,
+        router_logits: &AscendTensor,
+        e: &MoeWeights<AscendTensor>,
     ) -> Result<AscendTensor> {
-        Err(unsupported("MoE layers on the NPU (not implemented yet)"))
+        let (t, h) = x.matrix();
+        let ne = e.num_experts;
+        let inter = e.gate.shape.get(1).copied().unwrap_or(0);
+        let k = e.top_k;
+        if router_logits.matrix() != (t, ne)
+            || e.gate.shape != [ne, inter, h]
+            || e.up.shape != [ne, inter, h]
+            || e.down.shape != [ne, h, inter]
+            || k == 0
+            || k > ne
+            || e.gate.dt != x.dt
+        {
+            return Err(shape_err(
+                "moe",
+                format!(
+                    "x {:?}, router {:?}, gate {:?}, up {:?}, down {:?}, top_k {k}",
+                    x.shape, router_logits.shape, e.gate.shape, e.up.shape, e.down.shape
+                ),
+            ));
+        }
+        if t == 0 {
+            return self.empty(x.dt, &x.shape);
+        }
+        let c = self.cann_ref();
+        let ops = &c.ops;
+        let (
+            Some(init_ws),
+            Some(init_run),
+            Some(gmm_ws),
+            Some(gmm_run),
+            Some(fin_ws),
+            Some(fin_run),
+        ) = (
+            ops.aclnnMoeInitRoutingV2GetWorkspaceSize,
+            ops.aclnnMoeInitRoutingV2,
+            ops.aclnnGroupedMatmulV4GetWorkspaceSize,
+            ops.aclnnGroupedMatmulV4,
+            ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize,
+            ops.aclnnMoeFinalizeRoutingV2,
+        )
+        else {
+            return Err(unsupported(
+                "MoE: aclnnMoeInitRoutingV2, aclnnGroupedMatmulV4 and aclnnMoeFinalizeRoutingV2 are needed",
+            ));
+        };
+        // Routing as transformers' Qwen3Moe, in F32: softmax, top-k, optional renormalisation.
+        // Renormalised top-k softmax weights are the softmax of the top-k logits.
+        let rl_cast = self.cast(router_logits, Dt::F32)?;
+        let rl = rl_cast.as_ref().unwrap_or(router_logits);
+        let rl2 = rl.view().reshape(&[t, ne])?;
+        let weights = self.empty(Dt::F32, &[t, k])?;
+        let idx = self.empty(Dt::I64, &[t, k])?;
+        let topk = |src: &View, vals: &View| -> Result<()> {
+            let (a, v, i) = (self.td(src)?, self.td(vals)?, self.td(&idx.view())?);
+            aclnn!(&self.dev, "aclnnTopk", ops.aclnnTopkGetWorkspaceSize, ops.aclnnTopk;
+                a.raw, k as i64, 1i64, true, true, v.raw, i.raw)
+        };
+        let softmax = |src: &View, out: &View| -> Result<()> {
+            let (a, o) = (self.td(src)?, self.td(out)?);
+            aclnn!(&self.dev, "aclnnSoftmax", ops.aclnnSoftmaxGetWorkspaceSize, ops.aclnnSoftmax;
+                a.raw, 1i64, o.raw)
+        };
+        if e.renormalize {
+            let top = self.empty(Dt::F32, &[t, k])?;
+            topk(&rl2, &top.view())?;
+            softmax(&top.view(), &weights.view())?;
+        } else {
+            let probs = self.empty(Dt::F32, &[t, ne])?;
+            softmax(&rl2, &probs.view())?;
+            topk(&probs.view(), &weights.view())?;
+        }
+        let idx32 = self
+            .cast(&idx, Dt::I32)?
+            .ok_or_else(|| BackendError::Device("cast".into()))?;
+        let scales_cast = self.cast(&weights, x.dt)?;
+        let scales = scales_cast.as_ref().unwrap_or(&weights);
+
+        // Tokens sorted by expert: expanded rows, their mapping, and per-expert cumulative counts.
+        let rows = t * k;
+        let expanded = self.empty(x.dt, &[rows, h])?;
+        let row_idx = self.empty(Dt::I32, &[rows])?;
+        let cumsum = self.empty(Dt::I32, &[ne])?;
+        {
+            let (xd, id) = (
+                self.td(&x.view().reshape(&[t, h])?)?,
+                self.td(&idx32.view())?,
+            );
+            let (ed, rd, cd) = (
+                self.td(&expanded.view())?,
+                self.td(&row_idx.view())?,
+                self.td(&cumsum.view())?,
+            );
+            // activeNum 0 and dropPadMode 0: dropless; flag 1: cumulative counts.
+            aclnn!(&self.dev, "aclnnMoeInitRoutingV2", init_ws, init_run;
+                xd.raw, id.raw, 0i64, 0i64, ne as i64, 0i64, 1i64, false,
+                ed.raw, rd.raw, cd.raw, std::ptr::null())?;
+        }
+        let group_list = self
+            .cast(&cumsum, Dt::I64)?
+            .ok_or_else(|| BackendError::Device("cast".into()))?;
+        // One grouped matmul per projection: x [rows, kin] by expert weights seen as
+        // [E, kin, n] (transposed views of the stored [E, n, kin]).
+        let gmm = |input: &AscendTensor,
+                   w: &AscendTensor,
+                   kin: usize,
+                   n: usize|
+         -> Result<AscendTensor> {
+            let out = self.empty(x.dt, &[rows, n])?;
+            let wt = View {
+                shape: vec![ne as i64, kin as i64, n as i64],
+                strides: vec![(n * kin) as i64, 1, kin as i64],
+                ..w.view()
+            };
+            let xl = TensorListDesc::new(c, vec![self.td(&input.view().reshape(&[rows, kin])?)?])?;
+            let wl = TensorListDesc::new(c, vec![self.td(&wt)?])?;
+            let ol = TensorListDesc::new(c, vec![self.td(&out.view())?])?;
+            let gl = self.td(&group_list.view())?;
+            let nl = std::ptr::null();
+            let nm = std::ptr::null_mut();
+            // splitItem 3 / groupType 0: one x, one stacked weight, one y, grouped along m;
+            // groupListType 0: cumulative counts; actType 0: none.
+            aclnn!(&self.dev, "aclnnGroupedMatmulV4", gmm_ws, gmm_run;
+                xl.raw, wl.raw, nl, nl, nl, nl, nl, nl, gl.raw, nl, nl, nl,
+                3i64, 0i64, 0i64, 0i64, ol.raw, nm, nm)?;
+            Ok(out)
+        };
+        let g = gmm(&expanded, &e.gate, h, inter)?;
+        let u = gmm(&expanded, &e.up, h, inter)?;
+        let act = self.silu_mul(&g, &u)?;
+        let y = gmm(&act, &e.down, inter, h)?;
+        let out = self.empty(x.dt, &x.shape)?;
+        {
+            let (yd, rd) = (self.td(&y.view())?, self.td(&row_idx.view())?);
+            let (sd, id) = (self.td(&scales.view())?, self.td(&idx32.view())?);
+            let od = self.td(&out.view().reshape(&[t, h])?)?;
+            let nl = std::ptr::null();
+            // dropPadMode 2: dropless, row indices as MoeInitRoutingV2 lays them out.
+            aclnn!(&self.dev, "aclnnMoeFinalizeRoutingV2", fin_ws, fin_run;
+                yd.raw, rd.raw, nl, nl, nl, sd.raw, id.raw, 2i64, od.raw)?;
+        }
+        Ok(out)
     }
 
     fn sample(&self, logits: &AscendTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {

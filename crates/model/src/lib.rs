@@ -1,6 +1,7 @@
 //! Qwen3 model: config, weights, forward pass, executor.
 
 pub mod build;
+pub mod build_ascend;
 pub mod config;
 pub mod error;
 pub mod executor;
