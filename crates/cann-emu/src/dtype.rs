@@ -4,10 +4,6 @@
 use ascend_sys::types::aclDataType as D;
 use half::{bf16, f16};
 
-pub fn is_float(d: D) -> bool {
-    matches!(d, D::ACL_FLOAT | D::ACL_FLOAT16 | D::ACL_BF16 | D::ACL_DOUBLE)
-}
-
 pub fn is_int(d: D) -> bool {
     matches!(
         d,

@@ -18,10 +18,6 @@ pub fn is_device_addr(a: u64) -> bool {
     a & TAG_MASK == TAG
 }
 
-pub fn device_of_addr(a: u64) -> i32 {
-    ((a & !TAG_MASK) >> DEV_SHIFT) as i32
-}
-
 struct Alloc {
     size: u64,
     dev: i32,

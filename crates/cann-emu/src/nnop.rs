@@ -24,7 +24,6 @@ pub struct TensorDesc {
 
 #[derive(Debug, Clone, Copy)]
 pub struct ScalarVal {
-    pub dtype: aclDataType,
     pub f: f64,
 }
 
@@ -484,7 +483,7 @@ pub unsafe extern "C" fn aclCreateScalar(value: *mut c_void, dtype: aclDataType)
     // SAFETY: `value` points to one value of `dtype` per the C API.
     let b = unsafe { std::slice::from_raw_parts(value as *const u8, es) };
     let f = dtype::get_f64(dtype, b);
-    let h = lock(&NN).scalars.insert(ScalarVal { dtype, f });
+    let h = lock(&NN).scalars.insert(ScalarVal { f });
     bump(&STATS.live_scalars);
     h as *mut aclScalar
 }

@@ -161,9 +161,6 @@ impl<T> Handles<T> {
     pub fn map_iter(&self) -> impl Iterator<Item = (&u64, &T)> {
         self.map.iter()
     }
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 /// Number of emulated devices (`CANN_EMU_DEVICES`, default 2).
