@@ -565,6 +565,7 @@ fn other_op_libs(dirs: &[PathBuf]) -> Vec<String> {
 ///
 /// Function pointers stay valid while any table (or a clone) is alive: each holds the
 /// libraries it came from.
+#[derive(Clone)]
 pub struct Cann {
     pub acl: AclApi,
     pub nnop: NnopApi,

@@ -159,6 +159,10 @@ impl Communicator<AscendBackend> for HcclCommunicator {
             };
             backend.copy_view(&dst, &gathered.view())?;
         }
+        // The gather ends the forward pass: wait here so that ranks which never read a
+        // result (all but rank 0) do not queue steps without bound, and so that their
+        // queued collectives have run before the next step's uploads are staged.
+        dev.synchronize()?;
         Ok(out)
     }
 }

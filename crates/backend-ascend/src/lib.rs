@@ -8,6 +8,7 @@
 
 pub mod comm;
 pub mod desc;
+pub mod doctor;
 pub mod mem;
 pub mod sample;
 

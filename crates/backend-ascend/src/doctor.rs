@@ -1,0 +1,528 @@
+//! `qwen3-serve doctor`: what CANN and the devices report, and every backend op run on
+//! small shapes on the NPU and compared with the CPU backend.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ascend_sys::types::aclrtMemAttr;
+use ascend_sys::Cann;
+use half::bf16;
+use qwen3_backend::cpu::CpuBackend;
+use qwen3_backend::sampling::{SampleRow, SamplingParams};
+use qwen3_backend::{
+    AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, Result, RopeSpec, StepMeta,
+};
+
+use crate::AscendBackend;
+
+/// One device's memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceMemory {
+    pub device: i32,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// One op compared with the CPU backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpCheck {
+    pub op: &'static str,
+    pub passed: bool,
+    /// Largest absolute difference from the CPU result (NaN when the op failed to run).
+    pub max_error: f32,
+    pub tolerance: f32,
+    /// The error, when the op failed to run.
+    pub error: Option<String>,
+}
+
+/// Everything `doctor` found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DoctorReport {
+    pub libraries: Vec<String>,
+    pub cann_version: Option<String>,
+    pub runtime_version: Option<(i32, i32, i32)>,
+    pub soc_name: Option<String>,
+    pub device_count: u32,
+    pub devices: Vec<DeviceMemory>,
+    pub missing_optional: Vec<String>,
+    /// Why HCCL cannot be used (`None`: available).
+    pub hccl_unavailable: Option<String>,
+    pub attention_api: Option<String>,
+    /// Op checks on device 0.
+    pub checks: Vec<OpCheck>,
+    /// Problems that stopped part of the diagnosis (no device, device open failed...).
+    pub errors: Vec<String>,
+}
+
+impl Default for OpCheck {
+    fn default() -> Self {
+        Self {
+            op: "",
+            passed: false,
+            max_error: f32::NAN,
+            tolerance: 0.0,
+            error: None,
+        }
+    }
+}
+
+impl DoctorReport {
+    /// True when nothing failed.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty() && self.device_count > 0 && self.checks.iter().all(|c| c.passed)
+    }
+}
+
+fn gb(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+impl fmt::Display for DoctorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let or_unknown = |o: &Option<String>| o.clone().unwrap_or_else(|| "unknown".into());
+        writeln!(f, "CANN version:    {}", or_unknown(&self.cann_version))?;
+        match self.runtime_version {
+            Some((a, b, c)) => writeln!(f, "ACL runtime:     {a}.{b}.{c}")?,
+            None => writeln!(f, "ACL runtime:     unknown")?,
+        }
+        writeln!(f, "SoC:             {}", or_unknown(&self.soc_name))?;
+        writeln!(f, "Libraries:       {}", self.libraries.join(", "))?;
+        writeln!(f, "Devices:         {}", self.device_count)?;
+        for d in &self.devices {
+            writeln!(
+                f,
+                "  device {}: HBM {:.2} GiB free of {:.2} GiB",
+                d.device,
+                gb(d.free_bytes),
+                gb(d.total_bytes)
+            )?;
+        }
+        writeln!(
+            f,
+            "Attention:       {}",
+            self.attention_api.as_deref().unwrap_or("none (attention will fail)")
+        )?;
+        match &self.hccl_unavailable {
+            None => writeln!(f, "HCCL:            available")?,
+            Some(e) => writeln!(f, "HCCL:            unavailable ({e})")?,
+        }
+        if self.missing_optional.is_empty() {
+            writeln!(f, "Optional symbols: all present")?;
+        } else {
+            writeln!(f, "Missing optional symbols: {}", self.missing_optional.join(", "))?;
+        }
+        if !self.checks.is_empty() {
+            writeln!(f, "Op checks on device 0 (against the CPU backend):")?;
+            for c in &self.checks {
+                let status = if c.passed { "ok  " } else { "FAIL" };
+                match &c.error {
+                    Some(e) => writeln!(f, "  {status} {:<16} error: {e}", c.op)?,
+                    None => writeln!(
+                        f,
+                        "  {status} {:<16} max error {:.2e} (tolerance {:.0e})",
+                        c.op, c.max_error, c.tolerance
+                    )?,
+                }
+            }
+        }
+        for e in &self.errors {
+            writeln!(f, "error: {e}")?;
+        }
+        write!(f, "{}", if self.ok() { "doctor: OK" } else { "doctor: PROBLEMS FOUND" })
+    }
+}
+
+/// Diagnoses the installation `cann` was loaded from and device 0's ops.
+pub fn doctor(cann: &Cann) -> DoctorReport {
+    let mut r = DoctorReport {
+        libraries: cann
+            .libraries()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        cann_version: cann.cann_version(),
+        runtime_version: cann.runtime_version(),
+        missing_optional: cann
+            .missing_optional()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        hccl_unavailable: cann.hccl().err().map(|e| e.to_string()),
+        attention_api: cann.ops.attention_apis().first().map(|a| format!("{a:?}")),
+        ..Default::default()
+    };
+    let cann = Arc::new(cann.clone());
+    // Opening device 0 runs aclInit; the SoC name is only known after it.
+    let backend = match AscendBackend::open(Arc::clone(&cann), 0) {
+        Ok(b) => b,
+        Err(e) => {
+            r.errors.push(format!("cannot open device 0: {e}"));
+            return r;
+        }
+    };
+    r.soc_name = cann.soc_name();
+    let mut count = 0u32;
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { (cann.acl.aclrtGetDeviceCount)(&mut count) };
+    if let Err(e) = cann.check(rc, "aclrtGetDeviceCount") {
+        r.errors.push(e.to_string());
+    }
+    r.device_count = count;
+    for d in 0..count as i32 {
+        match device_memory(&cann, d, &backend) {
+            Ok(m) => r.devices.push(m),
+            Err(e) => r.errors.push(format!("device {d}: {e}")),
+        }
+    }
+    r.checks = op_checks(&backend);
+    drop(backend);
+    r
+}
+
+fn device_memory(cann: &Cann, d: i32, b0: &AscendBackend) -> std::result::Result<DeviceMemory, String> {
+    if d == b0.device_id() {
+        let (free, total) = b0.memory_info().map_err(|e| e.to_string())?;
+        return Ok(DeviceMemory {
+            device: d,
+            free_bytes: free,
+            total_bytes: total,
+        });
+    }
+    // SAFETY: plain calls with a device id below the count and valid out-pointers; device
+    // 0's context is bound again afterwards by the backend's next call.
+    unsafe {
+        cann.check((cann.acl.aclrtSetDevice)(d), "aclrtSetDevice")
+            .map_err(|e| e.to_string())?;
+        let (mut free, mut total) = (0usize, 0usize);
+        cann.check(
+            (cann.acl.aclrtGetMemInfo)(aclrtMemAttr::ACL_HBM_MEM, &mut free, &mut total),
+            "aclrtGetMemInfo",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(DeviceMemory {
+            device: d,
+            free_bytes: free as u64,
+            total_bytes: total as u64,
+        })
+    }
+}
+
+/// Deterministic values in [-1, 1).
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn bf(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+fn max_err(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// A two-sequence step: a 3-token prefill (positions 0..3) and one decode token at
+/// position 4 of a 5-token context, blocks of 128.
+struct StepData {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    slots: Vec<u32>,
+    query_start: Vec<u32>,
+    query_len: Vec<u32>,
+    context_len: Vec<u32>,
+    block_tables: Vec<u32>,
+    rope: RopeSpec,
+}
+
+const BS: usize = 128;
+const HEAD_DIM: usize = 16;
+
+fn step_data() -> StepData {
+    StepData {
+        ids: vec![3, 17, 40, 9],
+        positions: vec![0, 1, 2, 4],
+        // Sequence 0 in block 1, sequence 1 in block 2.
+        slots: vec![BS as u32, BS as u32 + 1, BS as u32 + 2, 2 * BS as u32 + 4],
+        query_start: vec![0, 3],
+        query_len: vec![3, 1],
+        context_len: vec![3, 5],
+        block_tables: vec![1, 2],
+        rope: RopeSpec {
+            inv_freq: (0..HEAD_DIM / 2)
+                .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / HEAD_DIM as f32))
+                .collect(),
+            mscale: 1.0,
+        },
+    }
+}
+
+impl StepData {
+    fn meta(&self) -> StepMeta<'_> {
+        StepMeta {
+            token_ids: &self.ids,
+            positions: &self.positions,
+            slot_mapping: &self.slots,
+            query_start: &self.query_start,
+            query_len: &self.query_len,
+            context_len: &self.context_len,
+            block_tables: &self.block_tables,
+            max_blocks_per_seq: 1,
+            block_size: BS,
+            rope: &self.rope,
+        }
+    }
+}
+
+/// Runs one scenario on a backend and returns the host results to compare.
+type Scenario<B> = fn(&B, &StepData) -> Result<Vec<f32>>;
+
+struct Case {
+    op: &'static str,
+    tolerance: f32,
+    cpu: Scenario<CpuBackend>,
+    npu: Scenario<AscendBackend>,
+}
+
+macro_rules! case {
+    ($op:literal, $tol:expr, $f:ident) => {
+        Case {
+            op: $op,
+            tolerance: $tol,
+            cpu: $f::<CpuBackend>,
+            npu: $f::<AscendBackend>,
+        }
+    };
+}
+
+fn up<B: Backend>(b: &B, v: &[f32], shape: &[usize]) -> Result<B::Tensor> {
+    b.upload(HostData::F32(v), shape)
+}
+
+fn upload_roundtrip<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
+    let w = b.upload(HostData::BF16(&bf(&data(24, 1))), &[4, 6])?;
+    b.to_host_f32(&w)
+}
+
+fn linear_f32<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
+    let x = up(b, &data(4 * 32, 2), &[4, 32])?;
+    let w = up(b, &data(24 * 32, 3), &[24, 32])?;
+    b.to_host_f32(&b.linear(&x, &w)?)
+}
+
+fn linear_bf16<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
+    let x = up(b, &bf(&data(4 * 32, 2)).iter().map(|v| v.to_f32()).collect::<Vec<_>>(), &[4, 32])?;
+    let w = b.upload(HostData::BF16(&bf(&data(24 * 32, 3))), &[24, 32])?;
+    b.to_host_f32(&b.linear(&x, &w)?)
+}
+
+fn norms<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
+    let x = up(b, &data(4 * 32, 4), &[4, 32])?;
+    let y = up(b, &data(4 * 32, 5), &[4, 32])?;
+    let w = up(b, &data(32, 6), &[32])?;
+    let mut res = up(b, &data(4 * 32, 7), &[4, 32])?;
+    let a = b.rms_norm(&x, &w, 1e-6)?;
+    let c = b.add_rms_norm(&y, &mut res, &w, 1e-6)?;
+    let mut h = up(b, &data(4 * 32, 8), &[4, 32])?;
+    let hw = up(b, &data(HEAD_DIM, 9), &[HEAD_DIM])?;
+    b.head_rms_norm(&mut h, &hw, HEAD_DIM, 1e-6)?;
+    let mut out = b.to_host_f32(&a)?;
+    out.extend(b.to_host_f32(&c)?);
+    out.extend(b.to_host_f32(&res)?);
+    out.extend(b.to_host_f32(&h)?);
+    Ok(out)
+}
+
+fn rope<B: Backend>(b: &B, s: &StepData) -> Result<Vec<f32>> {
+    let step = b.prepare_step(&s.meta())?;
+    let mut x = up(b, &data(4 * 2 * HEAD_DIM, 10), &[4, 2 * HEAD_DIM])?;
+    b.rope(&mut x, &step, HEAD_DIM)?;
+    b.to_host_f32(&x)
+}
+
+fn elementwise<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
+    let g = up(b, &data(3 * 20, 11), &[3, 20])?;
+    let u = up(b, &data(3 * 20, 12), &[3, 20])?;
+    let mut a = b.silu_mul(&g, &u)?;
+    b.add_inplace(&mut a, &g)?;
+    let sel = b.select_rows(&a, &[2, 0])?;
+    let mut out = b.to_host_f32(&a)?;
+    out.extend(b.to_host_f32(&sel)?);
+    Ok(out)
+}
+
+fn embedding<B: Backend>(b: &B, s: &StepData) -> Result<Vec<f32>> {
+    let step = b.prepare_step(&s.meta())?;
+    // A vocabulary slice [10, 30): ids 3 and 9 are another rank's and give zero rows.
+    let table = b.upload(HostData::BF16(&bf(&data(20 * 8, 13))), &[20, 8])?;
+    b.to_host_f32(&b.embedding(&table, &step, 10)?)
+}
+
+fn attention<B: Backend>(b: &B, s: &StepData) -> Result<Vec<f32>> {
+    let (heads, kv_heads) = (4, 2);
+    let step = b.prepare_step(&s.meta())?;
+    let shape = KvCacheShape {
+        num_layers: 1,
+        num_blocks: 3,
+        block_size: BS,
+        num_kv_heads: kv_heads,
+        head_dim: HEAD_DIM,
+    };
+    let mut cache = b.alloc_kv_cache(shape)?;
+    // The decode sequence's first 4 tokens come from an earlier step.
+    let early = StepData {
+        ids: vec![1, 2, 3, 4],
+        positions: vec![0, 1, 2, 3],
+        slots: (0..4).map(|i| 2 * BS as u32 + i).collect(),
+        query_start: vec![0],
+        query_len: vec![4],
+        context_len: vec![4],
+        block_tables: vec![2],
+        rope: s.rope.clone(),
+    };
+    let early_step = b.prepare_step(&early.meta())?;
+    let kw = kv_heads * HEAD_DIM;
+    let k0 = up(b, &data(4 * kw, 14), &[4, kw])?;
+    let v0 = up(b, &data(4 * kw, 15), &[4, kw])?;
+    b.write_kv(&mut cache, 0, &k0, &v0, &early_step)?;
+    let k = up(b, &data(4 * kw, 16), &[4, kw])?;
+    let v = up(b, &data(4 * kw, 17), &[4, kw])?;
+    b.write_kv(&mut cache, 0, &k, &v, &step)?;
+    let q = up(b, &data(4 * heads * HEAD_DIM, 18), &[4, heads * HEAD_DIM])?;
+    let g = AttnGeometry {
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim: HEAD_DIM,
+        scale: 1.0 / (HEAD_DIM as f32).sqrt(),
+        sliding_window: None,
+    };
+    b.to_host_f32(&b.attention(&q, &cache, 0, &step, &g)?)
+}
+
+fn moe<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
+    let (t, h, inter, ne) = (5, 16, 8, 4);
+    let x = up(b, &data(t * h, 19), &[t, h])?;
+    let logits = up(b, &data(t * ne, 20), &[t, ne])?;
+    let mut out = Vec::new();
+    for renormalize in [true, false] {
+        let e = MoeWeights {
+            gate: up(b, &data(ne * inter * h, 21), &[ne, inter, h])?,
+            up: up(b, &data(ne * inter * h, 22), &[ne, inter, h])?,
+            down: up(b, &data(ne * h * inter, 23), &[ne, h, inter])?,
+            num_experts: ne,
+            top_k: 2,
+            renormalize,
+        };
+        out.extend(b.to_host_f32(&b.moe(&x, &logits, &e)?)?);
+    }
+    Ok(out)
+}
+
+fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
+    let logits = up(b, &data(3 * 50, 24), &[3, 50])?;
+    let greedy = SamplingParams::greedy();
+    let topk = SamplingParams {
+        top_k: 5,
+        temperature: 0.8,
+        ..SamplingParams::default()
+    };
+    let rows = [
+        SampleRow {
+            params: &greedy,
+            prompt_tokens: &[],
+            output_tokens: &[],
+            suppressed: &[],
+            rng_seed: 1,
+        },
+        SampleRow {
+            params: &greedy,
+            prompt_tokens: &[],
+            output_tokens: &[],
+            suppressed: &[7, 8],
+            rng_seed: 2,
+        },
+        SampleRow {
+            params: &topk,
+            prompt_tokens: &[],
+            output_tokens: &[],
+            suppressed: &[],
+            rng_seed: 3,
+        },
+    ];
+    Ok(b.sample(&logits, &rows)?
+        .iter()
+        .map(|s| s.token as f32)
+        .collect())
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case!("upload", 0.0, upload_roundtrip),
+        case!("linear f32", 1e-4, linear_f32),
+        case!("linear bf16", 5e-2, linear_bf16),
+        case!("rms norms", 1e-4, norms),
+        case!("rope", 1e-4, rope),
+        case!("silu/add/select", 1e-5, elementwise),
+        case!("embedding", 0.0, embedding),
+        // The NPU keeps K/V and runs attention in BF16.
+        case!("attention", 2e-2, attention),
+        case!("moe", 1e-4, moe),
+        case!("sample", 0.0, sample),
+    ]
+}
+
+/// Runs every op check on `backend` against the CPU backend.
+pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
+    let cpu = CpuBackend::new();
+    let s = step_data();
+    cases()
+        .into_iter()
+        .map(|c| {
+            let want = (c.cpu)(&cpu, &s);
+            let got = (c.npu)(backend, &s);
+            match (want, got) {
+                (Ok(w), Ok(g)) => {
+                    let e = max_err(&w, &g);
+                    OpCheck {
+                        op: c.op,
+                        passed: e <= c.tolerance,
+                        max_error: e,
+                        tolerance: c.tolerance,
+                        error: None,
+                    }
+                }
+                (_, Err(e)) => OpCheck {
+                    op: c.op,
+                    tolerance: c.tolerance,
+                    error: Some(e.to_string()),
+                    ..OpCheck::default()
+                },
+                (Err(e), _) => OpCheck {
+                    op: c.op,
+                    tolerance: c.tolerance,
+                    error: Some(format!("CPU reference failed: {e}")),
+                    ..OpCheck::default()
+                },
+            }
+        })
+        .collect()
+}
