@@ -213,7 +213,9 @@ impl Session {
                 ascend_sys::types::aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST,
             )
         };
-        self.cann.check(rc, "aclrtMalloc").map_err(|e| e.to_string())?;
+        self.cann
+            .check(rc, "aclrtMalloc")
+            .map_err(|e| e.to_string())?;
         Ok(p)
     }
 
@@ -236,7 +238,9 @@ impl Session {
                     ascend_sys::types::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
                 )
             };
-            self.cann.check(rc, "aclrtMemcpy").map_err(|e| e.to_string())?;
+            self.cann
+                .check(rc, "aclrtMemcpy")
+                .map_err(|e| e.to_string())?;
         }
         let tensor = self.describe(ptr, dtype, dims, None, 0)?;
         Ok(DevTensor {
@@ -295,7 +299,9 @@ impl Session {
                 ascend_sys::types::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
             )
         };
-        self.cann.check(rc, "aclrtMemcpy").map_err(|e| e.to_string())?;
+        self.cann
+            .check(rc, "aclrtMemcpy")
+            .map_err(|e| e.to_string())?;
         Ok(v)
     }
 
@@ -312,7 +318,10 @@ impl Session {
         // SAFETY: live handles made by this session.
         unsafe {
             self.cann
-                .check_nn((self.cann.nnop.aclDestroyTensor)(t.tensor), "aclDestroyTensor")
+                .check_nn(
+                    (self.cann.nnop.aclDestroyTensor)(t.tensor),
+                    "aclDestroyTensor",
+                )
                 .map_err(|e| e.to_string())?;
             self.cann
                 .check((self.cann.acl.aclrtFree)(t.ptr), "aclrtFree")

@@ -80,11 +80,18 @@ fn para(msg: impl Into<String>) -> Fail {
 pub unsafe extern "C" fn HcclGetRootInfo(root: *mut HcclRootInfo) -> HcclResult {
     code((|| {
         if root.is_null() {
-            return Err(Fail::new(HcclResult::HCCL_E_PTR.0 as i32, "HcclGetRootInfo: null"));
+            return Err(Fail::new(
+                HcclResult::HCCL_E_PTR.0 as i32,
+                "HcclGetRootInfo: null",
+            ));
         }
         let mut info = HcclRootInfo::default();
         let id = NEXT_ROOT.fetch_add(1, Ordering::Relaxed) ^ ((std::process::id() as u64) << 32);
-        for (d, s) in info.internal.iter_mut().zip(MAGIC.iter().chain(&id.to_le_bytes())) {
+        for (d, s) in info
+            .internal
+            .iter_mut()
+            .zip(MAGIC.iter().chain(&id.to_le_bytes()))
+        {
             *d = *s as c_char;
         }
         // SAFETY: non-null, writable per the C API.
@@ -96,7 +103,9 @@ pub unsafe extern "C" fn HcclGetRootInfo(root: *mut HcclRootInfo) -> HcclResult 
 fn root_id(root: &HcclRootInfo) -> Res<u64> {
     let b: Vec<u8> = root.internal[..16].iter().map(|&c| c as u8).collect();
     if &b[..8] != MAGIC {
-        return Err(para("HcclCommInitRootInfo: root info was not made by HcclGetRootInfo"));
+        return Err(para(
+            "HcclCommInitRootInfo: root info was not made by HcclGetRootInfo",
+        ));
     }
     Ok(u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])))
 }
@@ -116,7 +125,10 @@ fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
     if to.timed_out() {
         return Err(Fail::new(
             HcclResult::HCCL_E_TIMEOUT.0 as i32,
-            format!("HcclCommInitRootInfo: rank {rank} timed out waiting for {} ranks", group.n),
+            format!(
+                "HcclCommInitRootInfo: rank {rank} timed out waiting for {} ranks",
+                group.n
+            ),
         ));
     }
     Ok(())
@@ -157,7 +169,10 @@ pub unsafe extern "C" fn HcclCommInitRootInfo(
                 .clone()
         };
         if group.n != n {
-            return Err(para(format!("nRanks {n} differs from the other ranks' {}", group.n)));
+            return Err(para(format!(
+                "nRanks {n} differs from the other ranks' {}",
+                group.n
+            )));
         }
         join(&group, rank)?;
         let h = new_comm(group, rank, Arc::new(AtomicU64::new(0)));
@@ -229,9 +244,8 @@ fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>
     slot.inputs[rank as usize] = Some(data);
     slot.arrived += 1;
     g.cv.notify_all();
-    let (mut st, to) = g
-        .cv
-        .wait_timeout_while(st, TIMEOUT, |s| {
+    let (mut st, to) =
+        g.cv.wait_timeout_while(st, TIMEOUT, |s| {
             s.slots.get(&seq).is_some_and(|sl| sl.arrived < g.n)
         })
         .unwrap_or_else(|p| p.into_inner());
@@ -245,7 +259,11 @@ fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>
         .slots
         .get_mut(&seq)
         .ok_or_else(|| Fail::new(HcclResult::HCCL_E_INTERNAL.0 as i32, "slot vanished"))?;
-    let all: Vec<Vec<u8>> = slot.inputs.iter().map(|v| v.clone().unwrap_or_default()).collect();
+    let all: Vec<Vec<u8>> = slot
+        .inputs
+        .iter()
+        .map(|v| v.clone().unwrap_or_default())
+        .collect();
     slot.taken += 1;
     if slot.taken == g.n {
         st.slots.remove(&seq);
@@ -258,7 +276,9 @@ fn reduce(parts: &[Vec<u8>], dt: aclDataType, op: HcclReduceOp) -> Res<Vec<u8>> 
     let n = parts[0].len() / es;
     let mut out = vec![0u8; parts[0].len()];
     for i in 0..n {
-        let vals = parts.iter().map(|p| dtype::get_f64(dt, &p[i * es..(i + 1) * es]));
+        let vals = parts
+            .iter()
+            .map(|p| dtype::get_f64(dt, &p[i * es..(i + 1) * es]));
         let v = match op {
             HcclReduceOp::HCCL_REDUCE_SUM => vals.sum(),
             HcclReduceOp::HCCL_REDUCE_PROD => vals.product(),
@@ -291,7 +311,8 @@ fn enqueue(
     stream: aclrtStream,
 ) -> Res<()> {
     let (g, rank, seq) = comm_of(comm, what)?;
-    let s = stream_of(stream, what).map_err(|f| Fail::new(HcclResult::HCCL_E_RUNTIME.0 as i32, f.msg))?;
+    let s = stream_of(stream, what)
+        .map_err(|f| Fail::new(HcclResult::HCCL_E_RUNTIME.0 as i32, f.msg))?;
     let adt = match coll {
         Coll::Barrier => aclDataType::ACL_INT8,
         _ => acl_type(dt)?,
@@ -356,7 +377,16 @@ pub unsafe extern "C" fn HcclAllReduce(
     comm: HcclComm,
     stream: aclrtStream,
 ) -> HcclResult {
-    code(enqueue("HcclAllReduce", Coll::AllReduce(op), send, recv, count, dt, comm, stream))
+    code(enqueue(
+        "HcclAllReduce",
+        Coll::AllReduce(op),
+        send,
+        recv,
+        count,
+        dt,
+        comm,
+        stream,
+    ))
 }
 
 #[no_mangle]
@@ -368,7 +398,16 @@ pub unsafe extern "C" fn HcclAllGather(
     comm: HcclComm,
     stream: aclrtStream,
 ) -> HcclResult {
-    code(enqueue("HcclAllGather", Coll::AllGather, send, recv, count, dt, comm, stream))
+    code(enqueue(
+        "HcclAllGather",
+        Coll::AllGather,
+        send,
+        recv,
+        count,
+        dt,
+        comm,
+        stream,
+    ))
 }
 
 #[no_mangle]
@@ -402,7 +441,16 @@ pub unsafe extern "C" fn HcclBroadcast(
     comm: HcclComm,
     stream: aclrtStream,
 ) -> HcclResult {
-    code(enqueue("HcclBroadcast", Coll::Broadcast(root), buf, buf, count, dt, comm, stream))
+    code(enqueue(
+        "HcclBroadcast",
+        Coll::Broadcast(root),
+        buf,
+        buf,
+        count,
+        dt,
+        comm,
+        stream,
+    ))
 }
 
 #[no_mangle]
@@ -428,7 +476,9 @@ pub extern "C" fn HcclCommDestroy(comm: HcclComm) -> HcclResult {
         }
         None => {
             bump(&STATS.bad_handles);
-            Err(para(format!("HcclCommDestroy: {comm:p} is not a live communicator")))
+            Err(para(format!(
+                "HcclCommDestroy: {comm:p} is not a live communicator"
+            )))
         }
     })
 }

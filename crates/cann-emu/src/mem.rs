@@ -121,7 +121,10 @@ pub fn malloc_host(size: usize) -> Res<usize> {
     // SAFETY: non-zero size layout.
     let p = unsafe { std::alloc::alloc_zeroed(layout) };
     if p.is_null() {
-        return Err(Fail::new(ACL_ERROR_BAD_ALLOC, "aclrtMallocHost: out of memory"));
+        return Err(Fail::new(
+            ACL_ERROR_BAD_ALLOC,
+            "aclrtMallocHost: out of memory",
+        ));
     }
     lock(&MEM).host.insert(p as usize, layout);
     bump(&STATS.live_host_allocs);
@@ -141,7 +144,9 @@ pub fn free_host(p: usize) -> Res<()> {
             bump(&STATS.invalid_frees);
             Err(Fail::new(
                 ACL_ERROR_INVALID_PARAM,
-                format!("aclrtFreeHost: {p:#x} was not allocated by aclrtMallocHost (or freed twice)"),
+                format!(
+                    "aclrtFreeHost: {p:#x} was not allocated by aclrtMallocHost (or freed twice)"
+                ),
             ))
         }
     }

@@ -188,7 +188,11 @@ impl TensorDesc {
             let base = start as i64 - self.addr as i64;
             self.for_each_offset(|i, o| {
                 let b = bytes[(o.div_euclid(2) - base) as usize];
-                let nib = if o.rem_euclid(2) == 0 { b & 0xF } else { b >> 4 };
+                let nib = if o.rem_euclid(2) == 0 {
+                    b & 0xF
+                } else {
+                    b >> 4
+                };
                 let v = ((nib as i8) << 4) >> 4;
                 out[i] = conv(aclDataType::ACL_INT8, &[v as u8]);
             });
@@ -222,7 +226,11 @@ impl TensorDesc {
     }
 
     pub fn write_f32(&self, vals: &[f32], what: &str) -> Res<()> {
-        self.write_with(what, |d, b, i| dtype::put_f64(d, b, vals[i] as f64), vals.len())
+        self.write_with(
+            what,
+            |d, b, i| dtype::put_f64(d, b, vals[i] as f64),
+            vals.len(),
+        )
     }
 
     pub fn write_i64(&self, vals: &[i64], what: &str) -> Res<()> {
@@ -275,7 +283,9 @@ pub fn tensor(p: *const aclTensor, what: &str) -> Res<TensorDesc> {
     let t = lock(&NN).tensors.get(p as u64).cloned();
     let t = t.ok_or_else(|| {
         bump(&STATS.bad_handles);
-        invalid(format!("{what}: {p:p} is not a live aclTensor (destroyed?)"))
+        invalid(format!(
+            "{what}: {p:p} is not a live aclTensor (destroyed?)"
+        ))
     })?;
     t.check_live(what)?;
     Ok(t)
@@ -342,7 +352,9 @@ pub fn phase1(
     build: impl FnOnce() -> Res<Box<dyn Fn() -> Res<()> + Send + Sync>>,
 ) -> aclnnStatus {
     if ws.is_null() || ex.is_null() {
-        set_error(&format!("{name}GetWorkspaceSize: workspaceSize or executor is null"));
+        set_error(&format!(
+            "{name}GetWorkspaceSize: workspaceSize or executor is null"
+        ));
         bump(&STATS.ops_rejected);
         return ACLNN_ERR_PARAM_NULLPTR;
     }
@@ -515,7 +527,9 @@ pub unsafe extern "C" fn aclCreateTensorList(
     if let Some(bad) = hs.iter().find(|&&h| nn.tensors.get(h).is_none()) {
         drop(nn);
         bump(&STATS.bad_handles);
-        set_error(&format!("aclCreateTensorList: {bad:#x} is not a live aclTensor"));
+        set_error(&format!(
+            "aclCreateTensorList: {bad:#x} is not a live aclTensor"
+        ));
         return std::ptr::null_mut();
     }
     let h = nn.lists.insert(hs);

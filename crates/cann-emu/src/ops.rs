@@ -58,7 +58,9 @@ pub fn axis(dim: i64, rank: usize, what: &str) -> Res<usize> {
     let r = rank as i64;
     let d = if dim < 0 { dim + r } else { dim };
     if d < 0 || d >= r.max(1) {
-        return Err(invalid(format!("{what}: dim {dim} out of range for rank {rank}")));
+        return Err(invalid(format!(
+            "{what}: dim {dim} out of range for rank {rank}"
+        )));
     }
     Ok(d as usize)
 }
@@ -68,14 +70,24 @@ pub fn broadcast_shape(a: &[i64], b: &[i64], what: &str) -> Res<Vec<i64>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let x = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let y = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if x == y || y == 1 {
             x
         } else if x == 1 {
             y
         } else {
-            return Err(invalid(format!("{what}: shapes {a:?} and {b:?} do not broadcast")));
+            return Err(invalid(format!(
+                "{what}: shapes {a:?} and {b:?} do not broadcast"
+            )));
         };
     }
     Ok(out)
@@ -122,7 +134,10 @@ fn matmul_f32(a: &[f32], ad: &[i64], b: &[f32], bd: &[i64], od: &[i64]) -> Vec<f
     let batches = amap.len().max(1);
     let mut out = vec![0f32; batches * m * n];
     for bi in 0..batches {
-        let (ai, bj) = (amap.get(bi).copied().unwrap_or(0), bmap.get(bi).copied().unwrap_or(0));
+        let (ai, bj) = (
+            amap.get(bi).copied().unwrap_or(0),
+            bmap.get(bi).copied().unwrap_or(0),
+        );
         let a = &a[ai * m * k..(ai + 1) * m * k];
         let b = &b[bj * k * n..(bj + 1) * k * n];
         let o = &mut out[bi * m * n..(bi + 1) * m * n];
@@ -489,12 +504,7 @@ pub unsafe extern "C" fn aclnnGatherGetWorkspaceSize(
 
 // ----------------------------------------------------------------------------- Element-wise
 
-fn binary(
-    a: &TensorDesc,
-    b: &TensorDesc,
-    o: &TensorDesc,
-    f: impl Fn(f64, f64) -> f64,
-) -> Res<()> {
+fn binary(a: &TensorDesc, b: &TensorDesc, o: &TensorDesc, f: impl Fn(f64, f64) -> f64) -> Res<()> {
     let av = a.read_f64("self")?;
     let bv = b.read_f64("other")?;
     let am = broadcast_map(&o.dims, &a.dims);
@@ -592,7 +602,10 @@ pub unsafe extern "C" fn aclnnCastGetWorkspaceSize(
             )));
         }
         if crate::dtype::size_of(s.dtype).is_none() || crate::dtype::size_of(dtype).is_none() {
-            return Err(invalid(format!("cast {:?} -> {dtype:?} not supported", s.dtype)));
+            return Err(invalid(format!(
+                "cast {:?} -> {dtype:?} not supported",
+                s.dtype
+            )));
         }
         Ok(Box::new(move || {
             if crate::dtype::is_int(s.dtype) && crate::dtype::is_int(o.dtype) {
@@ -708,7 +721,9 @@ pub unsafe extern "C" fn aclnnRotaryPositionEmbeddingGetWorkspaceSize(
             return Err(invalid(format!("x must be 4-D, got {:?}", x.dims)));
         }
         if !(0..=1).contains(&mode) {
-            return Err(invalid(format!("mode {mode} not supported (0 half, 1 interleave)")));
+            return Err(invalid(format!(
+                "mode {mode} not supported (0 half, 1 interleave)"
+            )));
         }
         check_rope(&x, &c, &s, "x")?;
         need_shape(&o, &x.dims, "out")?;

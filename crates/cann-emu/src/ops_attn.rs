@@ -80,11 +80,18 @@ struct Fia {
     lse: Option<TensorDesc>,
 }
 
-fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpExecutor) -> aclnnStatus {
+fn fia_phase1(
+    name: &'static str,
+    a: FiaArgs,
+    ws: *mut u64,
+    ex: *mut *mut aclOpExecutor,
+) -> aclnnStatus {
     phase1(name, ws, ex, || {
         for (what, p) in &a.unsupported {
             if !p.is_null() {
-                return Err(invalid(format!("{what} is not supported by the emulator (must be null)")));
+                return Err(invalid(format!(
+                    "{what} is not supported by the emulator (must be null)"
+                )));
             }
         }
         let q = tensor(a.query, "query")?;
@@ -102,15 +109,27 @@ fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpE
             return Err(invalid("query FLOAT is not supported (FLOAT16, BFLOAT16)"));
         }
         if q.rank() != 3 {
-            return Err(invalid(format!("query must be [T, N, D] for TND, got {:?}", q.dims)));
+            return Err(invalid(format!(
+                "query must be [T, N, D] for TND, got {:?}",
+                q.dims
+            )));
         }
         let (t, n, d) = (q.dims[0], q.dims[1], q.dims[2]);
         if a.num_heads != n {
-            return Err(invalid(format!("numHeads {} differs from query's N {n}", a.num_heads)));
+            return Err(invalid(format!(
+                "numHeads {} differs from query's N {n}",
+                a.num_heads
+            )));
         }
-        let nkv = if a.num_kv_heads == 0 { n } else { a.num_kv_heads };
+        let nkv = if a.num_kv_heads == 0 {
+            n
+        } else {
+            a.num_kv_heads
+        };
         if nkv <= 0 || n % nkv != 0 {
-            return Err(invalid(format!("numHeads {n} is not a multiple of numKeyValueHeads {nkv}")));
+            return Err(invalid(format!(
+                "numHeads {n} is not a multiple of numKeyValueHeads {nkv}"
+            )));
         }
         if d <= 0 || d > 512 {
             return Err(invalid(format!("head dim {d} out of range (1..=512)")));
@@ -128,7 +147,10 @@ fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpE
         same_dtype(&q, &out, "query/attentionOut")?;
         need_shape(&out, &q.dims, "attentionOut")?;
         if !(0..=3).contains(&a.inner_precise) {
-            return Err(invalid(format!("innerPrecise {} not in 0..=3", a.inner_precise)));
+            return Err(invalid(format!(
+                "innerPrecise {} not in 0..=3",
+                a.inner_precise
+            )));
         }
         let cu_q = int_array(a.seq_q, "actualSeqLengths")?
             .ok_or_else(|| invalid("actualSeqLengths is required for TND"))?;
@@ -144,7 +166,9 @@ fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpE
         let mut prev = 0;
         for &c in &cu_q {
             if c < prev {
-                return Err(invalid("actualSeqLengths must be cumulative (non-decreasing) for TND"));
+                return Err(invalid(
+                    "actualSeqLengths must be cumulative (non-decreasing) for TND",
+                ));
             }
             prev = c;
         }
@@ -177,7 +201,9 @@ fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpE
             }
             let bs = a.block_size;
             if bs <= 0 || bs > 512 || bs % 16 != 0 {
-                return Err(invalid(format!("blockSize {bs} must be a multiple of 16 in 16..=512")));
+                return Err(invalid(format!(
+                    "blockSize {bs} must be a multiple of 16 in 16..=512"
+                )));
             }
             if max_q > 1 && bs % 128 != 0 {
                 return Err(invalid(format!(
@@ -213,7 +239,9 @@ fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpE
         let causal = match a.sparse_mode {
             0 => {
                 if !a.mask.is_null() {
-                    return Err(invalid("sparseMode 0 with an attention mask is not emulated"));
+                    return Err(invalid(
+                        "sparseMode 0 with an attention mask is not emulated",
+                    ));
                 }
                 false
             }
@@ -222,9 +250,14 @@ fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpE
         };
         let mask = opt_tensor(a.mask, "attenMask")?;
         if causal {
-            let m = mask.as_ref().ok_or_else(|| invalid("sparseMode 3 needs attenMask"))?;
+            let m = mask
+                .as_ref()
+                .ok_or_else(|| invalid("sparseMode 3 needs attenMask"))?;
             if !matches!(m.dtype, D::ACL_BOOL | D::ACL_INT8 | D::ACL_UINT8) {
-                return Err(invalid(format!("attenMask dtype {:?} (BOOL, INT8, UINT8)", m.dtype)));
+                return Err(invalid(format!(
+                    "attenMask dtype {:?} (BOOL, INT8, UINT8)",
+                    m.dtype
+                )));
             }
             if m.dims != [MASK_SIDE, MASK_SIDE] {
                 return Err(invalid(format!(
@@ -265,7 +298,14 @@ fn fia_phase1(name: &'static str, a: FiaArgs, ws: *mut u64, ex: *mut *mut aclOpE
 
 impl Fia {
     /// Keys or values of sequence `b` as `[kv_len, nkv*d]` rows.
-    fn gather(&self, cache: &TensorDesc, b: usize, kv: usize, kv_start: usize, what: &str) -> Res<Vec<f32>> {
+    fn gather(
+        &self,
+        cache: &TensorDesc,
+        b: usize,
+        kv: usize,
+        kv_start: usize,
+        what: &str,
+    ) -> Res<Vec<f32>> {
         let row = self.nkv * self.d;
         let Some(bt) = &self.table else {
             let mut out = Vec::with_capacity(kv * row);
@@ -324,7 +364,8 @@ impl Fia {
             let r1 = m.index0(1).read_i64("attenMask")?;
             if r0[0] != 0 || r0[1] == 0 || r1[0] != 0 || r1[1] != 0 {
                 return Err(exec_err(
-                    "attenMask for sparseMode 3 must be 1 strictly above the diagonal, 0 elsewhere".into(),
+                    "attenMask for sparseMode 3 must be 1 strictly above the diagonal, 0 elsewhere"
+                        .into(),
                 ));
             }
         }
@@ -405,33 +446,88 @@ macro_rules! unsupported {
 
 #[no_mangle]
 pub unsafe extern "C" fn aclnnFusedInferAttentionScoreV2GetWorkspaceSize(
-    query: T, key: TL, value: TL, pseShiftOptional: T, attenMaskOptional: T,
-    actualSeqLengthsOptional: IA, actualSeqLengthsKvOptional: IA, deqScale1Optional: T,
-    quantScale1Optional: T, deqScale2Optional: T, quantScale2Optional: T, quantOffset2Optional: T,
-    antiquantScaleOptional: T, antiquantOffsetOptional: T, blockTableOptional: T,
-    queryPaddingSizeOptional: T, kvPaddingSizeOptional: T, keyAntiquantScaleOptional: T,
-    keyAntiquantOffsetOptional: T, valueAntiquantScaleOptional: T, valueAntiquantOffsetOptional: T,
-    keySharedPrefixOptional: T, valueSharedPrefixOptional: T, actualSharedPrefixLenOptional: IA,
-    numHeads: i64, scaleValue: f64, _preTokens: i64, _nextTokens: i64, inputLayout: *mut c_char,
-    numKeyValueHeads: i64, sparseMode: i64, innerPrecise: i64, blockSize: i64, _antiquantMode: i64,
-    softmaxLseFlag: bool, _keyAntiquantMode: i64, _valueAntiquantMode: i64, attentionOut: T,
-    softmaxLse: T, ws: *mut u64, ex: *mut *mut aclOpExecutor,
+    query: T,
+    key: TL,
+    value: TL,
+    pseShiftOptional: T,
+    attenMaskOptional: T,
+    actualSeqLengthsOptional: IA,
+    actualSeqLengthsKvOptional: IA,
+    deqScale1Optional: T,
+    quantScale1Optional: T,
+    deqScale2Optional: T,
+    quantScale2Optional: T,
+    quantOffset2Optional: T,
+    antiquantScaleOptional: T,
+    antiquantOffsetOptional: T,
+    blockTableOptional: T,
+    queryPaddingSizeOptional: T,
+    kvPaddingSizeOptional: T,
+    keyAntiquantScaleOptional: T,
+    keyAntiquantOffsetOptional: T,
+    valueAntiquantScaleOptional: T,
+    valueAntiquantOffsetOptional: T,
+    keySharedPrefixOptional: T,
+    valueSharedPrefixOptional: T,
+    actualSharedPrefixLenOptional: IA,
+    numHeads: i64,
+    scaleValue: f64,
+    _preTokens: i64,
+    _nextTokens: i64,
+    inputLayout: *mut c_char,
+    numKeyValueHeads: i64,
+    sparseMode: i64,
+    innerPrecise: i64,
+    blockSize: i64,
+    _antiquantMode: i64,
+    softmaxLseFlag: bool,
+    _keyAntiquantMode: i64,
+    _valueAntiquantMode: i64,
+    attentionOut: T,
+    softmaxLse: T,
+    ws: *mut u64,
+    ex: *mut *mut aclOpExecutor,
 ) -> aclnnStatus {
     let unsupported = unsupported!(
-        pseShiftOptional, deqScale1Optional, quantScale1Optional, deqScale2Optional,
-        quantScale2Optional, quantOffset2Optional, antiquantScaleOptional, antiquantOffsetOptional,
-        queryPaddingSizeOptional, kvPaddingSizeOptional, keyAntiquantScaleOptional,
-        keyAntiquantOffsetOptional, valueAntiquantScaleOptional, valueAntiquantOffsetOptional,
-        keySharedPrefixOptional, valueSharedPrefixOptional, actualSharedPrefixLenOptional,
+        pseShiftOptional,
+        deqScale1Optional,
+        quantScale1Optional,
+        deqScale2Optional,
+        quantScale2Optional,
+        quantOffset2Optional,
+        antiquantScaleOptional,
+        antiquantOffsetOptional,
+        queryPaddingSizeOptional,
+        kvPaddingSizeOptional,
+        keyAntiquantScaleOptional,
+        keyAntiquantOffsetOptional,
+        valueAntiquantScaleOptional,
+        valueAntiquantOffsetOptional,
+        keySharedPrefixOptional,
+        valueSharedPrefixOptional,
+        actualSharedPrefixLenOptional,
     );
     fia_phase1(
         "aclnnFusedInferAttentionScoreV2",
         FiaArgs {
-            query, key, value, mask: attenMaskOptional, seq_q: actualSeqLengthsOptional,
-            seq_kv: actualSeqLengthsKvOptional, block_table: blockTableOptional, unsupported,
-            num_heads: numHeads, scale: scaleValue, layout: inputLayout,
-            num_kv_heads: numKeyValueHeads, sparse_mode: sparseMode, inner_precise: innerPrecise,
-            block_size: blockSize, lse_flag: softmaxLseFlag, out: attentionOut, lse: softmaxLse,
+            query,
+            key,
+            value,
+            mask: attenMaskOptional,
+            seq_q: actualSeqLengthsOptional,
+            seq_kv: actualSeqLengthsKvOptional,
+            block_table: blockTableOptional,
+            unsupported,
+            num_heads: numHeads,
+            scale: scaleValue,
+            layout: inputLayout,
+            num_kv_heads: numKeyValueHeads,
+            sparse_mode: sparseMode,
+            inner_precise: innerPrecise,
+            block_size: blockSize,
+            lse_flag: softmaxLseFlag,
+            out: attentionOut,
+            lse: softmaxLse,
         },
         ws,
         ex,
@@ -440,35 +536,94 @@ pub unsafe extern "C" fn aclnnFusedInferAttentionScoreV2GetWorkspaceSize(
 
 #[no_mangle]
 pub unsafe extern "C" fn aclnnFusedInferAttentionScoreV3GetWorkspaceSize(
-    query: T, key: TL, value: TL, pseShiftOptional: T, attenMaskOptional: T,
-    actualSeqLengthsOptional: IA, actualSeqLengthsKvOptional: IA, deqScale1Optional: T,
-    quantScale1Optional: T, deqScale2Optional: T, quantScale2Optional: T, quantOffset2Optional: T,
-    antiquantScaleOptional: T, antiquantOffsetOptional: T, blockTableOptional: T,
-    queryPaddingSizeOptional: T, kvPaddingSizeOptional: T, keyAntiquantScaleOptional: T,
-    keyAntiquantOffsetOptional: T, valueAntiquantScaleOptional: T, valueAntiquantOffsetOptional: T,
-    keySharedPrefixOptional: T, valueSharedPrefixOptional: T, actualSharedPrefixLenOptional: IA,
-    queryRopeOptional: T, keyRopeOptional: T, keyRopeAntiquantScaleOptional: T,
-    numHeads: i64, scaleValue: f64, _preTokens: i64, _nextTokens: i64, inputLayout: *mut c_char,
-    numKeyValueHeads: i64, sparseMode: i64, innerPrecise: i64, blockSize: i64, _antiquantMode: i64,
-    softmaxLseFlag: bool, _keyAntiquantMode: i64, _valueAntiquantMode: i64, attentionOut: T,
-    softmaxLse: T, ws: *mut u64, ex: *mut *mut aclOpExecutor,
+    query: T,
+    key: TL,
+    value: TL,
+    pseShiftOptional: T,
+    attenMaskOptional: T,
+    actualSeqLengthsOptional: IA,
+    actualSeqLengthsKvOptional: IA,
+    deqScale1Optional: T,
+    quantScale1Optional: T,
+    deqScale2Optional: T,
+    quantScale2Optional: T,
+    quantOffset2Optional: T,
+    antiquantScaleOptional: T,
+    antiquantOffsetOptional: T,
+    blockTableOptional: T,
+    queryPaddingSizeOptional: T,
+    kvPaddingSizeOptional: T,
+    keyAntiquantScaleOptional: T,
+    keyAntiquantOffsetOptional: T,
+    valueAntiquantScaleOptional: T,
+    valueAntiquantOffsetOptional: T,
+    keySharedPrefixOptional: T,
+    valueSharedPrefixOptional: T,
+    actualSharedPrefixLenOptional: IA,
+    queryRopeOptional: T,
+    keyRopeOptional: T,
+    keyRopeAntiquantScaleOptional: T,
+    numHeads: i64,
+    scaleValue: f64,
+    _preTokens: i64,
+    _nextTokens: i64,
+    inputLayout: *mut c_char,
+    numKeyValueHeads: i64,
+    sparseMode: i64,
+    innerPrecise: i64,
+    blockSize: i64,
+    _antiquantMode: i64,
+    softmaxLseFlag: bool,
+    _keyAntiquantMode: i64,
+    _valueAntiquantMode: i64,
+    attentionOut: T,
+    softmaxLse: T,
+    ws: *mut u64,
+    ex: *mut *mut aclOpExecutor,
 ) -> aclnnStatus {
     let unsupported = unsupported!(
-        pseShiftOptional, deqScale1Optional, quantScale1Optional, deqScale2Optional,
-        quantScale2Optional, quantOffset2Optional, antiquantScaleOptional, antiquantOffsetOptional,
-        queryPaddingSizeOptional, kvPaddingSizeOptional, keyAntiquantScaleOptional,
-        keyAntiquantOffsetOptional, valueAntiquantScaleOptional, valueAntiquantOffsetOptional,
-        keySharedPrefixOptional, valueSharedPrefixOptional, actualSharedPrefixLenOptional,
-        queryRopeOptional, keyRopeOptional, keyRopeAntiquantScaleOptional,
+        pseShiftOptional,
+        deqScale1Optional,
+        quantScale1Optional,
+        deqScale2Optional,
+        quantScale2Optional,
+        quantOffset2Optional,
+        antiquantScaleOptional,
+        antiquantOffsetOptional,
+        queryPaddingSizeOptional,
+        kvPaddingSizeOptional,
+        keyAntiquantScaleOptional,
+        keyAntiquantOffsetOptional,
+        valueAntiquantScaleOptional,
+        valueAntiquantOffsetOptional,
+        keySharedPrefixOptional,
+        valueSharedPrefixOptional,
+        actualSharedPrefixLenOptional,
+        queryRopeOptional,
+        keyRopeOptional,
+        keyRopeAntiquantScaleOptional,
     );
     fia_phase1(
         "aclnnFusedInferAttentionScoreV3",
         FiaArgs {
-            query, key, value, mask: attenMaskOptional, seq_q: actualSeqLengthsOptional,
-            seq_kv: actualSeqLengthsKvOptional, block_table: blockTableOptional, unsupported,
-            num_heads: numHeads, scale: scaleValue, layout: inputLayout,
-            num_kv_heads: numKeyValueHeads, sparse_mode: sparseMode, inner_precise: innerPrecise,
-            block_size: blockSize, lse_flag: softmaxLseFlag, out: attentionOut, lse: softmaxLse,
+            query,
+            key,
+            value,
+            mask: attenMaskOptional,
+            seq_q: actualSeqLengthsOptional,
+            seq_kv: actualSeqLengthsKvOptional,
+            block_table: blockTableOptional,
+            unsupported,
+            num_heads: numHeads,
+            scale: scaleValue,
+            layout: inputLayout,
+            num_kv_heads: numKeyValueHeads,
+            sparse_mode: sparseMode,
+            inner_precise: innerPrecise,
+            block_size: blockSize,
+            lse_flag: softmaxLseFlag,
+            out: attentionOut,
+            lse: softmaxLse,
         },
         ws,
         ex,
@@ -477,37 +632,99 @@ pub unsafe extern "C" fn aclnnFusedInferAttentionScoreV3GetWorkspaceSize(
 
 #[no_mangle]
 pub unsafe extern "C" fn aclnnFusedInferAttentionScoreV4GetWorkspaceSize(
-    query: T, key: TL, value: TL, pseShiftOptional: T, attenMaskOptional: T,
-    actualSeqLengthsOptional: IA, actualSeqLengthsKvOptional: IA, deqScale1Optional: T,
-    quantScale1Optional: T, deqScale2Optional: T, quantScale2Optional: T, quantOffset2Optional: T,
-    antiquantScaleOptional: T, antiquantOffsetOptional: T, blockTableOptional: T,
-    queryPaddingSizeOptional: T, kvPaddingSizeOptional: T, keyAntiquantScaleOptional: T,
-    keyAntiquantOffsetOptional: T, valueAntiquantScaleOptional: T, valueAntiquantOffsetOptional: T,
-    keySharedPrefixOptional: T, valueSharedPrefixOptional: T, actualSharedPrefixLenOptional: IA,
-    queryRopeOptional: T, keyRopeOptional: T, keyRopeAntiquantScaleOptional: T,
-    dequantScaleQueryOptional: T, learnableSinkOptional: T,
-    numHeads: i64, scaleValue: f64, _preTokens: i64, _nextTokens: i64, inputLayout: *mut c_char,
-    numKeyValueHeads: i64, sparseMode: i64, innerPrecise: i64, blockSize: i64, _antiquantMode: i64,
-    softmaxLseFlag: bool, _keyAntiquantMode: i64, _valueAntiquantMode: i64, _queryQuantMode: i64,
-    attentionOut: T, softmaxLse: T, ws: *mut u64, ex: *mut *mut aclOpExecutor,
+    query: T,
+    key: TL,
+    value: TL,
+    pseShiftOptional: T,
+    attenMaskOptional: T,
+    actualSeqLengthsOptional: IA,
+    actualSeqLengthsKvOptional: IA,
+    deqScale1Optional: T,
+    quantScale1Optional: T,
+    deqScale2Optional: T,
+    quantScale2Optional: T,
+    quantOffset2Optional: T,
+    antiquantScaleOptional: T,
+    antiquantOffsetOptional: T,
+    blockTableOptional: T,
+    queryPaddingSizeOptional: T,
+    kvPaddingSizeOptional: T,
+    keyAntiquantScaleOptional: T,
+    keyAntiquantOffsetOptional: T,
+    valueAntiquantScaleOptional: T,
+    valueAntiquantOffsetOptional: T,
+    keySharedPrefixOptional: T,
+    valueSharedPrefixOptional: T,
+    actualSharedPrefixLenOptional: IA,
+    queryRopeOptional: T,
+    keyRopeOptional: T,
+    keyRopeAntiquantScaleOptional: T,
+    dequantScaleQueryOptional: T,
+    learnableSinkOptional: T,
+    numHeads: i64,
+    scaleValue: f64,
+    _preTokens: i64,
+    _nextTokens: i64,
+    inputLayout: *mut c_char,
+    numKeyValueHeads: i64,
+    sparseMode: i64,
+    innerPrecise: i64,
+    blockSize: i64,
+    _antiquantMode: i64,
+    softmaxLseFlag: bool,
+    _keyAntiquantMode: i64,
+    _valueAntiquantMode: i64,
+    _queryQuantMode: i64,
+    attentionOut: T,
+    softmaxLse: T,
+    ws: *mut u64,
+    ex: *mut *mut aclOpExecutor,
 ) -> aclnnStatus {
     let unsupported = unsupported!(
-        pseShiftOptional, deqScale1Optional, quantScale1Optional, deqScale2Optional,
-        quantScale2Optional, quantOffset2Optional, antiquantScaleOptional, antiquantOffsetOptional,
-        queryPaddingSizeOptional, kvPaddingSizeOptional, keyAntiquantScaleOptional,
-        keyAntiquantOffsetOptional, valueAntiquantScaleOptional, valueAntiquantOffsetOptional,
-        keySharedPrefixOptional, valueSharedPrefixOptional, actualSharedPrefixLenOptional,
-        queryRopeOptional, keyRopeOptional, keyRopeAntiquantScaleOptional,
-        dequantScaleQueryOptional, learnableSinkOptional,
+        pseShiftOptional,
+        deqScale1Optional,
+        quantScale1Optional,
+        deqScale2Optional,
+        quantScale2Optional,
+        quantOffset2Optional,
+        antiquantScaleOptional,
+        antiquantOffsetOptional,
+        queryPaddingSizeOptional,
+        kvPaddingSizeOptional,
+        keyAntiquantScaleOptional,
+        keyAntiquantOffsetOptional,
+        valueAntiquantScaleOptional,
+        valueAntiquantOffsetOptional,
+        keySharedPrefixOptional,
+        valueSharedPrefixOptional,
+        actualSharedPrefixLenOptional,
+        queryRopeOptional,
+        keyRopeOptional,
+        keyRopeAntiquantScaleOptional,
+        dequantScaleQueryOptional,
+        learnableSinkOptional,
     );
     fia_phase1(
         "aclnnFusedInferAttentionScoreV4",
         FiaArgs {
-            query, key, value, mask: attenMaskOptional, seq_q: actualSeqLengthsOptional,
-            seq_kv: actualSeqLengthsKvOptional, block_table: blockTableOptional, unsupported,
-            num_heads: numHeads, scale: scaleValue, layout: inputLayout,
-            num_kv_heads: numKeyValueHeads, sparse_mode: sparseMode, inner_precise: innerPrecise,
-            block_size: blockSize, lse_flag: softmaxLseFlag, out: attentionOut, lse: softmaxLse,
+            query,
+            key,
+            value,
+            mask: attenMaskOptional,
+            seq_q: actualSeqLengthsOptional,
+            seq_kv: actualSeqLengthsKvOptional,
+            block_table: blockTableOptional,
+            unsupported,
+            num_heads: numHeads,
+            scale: scaleValue,
+            layout: inputLayout,
+            num_kv_heads: numKeyValueHeads,
+            sparse_mode: sparseMode,
+            inner_precise: innerPrecise,
+            block_size: blockSize,
+            lse_flag: softmaxLseFlag,
+            out: attentionOut,
+            lse: softmaxLse,
         },
         ws,
         ex,
@@ -535,23 +752,32 @@ pub unsafe extern "C" fn aclnnScatterPaKvCacheGetWorkspaceSize(
 ) -> aclnnStatus {
     phase1("aclnnScatterPaKvCache", ws, ex, || {
         for (what, p) in [
-            ("compressLensOptional", compress_lens as *const std::ffi::c_void),
+            (
+                "compressLensOptional",
+                compress_lens as *const std::ffi::c_void,
+            ),
             ("compressSeqOffsetOptional", compress_seq_offset as _),
             ("seqLensOptional", seq_lens as _),
             ("stridesOptional", strides as _),
             ("offsetsOptional", offsets as _),
         ] {
             if !p.is_null() {
-                return Err(invalid(format!("{what}: only the plain \"Norm\" scatter is emulated")));
+                return Err(invalid(format!(
+                    "{what}: only the plain \"Norm\" scatter is emulated"
+                )));
             }
         }
         let mode = c_str(cache_mode).unwrap_or_else(|| "Norm".into());
         if mode != "Norm" {
-            return Err(invalid(format!("cacheMode \"{mode}\": only \"Norm\" is emulated")));
+            return Err(invalid(format!(
+                "cacheMode \"{mode}\": only \"Norm\" is emulated"
+            )));
         }
         let smode = c_str(scatter_mode).unwrap_or_else(|| "None".into());
         if smode != "None" {
-            return Err(invalid(format!("scatterMode \"{smode}\": only \"None\" is emulated")));
+            return Err(invalid(format!(
+                "scatterMode \"{smode}\": only \"None\" is emulated"
+            )));
         }
         let k = tensor(key, "key")?;
         let kc = tensor(key_cache, "keyCacheRef")?;
@@ -581,7 +807,9 @@ pub unsafe extern "C" fn aclnnScatterPaKvCacheGetWorkspaceSize(
             )));
         }
         if kc.dims[..2] != vc.dims[..2] {
-            return Err(invalid("keyCache and valueCache differ in blocks or block size"));
+            return Err(invalid(
+                "keyCache and valueCache differ in blocks or block size",
+            ));
         }
         Ok(Box::new(move || {
             let slots = sm.read_i64("slotMapping")?;

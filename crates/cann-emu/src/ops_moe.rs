@@ -65,7 +65,9 @@ pub unsafe extern "C" fn aclnnMoeGatingTopKSoftmaxGetWorkspaceSize(
         need_shape(&ri, &od, "rowIdxOut")?;
         if let Some(f) = &fin {
             if f.dtype != D::ACL_BOOL || f.dims[..] != x.dims[..r - 1] {
-                return Err(invalid("finishedOptional must be BOOL with x's leading shape"));
+                return Err(invalid(
+                    "finishedOptional must be BOOL with x's leading shape",
+                ));
             }
         }
         Ok(Box::new(move || {
@@ -76,7 +78,11 @@ pub unsafe extern "C" fn aclnnMoeGatingTopKSoftmaxGetWorkspaceSize(
                 Some(f) => f.read_i64("finishedOptional")?,
                 None => vec![0; rows],
             };
-            let (mut yv, mut ev, mut rv) = (vec![0f32; rows * k], vec![0i64; rows * k], vec![0i64; rows * k]);
+            let (mut yv, mut ev, mut rv) = (
+                vec![0f32; rows * k],
+                vec![0i64; rows * k],
+                vec![0i64; rows * k],
+            );
             for i in 0..rows {
                 let row = &v[i * e..(i + 1) * e];
                 let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -87,7 +93,11 @@ pub unsafe extern "C" fn aclnnMoeGatingTopKSoftmaxGetWorkspaceSize(
                 for j in 0..k {
                     yv[i * k + j] = p[order[j]];
                     // A finished row routes to the out-of-range expert `E`.
-                    ev[i * k + j] = if done[i] != 0 { e as i64 } else { order[j] as i64 };
+                    ev[i * k + j] = if done[i] != 0 {
+                        e as i64
+                    } else {
+                        order[j] as i64
+                    };
                     rv[i * k + j] = (j * rows + i) as i64;
                 }
             }
@@ -130,11 +140,17 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV2GetWorkspaceSize(
         if x.rank() != 2 || ei.rank() != 2 || x.dims[0] != ei.dims[0] {
             return Err(Fail::new(
                 ACLNN_ERR_INNER_TILING_ERROR,
-                format!("x {:?} and expertIdx {:?} must be 2-D with equal rows", x.dims, ei.dims),
+                format!(
+                    "x {:?} and expertIdx {:?} must be 2-D with equal rows",
+                    x.dims, ei.dims
+                ),
             ));
         }
         if active_num < 0 || expert_num < 0 || expert_capacity < 0 {
-            return Err(Fail::new(ACLNN_ERR_INNER_TILING_ERROR, "activeNum, expertNum and expertCapacity must be >= 0"));
+            return Err(Fail::new(
+                ACLNN_ERR_INNER_TILING_ERROR,
+                "activeNum, expertNum and expertCapacity must be >= 0",
+            ));
         }
         if drop_pad_mode != 0 {
             return Err(invalid(format!(
@@ -142,22 +158,36 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV2GetWorkspaceSize(
             )));
         }
         if !(0..=2).contains(&count_flag) {
-            return Err(Fail::new(ACLNN_ERR_INNER_TILING_ERROR, format!("expertTokensCountOrCumsumFlag {count_flag} not in 0..=2")));
+            return Err(Fail::new(
+                ACLNN_ERR_INNER_TILING_ERROR,
+                format!("expertTokensCountOrCumsumFlag {count_flag} not in 0..=2"),
+            ));
         }
         if before_capacity_flag {
-            return Err(invalid("expertTokensBeforeCapacityFlag applies to the drop/pad mode only"));
+            return Err(invalid(
+                "expertTokensBeforeCapacityFlag applies to the drop/pad mode only",
+            ));
         }
         let (n, k, h) = (x.dims[0], ei.dims[1], x.dims[1]);
-        let rows = if active_num > 0 { active_num.min(n * k) } else { n * k };
+        let rows = if active_num > 0 {
+            active_num.min(n * k)
+        } else {
+            n * k
+        };
         need_shape(&xo, &[rows, h], "expandedXOut")?;
         need_shape(&ro, &[n * k], "expandedRowIdxOut")?;
         let co = if count_flag > 0 {
             if expert_num == 0 {
-                return Err(Fail::new(ACLNN_ERR_INNER_TILING_ERROR, "expertNum must be > 0 to output expertTokensCountOrCumsumOut"));
+                return Err(Fail::new(
+                    ACLNN_ERR_INNER_TILING_ERROR,
+                    "expertNum must be > 0 to output expertTokensCountOrCumsumOut",
+                ));
             }
             let c = tensor(count_out, "expertTokensCountOrCumsumOut")?;
             if !matches!(c.dtype, D::ACL_INT32 | D::ACL_INT64) {
-                return Err(invalid("expertTokensCountOrCumsumOut must be INT32 or INT64"));
+                return Err(invalid(
+                    "expertTokensCountOrCumsumOut must be INT32 or INT64",
+                ));
             }
             need_shape(&c, &[expert_num], "expertTokensCountOrCumsumOut")?;
             Some(c)
@@ -166,8 +196,13 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV2GetWorkspaceSize(
         };
         Ok(Box::new(move || {
             let idx = ei.read_i64("expertIdx")?;
-            if let Some(bad) = idx.iter().find(|&&e| e < 0 || (co.is_some() && e >= expert_num)) {
-                return Err(exec_err(format!("expertIdx value {bad} out of range [0, {expert_num})")));
+            if let Some(bad) = idx
+                .iter()
+                .find(|&&e| e < 0 || (co.is_some() && e >= expert_num))
+            {
+                return Err(exec_err(format!(
+                    "expertIdx value {bad} out of range [0, {expert_num})"
+                )));
             }
             let mut order: Vec<usize> = (0..idx.len()).collect();
             order.sort_by_key(|&j| (idx[j], j));
@@ -242,7 +277,9 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             ("dynQuantScaleOutOptional", dyn_quant_scale_out as TL),
         ] {
             if opt_tensor_list(p, what)?.is_some() {
-                return Err(invalid(format!("{what}: not supported by the emulator (must be null)")));
+                return Err(invalid(format!(
+                    "{what}: not supported by the emulator (must be null)"
+                )));
             }
         }
         let xs = tensor_list(x, "x")?;
@@ -250,7 +287,9 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
         let outs = tensor_list(out, "out")?;
         let gl = tensor(group_list, "groupListOptional")?;
         if xs.len() != 1 || outs.len() != 1 {
-            return Err(invalid("the emulator takes one x and one out tensor (splitItem 2/3, groupType 0)"));
+            return Err(invalid(
+                "the emulator takes one x and one out tensor (splitItem 2/3, groupType 0)",
+            ));
         }
         if !(split_item == 2 || split_item == 3) || group_type != 0 {
             return Err(invalid(format!(
@@ -258,10 +297,14 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             )));
         }
         if !(0..=1).contains(&group_list_type) {
-            return Err(invalid(format!("groupListType {group_list_type} not in 0..=1")));
+            return Err(invalid(format!(
+                "groupListType {group_list_type} not in 0..=1"
+            )));
         }
         if act_type != 0 {
-            return Err(invalid(format!("actType {act_type}: only 0 (none) emulated")));
+            return Err(invalid(format!(
+                "actType {act_type}: only 0 (none) emulated"
+            )));
         }
         let (xt, ot) = (xs[0].clone(), outs[0].clone());
         need_float(&xt, "x")?;
@@ -279,13 +322,19 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             wsl.clone()
         };
         if weights.len() as i64 != e {
-            return Err(invalid(format!("{} weights for a group list of {e}", weights.len())));
+            return Err(invalid(format!(
+                "{} weights for a group list of {e}",
+                weights.len()
+            )));
         }
         let (k, n) = (xt.dims[1], weights[0].dim(-1));
         for w in &weights {
             same_dtype(&xt, w, "x/weight")?;
             if w.dims != [k, n] {
-                return Err(invalid(format!("weight {:?} must be [K={k}, N={n}]", w.dims)));
+                return Err(invalid(format!(
+                    "weight {:?} must be [K={k}, N={n}]",
+                    w.dims
+                )));
             }
         }
         same_dtype(&xt, &ot, "x/out")?;
@@ -298,7 +347,9 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             for &v in &g {
                 let end = if group_list_type == 0 { v } else { acc + v };
                 if end < acc || end > m {
-                    return Err(exec_err(format!("groupList {g:?} is not a valid split of {m} rows")));
+                    return Err(exec_err(format!(
+                        "groupList {g:?} is not a valid split of {m} rows"
+                    )));
                 }
                 ends.push(end);
                 acc = end;
@@ -370,7 +421,10 @@ pub unsafe extern "C" fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
             return Err(invalid("biasOptional needs expertIdxOptional"));
         }
         if o.rank() != 2 || xe.rank() != 2 || ri.rank() != 1 {
-            return Err(Fail::new(ACLNN_ERR_INNER_TILING_ERROR, "out/expandedX must be 2-D and expandedRowIdx 1-D"));
+            return Err(Fail::new(
+                ACLNN_ERR_INNER_TILING_ERROR,
+                "out/expandedX must be 2-D and expandedRowIdx 1-D",
+            ));
         }
         let (n, h) = (o.dims[0], o.dims[1]);
         let k = match &sc {
@@ -380,7 +434,10 @@ pub unsafe extern "C" fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
         if ri.dims[0] != n * k || xe.dims[1] != h {
             return Err(Fail::new(
                 ACLNN_ERR_INNER_TILING_ERROR,
-                format!("expandedRowIdx {:?} / expandedX {:?} do not match out {:?} and K={k}", ri.dims, xe.dims, o.dims),
+                format!(
+                    "expandedRowIdx {:?} / expandedX {:?} do not match out {:?} and K={k}",
+                    ri.dims, xe.dims, o.dims
+                ),
             ));
         }
         if let Some(s) = &sc {
@@ -432,18 +489,26 @@ pub unsafe extern "C" fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
                 for j in 0..k {
                     // Mode 0 indexes expandedRowIdx by column (MoeInitRouting v1 order),
                     // mode 2 by row (MoeInitRoutingV2 order).
-                    let pos = if drop_pad_mode == 0 { i + j * n } else { i * k + j };
+                    let pos = if drop_pad_mode == 0 {
+                        i + j * n
+                    } else {
+                        i * k + j
+                    };
                     let r = rv[pos];
                     if r < 0 || r >= rows {
                         bump(&STATS.oob_accesses);
-                        return Err(exec_err(format!("expandedRowIdx[{pos}] = {r} out of range [0, {rows})")));
+                        return Err(exec_err(format!(
+                            "expandedRowIdx[{pos}] = {r} out of range [0, {rows})"
+                        )));
                     }
                     let s = sv[i * k + j];
                     let src = &xv[r as usize * h..(r as usize + 1) * h];
                     let a = &mut acc[i * h..(i + 1) * h];
                     if let Some(bv) = &bv {
                         let e = ev[i * k + j] as usize;
-                        let brow = bv.get(e * h..(e + 1) * h).ok_or_else(|| exec_err(format!("expert {e} has no bias row")))?;
+                        let brow = bv
+                            .get(e * h..(e + 1) * h)
+                            .ok_or_else(|| exec_err(format!("expert {e} has no bias row")))?;
                         for ((a, x), bb) in a.iter_mut().zip(src).zip(brow) {
                             *a += s * (x + bb);
                         }
@@ -490,7 +555,9 @@ pub unsafe extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
 ) -> aclnnStatus {
     phase1("aclnnWeightQuantBatchMatmulV2", ws, ex, || {
         if !quant_scale.is_null() || !quant_offset.is_null() {
-            return Err(invalid("quantScale/quantOffset (quantised output) are not emulated"));
+            return Err(invalid(
+                "quantScale/quantOffset (quantised output) are not emulated",
+            ));
         }
         let xt = tensor(x, "x")?;
         let wt = tensor(weight, "weight")?;
@@ -499,22 +566,35 @@ pub unsafe extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
         let bt = opt_tensor(bias, "biasOptional")?;
         let yt = tensor(y, "y")?;
         if !matches!(xt.dtype, D::ACL_FLOAT16 | D::ACL_BF16) {
-            return Err(invalid(format!("x dtype {:?} (FLOAT16, BFLOAT16)", xt.dtype)));
+            return Err(invalid(format!(
+                "x dtype {:?} (FLOAT16, BFLOAT16)",
+                xt.dtype
+            )));
         }
         same_dtype(&xt, &yt, "x/y")?;
         same_dtype(&xt, &sc, "x/antiquantScale")?;
         if xt.rank() != 2 || wt.rank() != 2 {
-            return Err(invalid(format!("x {:?} and weight {:?} must be 2-D", xt.dims, wt.dims)));
+            return Err(invalid(format!(
+                "x {:?} and weight {:?} must be 2-D",
+                xt.dims, wt.dims
+            )));
         }
         let (m, k) = (xt.dims[0], xt.dims[1]);
         let packed = wt.dtype == D::ACL_INT32;
         let n = match wt.dtype {
             D::ACL_INT8 | D::ACL_INT4 => wt.dims[1],
             D::ACL_INT32 => wt.dims[1] * 8,
-            other => return Err(invalid(format!("weight dtype {other:?} (INT8, INT4, INT32-packed INT4)"))),
+            other => {
+                return Err(invalid(format!(
+                    "weight dtype {other:?} (INT8, INT4, INT32-packed INT4)"
+                )))
+            }
         };
         if wt.dims[0] != k {
-            return Err(invalid(format!("weight {:?}: first dimension must be K = {k}", wt.dims)));
+            return Err(invalid(format!(
+                "weight {:?}: first dimension must be K = {k}",
+                wt.dims
+            )));
         }
         if packed && !wt.is_contiguous() {
             return Err(invalid("an INT32-packed weight must be contiguous"));
@@ -544,7 +624,9 @@ pub unsafe extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
             need_shape(o, &sc.dims, "antiquantOffset")?;
         }
         if let Some(b) = &bt {
-            if !matches!(b.dtype, D::ACL_FLOAT16 | D::ACL_BF16 | D::ACL_FLOAT) || b.numel() != n as usize {
+            if !matches!(b.dtype, D::ACL_FLOAT16 | D::ACL_BF16 | D::ACL_FLOAT)
+                || b.numel() != n as usize
+            {
                 return Err(invalid("biasOptional must be a float [N] (or [1, N])"));
             }
         }

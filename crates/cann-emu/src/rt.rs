@@ -290,7 +290,10 @@ fn out<T>(p: *mut T, v: T) -> Res<()> {
 pub unsafe extern "C" fn aclrtCreateContext(ctx: *mut aclrtContext, id: i32) -> aclError {
     code_of((|| {
         if !lock(&RT).init {
-            return Err(Fail::new(ACL_ERROR_UNINITIALIZE, "aclInit has not been called"));
+            return Err(Fail::new(
+                ACL_ERROR_UNINITIALIZE,
+                "aclInit has not been called",
+            ));
         }
         check_dev(id)?;
         let h = lock(&RT).contexts.insert(id);
@@ -451,7 +454,10 @@ fn plan_copy(
         ));
     }
     if count > 0 && (dst.is_null() || src.is_null()) {
-        return Err(Fail::new(ACL_ERROR_INVALID_PARAM, format!("{what}: null pointer")));
+        return Err(Fail::new(
+            ACL_ERROR_INVALID_PARAM,
+            format!("{what}: null pointer"),
+        ));
     }
     let (dd, sd) = (mem::is_device_addr(d), mem::is_device_addr(s));
     let kind = if kind == aclrtMemcpyKind::ACL_MEMCPY_DEFAULT {

@@ -53,17 +53,53 @@ fn setup(s: &Session, t: usize, table: &[i32], inverted_mask: bool) -> Fx {
     let qv = rnd(t * N * DH, 1);
     let kv = rnd(BLOCKS * BS * NKV * DH, 2);
     let vv = rnd(BLOCKS * BS * NKV * DH, 3);
-    let q = s.upload(D::ACL_BF16, &[t as i64, N as i64, DH as i64], &bf16_bytes(&qv)).unwrap();
+    let q = s
+        .upload(
+            D::ACL_BF16,
+            &[t as i64, N as i64, DH as i64],
+            &bf16_bytes(&qv),
+        )
+        .unwrap();
     let dims4 = [BLOCKS as i64, BS as i64, NKV as i64, DH as i64];
     let cache_k = s.upload(D::ACL_BF16, &dims4, &bf16_bytes(&kv)).unwrap();
     let cache_v = s.upload(D::ACL_BF16, &dims4, &bf16_bytes(&vv)).unwrap();
     let dims3 = [BLOCKS as i64, BS as i64, (NKV * DH) as i64];
-    let k3 = s.describe(cache_k.ptr, D::ACL_BF16, &dims3, None, 0).unwrap();
-    let v3 = s.describe(cache_v.ptr, D::ACL_BF16, &dims3, None, 0).unwrap();
-    let mask = s.upload(D::ACL_BOOL, &[2048, 2048], &mask_bytes(inverted_mask)).unwrap();
-    let table = s.upload(D::ACL_INT32, &[(table.len() / 2) as i64, 2], &i32_bytes(table)).unwrap();
-    let out = s.upload(D::ACL_BF16, &[t as i64, N as i64, DH as i64], &vec![0; t * N * DH * 2]).unwrap();
-    Fx { q, cache_k, cache_v, k3, v3, mask, table, out, qv, kv, vv }
+    let k3 = s
+        .describe(cache_k.ptr, D::ACL_BF16, &dims3, None, 0)
+        .unwrap();
+    let v3 = s
+        .describe(cache_v.ptr, D::ACL_BF16, &dims3, None, 0)
+        .unwrap();
+    let mask = s
+        .upload(D::ACL_BOOL, &[2048, 2048], &mask_bytes(inverted_mask))
+        .unwrap();
+    let table = s
+        .upload(
+            D::ACL_INT32,
+            &[(table.len() / 2) as i64, 2],
+            &i32_bytes(table),
+        )
+        .unwrap();
+    let out = s
+        .upload(
+            D::ACL_BF16,
+            &[t as i64, N as i64, DH as i64],
+            &vec![0; t * N * DH * 2],
+        )
+        .unwrap();
+    Fx {
+        q,
+        cache_k,
+        cache_v,
+        k3,
+        v3,
+        mask,
+        table,
+        out,
+        qv,
+        kv,
+        vv,
+    }
 }
 
 /// Reference: per sequence, query i sees keys j <= kv - q + i (bottom-right causal).
@@ -80,12 +116,20 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
                 let kh = h / (N / NKV);
                 let q = &fx.qv[((qs + i) * N + h) * DH..][..DH];
                 let sc: Vec<f32> = (0..vis)
-                    .map(|j| q.iter().zip(&fx.kv[slot(j) * row + kh * DH..][..DH]).map(|(a, b)| a * b).sum::<f32>() * scale)
+                    .map(|j| {
+                        q.iter()
+                            .zip(&fx.kv[slot(j) * row + kh * DH..][..DH])
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>()
+                            * scale
+                    })
                     .collect();
                 let m = sc.iter().copied().fold(f32::MIN, f32::max);
                 let z: f32 = sc.iter().map(|v| (v - m).exp()).sum();
                 for e in 0..DH {
-                    let acc: f32 = (0..vis).map(|j| (sc[j] - m).exp() / z * fx.vv[slot(j) * row + kh * DH + e]).sum();
+                    let acc: f32 = (0..vis)
+                        .map(|j| (sc[j] - m).exp() / z * fx.vv[slot(j) * row + kh * DH + e])
+                        .sum();
                     out[((qs + i) * N + h) * DH + e] = bf16_round(acc);
                 }
             }
@@ -96,34 +140,182 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fia(s: &Session, version: u8, fx: &Fx, aq: *const aclIntArray, akv: *const aclIntArray, layout: &str, bs: i64, scale: f64) -> (i32, *mut aclOpExecutor) {
+fn fia(
+    s: &Session,
+    version: u8,
+    fx: &Fx,
+    aq: *const aclIntArray,
+    akv: *const aclIntArray,
+    layout: &str,
+    bs: i64,
+    scale: f64,
+) -> (i32, *mut aclOpExecutor) {
     let nn = &s.cann.nnop;
     let ops = &s.cann.ops;
     // SAFETY: live descriptors; the lists are destroyed below (without their tensors,
     // which are the fixture's: each list gets its own descriptors).
     unsafe {
-        let k = s.describe(fx.cache_k.ptr, D::ACL_BF16, &[BLOCKS as i64, BS as i64, (NKV * DH) as i64], None, 0).unwrap();
-        let v = s.describe(fx.cache_v.ptr, D::ACL_BF16, &[BLOCKS as i64, BS as i64, (NKV * DH) as i64], None, 0).unwrap();
+        let k = s
+            .describe(
+                fx.cache_k.ptr,
+                D::ACL_BF16,
+                &[BLOCKS as i64, BS as i64, (NKV * DH) as i64],
+                None,
+                0,
+            )
+            .unwrap();
+        let v = s
+            .describe(
+                fx.cache_v.ptr,
+                D::ACL_BF16,
+                &[BLOCKS as i64, BS as i64, (NKV * DH) as i64],
+                None,
+                0,
+            )
+            .unwrap();
         let kl = (nn.aclCreateTensorList)([k as *const aclTensor].as_ptr(), 1);
         let vl = (nn.aclCreateTensorList)([v as *const aclTensor].as_ptr(), 1);
         let lay = CString::new(layout).unwrap();
         let (mut ws, mut ex) = (0u64, std::ptr::null_mut());
         let st = match version {
             2 => (ops.aclnnFusedInferAttentionScoreV2GetWorkspaceSize.unwrap())(
-                fx.q.tensor, kl, vl, null(), fx.mask.tensor, aq, akv, null(), null(), null(), null(), null(), null(), null(),
-                fx.table.tensor, null(), null(), null(), null(), null(), null(), null(), null(), null(),
-                N as i64, scale, 2147483647, 0, lay.as_ptr() as *mut _, NKV as i64, 3, 1, bs, 0, false, 0, 0,
-                fx.out.tensor, null(), &mut ws, &mut ex),
+                fx.q.tensor,
+                kl,
+                vl,
+                null(),
+                fx.mask.tensor,
+                aq,
+                akv,
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                fx.table.tensor,
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                N as i64,
+                scale,
+                2147483647,
+                0,
+                lay.as_ptr() as *mut _,
+                NKV as i64,
+                3,
+                1,
+                bs,
+                0,
+                false,
+                0,
+                0,
+                fx.out.tensor,
+                null(),
+                &mut ws,
+                &mut ex,
+            ),
             3 => (ops.aclnnFusedInferAttentionScoreV3GetWorkspaceSize.unwrap())(
-                fx.q.tensor, kl, vl, null(), fx.mask.tensor, aq, akv, null(), null(), null(), null(), null(), null(), null(),
-                fx.table.tensor, null(), null(), null(), null(), null(), null(), null(), null(), null(), null(), null(), null(),
-                N as i64, scale, 2147483647, 0, lay.as_ptr() as *mut _, NKV as i64, 3, 1, bs, 0, false, 0, 0,
-                fx.out.tensor, null(), &mut ws, &mut ex),
+                fx.q.tensor,
+                kl,
+                vl,
+                null(),
+                fx.mask.tensor,
+                aq,
+                akv,
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                fx.table.tensor,
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                N as i64,
+                scale,
+                2147483647,
+                0,
+                lay.as_ptr() as *mut _,
+                NKV as i64,
+                3,
+                1,
+                bs,
+                0,
+                false,
+                0,
+                0,
+                fx.out.tensor,
+                null(),
+                &mut ws,
+                &mut ex,
+            ),
             _ => (ops.aclnnFusedInferAttentionScoreV4GetWorkspaceSize.unwrap())(
-                fx.q.tensor, kl, vl, null(), fx.mask.tensor, aq, akv, null(), null(), null(), null(), null(), null(), null(),
-                fx.table.tensor, null(), null(), null(), null(), null(), null(), null(), null(), null(), null(), null(), null(),
-                null(), null(), N as i64, scale, 2147483647, 0, lay.as_ptr() as *mut _, NKV as i64, 3, 1, bs, 0, false, 0, 0, 0,
-                fx.out.tensor, null(), &mut ws, &mut ex),
+                fx.q.tensor,
+                kl,
+                vl,
+                null(),
+                fx.mask.tensor,
+                aq,
+                akv,
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                fx.table.tensor,
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                null(),
+                N as i64,
+                scale,
+                2147483647,
+                0,
+                lay.as_ptr() as *mut _,
+                NKV as i64,
+                3,
+                1,
+                bs,
+                0,
+                false,
+                0,
+                0,
+                0,
+                fx.out.tensor,
+                null(),
+                &mut ws,
+                &mut ex,
+            ),
         };
         (nn.aclDestroyTensorList)(kl);
         (nn.aclDestroyTensorList)(vl);
@@ -175,7 +367,10 @@ fn fia_tnd_paged_gqa_causal_mixed_prefill_and_decode() {
         let got = from_bf16(&s.download(fx.out.ptr, fx.out.bytes).unwrap());
         let want = reference(&fx, &cu_q, &kv, &table, scale as f32);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-2 * (1.0 + w.abs()), "V{version} element {i}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-2 * (1.0 + w.abs()),
+                "V{version} element {i}: {g} vs {w}"
+            );
         }
         let st = teardown(s, fx, &[aq, akv]);
         assert_eq!((st.leaks(), st.violations()), (0, 0), "{st:?}");
@@ -193,7 +388,11 @@ fn fia_rejects_what_the_real_op_rejects() {
     // A block size that is not a multiple of 128 while a query is longer than 1.
     let (st, _) = fia(&s, 4, &fx, aq, akv, "TND", 64, 0.25);
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
-    assert!(s.cann.acl.recent_error_message().contains("multiple of 128"));
+    assert!(s
+        .cann
+        .acl
+        .recent_error_message()
+        .contains("multiple of 128"));
     // actualSeqLengths that are not cumulative up to T.
     let bad = int_array(&s, &[3, 3]);
     let (st, _) = fia(&s, 4, &fx, bad, akv, "TND", BS as i64, 0.25);
@@ -211,7 +410,9 @@ fn fia_rejects_an_inverted_mask_at_run_time() {
     let (st, ex) = fia(&s, 4, &fx, aq, akv, "TND", BS as i64, 0.25);
     assert_eq!(st, 0);
     // SAFETY: an executor from phase 1.
-    unsafe { (s.cann.ops.aclnnFusedInferAttentionScoreV4.unwrap())(std::ptr::null_mut(), 0, ex, s.stream) };
+    unsafe {
+        (s.cann.ops.aclnnFusedInferAttentionScoreV4.unwrap())(std::ptr::null_mut(), 0, ex, s.stream)
+    };
     assert!(s.sync().is_err());
     teardown(s, fx, &[aq, akv]);
 }
@@ -226,16 +427,39 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
     let kc = s.upload(D::ACL_BF16, &dims, &zero).unwrap();
     let vc = s.upload(D::ACL_BF16, &dims, &zero).unwrap();
     let (kx, vx) = (rnd(3 * h * d, 5), rnd(3 * h * d, 6));
-    let k = s.upload(D::ACL_BF16, &[3, h as i64, d as i64], &bf16_bytes(&kx)).unwrap();
-    let v = s.upload(D::ACL_BF16, &[3, h as i64, d as i64], &bf16_bytes(&vx)).unwrap();
+    let k = s
+        .upload(D::ACL_BF16, &[3, h as i64, d as i64], &bf16_bytes(&kx))
+        .unwrap();
+    let v = s
+        .upload(D::ACL_BF16, &[3, h as i64, d as i64], &bf16_bytes(&vx))
+        .unwrap();
     let slots = [17i32, -1, 3];
     let sm = s.upload(D::ACL_INT32, &[3], &i32_bytes(&slots)).unwrap();
     let mode = CString::new("Norm").unwrap();
     // SAFETY: live descriptors.
-    s.run_op("spkv", |w, e| unsafe {
-        (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(k.tensor, kc.tensor, sm.tensor, v.tensor, vc.tensor,
-            null(), null(), null(), mode.as_ptr() as *mut _, std::ptr::null_mut(), null(), null(), w, e)
-    }, ops.aclnnScatterPaKvCache.unwrap()).unwrap();
+    s.run_op(
+        "spkv",
+        |w, e| unsafe {
+            (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(
+                k.tensor,
+                kc.tensor,
+                sm.tensor,
+                v.tensor,
+                vc.tensor,
+                null(),
+                null(),
+                null(),
+                mode.as_ptr() as *mut _,
+                std::ptr::null_mut(),
+                null(),
+                null(),
+                w,
+                e,
+            )
+        },
+        ops.aclnnScatterPaKvCache.unwrap(),
+    )
+    .unwrap();
     let gk = from_bf16(&s.download(kc.ptr, kc.bytes).unwrap());
     let gv = from_bf16(&s.download(vc.ptr, vc.bytes).unwrap());
     let row = h * d;
@@ -250,20 +474,55 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
     assert_eq!(gk, wk);
     assert_eq!(gv, wv);
     // A slot beyond the cache fails at execution and counts as out-of-bounds.
-    let bad = s.upload(D::ACL_INT32, &[3], &i32_bytes(&[0, 1, 32])).unwrap();
+    let bad = s
+        .upload(D::ACL_INT32, &[3], &i32_bytes(&[0, 1, 32]))
+        .unwrap();
     // SAFETY: live descriptors.
-    s.run_op("spkv", |w, e| unsafe {
-        (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(k.tensor, kc.tensor, bad.tensor, v.tensor, vc.tensor,
-            null(), null(), null(), mode.as_ptr() as *mut _, std::ptr::null_mut(), null(), null(), w, e)
-    }, ops.aclnnScatterPaKvCache.unwrap()).unwrap();
+    s.run_op(
+        "spkv",
+        |w, e| unsafe {
+            (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(
+                k.tensor,
+                kc.tensor,
+                bad.tensor,
+                v.tensor,
+                vc.tensor,
+                null(),
+                null(),
+                null(),
+                mode.as_ptr() as *mut _,
+                std::ptr::null_mut(),
+                null(),
+                null(),
+                w,
+                e,
+            )
+        },
+        ops.aclnnScatterPaKvCache.unwrap(),
+    )
+    .unwrap();
     assert!(s.sync().is_err());
     // Another cache mode is rejected in phase 1.
     let nz = CString::new("PA_NZ").unwrap();
     let (mut ws, mut ex) = (0, std::ptr::null_mut());
     // SAFETY: live descriptors.
     let st = unsafe {
-        (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(k.tensor, kc.tensor, sm.tensor, v.tensor, vc.tensor,
-            null(), null(), null(), nz.as_ptr() as *mut _, std::ptr::null_mut(), null(), null(), &mut ws, &mut ex)
+        (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(
+            k.tensor,
+            kc.tensor,
+            sm.tensor,
+            v.tensor,
+            vc.tensor,
+            null(),
+            null(),
+            null(),
+            nz.as_ptr() as *mut _,
+            std::ptr::null_mut(),
+            null(),
+            null(),
+            &mut ws,
+            &mut ex,
+        )
     };
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
     for t in [kc, vc, k, v, sm, bad] {
@@ -281,11 +540,20 @@ fn scatter_nd_update_rows() {
     let var = s.upload(D::ACL_BF16, &[6, 4], &vec![0u8; 48]).unwrap();
     let up = rnd(8, 7);
     let tu = s.upload(D::ACL_BF16, &[2, 4], &bf16_bytes(&up)).unwrap();
-    let ti = s.upload(D::ACL_INT64, &[2, 1], &i64_bytes(&[5, 1])).unwrap();
+    let ti = s
+        .upload(D::ACL_INT64, &[2, 1], &i64_bytes(&[5, 1]))
+        .unwrap();
     // SAFETY: live descriptors.
-    s.run_op("snd", |w, e| unsafe {
-        (ops.aclnnScatterNdUpdateGetWorkspaceSize.unwrap())(var.tensor, ti.tensor, tu.tensor, w, e)
-    }, ops.aclnnScatterNdUpdate.unwrap()).unwrap();
+    s.run_op(
+        "snd",
+        |w, e| unsafe {
+            (ops.aclnnScatterNdUpdateGetWorkspaceSize.unwrap())(
+                var.tensor, ti.tensor, tu.tensor, w, e,
+            )
+        },
+        ops.aclnnScatterNdUpdate.unwrap(),
+    )
+    .unwrap();
     let got = from_bf16(&s.download(var.ptr, 48).unwrap());
     let mut want = vec![0f32; 24];
     want[20..24].copy_from_slice(&up[0..4]);

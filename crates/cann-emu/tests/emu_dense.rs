@@ -5,10 +5,14 @@ use ascend_sys::types::*;
 use cann_emu::harness::*;
 
 fn rnd(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             bf16_round(((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0)
         })
         .collect()
@@ -17,7 +21,10 @@ fn rnd(n: usize, seed: u64) -> Vec<f32> {
 fn close(a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "element {i}: {x} vs {y}"
+        );
     }
 }
 
@@ -52,10 +59,23 @@ fn matmul_with_transposed_view_and_rejection() {
     let bt = rnd(n * k, 2); // storage [n, k]; used as [k, n] through strides
     let ta = bf(&s, &[m as i64, k as i64], &a);
     let tb = bf(&s, &[n as i64, k as i64], &bt);
-    let view = s.describe(tb.ptr, D::ACL_BF16, &[k as i64, n as i64], Some(&[1, k as i64]), 0).unwrap();
+    let view = s
+        .describe(
+            tb.ptr,
+            D::ACL_BF16,
+            &[k as i64, n as i64],
+            Some(&[1, k as i64]),
+            0,
+        )
+        .unwrap();
     let to = zeros(&s, D::ACL_BF16, &[m as i64, n as i64]);
     // SAFETY: live descriptors.
-    s.run_op("matmul", |w, e| unsafe { (ops.aclnnMatmulGetWorkspaceSize)(ta.tensor, view, to.tensor, 1, w, e) }, ops.aclnnMatmul).unwrap();
+    s.run_op(
+        "matmul",
+        |w, e| unsafe { (ops.aclnnMatmulGetWorkspaceSize)(ta.tensor, view, to.tensor, 1, w, e) },
+        ops.aclnnMatmul,
+    )
+    .unwrap();
     let mut want = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -67,9 +87,15 @@ fn matmul_with_transposed_view_and_rejection() {
     let mut ws = 0;
     let mut ex = std::ptr::null_mut();
     // SAFETY: live descriptors.
-    let st = unsafe { (ops.aclnnMatmulGetWorkspaceSize)(ta.tensor, tb.tensor, to.tensor, 1, &mut ws, &mut ex) };
+    let st = unsafe {
+        (ops.aclnnMatmulGetWorkspaceSize)(ta.tensor, tb.tensor, to.tensor, 1, &mut ws, &mut ex)
+    };
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
-    assert!(s.cann.acl.recent_error_message().contains("inner dimensions"));
+    assert!(s
+        .cann
+        .acl
+        .recent_error_message()
+        .contains("inner dimensions"));
     // SAFETY: made above.
     unsafe { (s.cann.nnop.aclDestroyTensor)(view) };
     done(s, vec![ta, tb, to]);
@@ -102,7 +128,10 @@ fn rms_ref(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     x.chunks(d)
         .flat_map(|r| {
             let rs = 1.0 / (r.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt();
-            r.iter().zip(g).map(move |(v, w)| bf16_round(v * rs * w)).collect::<Vec<_>>()
+            r.iter()
+                .zip(g)
+                .map(move |(v, w)| bf16_round(v * rs * w))
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -117,20 +146,44 @@ fn rms_norm_and_add_rms_norm() {
     let tr = zeros(&s, D::ACL_FLOAT, &[3, 1]);
     let txo = zeros(&s, D::ACL_BF16, &[3, 8]);
     // SAFETY: live descriptors.
-    s.run_op("rms", |w, e| unsafe { (ops.aclnnRmsNormGetWorkspaceSize)(tx.tensor, tg.tensor, 1e-6, ty.tensor, tr.tensor, w, e) }, ops.aclnnRmsNorm).unwrap();
+    s.run_op(
+        "rms",
+        |w, e| unsafe {
+            (ops.aclnnRmsNormGetWorkspaceSize)(
+                tx.tensor, tg.tensor, 1e-6, ty.tensor, tr.tensor, w, e,
+            )
+        },
+        ops.aclnnRmsNorm,
+    )
+    .unwrap();
     close(&get_bf(&s, &ty), &rms_ref(&x, &g, 1e-6), 1e-2);
     // SAFETY: live descriptors.
-    s.run_op("addrms", |w, e| unsafe {
-        (ops.aclnnAddRmsNormGetWorkspaceSize)(tx.tensor, tx2.tensor, tg.tensor, 1e-6, ty.tensor, tr.tensor, txo.tensor, w, e)
-    }, ops.aclnnAddRmsNorm).unwrap();
+    s.run_op(
+        "addrms",
+        |w, e| unsafe {
+            (ops.aclnnAddRmsNormGetWorkspaceSize)(
+                tx.tensor, tx2.tensor, tg.tensor, 1e-6, ty.tensor, tr.tensor, txo.tensor, w, e,
+            )
+        },
+        ops.aclnnAddRmsNorm,
+    )
+    .unwrap();
     let sum: Vec<f32> = x.iter().zip(&x2).map(|(a, b)| a + b).collect();
     close(&get_bf(&s, &ty), &rms_ref(&sum, &g, 1e-6), 1e-2);
-    close(&get_bf(&s, &txo), &sum.iter().map(|v| bf16_round(*v)).collect::<Vec<_>>(), 0.0);
+    close(
+        &get_bf(&s, &txo),
+        &sum.iter().map(|v| bf16_round(*v)).collect::<Vec<_>>(),
+        0.0,
+    );
     // gamma that is not x's trailing shape is rejected.
     let mut ws = 0;
     let mut ex = std::ptr::null_mut();
     // SAFETY: live descriptors.
-    let st = unsafe { (ops.aclnnRmsNormGetWorkspaceSize)(tx.tensor, tx2.tensor, 1e-6, ty.tensor, tr.tensor, &mut ws, &mut ex) };
+    let st = unsafe {
+        (ops.aclnnRmsNormGetWorkspaceSize)(
+            tx.tensor, tx2.tensor, 1e-6, ty.tensor, tr.tensor, &mut ws, &mut ex,
+        )
+    };
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
     done(s, vec![tx, tx2, tg, ty, tr, txo]);
 }
@@ -143,7 +196,12 @@ fn swiglu_gates_with_the_first_half() {
     let tx = bf(&s, &[2, 8], &x);
     let to = zeros(&s, D::ACL_BF16, &[2, 4]);
     // SAFETY: live descriptors.
-    s.run_op("swiglu", |w, e| unsafe { (ops.aclnnSwiGluGetWorkspaceSize)(tx.tensor, -1, to.tensor, w, e) }, ops.aclnnSwiGlu).unwrap();
+    s.run_op(
+        "swiglu",
+        |w, e| unsafe { (ops.aclnnSwiGluGetWorkspaceSize)(tx.tensor, -1, to.tensor, w, e) },
+        ops.aclnnSwiGlu,
+    )
+    .unwrap();
     let mut want = vec![];
     for r in 0..2 {
         for i in 0..4 {
@@ -161,17 +219,36 @@ fn embedding_index_select_gather() {
     let ops = s.cann.ops.clone();
     let w = rnd(5 * 3, 8);
     let tw = bf(&s, &[5, 3], &w);
-    let ti = s.upload(D::ACL_INT32, &[3], &i32_bytes(&[4, 0, 2])).unwrap();
+    let ti = s
+        .upload(D::ACL_INT32, &[3], &i32_bytes(&[4, 0, 2]))
+        .unwrap();
     let to = zeros(&s, D::ACL_BF16, &[3, 3]);
     // SAFETY: live descriptors.
-    s.run_op("emb", |ws, e| unsafe { (ops.aclnnEmbeddingGetWorkspaceSize)(tw.tensor, ti.tensor, to.tensor, ws, e) }, ops.aclnnEmbedding).unwrap();
-    let want: Vec<f32> = [4, 0, 2].iter().flat_map(|&r| w[r * 3..r * 3 + 3].to_vec()).collect();
+    s.run_op(
+        "emb",
+        |ws, e| unsafe {
+            (ops.aclnnEmbeddingGetWorkspaceSize)(tw.tensor, ti.tensor, to.tensor, ws, e)
+        },
+        ops.aclnnEmbedding,
+    )
+    .unwrap();
+    let want: Vec<f32> = [4, 0, 2]
+        .iter()
+        .flat_map(|&r| w[r * 3..r * 3 + 3].to_vec())
+        .collect();
     close(&get_bf(&s, &to), &want, 0.0);
     // index_select on dim 1
     let ti2 = s.upload(D::ACL_INT64, &[2], &i64_bytes(&[2, 0])).unwrap();
     let to2 = zeros(&s, D::ACL_BF16, &[5, 2]);
     // SAFETY: live descriptors.
-    s.run_op("isel", |ws, e| unsafe { (ops.aclnnIndexSelectGetWorkspaceSize)(tw.tensor, 1, ti2.tensor, to2.tensor, ws, e) }, ops.aclnnIndexSelect).unwrap();
+    s.run_op(
+        "isel",
+        |ws, e| unsafe {
+            (ops.aclnnIndexSelectGetWorkspaceSize)(tw.tensor, 1, ti2.tensor, to2.tensor, ws, e)
+        },
+        ops.aclnnIndexSelect,
+    )
+    .unwrap();
     let want: Vec<f32> = (0..5).flat_map(|r| [w[r * 3 + 2], w[r * 3]]).collect();
     close(&get_bf(&s, &to2), &want, 0.0);
     // gather dim 1: out[i][j] = w[i][idx[i][j]]
@@ -179,13 +256,29 @@ fn embedding_index_select_gather() {
     let ti3 = s.upload(D::ACL_INT64, &[5, 2], &i64_bytes(&idx)).unwrap();
     let to3 = zeros(&s, D::ACL_BF16, &[5, 2]);
     // SAFETY: live descriptors.
-    s.run_op("gather", |ws, e| unsafe { (ops.aclnnGatherGetWorkspaceSize)(tw.tensor, 1, ti3.tensor, to3.tensor, ws, e) }, ops.aclnnGather).unwrap();
+    s.run_op(
+        "gather",
+        |ws, e| unsafe {
+            (ops.aclnnGatherGetWorkspaceSize)(tw.tensor, 1, ti3.tensor, to3.tensor, ws, e)
+        },
+        ops.aclnnGather,
+    )
+    .unwrap();
     let want: Vec<f32> = (0..10).map(|p| w[(p / 2) * 3 + idx[p] as usize]).collect();
     close(&get_bf(&s, &to3), &want, 0.0);
     // An out-of-range index fails at execution.
-    let bad = s.upload(D::ACL_INT32, &[3], &i32_bytes(&[4, 9, 2])).unwrap();
+    let bad = s
+        .upload(D::ACL_INT32, &[3], &i32_bytes(&[4, 9, 2]))
+        .unwrap();
     // SAFETY: live descriptors.
-    s.run_op("emb", |ws, e| unsafe { (ops.aclnnEmbeddingGetWorkspaceSize)(tw.tensor, bad.tensor, to.tensor, ws, e) }, ops.aclnnEmbedding).unwrap();
+    s.run_op(
+        "emb",
+        |ws, e| unsafe {
+            (ops.aclnnEmbeddingGetWorkspaceSize)(tw.tensor, bad.tensor, to.tensor, ws, e)
+        },
+        ops.aclnnEmbedding,
+    )
+    .unwrap();
     assert!(s.sync().is_err());
     done(s, vec![tw, ti, to, ti2, to2, ti3, to3, bad]);
 }
@@ -199,17 +292,33 @@ fn add_alpha_inplace_add_mul_broadcast() {
     let to = zeros(&s, D::ACL_BF16, &[2, 3]);
     let mut alpha = 2.0f32;
     // SAFETY: a valid float.
-    let al = unsafe { (s.cann.nnop.aclCreateScalar)((&mut alpha as *mut f32).cast(), D::ACL_FLOAT) };
+    let al =
+        unsafe { (s.cann.nnop.aclCreateScalar)((&mut alpha as *mut f32).cast(), D::ACL_FLOAT) };
     // SAFETY: live descriptors.
-    s.run_op("add", |w, e| unsafe { (ops.aclnnAddGetWorkspaceSize)(ta.tensor, tb.tensor, al, to.tensor, w, e) }, ops.aclnnAdd).unwrap();
+    s.run_op(
+        "add",
+        |w, e| unsafe { (ops.aclnnAddGetWorkspaceSize)(ta.tensor, tb.tensor, al, to.tensor, w, e) },
+        ops.aclnnAdd,
+    )
+    .unwrap();
     let want: Vec<f32> = (0..6).map(|i| bf16_round(a[i] + 2.0 * b[i % 3])).collect();
     close(&get_bf(&s, &to), &want, 0.0);
     // SAFETY: live descriptors.
-    s.run_op("mul", |w, e| unsafe { (ops.aclnnMulGetWorkspaceSize)(ta.tensor, tb.tensor, to.tensor, w, e) }, ops.aclnnMul).unwrap();
+    s.run_op(
+        "mul",
+        |w, e| unsafe { (ops.aclnnMulGetWorkspaceSize)(ta.tensor, tb.tensor, to.tensor, w, e) },
+        ops.aclnnMul,
+    )
+    .unwrap();
     let want: Vec<f32> = (0..6).map(|i| bf16_round(a[i] * b[i % 3])).collect();
     close(&get_bf(&s, &to), &want, 0.0);
     // SAFETY: live descriptors.
-    s.run_op("iadd", |w, e| unsafe { (ops.aclnnInplaceAddGetWorkspaceSize)(ta.tensor, tb.tensor, al, w, e) }, ops.aclnnInplaceAdd).unwrap();
+    s.run_op(
+        "iadd",
+        |w, e| unsafe { (ops.aclnnInplaceAddGetWorkspaceSize)(ta.tensor, tb.tensor, al, w, e) },
+        ops.aclnnInplaceAdd,
+    )
+    .unwrap();
     let want: Vec<f32> = (0..6).map(|i| bf16_round(a[i] + 2.0 * b[i % 3])).collect();
     close(&get_bf(&s, &ta), &want, 0.0);
     // SAFETY: made above.
@@ -226,7 +335,12 @@ fn cast_rounds_to_nearest_even_and_inplace_copy_is_strided() {
     let tf = s.upload(D::ACL_FLOAT, &[4], &f32_bytes(&v)).unwrap();
     let tb = zeros(&s, D::ACL_BF16, &[4]);
     // SAFETY: live descriptors.
-    s.run_op("cast", |w, e| unsafe { (ops.aclnnCastGetWorkspaceSize)(tf.tensor, D::ACL_BF16, tb.tensor, w, e) }, ops.aclnnCast).unwrap();
+    s.run_op(
+        "cast",
+        |w, e| unsafe { (ops.aclnnCastGetWorkspaceSize)(tf.tensor, D::ACL_BF16, tb.tensor, w, e) },
+        ops.aclnnCast,
+    )
+    .unwrap();
     let got = get_bf(&s, &tb);
     assert_eq!(got[0], 1.0);
     assert_eq!(got[1], 1.0 + 4.0 / 256.0);
@@ -235,9 +349,16 @@ fn cast_rounds_to_nearest_even_and_inplace_copy_is_strided() {
     let src = rnd(6, 11);
     let ts = bf(&s, &[2, 3], &src);
     let td = zeros(&s, D::ACL_BF16, &[3, 2]);
-    let view = s.describe(td.ptr, D::ACL_BF16, &[2, 3], Some(&[1, 2]), 0).unwrap();
+    let view = s
+        .describe(td.ptr, D::ACL_BF16, &[2, 3], Some(&[1, 2]), 0)
+        .unwrap();
     // SAFETY: live descriptors.
-    s.run_op("copy", |w, e| unsafe { (ops.aclnnInplaceCopyGetWorkspaceSize)(view, ts.tensor, w, e) }, ops.aclnnInplaceCopy).unwrap();
+    s.run_op(
+        "copy",
+        |w, e| unsafe { (ops.aclnnInplaceCopyGetWorkspaceSize)(view, ts.tensor, w, e) },
+        ops.aclnnInplaceCopy,
+    )
+    .unwrap();
     let got = get_bf(&s, &td);
     for i in 0..2 {
         for j in 0..3 {
@@ -256,7 +377,11 @@ fn rope_ref(x: &[f32], cos: &[f32], sin: &[f32], d: usize, interleave: bool) -> 
         let p = r / 2;
         for i in 0..d {
             let rot = if interleave {
-                if i % 2 == 0 { -row[i + 1] } else { row[i - 1] }
+                if i % 2 == 0 {
+                    -row[i + 1]
+                } else {
+                    row[i - 1]
+                }
             } else if i < d / 2 {
                 -row[i + d / 2]
             } else {
@@ -281,24 +406,42 @@ fn rotary_position_embedding_half_and_interleave() {
     let to = zeros(&s, D::ACL_BF16, &[1, 3, 2, d as i64]);
     for mode in [0i64, 1] {
         // SAFETY: live descriptors.
-        s.run_op("rope", |w, e| unsafe {
-            (ops.aclnnRotaryPositionEmbeddingGetWorkspaceSize.unwrap())(tx.tensor, tc.tensor, ts.tensor, mode, to.tensor, w, e)
-        }, ops.aclnnRotaryPositionEmbedding.unwrap()).unwrap();
+        s.run_op(
+            "rope",
+            |w, e| unsafe {
+                (ops.aclnnRotaryPositionEmbeddingGetWorkspaceSize.unwrap())(
+                    tx.tensor, tc.tensor, ts.tensor, mode, to.tensor, w, e,
+                )
+            },
+            ops.aclnnRotaryPositionEmbedding.unwrap(),
+        )
+        .unwrap();
         close(&get_bf(&s, &to), &rope_ref(&x, &c, &sn, d, mode == 1), 1e-2);
     }
     // ApplyRotaryPosEmb: in place on q and k (BSND), half mode.
     let tk = bf(&s, &[1, 3, 2, d as i64], &x);
     // SAFETY: live descriptors.
-    s.run_op("apply", |w, e| unsafe {
-        (ops.aclnnApplyRotaryPosEmbGetWorkspaceSize.unwrap())(tx.tensor, tk.tensor, tc.tensor, ts.tensor, 1, w, e)
-    }, ops.aclnnApplyRotaryPosEmb.unwrap()).unwrap();
+    s.run_op(
+        "apply",
+        |w, e| unsafe {
+            (ops.aclnnApplyRotaryPosEmbGetWorkspaceSize.unwrap())(
+                tx.tensor, tk.tensor, tc.tensor, ts.tensor, 1, w, e,
+            )
+        },
+        ops.aclnnApplyRotaryPosEmb.unwrap(),
+    )
+    .unwrap();
     let want = rope_ref(&x, &c, &sn, d, false);
     close(&get_bf(&s, &tx), &want, 1e-2);
     close(&get_bf(&s, &tk), &want, 1e-2);
     // An odd mode is rejected.
     let (mut ws, mut ex) = (0, std::ptr::null_mut());
     // SAFETY: live descriptors.
-    let st = unsafe { (ops.aclnnRotaryPositionEmbeddingGetWorkspaceSize.unwrap())(tx.tensor, tc.tensor, ts.tensor, 7, to.tensor, &mut ws, &mut ex) };
+    let st = unsafe {
+        (ops.aclnnRotaryPositionEmbeddingGetWorkspaceSize.unwrap())(
+            tx.tensor, tc.tensor, ts.tensor, 7, to.tensor, &mut ws, &mut ex,
+        )
+    };
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
     done(s, vec![tx, tc, ts, to, tk]);
 }
@@ -311,22 +454,52 @@ fn argmax_topk_softmax() {
     let tx = s.upload(D::ACL_FLOAT, &[2, 4], &f32_bytes(&x)).unwrap();
     let ta = zeros(&s, D::ACL_INT64, &[2]);
     // SAFETY: live descriptors.
-    s.run_op("argmax", |w, e| unsafe { (ops.aclnnArgMaxGetWorkspaceSize)(tx.tensor, -1, false, ta.tensor, w, e) }, ops.aclnnArgMax).unwrap();
-    assert_eq!(from_i64(&s.download(ta.ptr, 16).unwrap()), vec![1, 0], "first maximum wins");
+    s.run_op(
+        "argmax",
+        |w, e| unsafe { (ops.aclnnArgMaxGetWorkspaceSize)(tx.tensor, -1, false, ta.tensor, w, e) },
+        ops.aclnnArgMax,
+    )
+    .unwrap();
+    assert_eq!(
+        from_i64(&s.download(ta.ptr, 16).unwrap()),
+        vec![1, 0],
+        "first maximum wins"
+    );
     let tv = zeros(&s, D::ACL_FLOAT, &[2, 2]);
     let ti = zeros(&s, D::ACL_INT64, &[2, 2]);
     // SAFETY: live descriptors.
-    s.run_op("topk", |w, e| unsafe { (ops.aclnnTopkGetWorkspaceSize)(tx.tensor, 2, -1, true, true, tv.tensor, ti.tensor, w, e) }, ops.aclnnTopk).unwrap();
-    assert_eq!(from_f32(&s.download(tv.ptr, 16).unwrap()), vec![2.0, 2.0, 3.0, 1.5]);
+    s.run_op(
+        "topk",
+        |w, e| unsafe {
+            (ops.aclnnTopkGetWorkspaceSize)(
+                tx.tensor, 2, -1, true, true, tv.tensor, ti.tensor, w, e,
+            )
+        },
+        ops.aclnnTopk,
+    )
+    .unwrap();
+    assert_eq!(
+        from_f32(&s.download(tv.ptr, 16).unwrap()),
+        vec![2.0, 2.0, 3.0, 1.5]
+    );
     assert_eq!(from_i64(&s.download(ti.ptr, 32).unwrap()), vec![1, 2, 0, 3]);
     let tsm = zeros(&s, D::ACL_FLOAT, &[2, 4]);
     // SAFETY: live descriptors.
-    s.run_op("softmax", |w, e| unsafe { (ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 1, tsm.tensor, w, e) }, ops.aclnnSoftmax).unwrap();
+    s.run_op(
+        "softmax",
+        |w, e| unsafe { (ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 1, tsm.tensor, w, e) },
+        ops.aclnnSoftmax,
+    )
+    .unwrap();
     let got = from_f32(&s.download(tsm.ptr, 32).unwrap());
     for r in 0..2 {
         let row = &x[r * 4..r * 4 + 4];
         let z: f32 = row.iter().map(|v| v.exp()).sum();
-        close(&got[r * 4..r * 4 + 4], &row.iter().map(|v| v.exp() / z).collect::<Vec<_>>(), 1e-5);
+        close(
+            &got[r * 4..r * 4 + 4],
+            &row.iter().map(|v| v.exp() / z).collect::<Vec<_>>(),
+            1e-5,
+        );
     }
     done(s, vec![tx, ta, tv, ti, tsm]);
 }
@@ -342,18 +515,27 @@ fn executors_run_once_unless_repeatable_and_leaks_are_counted() {
     let (mut ws, mut ex) = (0, std::ptr::null_mut());
     // SAFETY: live descriptors; the executor is used as the API allows, then misused.
     unsafe {
-        assert_eq!((ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 0, to.tensor, &mut ws, &mut ex), 0);
+        assert_eq!(
+            (ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 0, to.tensor, &mut ws, &mut ex),
+            0
+        );
         assert_eq!((ops.aclnnSoftmax)(std::ptr::null_mut(), 0, ex, s.stream), 0);
         // Run twice without being repeatable: rejected.
         assert_ne!((ops.aclnnSoftmax)(std::ptr::null_mut(), 0, ex, s.stream), 0);
-        assert_eq!((ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 0, to.tensor, &mut ws, &mut ex), 0);
+        assert_eq!(
+            (ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 0, to.tensor, &mut ws, &mut ex),
+            0
+        );
         assert_eq!((nn.aclSetAclOpExecutorRepeatable.unwrap())(ex), 0);
         for _ in 0..3 {
             assert_eq!((ops.aclnnSoftmax)(std::ptr::null_mut(), 0, ex, s.stream), 0);
         }
         assert_eq!((nn.aclDestroyAclOpExecutor.unwrap())(ex), 0);
         // An executor from phase 1 that is never run is a leak.
-        assert_eq!((ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 0, to.tensor, &mut ws, &mut ex), 0);
+        assert_eq!(
+            (ops.aclnnSoftmaxGetWorkspaceSize)(tx.tensor, 0, to.tensor, &mut ws, &mut ex),
+            0
+        );
     }
     s.sync().unwrap();
     for t in [tx, to] {

@@ -17,7 +17,10 @@ fn collectives_across_two_rank_threads() {
     let mut root = HcclRootInfo::default();
     let h = cann.hccl().unwrap().clone();
     // SAFETY: a valid out-pointer.
-    assert_eq!(unsafe { (h.HcclGetRootInfo)(&mut root) }, HcclResult::HCCL_SUCCESS);
+    assert_eq!(
+        unsafe { (h.HcclGetRootInfo)(&mut root) },
+        HcclResult::HCCL_SUCCESS
+    );
     let results: Vec<_> = (0..2u32)
         .map(|rank| {
             let cann = cann.clone();
@@ -30,42 +33,115 @@ fn collectives_across_two_rank_threads() {
                     let mut stream = std::ptr::null_mut();
                     assert_eq!((acl.aclrtCreateStream)(&mut stream), 0);
                     let mut comm = std::ptr::null_mut();
-                    assert_eq!((h.HcclCommInitRootInfo)(2, &root, rank, &mut comm), HcclResult::HCCL_SUCCESS);
+                    assert_eq!(
+                        (h.HcclCommInitRootInfo)(2, &root, rank, &mut comm),
+                        HcclResult::HCCL_SUCCESS
+                    );
                     let (mut sz, mut id) = (0u32, 0u32);
                     (h.HcclGetRankSize)(comm, &mut sz);
                     (h.HcclGetRankId)(comm, &mut id);
                     assert_eq!((sz, id), (2, rank));
                     let mal = |n: usize| {
                         let mut p = std::ptr::null_mut();
-                        assert_eq!((acl.aclrtMalloc)(&mut p, n, aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST), 0);
+                        assert_eq!(
+                            (acl.aclrtMalloc)(
+                                &mut p,
+                                n,
+                                aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST
+                            ),
+                            0
+                        );
                         Ptr(p)
                     };
                     let (send, recv, gath) = (mal(8), mal(8), mal(16));
                     let mine = bf16_bytes(&[1.5 + rank as f32, -2.0, 0.25, rank as f32 * 10.0]);
-                    (acl.aclrtMemcpy)(send.0, 8, mine.as_ptr().cast(), 8, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE);
+                    (acl.aclrtMemcpy)(
+                        send.0,
+                        8,
+                        mine.as_ptr().cast(),
+                        8,
+                        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+                    );
                     let bf = HcclDataType::HCCL_DATA_TYPE_BFP16;
-                    assert_eq!((h.HcclAllReduce)(send.0, recv.0, 4, bf, HcclReduceOp::HCCL_REDUCE_SUM, comm, stream), HcclResult::HCCL_SUCCESS);
-                    assert_eq!((h.HcclAllGather)(send.0, gath.0, 4, bf, comm, stream), HcclResult::HCCL_SUCCESS);
+                    assert_eq!(
+                        (h.HcclAllReduce)(
+                            send.0,
+                            recv.0,
+                            4,
+                            bf,
+                            HcclReduceOp::HCCL_REDUCE_SUM,
+                            comm,
+                            stream
+                        ),
+                        HcclResult::HCCL_SUCCESS
+                    );
+                    assert_eq!(
+                        (h.HcclAllGather)(send.0, gath.0, 4, bf, comm, stream),
+                        HcclResult::HCCL_SUCCESS
+                    );
                     assert_eq!((h.HcclBarrier)(comm, stream), HcclResult::HCCL_SUCCESS);
                     assert_eq!((acl.aclrtSynchronizeStream)(stream), 0);
                     let mut red = [0u8; 8];
                     let mut all = [0u8; 16];
-                    (acl.aclrtMemcpy)(red.as_mut_ptr().cast(), 8, recv.0, 8, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST);
-                    (acl.aclrtMemcpy)(all.as_mut_ptr().cast(), 16, gath.0, 16, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST);
+                    (acl.aclrtMemcpy)(
+                        red.as_mut_ptr().cast(),
+                        8,
+                        recv.0,
+                        8,
+                        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                    );
+                    (acl.aclrtMemcpy)(
+                        all.as_mut_ptr().cast(),
+                        16,
+                        gath.0,
+                        16,
+                        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                    );
                     // Broadcast from rank 1, then reduce-scatter.
-                    assert_eq!((h.HcclBroadcast)(send.0, 4, bf, 1, comm, stream), HcclResult::HCCL_SUCCESS);
-                    assert_eq!((h.HcclReduceScatter)(send.0, recv.0, 2, bf, HcclReduceOp::HCCL_REDUCE_SUM, comm, stream), HcclResult::HCCL_SUCCESS);
+                    assert_eq!(
+                        (h.HcclBroadcast)(send.0, 4, bf, 1, comm, stream),
+                        HcclResult::HCCL_SUCCESS
+                    );
+                    assert_eq!(
+                        (h.HcclReduceScatter)(
+                            send.0,
+                            recv.0,
+                            2,
+                            bf,
+                            HcclReduceOp::HCCL_REDUCE_SUM,
+                            comm,
+                            stream
+                        ),
+                        HcclResult::HCCL_SUCCESS
+                    );
                     assert_eq!((acl.aclrtSynchronizeStream)(stream), 0);
                     let mut bc = [0u8; 8];
                     let mut rs = [0u8; 4];
-                    (acl.aclrtMemcpy)(bc.as_mut_ptr().cast(), 8, send.0, 8, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST);
-                    (acl.aclrtMemcpy)(rs.as_mut_ptr().cast(), 4, recv.0, 4, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST);
+                    (acl.aclrtMemcpy)(
+                        bc.as_mut_ptr().cast(),
+                        8,
+                        send.0,
+                        8,
+                        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                    );
+                    (acl.aclrtMemcpy)(
+                        rs.as_mut_ptr().cast(),
+                        4,
+                        recv.0,
+                        4,
+                        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                    );
                     for p in [send, recv, gath] {
                         assert_eq!((acl.aclrtFree)(p.0), 0);
                     }
                     assert_eq!((h.HcclCommDestroy)(comm), HcclResult::HCCL_SUCCESS);
                     assert_eq!((acl.aclrtDestroyStream)(stream), 0);
-                    (from_bf16(&red), from_bf16(&all), from_bf16(&bc), from_bf16(&rs))
+                    (
+                        from_bf16(&red),
+                        from_bf16(&all),
+                        from_bf16(&bc),
+                        from_bf16(&rs),
+                    )
                 }
             })
         })
@@ -96,14 +172,34 @@ fn hccl_rejects_bad_arguments() {
     let mut comm = std::ptr::null_mut();
     // SAFETY: valid pointers; a zeroed root info was not made by HcclGetRootInfo.
     unsafe {
-        assert_eq!((h.HcclCommInitRootInfo)(1, &root, 0, &mut comm), HcclResult::HCCL_E_PARA);
+        assert_eq!(
+            (h.HcclCommInitRootInfo)(1, &root, 0, &mut comm),
+            HcclResult::HCCL_E_PARA
+        );
         (h.HcclGetRootInfo)(&mut root);
-        assert_eq!((h.HcclCommInitRootInfo)(2, &root, 2, &mut comm), HcclResult::HCCL_E_PARA);
-        assert_eq!((h.HcclCommInitRootInfo)(1, &root, 0, &mut comm), HcclResult::HCCL_SUCCESS);
+        assert_eq!(
+            (h.HcclCommInitRootInfo)(2, &root, 2, &mut comm),
+            HcclResult::HCCL_E_PARA
+        );
+        assert_eq!(
+            (h.HcclCommInitRootInfo)(1, &root, 0, &mut comm),
+            HcclResult::HCCL_SUCCESS
+        );
         // A host buffer is not device memory.
         let mut host = [0f32; 4];
         let p = host.as_mut_ptr().cast();
-        assert_ne!((h.HcclAllReduce)(p, p, 4, HcclDataType::HCCL_DATA_TYPE_FP32, HcclReduceOp::HCCL_REDUCE_SUM, comm, s.stream), HcclResult::HCCL_SUCCESS);
+        assert_ne!(
+            (h.HcclAllReduce)(
+                p,
+                p,
+                4,
+                HcclDataType::HCCL_DATA_TYPE_FP32,
+                HcclReduceOp::HCCL_REDUCE_SUM,
+                comm,
+                s.stream
+            ),
+            HcclResult::HCCL_SUCCESS
+        );
         let msg = std::ffi::CStr::from_ptr((h.HcclGetErrorString)(HcclResult::HCCL_E_PARA));
         assert!(!msg.to_bytes().is_empty());
         assert_eq!((h.HcclCommDestroy)(comm), HcclResult::HCCL_SUCCESS);
@@ -119,7 +215,9 @@ fn captured_graph_replays_reading_device_memory_at_execution() {
     let s = Session::new().unwrap();
     let acl = s.cann.acl.clone();
     let ops = s.cann.ops.clone();
-    let x = s.upload(D::ACL_FLOAT, &[4], &f32_bytes(&[1.0, 2.0, 3.0, 4.0])).unwrap();
+    let x = s
+        .upload(D::ACL_FLOAT, &[4], &f32_bytes(&[1.0, 2.0, 3.0, 4.0]))
+        .unwrap();
     let y = s.upload(D::ACL_FLOAT, &[4], &f32_bytes(&[0.0; 4])).unwrap();
     let mut two = 2.0f32;
     // SAFETY: a valid float.
@@ -127,15 +225,41 @@ fn captured_graph_replays_reading_device_memory_at_execution() {
     let mut ri = std::ptr::null_mut();
     // SAFETY: live handles; the capture records y += 2 * x.
     unsafe {
-        assert_eq!((acl.aclmdlRICaptureBegin.unwrap())(s.stream, aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_GLOBAL), 0);
+        assert_eq!(
+            (acl.aclmdlRICaptureBegin.unwrap())(
+                s.stream,
+                aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_GLOBAL
+            ),
+            0
+        );
         let mut st = aclmdlRICaptureStatus::ACL_MODEL_RI_CAPTURE_STATUS_NONE;
         (acl.aclmdlRICaptureGetInfo.unwrap())(s.stream, &mut st, std::ptr::null_mut());
-        assert_eq!(st, aclmdlRICaptureStatus::ACL_MODEL_RI_CAPTURE_STATUS_ACTIVE);
-        s.run_op("iadd", |w, e| (ops.aclnnInplaceAddGetWorkspaceSize)(y.tensor, x.tensor, al, w, e), ops.aclnnInplaceAdd).unwrap();
+        assert_eq!(
+            st,
+            aclmdlRICaptureStatus::ACL_MODEL_RI_CAPTURE_STATUS_ACTIVE
+        );
+        s.run_op(
+            "iadd",
+            |w, e| (ops.aclnnInplaceAddGetWorkspaceSize)(y.tensor, x.tensor, al, w, e),
+            ops.aclnnInplaceAdd,
+        )
+        .unwrap();
         // Synchronising or a blocking copy while capturing is an error.
-        assert_eq!((acl.aclrtSynchronizeStream)(s.stream), ACL_ERROR_RT_STREAM_CAPTURED);
+        assert_eq!(
+            (acl.aclrtSynchronizeStream)(s.stream),
+            ACL_ERROR_RT_STREAM_CAPTURED
+        );
         let mut h = [0u8; 4];
-        assert_ne!((acl.aclrtMemcpy)(h.as_mut_ptr().cast(), 4, x.ptr, 4, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST), 0);
+        assert_ne!(
+            (acl.aclrtMemcpy)(
+                h.as_mut_ptr().cast(),
+                4,
+                x.ptr,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST
+            ),
+            0
+        );
         assert_eq!((acl.aclmdlRICaptureEnd.unwrap())(s.stream, &mut ri), 0);
     }
     // Nothing ran during capture.
@@ -144,16 +268,28 @@ fn captured_graph_replays_reading_device_memory_at_execution() {
     unsafe {
         assert_eq!((acl.aclmdlRIExecuteAsync.unwrap())(ri, s.stream), 0);
     }
-    assert_eq!(from_f32(&s.download(y.ptr, 16).unwrap()), vec![2.0, 4.0, 6.0, 8.0]);
+    assert_eq!(
+        from_f32(&s.download(y.ptr, 16).unwrap()),
+        vec![2.0, 4.0, 6.0, 8.0]
+    );
     // New device inputs are seen by the next replay.
     let nx = f32_bytes(&[10.0, 0.0, 0.0, 0.0]);
     // SAFETY: 16 bytes into a 16-byte buffer; graph and stream live.
     unsafe {
-        (acl.aclrtMemcpy)(x.ptr, 16, nx.as_ptr().cast(), 16, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE);
+        (acl.aclrtMemcpy)(
+            x.ptr,
+            16,
+            nx.as_ptr().cast(),
+            16,
+            aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+        );
         assert_eq!((acl.aclmdlRIExecuteAsync.unwrap())(ri, s.stream), 0);
         assert_eq!((acl.aclmdlRIExecuteAsync.unwrap())(ri, s.stream), 0);
     }
-    assert_eq!(from_f32(&s.download(y.ptr, 16).unwrap()), vec![42.0, 4.0, 6.0, 8.0]);
+    assert_eq!(
+        from_f32(&s.download(y.ptr, 16).unwrap()),
+        vec![42.0, 4.0, 6.0, 8.0]
+    );
     // SAFETY: live handles.
     unsafe {
         assert_eq!((acl.aclmdlRIDestroy.unwrap())(ri), 0);

@@ -13,7 +13,11 @@ fn cdylib_is_built_and_loads_through_ascend_sys() {
     let s = Session::new().unwrap();
     let mut n = 0u32;
     // SAFETY: valid out-pointer.
-    unsafe { s.cann.check((s.cann.acl.aclrtGetDeviceCount)(&mut n), "count") }.unwrap();
+    unsafe {
+        s.cann
+            .check((s.cann.acl.aclrtGetDeviceCount)(&mut n), "count")
+    }
+    .unwrap();
     assert_eq!(n, 2);
     assert_eq!(s.cann.cann_version().as_deref(), Some("8.3.RC1"));
     assert!(s.cann.hccl.is_some());
@@ -46,7 +50,13 @@ fn memcpy_roundtrip_and_mem_info() {
     let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
     // SAFETY: buffers of the stated sizes.
     let rc = unsafe {
-        (s.cann.acl.aclrtMemcpy)(p, 1000, data.as_ptr().cast(), 1000, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE)
+        (s.cann.acl.aclrtMemcpy)(
+            p,
+            1000,
+            data.as_ptr().cast(),
+            1000,
+            aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+        )
     };
     assert_eq!(rc, 0);
     assert_eq!(s.download(p, 1000).unwrap(), data);
@@ -66,13 +76,33 @@ fn double_free_oob_wrong_kind_and_leaks_are_reported() {
     let host = [0u8; 128];
     // Out of bounds: 128 bytes into a 64-byte allocation.
     // SAFETY: the emulator checks device ranges; host buffer is 128 bytes.
-    let rc = unsafe { (acl.aclrtMemcpy)(p, 128, host.as_ptr().cast(), 128, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE) };
+    let rc = unsafe {
+        (acl.aclrtMemcpy)(
+            p,
+            128,
+            host.as_ptr().cast(),
+            128,
+            aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+        )
+    };
     assert_ne!(rc, 0);
-    assert!(acl.recent_error_message().contains("out-of-bounds"), "{}", acl.recent_error_message());
+    assert!(
+        acl.recent_error_message().contains("out-of-bounds"),
+        "{}",
+        acl.recent_error_message()
+    );
     // Wrong kind: device source declared as host.
     let mut back = [0u8; 16];
     // SAFETY: as above.
-    let rc = unsafe { (acl.aclrtMemcpy)(back.as_mut_ptr().cast(), 16, p, 16, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE) };
+    let rc = unsafe {
+        (acl.aclrtMemcpy)(
+            back.as_mut_ptr().cast(),
+            16,
+            p,
+            16,
+            aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+        )
+    };
     assert_ne!(rc, 0);
     // SAFETY: live, then freed allocation.
     unsafe {
@@ -81,12 +111,22 @@ fn double_free_oob_wrong_kind_and_leaks_are_reported() {
     }
     // Use after free.
     // SAFETY: as above.
-    let rc = unsafe { (acl.aclrtMemcpy)(back.as_mut_ptr().cast(), 16, p, 16, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST) };
+    let rc = unsafe {
+        (acl.aclrtMemcpy)(
+            back.as_mut_ptr().cast(),
+            16,
+            p,
+            16,
+            aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+        )
+    };
     assert_ne!(rc, 0);
     assert!(acl.recent_error_message().contains("use after free"));
     // A leak: allocated, never freed; a descriptor never destroyed.
     let leaked = s.malloc(32).unwrap();
-    let _t = s.describe(leaked, aclDataType::ACL_FLOAT, &[8], None, 0).unwrap();
+    let _t = s
+        .describe(leaked, aclDataType::ACL_FLOAT, &[8], None, 0)
+        .unwrap();
     let st = s.finish().unwrap();
     assert_eq!(st.oob_accesses, 1);
     assert_eq!(st.bad_memcpy_kinds, 1);
@@ -106,11 +146,43 @@ fn async_copies_are_deferred_until_synchronise() {
     let mut out = [0u8; 4];
     // SAFETY: buffers live until the synchronisation below.
     unsafe {
-        assert_eq!((acl.aclrtMemcpy)(p, 4, one.as_ptr().cast(), 4, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE), 0);
-        assert_eq!((acl.aclrtMemcpyAsync)(p, 4, two.as_ptr().cast(), 4, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE, s.stream), 0);
-        assert_eq!((acl.aclrtMemcpyAsync)(out.as_mut_ptr().cast(), 4, p, 4, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST, s.stream), 0);
+        assert_eq!(
+            (acl.aclrtMemcpy)(
+                p,
+                4,
+                one.as_ptr().cast(),
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE
+            ),
+            0
+        );
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(
+                p,
+                4,
+                two.as_ptr().cast(),
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+                s.stream
+            ),
+            0
+        );
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(
+                out.as_mut_ptr().cast(),
+                4,
+                p,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                s.stream
+            ),
+            0
+        );
     }
-    assert_eq!(out, [0; 4], "an async D2H is not visible before synchronising");
+    assert_eq!(
+        out, [0; 4],
+        "an async D2H is not visible before synchronising"
+    );
     s.sync().unwrap();
     assert_eq!(u32::from_le_bytes(out), 2);
     // Memset async, then an event.
@@ -125,7 +197,15 @@ fn async_copies_are_deferred_until_synchronise() {
     }
     let mut host = [0u8; 4];
     // SAFETY: a sync copy of 4 bytes.
-    unsafe { (acl.aclrtMemcpy)(host.as_mut_ptr().cast(), 4, p as *const c_void, 4, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST) };
+    unsafe {
+        (acl.aclrtMemcpy)(
+            host.as_mut_ptr().cast(),
+            4,
+            p as *const c_void,
+            4,
+            aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+        )
+    };
     assert_eq!(host, [7; 4]);
     // SAFETY: live allocation.
     unsafe { (acl.aclrtFree)(p) };
@@ -138,14 +218,25 @@ fn malloc_is_capped_and_needs_a_device() {
     let s = Session::new().unwrap();
     let mut p = std::ptr::null_mut();
     // SAFETY: valid out-pointer.
-    let rc = unsafe { (s.cann.acl.aclrtMalloc)(&mut p, 1 << 40, aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST) };
+    let rc = unsafe {
+        (s.cann.acl.aclrtMalloc)(
+            &mut p,
+            1 << 40,
+            aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST,
+        )
+    };
     assert_eq!(rc, ACL_ERROR_RT_MEMORY_ALLOCATION);
     let acl = s.cann.acl.clone();
     std::thread::spawn(move || {
         let mut p = std::ptr::null_mut();
         // SAFETY: valid out-pointer.
-        let rc = unsafe { (acl.aclrtMalloc)(&mut p, 16, aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST) };
-        assert_eq!(rc, ACL_ERROR_RT_CONTEXT_NULL, "a thread without a device cannot allocate");
+        let rc = unsafe {
+            (acl.aclrtMalloc)(&mut p, 16, aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST)
+        };
+        assert_eq!(
+            rc, ACL_ERROR_RT_CONTEXT_NULL,
+            "a thread without a device cannot allocate"
+        );
     })
     .join()
     .unwrap();
