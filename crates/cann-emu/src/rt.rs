@@ -637,15 +637,13 @@ pub unsafe extern "C" fn aclrtGetMemInfo(
 
 #[no_mangle]
 pub unsafe extern "C" fn aclrtCreateEvent(event: *mut aclrtEvent) -> aclError {
-    code_of((|| {
-        let h = lock(&RT).events.insert(EventState {
-            recorded_on: None,
-            done: Arc::new(AtomicBool::new(false)),
-            at: Arc::new(Mutex::new(None)),
-        });
-        bump(&STATS.live_events);
-        out(event, h as aclrtEvent)
-    })())
+    let h = lock(&RT).events.insert(EventState {
+        recorded_on: None,
+        done: Arc::new(AtomicBool::new(false)),
+        at: Arc::new(Mutex::new(None)),
+    });
+    bump(&STATS.live_events);
+    code_of(out(event, h as aclrtEvent))
 }
 
 #[no_mangle]

@@ -537,7 +537,7 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
 fn scatter_nd_update_rows() {
     let s = Session::new().unwrap();
     let ops = s.cann.ops.clone();
-    let var = s.upload(D::ACL_BF16, &[6, 4], &vec![0u8; 48]).unwrap();
+    let var = s.upload(D::ACL_BF16, &[6, 4], &[0u8; 48]).unwrap();
     let up = rnd(8, 7);
     let tu = s.upload(D::ACL_BF16, &[2, 4], &bf16_bytes(&up)).unwrap();
     let ti = s

@@ -399,7 +399,7 @@ fn weight_quant_matmul_int8_per_channel_and_int4_per_group() {
             for c in 0..n {
                 let mut acc = 0f32;
                 for p in 0..k {
-                    let gi = if group == 0 { c } else { (p / group) * n + c };
+                    let gi = p.checked_div(group).map_or(c, |q| q * n + c);
                     acc += x[r * k + p] * ((w[p * n + c] as f32 + off[gi]) * sc[gi]);
                 }
                 out[r * n + c] = bf16_round(acc);
