@@ -75,8 +75,8 @@ pub fn library_path() -> Result<PathBuf, HarnessError> {
 
 static DIR: OnceLock<PathBuf> = OnceLock::new();
 
-/// A directory (one per process) holding `libascendcl.so`, `libnnopbase.so`,
-/// `libopapi.so` and `libhccl.so` as symlinks to the emulator, for
+/// A directory (one per process) holding a copy of the emulator and `libascendcl.so`,
+/// `libnnopbase.so`, `libopapi.so` and `libhccl.so` as symlinks to it, for
 /// `ascend_sys::Cann::load_from([dir])`.
 pub fn lib_dir() -> Result<PathBuf, HarnessError> {
     if let Some(d) = DIR.get() {
@@ -93,10 +93,16 @@ pub fn lib_dir() -> Result<PathBuf, HarnessError> {
         move |source| HarnessError::Io { path, source }
     };
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    // A private copy: another cargo command sharing the target directory may rebuild
+    // (rewrite) the original while this process loads it.
+    let copy = dir.join("libcann_emu.so");
+    let tmp = dir.join("libcann_emu.so.tmp");
+    std::fs::copy(&lib, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &copy).map_err(io(&copy))?;
     for name in LIB_NAMES {
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&lib, &link).map_err(io(&link))?;
+        std::os::unix::fs::symlink(&copy, &link).map_err(io(&link))?;
     }
     Ok(DIR.get_or_init(|| dir).clone())
 }
