@@ -100,7 +100,9 @@ impl fmt::Display for DoctorReport {
         writeln!(
             f,
             "Attention:       {}",
-            self.attention_api.as_deref().unwrap_or("none (attention will fail)")
+            self.attention_api
+                .as_deref()
+                .unwrap_or("none (attention will fail)")
         )?;
         match &self.hccl_unavailable {
             None => writeln!(f, "HCCL:            available")?,
@@ -109,7 +111,11 @@ impl fmt::Display for DoctorReport {
         if self.missing_optional.is_empty() {
             writeln!(f, "Optional symbols: all present")?;
         } else {
-            writeln!(f, "Missing optional symbols: {}", self.missing_optional.join(", "))?;
+            writeln!(
+                f,
+                "Missing optional symbols: {}",
+                self.missing_optional.join(", ")
+            )?;
         }
         if !self.checks.is_empty() {
             writeln!(f, "Op checks on device 0 (against the CPU backend):")?;
@@ -128,7 +134,15 @@ impl fmt::Display for DoctorReport {
         for e in &self.errors {
             writeln!(f, "error: {e}")?;
         }
-        write!(f, "{}", if self.ok() { "doctor: OK" } else { "doctor: PROBLEMS FOUND" })
+        write!(
+            f,
+            "{}",
+            if self.ok() {
+                "doctor: OK"
+            } else {
+                "doctor: PROBLEMS FOUND"
+            }
+        )
     }
 }
 
@@ -179,7 +193,11 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
     r
 }
 
-fn device_memory(cann: &Cann, d: i32, b0: &AscendBackend) -> std::result::Result<DeviceMemory, String> {
+fn device_memory(
+    cann: &Cann,
+    d: i32,
+    b0: &AscendBackend,
+) -> std::result::Result<DeviceMemory, String> {
     if d == b0.device_id() {
         let (free, total) = b0.memory_info().map_err(|e| e.to_string())?;
         return Ok(DeviceMemory {
@@ -330,7 +348,14 @@ fn linear_f32<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
 }
 
 fn linear_bf16<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
-    let x = up(b, &bf(&data(4 * 32, 2)).iter().map(|v| v.to_f32()).collect::<Vec<_>>(), &[4, 32])?;
+    let x = up(
+        b,
+        &bf(&data(4 * 32, 2))
+            .iter()
+            .map(|v| v.to_f32())
+            .collect::<Vec<_>>(),
+        &[4, 32],
+    )?;
     let w = b.upload(HostData::BF16(&bf(&data(24 * 32, 3))), &[24, 32])?;
     b.to_host_f32(&b.linear(&x, &w)?)
 }

@@ -117,6 +117,14 @@ pub struct AscendStep {
     sin_signed: AscendTensor,
     /// The tables cast to the activations' dtype, made on first use.
     cast: Mutex<Option<[AscendTensor; 3]>>,
+    /// Positions of the step's tokens and the block tables, for the eager attention path.
+    positions: Vec<u32>,
+    block_tables: Vec<u32>,
+    max_blocks: usize,
+    /// Per sequence, for the eager attention path (made on first use): the cache slots of
+    /// its context `[ctx]` and its additive causal (and sliding-window) mask `[len, ctx]`.
+    #[allow(clippy::type_complexity)]
+    eager: Mutex<Option<(Option<usize>, Vec<(AscendTensor, AscendTensor)>)>>,
 }
 
 /// Per layer, K and V caches `[num_blocks, block_size, kv_heads, head_dim]` in BF16.
@@ -149,6 +157,10 @@ pub struct AscendOptions {
     pub fused_rope: bool,
     /// Use `aclnnScatterPaKvCache` when exported (else `aclnnScatterNdUpdate`).
     pub scatter_pa_kv_cache: bool,
+    /// Element type of the KV cache. BF16 (the default) runs attention through fused infer
+    /// attention; F32, for F32 models where precision matters more than speed, keeps K/V
+    /// exact and runs attention as matmul + softmax per sequence (FIA takes no F32).
+    pub kv_cache_f32: bool,
 }
 
 impl Default for AscendOptions {
@@ -156,6 +168,7 @@ impl Default for AscendOptions {
         Self {
             fused_rope: true,
             scatter_pa_kv_cache: true,
+            kv_cache_f32: false,
         }
     }
 }
@@ -453,7 +466,7 @@ impl AscendBackend {
         let c = self.cann_ref();
         let t = step.num_tokens;
         let row = s.num_kv_heads * s.head_dim;
-        let cast = self.cast(x, Dt::BF16)?;
+        let cast = self.cast(x, cache.dt)?;
         let x = cast.as_ref().unwrap_or(x);
         let (ws, run) = match (
             c.ops.aclnnScatterNdUpdateGetWorkspaceSize,
@@ -691,6 +704,10 @@ impl Backend for AscendBackend {
             sin,
             sin_signed,
             cast: Mutex::new(None),
+            positions: m.positions.to_vec(),
+            block_tables: m.block_tables.to_vec(),
+            max_blocks: m.max_blocks_per_seq,
+            eager: Mutex::new(None),
         })
     }
 
@@ -993,7 +1010,8 @@ impl Backend for AscendBackend {
 
     fn alloc_kv_cache(&self, s: KvCacheShape) -> Result<AscendKvCache> {
         let shape = [s.num_blocks, s.block_size, s.num_kv_heads, s.head_dim];
-        let bytes = shape.iter().product::<usize>() * Dt::BF16.size();
+        let dt = self.kv_dt();
+        let bytes = shape.iter().product::<usize>() * dt.size();
         let alloc = || -> Result<AscendTensor> {
             let buf = self.dev.alloc_direct(bytes)?;
             // Zeroed, so that never-written slots hold finite values.
@@ -1016,7 +1034,7 @@ impl Backend for AscendBackend {
             Ok(AscendTensor {
                 buf,
                 shape: shape.to_vec(),
-                dt: Dt::BF16,
+                dt,
             })
         };
         let mut k = Vec::with_capacity(s.num_layers);
@@ -1029,7 +1047,7 @@ impl Backend for AscendBackend {
     }
 
     fn kv_block_bytes(&self, s: KvCacheShape) -> u64 {
-        (2 * s.num_layers * s.block_size * s.num_kv_heads * s.head_dim * Dt::BF16.size()) as u64
+        (2 * s.num_layers * s.block_size * s.num_kv_heads * s.head_dim * self.kv_dt().size()) as u64
     }
 
     fn write_kv(
@@ -1056,11 +1074,13 @@ impl Backend for AscendBackend {
             return Ok(());
         }
         let c = self.cann_ref();
-        let pa = self.opts.scatter_pa_kv_cache.then_some(()).and(
-            c.ops
-                .aclnnScatterPaKvCacheGetWorkspaceSize
-                .zip(c.ops.aclnnScatterPaKvCache),
-        );
+        let pa = (self.opts.scatter_pa_kv_cache && !self.opts.kv_cache_f32)
+            .then_some(())
+            .and(
+                c.ops
+                    .aclnnScatterPaKvCacheGetWorkspaceSize
+                    .zip(c.ops.aclnnScatterPaKvCache),
+            );
         if let Some((ws, run)) = pa {
             let kc = self.cast(k, Dt::BF16)?;
             let vc = self.cast(v, Dt::BF16)?;
@@ -1106,8 +1126,13 @@ impl Backend for AscendBackend {
                 format!("q {:?}, geometry {g:?}, cache {s:?}", q.shape),
             ));
         }
+        if self.opts.kv_cache_f32 {
+            return self.eager_attention(q, &cache.k[layer], &cache.v[layer], step, g, &s);
+        }
         if g.sliding_window.is_some() {
-            return Err(unsupported("sliding-window attention on the NPU"));
+            return Err(unsupported(
+                "sliding-window attention with a BF16 KV cache (use the F32 cache)",
+            ));
         }
         let out_dt = q.dt;
         let qc = self.cast(q, Dt::BF16)?;
@@ -1357,6 +1382,138 @@ impl Backend for AscendBackend {
 }
 
 impl AscendBackend {
+    fn kv_dt(&self) -> Dt {
+        if self.opts.kv_cache_f32 {
+            Dt::F32
+        } else {
+            Dt::BF16
+        }
+    }
+
+    fn matmul(&self, a: &View, b: &View, out: &View) -> Result<()> {
+        let c = self.cann_ref();
+        let (x, y, o) = (self.td(a)?, self.td(b)?, self.td(out)?);
+        aclnn!(&self.dev, "aclnnMatmul", c.ops.aclnnMatmulGetWorkspaceSize, c.ops.aclnnMatmul;
+            x.raw, y.raw, o.raw, 0i8)
+    }
+
+    /// Attention as matmul, mask and softmax per sequence over its gathered context, in
+    /// F32: the F32-cache path (fused infer attention takes no F32).
+    fn eager_attention(
+        &self,
+        q: &AscendTensor,
+        kc: &AscendTensor,
+        vc: &AscendTensor,
+        step: &AscendStep,
+        g: &AttnGeometry,
+        s: &KvCacheShape,
+    ) -> Result<AscendTensor> {
+        let (t, nh, hd, kvh) = (step.num_tokens, g.num_heads, g.head_dim, g.num_kv_heads);
+        let grp = nh / kvh;
+        let row = kvh * hd;
+        let qc = self.cast(q, Dt::F32)?;
+        let qf = qc.as_ref().unwrap_or(q);
+        let scale = self.upload_f32(&[g.scale], &[1])?;
+        let qs = self.empty(Dt::F32, &[t, nh * hd])?;
+        self.mul(&qf.view(), &scale.view(), &qs.view())?;
+        let out = self.empty(Dt::F32, &[t, nh * hd])?;
+        let mut eager = step.eager.lock().unwrap_or_else(|p| p.into_inner());
+        if eager.as_ref().is_none_or(|e| e.0 != g.sliding_window) {
+            *eager = Some((g.sliding_window, self.eager_tables(step, g.sliding_window)?));
+        }
+        let tables = &eager
+            .as_ref()
+            .ok_or_else(|| BackendError::Device("attention tables".into()))?
+            .1;
+        let cache2 = |c: &AscendTensor| c.view().reshape(&[s.num_blocks * s.block_size, row]);
+        // Query heads grouped by their KV head, `[kvh, group, len, hd]`, of the rows of a
+        // `[t, nh * hd]` tensor from `start`.
+        let grouped = |base: &AscendTensor, start: usize, len: usize| View {
+            shape: vec![kvh as i64, grp as i64, len as i64, hd as i64],
+            strides: vec![(grp * hd) as i64, hd as i64, (nh * hd) as i64, 1],
+            offset: (start * nh * hd) as i64,
+            ..base.view()
+        };
+        let mut start = 0usize;
+        for (i, (slots, mask)) in tables.iter().enumerate() {
+            let end = step.cu_q[i] as usize;
+            let (len, ctx) = (end - start, step.kv_lens[i] as usize);
+            let kg = self.empty(Dt::F32, &[ctx, row])?;
+            let vg = self.empty(Dt::F32, &[ctx, row])?;
+            self.index_select(&cache2(kc)?, slots, &kg.view())?;
+            self.index_select(&cache2(vc)?, slots, &vg.view())?;
+            let kt = View {
+                shape: vec![kvh as i64, 1, hd as i64, ctx as i64],
+                strides: vec![hd as i64, hd as i64, 1, row as i64],
+                ..kg.view()
+            };
+            let scores = self.empty(Dt::F32, &[kvh, grp, len, ctx])?;
+            self.matmul(&grouped(&qs, start, len), &kt, &scores.view())?;
+            let masked = self.empty(Dt::F32, &[kvh, grp, len, ctx])?;
+            self.add(&scores.view(), &mask.view(), &masked.view())?;
+            let probs = self.empty(Dt::F32, &[kvh, grp, len, ctx])?;
+            {
+                let c = self.cann_ref();
+                let (a, o) = (self.td(&masked.view())?, self.td(&probs.view())?);
+                aclnn!(&self.dev, "aclnnSoftmax", c.ops.aclnnSoftmaxGetWorkspaceSize,
+                    c.ops.aclnnSoftmax; a.raw, 3i64, o.raw)?;
+            }
+            let v4 = View {
+                shape: vec![kvh as i64, 1, ctx as i64, hd as i64],
+                strides: vec![hd as i64, hd as i64, row as i64, 1],
+                ..vg.view()
+            };
+            let o = self.empty(Dt::F32, &[kvh, grp, len, hd])?;
+            self.matmul(&probs.view(), &v4, &o.view())?;
+            self.copy_view(&grouped(&out, start, len), &o.view())?;
+            start = end;
+        }
+        drop(eager);
+        let mut out = match self.cast(&out, q.dt)? {
+            Some(o) => o,
+            None => out,
+        };
+        out.shape = q.shape.clone();
+        Ok(out)
+    }
+
+    /// Per sequence: its context's cache slots and its additive mask (0 where a query may
+    /// look, a large negative number where it may not).
+    fn eager_tables(
+        &self,
+        step: &AscendStep,
+        window: Option<usize>,
+    ) -> Result<Vec<(AscendTensor, AscendTensor)>> {
+        let bs = step.block_size;
+        let mut out = Vec::with_capacity(step.kv_lens.len());
+        let mut start = 0usize;
+        for (i, &ctx) in step.kv_lens.iter().enumerate() {
+            let ctx = ctx as usize;
+            let end = step.cu_q[i] as usize;
+            let len = end - start;
+            let table = &step.block_tables[i * step.max_blocks..(i + 1) * step.max_blocks];
+            let slots: Vec<i64> = (0..ctx)
+                .map(|j| (table[j / bs] as usize * bs + j % bs) as i64)
+                .collect();
+            let mut mask = vec![0.0f32; len * ctx];
+            for r in 0..len {
+                let pos = step.positions[start + r] as usize;
+                let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                for (j, m) in mask[r * ctx..(r + 1) * ctx].iter_mut().enumerate() {
+                    if j > pos || j < lo {
+                        *m = -1e30;
+                    }
+                }
+            }
+            out.push((
+                self.upload_i64(&slots, &[ctx])?,
+                self.upload_f32(&mask, &[len, ctx])?,
+            ));
+            start = end;
+        }
+        Ok(out)
+    }
+
     fn download_i64(&self, t: &AscendTensor) -> Result<Vec<i64>> {
         let mut bytes = vec![0u8; t.numel() * 8];
         self.dev.download(t.buf.ptr, t.buf.bytes, &mut bytes)?;

@@ -12,7 +12,7 @@ use qwen3_engine::Executor;
 
 use crate::build::{rank_kv_shape, LoadOptions};
 use crate::executor::{SingleExecutor, Worker};
-use crate::qwen3::{ModelError, Qwen3, Shard};
+use crate::qwen3::{ModelError, Qwen3, Shard, WeightDType};
 use crate::tp::{RankInit, TpExecutor};
 
 /// An NPU executor before it is boxed for the engine: its KV cache can still be resized
@@ -71,6 +71,11 @@ pub fn ascend_executor_resizable(
         )));
     }
     let kv_shape = rank_kv_shape(opts)?;
+    // An F32 model asks for precision: keep K/V in F32 too.
+    let backend_opts = AscendOptions {
+        kv_cache_f32: backend_opts.kv_cache_f32 || opts.dtype == WeightDType::F32,
+        ..backend_opts
+    };
     if world == 1 {
         let backend = AscendBackend::with_options(cann, devices[0], backend_opts)?;
         let model = Qwen3::load(
