@@ -29,6 +29,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the greedy (or sampled) continuation of a prompt, without the server.
     Generate(GenerateArgs),
+    /// Check an Ascend machine: driver and CANN versions, devices, HBM, symbols, and every
+    /// backend op run on the NPU against the CPU. Attach its output to bug reports.
+    Doctor(DoctorArgs),
     /// Benchmarks: offline latency/throughput through the engine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -234,6 +237,14 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DoctorArgs {
+    /// Load CANN's libraries from these directories only (default: ASCEND_TOOLKIT_HOME,
+    /// ASCEND_HOME_PATH, LD_LIBRARY_PATH, /usr/local/Ascend).
+    #[arg(long, value_name = "DIR")]
+    pub cann_dir: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

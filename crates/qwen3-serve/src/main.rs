@@ -29,11 +29,35 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Generate(args)) => runtime::generate(&args),
         Some(Command::Serve(args)) => runtime::serve(args),
+        Some(Command::Doctor(args)) => doctor(&args),
         Some(Command::Bench(BenchCommand::Serve(args))) => bench_serve(&args),
         Some(Command::Bench(BenchCommand::Latency(args))) => bench_offline(&args, 1),
         Some(Command::Bench(BenchCommand::Throughput(args))) => bench_offline(&args, 64),
         None => runtime::serve(cli.serve),
     }
+}
+
+/// Prints what CANN and the NPUs report; fails when CANN is missing or a check fails.
+fn doctor(args: &cli::DoctorArgs) -> anyhow::Result<()> {
+    let cann = if args.cann_dir.is_empty() {
+        ascend_sys::Cann::load()
+    } else {
+        ascend_sys::Cann::load_from(&args.cann_dir)
+    };
+    let cann = match cann {
+        Ok(c) => c,
+        Err(e) => {
+            println!("CANN: not usable: {e}");
+            println!("searched: {:?}", ascend_sys::Cann::search_dirs());
+            anyhow::bail!("doctor: CANN could not be loaded");
+        }
+    };
+    let report = qwen3_backend_ascend::doctor::doctor(&cann);
+    println!("{report}");
+    if !report.ok() {
+        anyhow::bail!("doctor: some checks failed (see above)");
+    }
+    Ok(())
 }
 
 fn bench_serve(args: &cli::BenchServeArgs) -> anyhow::Result<()> {

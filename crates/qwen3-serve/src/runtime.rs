@@ -130,8 +130,35 @@ fn visible_npus() -> Option<usize> {
     Some(v.split(',').filter(|s| !s.trim().is_empty()).count())
 }
 
-/// Resolves --device; the NPU path is refused with the reason until the Ascend backend lands.
-fn pick_device(device: DeviceArg, world: usize) -> anyhow::Result<()> {
+/// Where the model runs.
+pub enum Placement {
+    Cpu,
+    /// One NPU per tensor-parallel rank (logical ids, after ASCEND_RT_VISIBLE_DEVICES).
+    Npu {
+        cann: Arc<ascend_sys::Cann>,
+        devices: Vec<i32>,
+    },
+}
+
+/// NPUs the loaded CANN reports (initialising ACL if needed).
+fn npu_count(cann: &ascend_sys::Cann) -> anyhow::Result<u32> {
+    // SAFETY: a null config path is allowed; a repeated init is reported and tolerated.
+    let rc = unsafe { (cann.acl.aclInit)(std::ptr::null()) };
+    if rc != 0 && rc != ascend_sys::types::ACL_ERROR_REPEAT_INITIALIZE {
+        cann.check(rc, "aclInit")?;
+    }
+    let mut n = 0u32;
+    // SAFETY: valid out-pointer.
+    cann.check(
+        unsafe { (cann.acl.aclrtGetDeviceCount)(&mut n) },
+        "aclrtGetDeviceCount",
+    )?;
+    Ok(n)
+}
+
+/// Resolves --device: `npu` needs CANN and `world` devices; `auto` takes the NPU when both are
+/// there and says why not otherwise.
+pub fn pick_device(device: DeviceArg, world: usize) -> anyhow::Result<Placement> {
     if device == DeviceArg::Npu {
         if let Some(n) = visible_npus() {
             if n < world {
@@ -141,25 +168,108 @@ fn pick_device(device: DeviceArg, world: usize) -> anyhow::Result<()> {
             }
         }
     }
-    let cann = ascend_sys::Cann::load();
-    match (device, cann) {
-        (DeviceArg::Cpu, _) => {
-            info!("device: cpu (as asked)");
-            Ok(())
+    if device == DeviceArg::Cpu {
+        info!("device: cpu (as asked)");
+        return Ok(Placement::Cpu);
+    }
+    let npus = ascend_sys::Cann::load()
+        .map_err(anyhow::Error::from)
+        .and_then(|cann| Ok((npu_count(&cann)?, cann)));
+    match (device, npus) {
+        (DeviceArg::Npu | DeviceArg::Cpu, Err(e)) => {
+            bail!("--device npu: CANN could not be used: {e:#}")
         }
-        (DeviceArg::Npu, Err(e)) => bail!("--device npu: CANN could not be loaded: {e}"),
-        (DeviceArg::Npu, Ok(_)) => bail!(
-            "--device npu: CANN loaded, but the Ascend backend is not implemented in this build yet; use --device cpu"
+        (DeviceArg::Npu, Ok((n, _))) if (n as usize) < world => bail!(
+            "--device npu: --tensor-parallel-size {world} needs {world} NPUs, but CANN sees {n}"
         ),
-        (DeviceArg::Auto, Err(_)) => {
-            info!("device: cpu (auto: CANN not found)");
-            Ok(())
+        (DeviceArg::Auto, Err(e)) => {
+            info!("device: cpu (auto: no usable CANN: {e:#})");
+            Ok(Placement::Cpu)
         }
-        (DeviceArg::Auto, Ok(_)) => {
-            tracing::warn!("device: cpu (auto: CANN found, but the Ascend backend is not implemented in this build yet)");
-            Ok(())
+        (DeviceArg::Auto, Ok((n, _))) if (n as usize) < world => {
+            info!("device: cpu (auto: CANN sees {n} NPUs, --tensor-parallel-size {world} needs {world})");
+            Ok(Placement::Cpu)
+        }
+        (_, Ok((n, cann))) => {
+            let devices: Vec<i32> = (0..world as i32).collect();
+            info!(
+                "device: npu {devices:?} of {n} ({}; CANN {})",
+                if device == DeviceArg::Auto {
+                    "auto"
+                } else {
+                    "as asked"
+                },
+                cann.cann_version()
+                    .unwrap_or_else(|| "version unknown".into())
+            );
+            Ok(Placement::Npu {
+                cann: Arc::new(cann),
+                devices,
+            })
         }
     }
+}
+
+/// An executor whose KV cache can still be resized after the profiling pass.
+enum Resizable {
+    Cpu(qwen3_model::build::CpuExecutor),
+    Npu(qwen3_model::build_ascend::AscendExecutor),
+}
+
+impl Resizable {
+    fn as_executor(&mut self) -> &mut dyn qwen3_engine::Executor {
+        match self {
+            Resizable::Cpu(e) => e.as_executor(),
+            Resizable::Npu(e) => e.as_executor(),
+        }
+    }
+
+    fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> anyhow::Result<()> {
+        match self {
+            Resizable::Cpu(e) => e.resize_kv(num_blocks, block_size)?,
+            Resizable::Npu(e) => e.resize_kv(num_blocks, block_size)?,
+        }
+        Ok(())
+    }
+
+    fn into_boxed(self) -> Box<dyn qwen3_engine::Executor> {
+        match self {
+            Resizable::Cpu(e) => e.into_boxed(),
+            Resizable::Npu(e) => e.into_boxed(),
+        }
+    }
+}
+
+/// (free, total) HBM bytes of each device, as the driver sees them (pool caches count as used).
+///
+/// Runs on a thread of its own: setting a device changes the calling thread's current
+/// context, which must stay the backend's on threads that launch work.
+fn npu_memory(cann: &ascend_sys::Cann, devices: &[i32]) -> anyhow::Result<Vec<(u64, u64)>> {
+    std::thread::scope(|s| {
+        s.spawn(|| npu_memory_here(cann, devices))
+            .join()
+            .map_err(|_| anyhow::anyhow!("querying NPU memory panicked"))?
+    })
+}
+
+fn npu_memory_here(cann: &ascend_sys::Cann, devices: &[i32]) -> anyhow::Result<Vec<(u64, u64)>> {
+    use ascend_sys::types::aclrtMemAttr;
+    devices
+        .iter()
+        .map(|&d| {
+            // SAFETY: a device id CANN reported.
+            cann.check(unsafe { (cann.acl.aclrtSetDevice)(d) }, "aclrtSetDevice")?;
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: valid out-pointers.
+            cann.check(
+                unsafe {
+                    (cann.acl.aclrtGetMemInfo)(aclrtMemAttr::ACL_HBM_MEM, &mut free, &mut total)
+                },
+                "aclrtGetMemInfo",
+            )?;
+            Ok((free as u64, total as u64))
+        })
+        .collect()
 }
 
 pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
@@ -189,7 +299,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     let world = args.tensor_parallel_size;
     validate_tp(&config, world)?;
     check_quantization(&config, args.quantization.as_deref())?;
-    pick_device(args.device, world)?;
+    let placement = pick_device(args.device, world)?;
     let supported = config.max_context_len();
     let max_model_len = args.max_model_len.unwrap_or(supported);
     if max_model_len > supported {
@@ -203,7 +313,11 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         DTypeArg::Float32 => WeightDType::F32,
         DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => WeightDType::BF16,
     };
-    let block_size = limits.block_size.unwrap_or(16);
+    // Ascend's fused attention wants blocks of 128; 16 keeps the CPU's blocks small.
+    let block_size = limits.block_size.unwrap_or(match placement {
+        Placement::Cpu => 16,
+        Placement::Npu { .. } => 128,
+    });
     let chunked = limits.enable_chunked_prefill;
     let max_num_batched_tokens = limits.max_num_batched_tokens.unwrap_or(if chunked {
         8192.min(max_model_len)
@@ -221,64 +335,66 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         num_blocks: profile_tokens.div_ceil(block_size) + 1,
     };
     let t0 = std::time::Instant::now();
-    let heap_before = crate::alloc::current();
-    let mut executor = cpu_executor_resizable(&opts)?;
-    let loaded_bytes = crate::alloc::current().saturating_sub(heap_before) as u64;
-    info!(
-        "loaded {} on the CPU (tensor parallel {world}) in {:.2}s: {:.2} GiB",
-        dir.display(),
-        t0.elapsed().as_secs_f64(),
-        loaded_bytes as f64 / GIB
-    );
-    // Profiling pass: peak heap above the loaded weights while a step of profile_tokens runs,
-    // scaled linearly to max_num_batched_tokens (activations grow linearly with tokens; the
-    // full length is not run, as a long causal prefill would slow start-up).
-    let base = crate::alloc::reset_peak();
-    executor
-        .as_executor()
-        .execute(&profile_batch(profile_tokens, block_size, 0))
-        .map_err(|e| anyhow::anyhow!("profiling forward pass failed: {e}"))?;
-    let measured = crate::alloc::peak().saturating_sub(base) as u64;
-    let cleanup = qwen3_engine::Batch {
-        finished: vec![u64::MAX],
-        block_size,
-        ..Default::default()
-    };
-    executor
-        .as_executor()
-        .execute(&cleanup)
-        .map_err(|e| anyhow::anyhow!("profiling cleanup failed: {e}"))?;
-    let peak = measured * max_num_batched_tokens.div_ceil(profile_tokens) as u64;
-    let block_bytes =
-        qwen3_backend::cpu::CpuBackend::new().kv_block_bytes(rank_kv_shape(&opts)?) * world as u64;
-    let (avail, total) = qwen3_backend::cpu::CpuBackend::new().memory_info()?;
-    let budget = match args.cpu_kv_cache_space {
-        Some(gib) => (gib * GIB) as u64,
-        None => {
-            let usable = (total as f64 * limits.memory_utilization) as u64;
-            usable
-                .saturating_sub(loaded_bytes)
-                .saturating_sub(peak)
-                .min(avail.saturating_sub(peak))
-                .min(DEFAULT_CPU_KV_SPACE)
+    let (executor, num_blocks) = match &placement {
+        Placement::Cpu => {
+            let heap_before = crate::alloc::current();
+            let executor = Resizable::Cpu(cpu_executor_resizable(&opts)?);
+            let loaded_bytes = crate::alloc::current().saturating_sub(heap_before) as u64;
+            info!(
+                "loaded {} on the CPU (tensor parallel {world}) in {:.2}s: {:.2} GiB",
+                dir.display(),
+                t0.elapsed().as_secs_f64(),
+                loaded_bytes as f64 / GIB
+            );
+            size_cpu_kv(
+                executor,
+                &opts,
+                args,
+                limits,
+                loaded_bytes,
+                max_num_batched_tokens,
+                profile_tokens,
+            )?
+        }
+        Placement::Npu { cann, devices } => {
+            let backend_opts = qwen3_backend_ascend::AscendOptions::default();
+            let executor = Resizable::Npu(qwen3_model::build_ascend::ascend_executor_resizable(
+                &opts,
+                Arc::clone(cann),
+                devices,
+                backend_opts,
+            )?);
+            info!(
+                "loaded {} on NPU {devices:?} (tensor parallel {world}) in {:.2}s",
+                dir.display(),
+                t0.elapsed().as_secs_f64()
+            );
+            size_npu_kv(
+                executor,
+                &opts,
+                cann,
+                devices,
+                limits,
+                max_num_batched_tokens,
+                profile_tokens,
+            )?
         }
     };
-    info!(
-        "memory profiling: weights {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), KV budget {:.2} GiB",
-        loaded_bytes as f64 / GIB,
-        peak as f64 / (1u64 << 20) as f64,
-        budget as f64 / GIB
-    );
-    let num_blocks = (budget / block_bytes.max(1)) as usize;
     let fits = num_blocks.saturating_sub(1) * block_size;
     if fits < max_model_len {
+        let more = match placement {
+            Placement::Cpu => "--cpu-kv-cache-space GiB",
+            Placement::Npu { .. } => "a higher --gpu-memory-utilization or more NPUs",
+        };
         bail!(
-            "the KV cache holds {fits} tokens ({num_blocks} blocks of {block_size}), less than one --max-model-len {max_model_len} sequence; lower --max-model-len to at most {fits} or give it more memory (--cpu-kv-cache-space GiB)"
+            "the KV cache holds {fits} tokens ({num_blocks} blocks of {block_size}), less than one --max-model-len {max_model_len} sequence; lower --max-model-len to at most {fits} or give it more memory ({more})"
         );
     }
+    let mut executor = executor;
     executor.resize_kv(num_blocks, block_size)?;
+    let block_bytes = kv_block_bytes(&opts)? * world as u64;
     info!(
-        "KV cache: {num_blocks} blocks of {block_size} tokens ({:.2} GiB); maximum concurrency for {max_model_len} tokens per request: {:.2}x",
+        "KV cache: {num_blocks} blocks of {block_size} tokens ({:.2} GiB over {world} rank(s)); maximum concurrency for {max_model_len} tokens per request: {:.2}x",
         (num_blocks as u64 * block_bytes) as f64 / GIB,
         fits as f64 / max_model_len as f64
     );
@@ -307,6 +423,106 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         engine_config,
         executor,
     })
+}
+
+/// Bytes of one KV block on one rank (K and V, every layer): BF16, or F32 for F32 models.
+fn kv_block_bytes(opts: &LoadOptions) -> anyhow::Result<u64> {
+    let s = rank_kv_shape(opts)?;
+    let elem = if opts.dtype == WeightDType::F32 { 4 } else { 2 };
+    Ok((2 * s.num_layers * s.block_size * s.num_kv_heads * s.head_dim * elem) as u64)
+}
+
+/// One profiling step of `tokens` prompt tokens, then its sequence freed.
+fn profile_step(executor: &mut Resizable, tokens: usize, block_size: usize) -> anyhow::Result<()> {
+    executor
+        .as_executor()
+        .execute(&profile_batch(tokens, block_size, 0))
+        .map_err(|e| anyhow::anyhow!("profiling forward pass failed: {e}"))?;
+    let cleanup = qwen3_engine::Batch {
+        finished: vec![u64::MAX],
+        block_size,
+        ..Default::default()
+    };
+    executor
+        .as_executor()
+        .execute(&cleanup)
+        .map_err(|e| anyhow::anyhow!("profiling cleanup failed: {e}"))?;
+    Ok(())
+}
+
+/// CPU: peak heap above the loaded weights while a step of `profile_tokens` runs, scaled
+/// linearly to max_num_batched_tokens (activations grow linearly with tokens; the full length
+/// is not run, as a long causal prefill would slow start-up); the KV cache gets what is left.
+fn size_cpu_kv(
+    mut executor: Resizable,
+    opts: &LoadOptions,
+    args: &ModelArgs,
+    limits: &Limits,
+    loaded_bytes: u64,
+    max_num_batched_tokens: usize,
+    profile_tokens: usize,
+) -> anyhow::Result<(Resizable, usize)> {
+    let base = crate::alloc::reset_peak();
+    profile_step(&mut executor, profile_tokens, opts.block_size)?;
+    let measured = crate::alloc::peak().saturating_sub(base) as u64;
+    let peak = measured * max_num_batched_tokens.div_ceil(profile_tokens) as u64;
+    let block_bytes = qwen3_backend::cpu::CpuBackend::new().kv_block_bytes(rank_kv_shape(opts)?)
+        * opts.tensor_parallel_size as u64;
+    let (avail, total) = qwen3_backend::cpu::CpuBackend::new().memory_info()?;
+    let budget = match args.cpu_kv_cache_space {
+        Some(gib) => (gib * GIB) as u64,
+        None => {
+            let usable = (total as f64 * limits.memory_utilization) as u64;
+            usable
+                .saturating_sub(loaded_bytes)
+                .saturating_sub(peak)
+                .min(avail.saturating_sub(peak))
+                .min(DEFAULT_CPU_KV_SPACE)
+        }
+    };
+    info!(
+        "memory profiling: weights {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), KV budget {:.2} GiB",
+        loaded_bytes as f64 / GIB,
+        peak as f64 / (1u64 << 20) as f64,
+        budget as f64 / GIB
+    );
+    Ok((executor, (budget / block_bytes.max(1)) as usize))
+}
+
+/// NPU, as vLLM does: the KV cache of each rank gets `total · utilisation − used`, where used
+/// is what the weights and runtime hold plus a profiling step's activations (measured at
+/// `profile_tokens` and scaled to max_num_batched_tokens, as on the CPU); the tightest rank
+/// decides.
+fn size_npu_kv(
+    mut executor: Resizable,
+    opts: &LoadOptions,
+    cann: &ascend_sys::Cann,
+    devices: &[i32],
+    limits: &Limits,
+    max_num_batched_tokens: usize,
+    profile_tokens: usize,
+) -> anyhow::Result<(Resizable, usize)> {
+    let before = npu_memory(cann, devices)?;
+    profile_step(&mut executor, profile_tokens, opts.block_size)?;
+    let after = npu_memory(cann, devices)?;
+    let scale = max_num_batched_tokens.div_ceil(profile_tokens) as u64;
+    let block_bytes = kv_block_bytes(opts)?;
+    let mut budget = u64::MAX;
+    for ((&d, (free0, _)), (free1, total)) in devices.iter().zip(before).zip(after) {
+        // The pool keeps the step's buffers cached: what the step took is still "used".
+        let activations = free0.saturating_sub(free1) * scale;
+        let used = total.saturating_sub(free0) + activations;
+        let rank_budget = ((total as f64 * limits.memory_utilization) as u64).saturating_sub(used);
+        info!(
+            "memory profiling on NPU {d}: weights and runtime {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), {:.2} GiB total, KV budget {:.2} GiB",
+            total.saturating_sub(free0) as f64 / GIB,
+            activations as f64 / (1u64 << 20) as f64,
+            total as f64 / GIB,
+            rank_budget as f64 / GIB
+        );
+        budget = budget.min(rank_budget);
+    }
+    Ok((executor, (budget / block_bytes.max(1)) as usize))
 }
 
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {

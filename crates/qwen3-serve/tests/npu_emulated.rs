@@ -1,0 +1,148 @@
+//! The real binary on the emulated CANN (crates/cann-emu, found through LD_LIBRARY_PATH as a
+//! real installation would be): `--device npu` and `--device auto` pick the NPU and give the
+//! CPU's greedy text, the server answers on it, and `doctor` passes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn fixture() -> String {
+    format!(
+        "{}/../../tests/fixtures/tiny-qwen3",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The binary with CANN's environment pointing at the emulator only.
+fn bin_on_emulator() -> Command {
+    let dir = cann_emu::harness::lib_dir().expect("emulator built");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qwen3-serve"));
+    c.env("RUST_LOG", "info")
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("CANN_EMU_DEVICES", "2")
+        .env_remove("ASCEND_TOOLKIT_HOME")
+        .env_remove("ASCEND_HOME_PATH")
+        .env_remove("ASCEND_RT_VISIBLE_DEVICES");
+    c
+}
+
+fn generate(device: &str, extra: &[&str]) -> (String, String) {
+    let fixture = fixture();
+    let out = bin_on_emulator()
+        .args(["generate", &fixture, "--prompt", "The capital of France is"])
+        .args(["--max-tokens", "12", "--ignore-eos", "--device", device])
+        .args(["--cpu-kv-cache-space", "0.05", "--max-model-len", "1024"])
+        .args(extra)
+        .output()
+        .expect("run generate");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{device}: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).to_string(), stderr)
+}
+
+#[test]
+fn npu_and_auto_pick_the_emulated_npu_and_match_the_cpu() {
+    // F32 weights: the NPU keeps K/V in F32 and the text must equal the CPU's exactly.
+    let (cpu, _) = generate("cpu", &["--dtype", "float32"]);
+    let (npu, log) = generate("npu", &["--dtype", "float32"]);
+    assert!(log.contains("device: npu [0]"), "{log}");
+    assert!(log.contains("KV cache:"), "{log}");
+    assert_eq!(npu, cpu);
+    assert!(!cpu.trim().is_empty());
+
+    let (auto, log) = generate(
+        "auto",
+        &["--dtype", "float32", "--tensor-parallel-size", "2"],
+    );
+    assert!(log.contains("device: npu [0, 1]"), "{log}");
+    assert_eq!(auto, cpu);
+
+    // BF16 (the default) runs through fused attention; it must run and give text.
+    let (bf16, log) = generate("npu", &[]);
+    assert!(log.contains("device: npu"), "{log}");
+    assert!(!bf16.trim().is_empty());
+}
+
+#[test]
+fn npu_refuses_more_ranks_than_devices() {
+    let fixture = fixture();
+    let out = bin_on_emulator()
+        .args(["generate", &fixture, "--prompt", "x", "--device", "npu"])
+        .args(["--tensor-parallel-size", "4"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs 4 NPUs, but CANN sees 2"), "{err}");
+}
+
+#[test]
+fn serves_completions_on_the_npu() {
+    let fixture = fixture();
+    let mut child = bin_on_emulator()
+        .args([fixture.as_str(), "--device", "npu", "--port", "0"])
+        .args(["--served-model-name", "tiny-qwen3"])
+        .args(["--max-model-len", "1024", "--max-num-seqs", "4"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("listening on http://") {
+                let rest = &line[i + "listening on http://".len()..];
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("server started");
+    let body = r#"{"model":"tiny-qwen3","prompt":"Hello","max_tokens":5,"temperature":0}"#;
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"completion_tokens\":5"), "{raw}");
+}
+
+#[test]
+fn doctor_passes_on_the_emulator_and_fails_clearly_without_cann() {
+    let dir = cann_emu::harness::lib_dir().expect("emulator built");
+    let out = bin_on_emulator()
+        .args(["doctor", "--cann-dir"])
+        .arg(&dir)
+        .output()
+        .expect("run doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.to_lowercase().contains("pass"), "{text}");
+
+    let empty = std::env::temp_dir().join(format!("no-cann-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen3-serve"))
+        .args(["doctor", "--cann-dir"])
+        .arg(&empty)
+        .output()
+        .expect("run doctor");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CANN: not usable"), "{text}");
+}
