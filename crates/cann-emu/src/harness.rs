@@ -73,13 +73,15 @@ pub fn library_path() -> Result<PathBuf, HarnessError> {
     Err(HarnessError::NotBuilt(exe))
 }
 
-static DIR: OnceLock<PathBuf> = OnceLock::new();
+static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// A directory (one per process) holding a copy of the emulator and `libascendcl.so`,
 /// `libnnopbase.so`, `libopapi.so` and `libhccl.so` as symlinks to it, for
 /// `ascend_sys::Cann::load_from([dir])`.
 pub fn lib_dir() -> Result<PathBuf, HarnessError> {
-    if let Some(d) = DIR.get() {
+    // Held while the directory is made: test threads start concurrently.
+    let mut cached = DIR.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = cached.as_ref() {
         return Ok(d.clone());
     }
     let lib = library_path()?;
@@ -104,7 +106,8 @@ pub fn lib_dir() -> Result<PathBuf, HarnessError> {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&copy, &link).map_err(io(&link))?;
     }
-    Ok(DIR.get_or_init(|| dir).clone())
+    *cached = Some(dir.clone());
+    Ok(dir)
 }
 
 /// The emulator's test-only entry points, opened from the shared library.

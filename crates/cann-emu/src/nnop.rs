@@ -223,10 +223,10 @@ impl TensorDesc {
             // pass under the memory lock, no per-element dispatch.
             let (start, len) = self.byte_extent();
             let dt = self.dtype;
-            let fast = match dt {
-                aclDataType::ACL_BF16 | aclDataType::ACL_FLOAT | aclDataType::ACL_FLOAT16 => true,
-                _ => false,
-            };
+            let fast = matches!(
+                dt,
+                aclDataType::ACL_BF16 | aclDataType::ACL_FLOAT | aclDataType::ACL_FLOAT16
+            );
             if fast {
                 return mem::with_mut(start, len, what, |b| match dt {
                     aclDataType::ACL_BF16 => b

@@ -68,9 +68,9 @@ pub fn stats_snapshot() -> CannEmuStats {
     STATS.snapshot()
 }
 
-static PROFILE: std::sync::LazyLock<
-    Option<Mutex<HashMap<&'static str, (u64, std::time::Duration)>>>,
-> = std::sync::LazyLock::new(|| {
+type OpTimes = HashMap<&'static str, (u64, std::time::Duration)>;
+
+static PROFILE: std::sync::LazyLock<Option<Mutex<OpTimes>>> = std::sync::LazyLock::new(|| {
     std::env::var_os("CANN_EMU_PROFILE").map(|_| Mutex::new(HashMap::new()))
 });
 
