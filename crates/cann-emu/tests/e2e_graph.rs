@@ -34,7 +34,9 @@ fn executor(
         Shard::WHOLE,
     )
     .expect("model loads");
-    let kv = backend.alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE)).expect("kv");
+    let kv = backend
+        .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
+        .expect("kv");
     SingleExecutor::new(Worker {
         backend,
         model: m,
@@ -62,7 +64,8 @@ fn two_seq_batch(ids: [&[u32]; 2], past: [usize; 2]) -> Batch {
             let pos = (past[s] + i) as u32;
             b.token_ids.push(t);
             b.positions.push(pos);
-            b.slot_mapping.push((s as u32 + 1) * BLOCK_SIZE as u32 + pos);
+            b.slot_mapping
+                .push((s as u32 + 1) * BLOCK_SIZE as u32 + pos);
         }
         b.seqs.push(ScheduledSeq {
             seq_id: s as u64 + 1,
@@ -108,8 +111,16 @@ fn graph_equals_eager(dtype: WeightDType) {
     let graph = {
         let mut ex = executor(&emu, 1, dtype, true);
         let out = run(&mut ex, 6);
-        assert_eq!(ex.worker().backend.captured_graphs(), 1, "one decode shape captured");
-        assert_eq!(ex.worker().backend.graph_replays(), 5, "later decode steps replay it");
+        assert_eq!(
+            ex.worker().backend.captured_graphs(),
+            1,
+            "one decode shape captured"
+        );
+        assert_eq!(
+            ex.worker().backend.graph_replays(),
+            5,
+            "later decode steps replay it"
+        );
         out
     };
     let s = emu.stats();
@@ -117,7 +128,10 @@ fn graph_equals_eager(dtype: WeightDType) {
     assert_eq!(eager.len(), graph.len());
     for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
         let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{dtype:?}: step {i} differs between eager and graph decode");
+        assert!(
+            same,
+            "{dtype:?}: step {i} differs between eager and graph decode"
+        );
     }
     emu.assert_clean();
 }
@@ -148,7 +162,12 @@ fn engine_with_graph_capture_matches_goldens() {
     );
     rt().block_on(async {
         let mut tasks = Vec::new();
-        for (i, c) in golden.cases.iter().filter(|c| c.config_overrides.is_none()).enumerate() {
+        for (i, c) in golden
+            .cases
+            .iter()
+            .filter(|c| c.config_overrides.is_none())
+            .enumerate()
+        {
             let s = e
                 .submit(request(&format!("r{i}"), &c.prompt_ids, c.greedy_ids.len()))
                 .expect("submit");
