@@ -30,8 +30,8 @@ pub enum HarnessError {
     },
 }
 
-/// The built `libcann_emu.so`: `target/<profile>/libcann_emu.so` or
-/// `target/<profile>/deps/libcann_emu*.so`, found from the running test executable.
+/// The built `libcann_emu.so`: the newest of `target/<profile>/deps/libcann_emu*.so` and
+/// `target/<profile>/libcann_emu.so`, found from the running test executable.
 pub fn library_path() -> Result<PathBuf, HarnessError> {
     if let Some(p) = std::env::var_os("CANN_EMU_LIB") {
         return Ok(PathBuf::from(p));
@@ -40,35 +40,39 @@ pub fn library_path() -> Result<PathBuf, HarnessError> {
         path: PathBuf::from("current_exe"),
         source,
     })?;
+    // `cargo test` rebuilds `deps/libcann_emu.so` but does not refresh the copy in
+    // `target/<profile>/` (only `cargo build` does): take the newest candidate.
     let mut dirs = Vec::new();
     if let Some(deps) = exe.parent() {
+        dirs.push(deps.to_path_buf());
         if let Some(profile) = deps.parent() {
             dirs.push(profile.to_path_buf());
         }
-        dirs.push(deps.to_path_buf());
     }
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
     for d in &dirs {
-        let p = d.join("libcann_emu.so");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    for d in &dirs {
-        if let Ok(rd) = std::fs::read_dir(d) {
-            let mut found: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("libcann_emu") && n.ends_with(".so"))
-                })
-                .collect();
-            found.sort();
-            if let Some(p) = found.pop() {
-                return Ok(p);
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let is_lib = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libcann_emu") && n.ends_with(".so"));
+            if !is_lib {
+                continue;
+            }
+            let Ok(t) = e.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                best = Some((t, p));
             }
         }
+    }
+    if let Some((_, p)) = best {
+        return Ok(p);
     }
     Err(HarnessError::NotBuilt(exe))
 }

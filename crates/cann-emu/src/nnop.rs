@@ -30,6 +30,13 @@ pub struct ScalarVal {
 struct Exec {
     task: Task,
     repeatable: bool,
+    /// Devices of the tensors the operator was built with.
+    devices: Vec<i32>,
+}
+
+thread_local! {
+    /// Devices of the tensors looked up by the first phase running on this thread.
+    static OP_DEVICES: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Nnop {
@@ -345,6 +352,15 @@ pub fn tensor(p: *const aclTensor, what: &str) -> Res<TensorDesc> {
         ))
     })?;
     t.check_live(what)?;
+    if t.numel() > 0 {
+        let d = mem::device_of_addr(t.addr);
+        OP_DEVICES.with(|v| {
+            let mut v = v.borrow_mut();
+            if !v.contains(&d) {
+                v.push(d);
+            }
+        });
+    }
     Ok(t)
 }
 
@@ -415,7 +431,10 @@ pub fn phase1(
         bump(&STATS.ops_rejected);
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    match build() {
+    OP_DEVICES.with(|v| v.borrow_mut().clear());
+    let built = build();
+    let devices = OP_DEVICES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+    match built {
         Ok(f) => {
             let task: Task = Arc::new(move || {
                 bump(&STATS.ops_executed);
@@ -427,6 +446,7 @@ pub fn phase1(
             let h = lock(&NN).execs.insert(Exec {
                 task,
                 repeatable: false,
+                devices,
             });
             bump(&STATS.live_executors);
             // SAFETY: both checked non-null above; out-pointers per the C API.
@@ -457,6 +477,13 @@ pub fn phase2(name: &'static str, ex: *mut aclOpExecutor, stream: aclrtStream) -
                     "{name}: executor {ex:p} is not live (already run and not repeatable, or destroyed)"
                 ))
             })?;
+            if let Some(d) = e.devices.iter().find(|&&d| d != s.dev) {
+                bump(&STATS.cross_device);
+                return Err(invalid(format!(
+                    "{name}: a tensor lives on device {d} but the stream belongs to device {}",
+                    s.dev
+                )));
+            }
             let (task, rep) = (e.task.clone(), e.repeatable);
             if !rep {
                 nn.execs.remove(ex as u64);

@@ -52,6 +52,7 @@ counters!(
     capture_violations,
     bad_handles,
     collectives,
+    cross_device,
 );
 
 pub static STATS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Counters::default);

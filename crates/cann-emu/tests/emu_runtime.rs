@@ -242,3 +242,50 @@ fn malloc_is_capped_and_needs_a_device() {
     .unwrap();
     s.finish().unwrap();
 }
+
+#[test]
+fn an_operator_on_another_devices_stream_is_refused() {
+    let s = Session::new().unwrap();
+    let x = s
+        .upload(
+            aclDataType::ACL_FLOAT,
+            &[4],
+            &cann_emu::harness::f32_bytes(&[1.0; 4]),
+        )
+        .unwrap();
+    let y = s.upload(aclDataType::ACL_FLOAT, &[4], &[0u8; 16]).unwrap();
+    let ops = s.cann.ops.clone();
+    let (mut ws, mut ex) = (0, std::ptr::null_mut());
+    // SAFETY: live descriptors.
+    assert_eq!(
+        unsafe { (ops.aclnnSoftmaxGetWorkspaceSize)(x.tensor, 0, y.tensor, &mut ws, &mut ex) },
+        0
+    );
+    // A stream of device 1, made on another thread.
+    let acl = s.cann.acl.clone();
+    let stream1 = std::thread::spawn(move || {
+        let mut st = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        unsafe {
+            assert_eq!((acl.aclrtSetDevice)(1), 0);
+            assert_eq!((acl.aclrtCreateStream)(&mut st), 0);
+        }
+        st as usize
+    })
+    .join()
+    .unwrap();
+    // SAFETY: a live executor and stream.
+    let st = unsafe { (ops.aclnnSoftmax)(std::ptr::null_mut(), 0, ex, stream1 as aclrtStream) };
+    assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
+    assert!(s.cann.acl.recent_error_message().contains("device 0"));
+    // SAFETY: live handles.
+    unsafe {
+        (s.cann.acl.aclrtDestroyStream)(stream1 as aclrtStream);
+        (s.cann.nnop.aclDestroyAclOpExecutor.unwrap())(ex);
+    }
+    s.release(x).unwrap();
+    s.release(y).unwrap();
+    let st = s.finish().unwrap();
+    assert_eq!(st.cross_device, 1);
+    assert_eq!(st.leaks(), 0);
+}
