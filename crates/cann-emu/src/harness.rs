@@ -93,6 +93,7 @@ pub fn lib_dir() -> Result<PathBuf, HarnessError> {
         path: lib.clone(),
         source,
     })?;
+    remove_stale_dirs();
     let dir = std::env::temp_dir().join(format!("cann-emu-{}", std::process::id()));
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -112,6 +113,27 @@ pub fn lib_dir() -> Result<PathBuf, HarnessError> {
     }
     *cached = Some(dir.clone());
     Ok(dir)
+}
+
+/// Removes the directories (each holding a copy of the library) of test processes that
+/// have exited, so that repeated test runs do not fill the temp directory.
+fn remove_stale_dirs() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cann-emu-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The emulator's test-only entry points, opened from the shared library.
