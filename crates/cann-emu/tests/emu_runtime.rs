@@ -289,3 +289,72 @@ fn an_operator_on_another_devices_stream_is_refused() {
     assert_eq!(st.cross_device, 1);
     assert_eq!(st.leaks(), 0);
 }
+
+#[test]
+fn stream_wait_event_orders_two_streams_and_errors_are_per_thread() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let p = s.malloc(4).unwrap();
+    let v = 9u32.to_le_bytes();
+    let mut out = [0u8; 4];
+    let (mut s2, mut e0, mut e1) = (
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+    // SAFETY: valid handles and buffers that live until the synchronisation below.
+    unsafe {
+        assert_eq!((acl.aclrtCreateStream)(&mut s2), 0);
+        assert_eq!((acl.aclrtCreateEvent)(&mut e0), 0);
+        assert_eq!((acl.aclrtCreateEvent)(&mut e1), 0);
+        assert_eq!((acl.aclrtRecordEvent)(e0, s.stream), 0);
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(
+                p,
+                4,
+                v.as_ptr().cast(),
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+                s.stream
+            ),
+            0
+        );
+        assert_eq!((acl.aclrtRecordEvent)(e1, s.stream), 0);
+        // Stream 2 reads after waiting for stream 1's event.
+        assert_eq!((acl.aclrtStreamWaitEvent)(s2, e1), 0);
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(
+                out.as_mut_ptr().cast(),
+                4,
+                p,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                s2
+            ),
+            0
+        );
+        assert_eq!((acl.aclrtSynchronizeStream)(s2), 0);
+        assert_eq!(u32::from_le_bytes(out), 9);
+        let mut ms = -1f32;
+        assert_eq!((acl.aclrtEventElapsedTime)(&mut ms, e0, e1), 0);
+        assert!(ms >= 0.0);
+        for e in [e0, e1] {
+            assert_eq!((acl.aclrtDestroyEvent)(e), 0);
+        }
+        assert_eq!((acl.aclrtDestroyStream)(s2), 0);
+        // An error message is this thread's only.
+        assert_ne!((acl.aclrtFree)(1usize as *mut c_void), 0);
+        assert!(!acl.recent_error_message().is_empty());
+    }
+    let acl2 = acl.clone();
+    let other = std::thread::spawn(move || acl2.recent_error_message())
+        .join()
+        .unwrap();
+    assert!(other.is_empty(), "{other}");
+    // SAFETY: live allocation.
+    unsafe { (acl.aclrtFree)(p) };
+    let st = s.finish().unwrap();
+    assert_eq!(st.leaks(), 0);
+    assert_eq!((st.live_streams, st.live_events), (0, 0));
+    assert_eq!(st.invalid_frees, 1);
+}
