@@ -206,23 +206,34 @@ fn device_memory(
             total_bytes: total,
         });
     }
-    // SAFETY: plain calls with a device id below the count and valid out-pointers; device
-    // 0's context is bound again afterwards by the backend's next call.
-    unsafe {
-        cann.check((cann.acl.aclrtSetDevice)(d), "aclrtSetDevice")
-            .map_err(|e| e.to_string())?;
-        let (mut free, mut total) = (0usize, 0usize);
-        cann.check(
-            (cann.acl.aclrtGetMemInfo)(aclrtMemAttr::ACL_HBM_MEM, &mut free, &mut total),
-            "aclrtGetMemInfo",
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(DeviceMemory {
-            device: d,
-            free_bytes: free as u64,
-            total_bytes: total as u64,
-        })
-    }
+    // On a thread of its own: setting another device must not change this thread's.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain calls with a device id below the count and valid out-pointers.
+                unsafe {
+                    cann.check((cann.acl.aclrtSetDevice)(d), "aclrtSetDevice")
+                        .map_err(|e| e.to_string())?;
+                    let (mut free, mut total) = (0usize, 0usize);
+                    cann.check(
+                        (cann.acl.aclrtGetMemInfo)(
+                            aclrtMemAttr::ACL_HBM_MEM,
+                            &mut free,
+                            &mut total,
+                        ),
+                        "aclrtGetMemInfo",
+                    )
+                    .map_err(|e| e.to_string())?;
+                    Ok(DeviceMemory {
+                        device: d,
+                        free_bytes: free as u64,
+                        total_bytes: total as u64,
+                    })
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err("memory query thread panicked".into()))
+    })
 }
 
 /// Deterministic values in [-1, 1).

@@ -628,16 +628,13 @@ impl Backend for AscendBackend {
                 format!("{} elements for shape {shape:?}", data.len()),
             ));
         }
-        let (dt, bytes): (Dt, Vec<u8>) = match data {
-            HostData::F32(v) => (Dt::F32, v.iter().flat_map(|x| x.to_ne_bytes()).collect()),
-            HostData::BF16(v) => (
-                Dt::BF16,
-                v.iter().flat_map(|x| x.to_bits().to_ne_bytes()).collect(),
-            ),
+        let (dt, bytes): (Dt, &[u8]) = match data {
+            HostData::F32(v) => (Dt::F32, bytemuck::cast_slice(v)),
+            HostData::BF16(v) => (Dt::BF16, bytemuck::cast_slice(v)),
         };
         // Weights live for the model's lifetime: exact-size driver allocations.
         let buf = self.dev.alloc_direct(bytes.len())?;
-        self.dev.upload_async(&buf, bytes.into_boxed_slice())?;
+        self.dev.upload_blocking(&buf, bytes)?;
         Ok(AscendTensor {
             buf,
             shape: shape.to_vec(),

@@ -634,6 +634,33 @@ impl Device {
         Ok(())
     }
 
+    /// Copies `data` into `dst` now (weights: a fresh allocation no queued op touches, and
+    /// no host copy of the whole model kept around while loading).
+    pub fn upload_blocking(&self, dst: &Buffer, data: &[u8]) -> Result<()> {
+        if data.len() > dst.bytes {
+            return Err(BackendError::Device(format!(
+                "upload of {} bytes into a buffer of {}",
+                data.len(),
+                dst.bytes
+            )));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `dst` holds at least `data.len()` bytes; `data` is readable for the call.
+        let rc = unsafe {
+            (self.cann.acl.aclrtMemcpy)(
+                dst.ptr.0,
+                dst.bytes,
+                data.as_ptr().cast(),
+                data.len(),
+                aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+            )
+        };
+        self.cann.check(rc, "aclrtMemcpy").map_err(dev_err)
+    }
+
     /// Copies `out.len()` bytes from `src` to the host after everything queued has run.
     pub fn download(&self, src: DevPtr, src_bytes: usize, out: &mut [u8]) -> Result<()> {
         if out.len() > src_bytes {
