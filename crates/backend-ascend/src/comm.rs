@@ -46,6 +46,8 @@ impl HcclCommunicator {
     ) -> Result<Self> {
         let dev = backend.device();
         dev.bind()?;
+        // Collectives are not captured: this rank's steps stay eager.
+        backend.disable_graphs();
         let cann = Arc::clone(&dev.cann);
         let h = cann.hccl().map_err(coll_err)?;
         if rank >= world {

@@ -275,6 +275,10 @@ pub fn launch(
     phase2: AclnnRun,
 ) -> Result<()> {
     dev.bind()?;
+    if dev.skip_launch() {
+        // Replaying a captured step: this op's work is in the segment graph.
+        return Ok(());
+    }
     let cann = &dev.cann;
     let mut ws = 0u64;
     let mut ex: *mut aclOpExecutor = std::ptr::null_mut();
@@ -284,12 +288,20 @@ pub fn launch(
     if ex.is_null() {
         return Err(BackendError::Device(format!("{name} returned no executor")));
     }
-    let workspace = if ws > 0 {
+    let captured_ws = if ws > 0 {
+        dev.capture_workspace(ws as usize)?
+    } else {
+        None
+    };
+    let workspace = if ws > 0 && captured_ws.is_none() {
         Some(dev.alloc(ws as usize)?)
     } else {
         None
     };
-    let wp = workspace.as_ref().map_or(std::ptr::null_mut(), |b| b.ptr.0);
+    let wp = captured_ws
+        .map(|p| p.0)
+        .or(workspace.as_ref().map(|b| b.ptr.0))
+        .unwrap_or(std::ptr::null_mut());
     // SAFETY: the executor came from phase 1 just now; the workspace holds `ws` bytes; the
     // stream is the device's. The executor is consumed by this call.
     let st = unsafe { phase2(wp, ws, ex, dev.stream.0) };

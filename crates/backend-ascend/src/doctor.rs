@@ -13,7 +13,7 @@ use qwen3_backend::{
     AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, Result, RopeSpec, StepMeta,
 };
 
-use crate::AscendBackend;
+use crate::{AscendBackend, AscendOptions};
 
 /// One device's memory.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,23 +206,34 @@ fn device_memory(
             total_bytes: total,
         });
     }
-    // SAFETY: plain calls with a device id below the count and valid out-pointers; device
-    // 0's context is bound again afterwards by the backend's next call.
-    unsafe {
-        cann.check((cann.acl.aclrtSetDevice)(d), "aclrtSetDevice")
-            .map_err(|e| e.to_string())?;
-        let (mut free, mut total) = (0usize, 0usize);
-        cann.check(
-            (cann.acl.aclrtGetMemInfo)(aclrtMemAttr::ACL_HBM_MEM, &mut free, &mut total),
-            "aclrtGetMemInfo",
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(DeviceMemory {
-            device: d,
-            free_bytes: free as u64,
-            total_bytes: total as u64,
-        })
-    }
+    // On a thread of its own: setting another device must not change this thread's.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain calls with a device id below the count and valid out-pointers.
+                unsafe {
+                    cann.check((cann.acl.aclrtSetDevice)(d), "aclrtSetDevice")
+                        .map_err(|e| e.to_string())?;
+                    let (mut free, mut total) = (0usize, 0usize);
+                    cann.check(
+                        (cann.acl.aclrtGetMemInfo)(
+                            aclrtMemAttr::ACL_HBM_MEM,
+                            &mut free,
+                            &mut total,
+                        ),
+                        "aclrtGetMemInfo",
+                    )
+                    .map_err(|e| e.to_string())?;
+                    Ok(DeviceMemory {
+                        device: d,
+                        free_bytes: free as u64,
+                        total_bytes: total as u64,
+                    })
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err("memory query thread panicked".into()))
+    })
 }
 
 /// Deterministic values in [-1, 1).
@@ -403,6 +414,14 @@ fn embedding<B: Backend>(b: &B, s: &StepData) -> Result<Vec<f32>> {
 }
 
 fn attention<B: Backend>(b: &B, s: &StepData) -> Result<Vec<f32>> {
+    attention_with(b, s, None)
+}
+
+fn attention_window<B: Backend>(b: &B, s: &StepData) -> Result<Vec<f32>> {
+    attention_with(b, s, Some(3))
+}
+
+fn attention_with<B: Backend>(b: &B, s: &StepData, window: Option<usize>) -> Result<Vec<f32>> {
     let (heads, kv_heads) = (4, 2);
     let step = b.prepare_step(&s.meta())?;
     let shape = KvCacheShape {
@@ -438,7 +457,7 @@ fn attention<B: Backend>(b: &B, s: &StepData) -> Result<Vec<f32>> {
         num_kv_heads: kv_heads,
         head_dim: HEAD_DIM,
         scale: 1.0 / (HEAD_DIM as f32).sqrt(),
-        sliding_window: None,
+        sliding_window: window,
     };
     b.to_host_f32(&b.attention(&q, &cache, 0, &step, &g)?)
 }
@@ -515,11 +534,37 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Runs every op check on `backend` against the CPU backend.
+/// Checks of the F32 KV cache path (matmul + softmax attention), on its own backend.
+fn f32_cache_cases() -> Vec<Case> {
+    vec![
+        case!("attention f32", 1e-4, attention),
+        case!("sliding window", 1e-4, attention_window),
+    ]
+}
+
+/// Runs every op check on `backend` against the CPU backend (and the F32 KV cache path on
+/// a second backend of the same device).
 pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
+    let mut out = run_cases(backend, cases());
+    let opts = AscendOptions {
+        kv_cache_f32: true,
+        ..AscendOptions::default()
+    };
+    match AscendBackend::with_options(Arc::clone(backend.cann()), backend.device_id(), opts) {
+        Ok(b) => out.extend(run_cases(&b, f32_cache_cases())),
+        Err(e) => out.push(OpCheck {
+            op: "attention f32",
+            error: Some(e.to_string()),
+            ..OpCheck::default()
+        }),
+    }
+    out
+}
+
+fn run_cases(backend: &AscendBackend, cases: Vec<Case>) -> Vec<OpCheck> {
     let cpu = CpuBackend::new();
     let s = step_data();
-    cases()
+    cases
         .into_iter()
         .map(|c| {
             let want = (c.cpu)(&cpu, &s);

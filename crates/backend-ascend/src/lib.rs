@@ -9,6 +9,7 @@
 pub mod comm;
 pub mod desc;
 pub mod doctor;
+mod graph;
 pub mod mem;
 pub mod sample;
 
@@ -161,6 +162,11 @@ pub struct AscendOptions {
     /// attention; F32, for F32 models where precision matters more than speed, keeps K/V
     /// exact and runs attention as matmul + softmax per sequence (FIA takes no F32).
     pub kv_cache_f32: bool,
+    /// Capture pure-decode steps of these token counts as graphs (segments between
+    /// attention calls) and replay them; other steps run eagerly. Needs the aclmdlRI
+    /// capture API; not used with tensor parallelism.
+    pub graph_capture: bool,
+    pub capture_batch_sizes: Vec<usize>,
 }
 
 impl Default for AscendOptions {
@@ -169,6 +175,8 @@ impl Default for AscendOptions {
             fused_rope: true,
             scatter_pa_kv_cache: true,
             kv_cache_f32: false,
+            graph_capture: false,
+            capture_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64],
         }
     }
 }
@@ -176,10 +184,18 @@ impl Default for AscendOptions {
 /// The Ascend backend on one device (one rank).
 pub struct AscendBackend {
     dev: Arc<Device>,
-    opts: AscendOptions,
+    pub(crate) opts: AscendOptions,
     attention_api: Option<AttentionApi>,
-    rope: Mutex<Option<RopeTable>>,
-    mask: Mutex<Option<AscendTensor>>,
+    pub(crate) rope: Mutex<Option<RopeTable>>,
+    pub(crate) mask: Mutex<Option<AscendTensor>>,
+    /// Captured decode steps by token count.
+    pub(crate) graphs: Mutex<std::collections::HashMap<usize, Arc<mem::CapturedStep>>>,
+    /// Token count of the step being captured.
+    pub(crate) capturing: Mutex<Option<usize>>,
+    /// Set by the HCCL communicator: collectives are not captured.
+    pub(crate) graphs_disabled: std::sync::atomic::AtomicBool,
+    /// Decode steps run by replaying a captured graph.
+    pub(crate) replays: std::sync::atomic::AtomicU64,
 }
 
 impl AscendBackend {
@@ -201,6 +217,10 @@ impl AscendBackend {
             attention_api,
             rope: Mutex::new(None),
             mask: Mutex::new(None),
+            graphs: Mutex::new(std::collections::HashMap::new()),
+            capturing: Mutex::new(None),
+            graphs_disabled: std::sync::atomic::AtomicBool::new(false),
+            replays: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -249,7 +269,12 @@ impl AscendBackend {
     }
 
     fn upload_bytes(&self, bytes: Vec<u8>, dt: Dt, shape: &[usize]) -> Result<AscendTensor> {
-        let t = self.empty(dt, shape)?;
+        let n: usize = shape.iter().product();
+        let t = AscendTensor {
+            buf: self.dev.alloc_input(n * dt.size())?,
+            shape: shape.to_vec(),
+            dt,
+        };
         self.dev.upload_async(&t.buf, bytes.into_boxed_slice())?;
         Ok(t)
     }
@@ -403,6 +428,27 @@ impl AscendBackend {
     ) -> Result<(AscendTensor, AscendTensor, AscendTensor)> {
         let d = 2 * spec.inv_freq.len();
         let n = positions.len();
+        self.refresh_rope(spec, positions)?;
+        let g = self.rope.lock().unwrap_or_else(|p| p.into_inner());
+        let table = g
+            .as_ref()
+            .ok_or_else(|| BackendError::Device("rope table missing".into()))?;
+        let pos: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let idx = self.upload_i64(&pos, &[n])?;
+        let out = |t: &AscendTensor| -> Result<AscendTensor> {
+            let o = self.empty(Dt::F32, &[n, d])?;
+            if n > 0 {
+                self.index_select(&t.view(), &idx, &o.view())?;
+            }
+            Ok(o)
+        };
+        Ok((out(&table.cos)?, out(&table.sin)?, out(&table.sin_signed)?))
+    }
+
+    /// Builds the cos/sin table (larger) when a position exceeds it or the RoPE parameters
+    /// changed; returns whether it did (captured graphs read the old one then).
+    pub(crate) fn refresh_rope(&self, spec: &RopeSpec, positions: &[u32]) -> Result<bool> {
+        let d = 2 * spec.inv_freq.len();
         let need = positions
             .iter()
             .copied()
@@ -425,24 +471,12 @@ impl AscendBackend {
                 sin_signed: self.upload_f32(&sg, &[rows, d])?,
             });
         }
-        let table = g
-            .as_ref()
-            .ok_or_else(|| BackendError::Device("rope table missing".into()))?;
-        let pos: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
-        let idx = self.upload_i64(&pos, &[n])?;
-        let out = |t: &AscendTensor| -> Result<AscendTensor> {
-            let o = self.empty(Dt::F32, &[n, d])?;
-            if n > 0 {
-                self.index_select(&t.view(), &idx, &o.view())?;
-            }
-            Ok(o)
-        };
-        Ok((out(&table.cos)?, out(&table.sin)?, out(&table.sin_signed)?))
+        Ok(stale)
     }
 
     /// The causal mask for `sparse_mode` 3: `[2048, 2048]` bool, true above the diagonal
     /// (masked out), built once.
-    fn causal_mask(&self) -> Result<std::sync::MutexGuard<'_, Option<AscendTensor>>> {
+    pub(crate) fn causal_mask(&self) -> Result<std::sync::MutexGuard<'_, Option<AscendTensor>>> {
         let mut g = self.mask.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             let mut m = vec![0u8; MASK_SIDE * MASK_SIDE];
@@ -594,16 +628,13 @@ impl Backend for AscendBackend {
                 format!("{} elements for shape {shape:?}", data.len()),
             ));
         }
-        let (dt, bytes): (Dt, Vec<u8>) = match data {
-            HostData::F32(v) => (Dt::F32, v.iter().flat_map(|x| x.to_ne_bytes()).collect()),
-            HostData::BF16(v) => (
-                Dt::BF16,
-                v.iter().flat_map(|x| x.to_bits().to_ne_bytes()).collect(),
-            ),
+        let (dt, bytes): (Dt, &[u8]) = match data {
+            HostData::F32(v) => (Dt::F32, bytemuck::cast_slice(v)),
+            HostData::BF16(v) => (Dt::BF16, bytemuck::cast_slice(v)),
         };
         // Weights live for the model's lifetime: exact-size driver allocations.
         let buf = self.dev.alloc_direct(bytes.len())?;
-        self.dev.upload_async(&buf, bytes.into_boxed_slice())?;
+        self.dev.upload_blocking(&buf, bytes)?;
         Ok(AscendTensor {
             buf,
             shape: shape.to_vec(),
@@ -616,6 +647,7 @@ impl Backend for AscendBackend {
     }
 
     fn to_host_f32(&self, t: &AscendTensor) -> Result<Vec<f32>> {
+        self.finish_graph_step()?;
         match t.dt {
             Dt::F32 => {
                 let mut bytes = vec![0u8; t.numel() * 4];
@@ -690,6 +722,7 @@ impl Backend for AscendBackend {
         let slots32: Vec<i32> = m.slot_mapping.iter().map(|&s| s as i32).collect();
         let slots64: Vec<i64> = m.slot_mapping.iter().map(|&s| s as i64).collect();
         let bt: Vec<i32> = m.block_tables.iter().map(|&b| b as i32).collect();
+        self.enter_graph_mode(m)?;
         let (cos, sin, sin_signed) = self.gather_rope(m.rope, m.positions)?;
         Ok(AscendStep {
             num_tokens: n,
@@ -742,7 +775,8 @@ impl Backend for AscendBackend {
             aclnn!(&self.dev, "aclnnEmbedding", c.ops.aclnnEmbeddingGetWorkspaceSize,
                 c.ops.aclnnEmbedding; w.raw, i.raw, o.raw)?;
         }
-        if mask.iter().all(|&m| m == 1.0) {
+        // Graph steps always mask, so that every replay runs the same ops.
+        if mask.iter().all(|&m| m == 1.0) && !self.in_graph_mode() {
             return Ok(out);
         }
         // Ids of other ranks' vocabulary slices: zero rows (the all-reduce sums the slices).
@@ -1126,6 +1160,45 @@ impl Backend for AscendBackend {
                 format!("q {:?}, geometry {g:?}, cache {s:?}", q.shape),
             ));
         }
+        if !self.in_graph_mode() {
+            return self.attention_now(q, cache, layer, step, g);
+        }
+        // The next segment reads attention's output from a buffer of the graph; attention
+        // itself runs eagerly with this step's lengths and pool buffers, then lands there.
+        let dst = self.empty(q.dt, &q.shape)?;
+        self.graph_segment_end()?;
+        let out = self
+            .attention_now(q, cache, layer, step, g)
+            .and_then(|out| self.copy_view(&dst.view(), &out.view()));
+        self.graph_segment_begin()?;
+        out.map(|()| dst)
+    }
+
+    fn moe(
+        &self,
+        x: &AscendTensor,
+        router_logits: &AscendTensor,
+        e: &MoeWeights<AscendTensor>,
+    ) -> Result<AscendTensor> {
+        self.moe_impl(x, router_logits, e)
+    }
+
+    fn sample(&self, logits: &AscendTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {
+        self.finish_graph_step()?;
+        self.sample_impl(logits, rows)
+    }
+}
+
+impl AscendBackend {
+    fn attention_now(
+        &self,
+        q: &AscendTensor,
+        cache: &AscendKvCache,
+        layer: usize,
+        step: &AscendStep,
+        g: &AttnGeometry,
+    ) -> Result<AscendTensor> {
+        let s = cache.shape;
         if self.opts.kv_cache_f32 {
             return self.eager_attention(q, &cache.k[layer], &cache.v[layer], step, g, &s);
         }
@@ -1146,7 +1219,7 @@ impl Backend for AscendBackend {
         Ok(out)
     }
 
-    fn moe(
+    fn moe_impl(
         &self,
         x: &AscendTensor,
         router_logits: &AscendTensor,
@@ -1295,7 +1368,7 @@ impl Backend for AscendBackend {
         Ok(out)
     }
 
-    fn sample(&self, logits: &AscendTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {
+    fn sample_impl(&self, logits: &AscendTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {
         let (n, vocab) = logits.matrix();
         if n != rows.len() {
             return Err(shape_err(

@@ -75,6 +75,62 @@ pub struct Device {
     /// Host memory read by queued host-to-device copies: kept alive until the stream is
     /// synchronised (the copy reads it when it executes).
     staging: Mutex<Vec<Box<[u8]>>>,
+    graph: Mutex<GraphMode>,
+}
+
+/// What a captured decode step owns: its graph segments (the ops between attention calls)
+/// and every device buffer its ops use, in the order the step allocated them.
+pub struct CapturedStep {
+    dev: Arc<Device>,
+    pub segments: Vec<DevPtr>,
+    /// Tensor buffers, in allocation order (replays hand them out again in that order).
+    pub allocs: Vec<(DevPtr, usize)>,
+    /// Every device allocation the graph owns (tensors and workspaces), freed with it.
+    owned: Vec<DevPtr>,
+}
+
+impl Drop for CapturedStep {
+    fn drop(&mut self) {
+        let _ = self.dev.synchronize();
+        let cann = &self.dev.cann;
+        if let Some(destroy) = cann.acl.aclmdlRIDestroy {
+            for ri in &self.segments {
+                // SAFETY: made by aclmdlRICaptureEnd, destroyed once, nothing queued uses it.
+                unsafe { destroy(ri.0) };
+            }
+        }
+        for p in &self.owned {
+            self.dev.free_now(*p);
+        }
+    }
+}
+
+/// A capture in progress.
+#[derive(Default)]
+pub struct Recording {
+    pub segments: Vec<DevPtr>,
+    pub allocs: Vec<(DevPtr, usize)>,
+    owned: Vec<DevPtr>,
+    free: HashMap<usize, Vec<DevPtr>>,
+    /// The stream is recording (between aclmdlRICaptureBegin and End).
+    pub active: bool,
+}
+
+/// How the device's allocations and launches behave this step.
+#[derive(Default)]
+pub enum GraphMode {
+    #[default]
+    Off,
+    /// Recording a step: allocations become the graph's, ops are captured.
+    Capture(Recording),
+    /// Replaying a step: allocations come from the graph in order, ops are not launched
+    /// (except inside an eager region: attention), segments are launched at boundaries.
+    Replay {
+        step: Arc<CapturedStep>,
+        cursor: usize,
+        segment: usize,
+        eager: bool,
+    },
 }
 
 thread_local! {
@@ -140,6 +196,7 @@ impl Device {
             stream: DevPtr(stream),
             pool: Mutex::new(PoolState::default()),
             staging: Mutex::new(Vec::new()),
+            graph: Mutex::new(GraphMode::Off),
         }))
     }
 
@@ -209,7 +266,20 @@ impl Device {
 
     /// A buffer of at least `bytes` from the pool (activations, workspaces, step data).
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<Buffer> {
+        self.alloc_kind(bytes, false)
+    }
+
+    /// A buffer the host fills (step inputs): like [`Device::alloc`], but in graph mode one
+    /// that no other tensor of the step shares.
+    pub fn alloc_input(self: &Arc<Self>, bytes: usize) -> Result<Buffer> {
+        self.alloc_kind(bytes, true)
+    }
+
+    fn alloc_kind(self: &Arc<Self>, bytes: usize, input: bool) -> Result<Buffer> {
         let class = size_class(bytes);
+        if let Some(b) = self.graph_alloc(class, input)? {
+            return Ok(b);
+        }
         let reused = {
             let mut g = self.pool();
             let hit = g.free.get_mut(&class).and_then(Vec::pop);
@@ -244,7 +314,7 @@ impl Device {
             dev: Arc::clone(self),
             ptr,
             bytes: class,
-            pooled: true,
+            kind: BufKind::Pooled,
         })
     }
 
@@ -268,12 +338,22 @@ impl Device {
             dev: Arc::clone(self),
             ptr,
             bytes,
-            pooled: false,
+            kind: BufKind::Direct,
         })
     }
 
     fn release(&self, b: &Buffer) {
-        if b.pooled {
+        if b.kind == BufKind::GraphInput {
+            return;
+        }
+        if b.kind == BufKind::Graph {
+            // Reused by later allocations of the same capture (replays repeat the pattern).
+            if let GraphMode::Capture(rec) = &mut *self.graph_state() {
+                rec.free.entry(b.bytes).or_default().push(b.ptr);
+            }
+            return;
+        }
+        if b.kind == BufKind::Pooled {
             let mut g = self.pool();
             g.stats.bytes_in_use -= b.bytes as u64;
             g.stats.bytes_cached += b.bytes as u64;
@@ -283,6 +363,193 @@ impl Device {
             let _ = self.synchronize();
             self.pool().stats.bytes_in_use -= b.bytes as u64;
             self.free_now(b.ptr);
+        }
+    }
+
+    pub fn graph_state(&self) -> MutexGuard<'_, GraphMode> {
+        self.graph.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer of the graph being captured or replayed, or `None` outside graph mode.
+    fn graph_alloc(self: &Arc<Self>, class: usize, input: bool) -> Result<Option<Buffer>> {
+        let mut g = self.graph_state();
+        let ptr = match &mut *g {
+            // Outside graph mode, and inside eager regions (attention, whose shapes change
+            // with the context every step): the pool.
+            GraphMode::Off
+            | GraphMode::Capture(Recording { active: false, .. })
+            | GraphMode::Replay { eager: true, .. } => return Ok(None),
+            GraphMode::Capture(rec) => {
+                let reuse = if input {
+                    None
+                } else {
+                    rec.free.get_mut(&class).and_then(Vec::pop)
+                };
+                let p = match reuse {
+                    Some(p) => p,
+                    None => {
+                        drop(g);
+                        let p = self.malloc(class)?;
+                        g = self.graph_state();
+                        match &mut *g {
+                            GraphMode::Capture(rec) => rec.owned.push(p),
+                            _ => {
+                                return Err(BackendError::Device(
+                                    "graph capture ended during an allocation".into(),
+                                ))
+                            }
+                        }
+                        p
+                    }
+                };
+                if let GraphMode::Capture(rec) = &mut *g {
+                    rec.allocs.push((p, class));
+                }
+                p
+            }
+            GraphMode::Replay { step, cursor, .. } => {
+                let Some(&(p, size)) = step.allocs.get(*cursor) else {
+                    return Err(BackendError::Device(
+                        "graph replay diverged from its capture (more allocations)".into(),
+                    ));
+                };
+                if size != class {
+                    return Err(BackendError::Device(format!(
+                        "graph replay diverged from its capture (allocation {cursor}: {class} bytes, captured {size})"
+                    )));
+                }
+                *cursor += 1;
+                p
+            }
+        };
+        Ok(Some(Buffer {
+            dev: Arc::clone(self),
+            ptr,
+            bytes: class,
+            kind: if input {
+                BufKind::GraphInput
+            } else {
+                BufKind::Graph
+            },
+        }))
+    }
+
+    /// A workspace while capturing: owned by the graph (its replays use it).
+    pub fn capture_workspace(self: &Arc<Self>, bytes: usize) -> Result<Option<DevPtr>> {
+        let active = matches!(&*self.graph_state(), GraphMode::Capture(r) if r.active);
+        if !active {
+            return Ok(None);
+        }
+        let p = self.malloc(size_class(bytes))?;
+        if let GraphMode::Capture(rec) = &mut *self.graph_state() {
+            rec.owned.push(p);
+        }
+        Ok(Some(p))
+    }
+
+    /// Whether aclnn launches are skipped (replaying outside an eager region).
+    pub fn skip_launch(&self) -> bool {
+        matches!(&*self.graph_state(), GraphMode::Replay { eager: false, .. })
+    }
+
+    /// Starts recording the stream (relaxed mode: the blocking copies that fill the graph's
+    /// input buffers stay allowed).
+    pub fn begin_capture(&self) -> Result<()> {
+        let begin = self
+            .cann
+            .acl
+            .aclmdlRICaptureBegin
+            .ok_or_else(|| BackendError::Unsupported("aclmdlRICaptureBegin".into()))?;
+        self.bind()?;
+        // SAFETY: the device's stream; mode is one of CANN's values.
+        let rc = unsafe {
+            begin(
+                self.stream.0,
+                aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED,
+            )
+        };
+        self.cann
+            .check(rc, "aclmdlRICaptureBegin")
+            .map_err(dev_err)?;
+        if let GraphMode::Capture(rec) = &mut *self.graph_state() {
+            rec.active = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the recording, keeps the segment and launches it (the capturing step needs
+    /// its results too).
+    pub fn end_capture(&self) -> Result<()> {
+        let (end, exec) = match (
+            self.cann.acl.aclmdlRICaptureEnd,
+            self.cann.acl.aclmdlRIExecuteAsync,
+        ) {
+            (Some(e), Some(x)) => (e, x),
+            _ => return Err(BackendError::Unsupported("aclmdlRICaptureEnd".into())),
+        };
+        self.bind()?;
+        let mut ri = std::ptr::null_mut();
+        // SAFETY: the stream is capturing (begun by `begin_capture`); valid out-pointer.
+        let rc = unsafe { end(self.stream.0, &mut ri) };
+        if let GraphMode::Capture(rec) = &mut *self.graph_state() {
+            rec.active = false;
+            if rc == ACL_SUCCESS {
+                rec.segments.push(DevPtr(ri));
+            }
+        }
+        self.cann.check(rc, "aclmdlRICaptureEnd").map_err(dev_err)?;
+        // SAFETY: a graph just captured on this device, launched on its stream.
+        let rc = unsafe { exec(ri, self.stream.0) };
+        self.cann.check(rc, "aclmdlRIExecuteAsync").map_err(dev_err)
+    }
+
+    /// Ends a recording that will not be used (a step failed while capturing).
+    pub fn abort_capture(&self) {
+        if let GraphMode::Capture(rec) = &mut *self.graph_state() {
+            rec.active = false;
+        }
+        let (Some(end), Some(destroy)) = (
+            self.cann.acl.aclmdlRICaptureEnd,
+            self.cann.acl.aclmdlRIDestroy,
+        ) else {
+            return;
+        };
+        if self.bind().is_err() {
+            return;
+        }
+        let mut ri = std::ptr::null_mut();
+        // SAFETY: the stream is capturing; valid out-pointer; the graph is never launched.
+        unsafe {
+            if end(self.stream.0, &mut ri) == ACL_SUCCESS && !ri.is_null() {
+                destroy(ri);
+            }
+        }
+    }
+
+    /// Launches a captured segment.
+    pub fn launch_segment(&self, ri: DevPtr) -> Result<()> {
+        let exec = self
+            .cann
+            .acl
+            .aclmdlRIExecuteAsync
+            .ok_or_else(|| BackendError::Unsupported("aclmdlRIExecuteAsync".into()))?;
+        self.bind()?;
+        // SAFETY: a live graph of this device, launched on its stream.
+        let rc = unsafe { exec(ri.0, self.stream.0) };
+        self.cann.check(rc, "aclmdlRIExecuteAsync").map_err(dev_err)
+    }
+
+    /// Turns a finished recording into a step graph.
+    pub fn finish_recording(self: &Arc<Self>, rec: Recording) -> CapturedStep {
+        let mut owned = rec.owned;
+        // Buffers still on the capture's free list are owned too (already in `owned`).
+        owned.sort_by_key(|p| p.0 as usize);
+        owned.dedup();
+        CapturedStep {
+            dev: Arc::clone(self),
+            segments: rec.segments,
+            allocs: rec.allocs,
+            owned,
         }
     }
 
@@ -333,6 +600,20 @@ impl Device {
             return Ok(());
         }
         self.bind()?;
+        if matches!(&*self.graph_state(), GraphMode::Capture(r) if r.active) {
+            // Not recorded: a graph input, refilled by every replay before its segment runs.
+            // SAFETY: `dst` holds at least `data.len()` bytes; `data` is readable.
+            let rc = unsafe {
+                (self.cann.acl.aclrtMemcpy)(
+                    dst.ptr.0,
+                    dst.bytes,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+                )
+            };
+            return self.cann.check(rc, "aclrtMemcpy").map_err(dev_err);
+        }
         // SAFETY: `dst` holds at least `data.len()` bytes; `data` is moved into `staging`
         // below and lives until the stream has been synchronised.
         let rc = unsafe {
@@ -351,6 +632,33 @@ impl Device {
             .unwrap_or_else(|p| p.into_inner())
             .push(data);
         Ok(())
+    }
+
+    /// Copies `data` into `dst` now (weights: a fresh allocation no queued op touches, and
+    /// no host copy of the whole model kept around while loading).
+    pub fn upload_blocking(&self, dst: &Buffer, data: &[u8]) -> Result<()> {
+        if data.len() > dst.bytes {
+            return Err(BackendError::Device(format!(
+                "upload of {} bytes into a buffer of {}",
+                data.len(),
+                dst.bytes
+            )));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `dst` holds at least `data.len()` bytes; `data` is readable for the call.
+        let rc = unsafe {
+            (self.cann.acl.aclrtMemcpy)(
+                dst.ptr.0,
+                dst.bytes,
+                data.as_ptr().cast(),
+                data.len(),
+                aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+            )
+        };
+        self.cann.check(rc, "aclrtMemcpy").map_err(dev_err)
     }
 
     /// Copies `out.len()` bytes from `src` to the host after everything queued has run.
@@ -420,7 +728,18 @@ pub struct Buffer {
     pub ptr: DevPtr,
     /// Usable bytes (the size class for pooled buffers).
     pub bytes: usize,
-    pooled: bool,
+    kind: BufKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufKind {
+    Pooled,
+    Direct,
+    /// Owned by a captured graph (freed with it), handed out while capturing or replaying.
+    Graph,
+    /// A graph's input, filled from the host: never reused within the capture, since the
+    /// host writes it outside the stream's order.
+    GraphInput,
 }
 
 impl Drop for Buffer {
@@ -434,7 +753,7 @@ impl std::fmt::Debug for Buffer {
         f.debug_struct("Buffer")
             .field("ptr", &self.ptr.0)
             .field("bytes", &self.bytes)
-            .field("pooled", &self.pooled)
+            .field("kind", &self.kind)
             .finish()
     }
 }

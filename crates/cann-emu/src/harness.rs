@@ -30,8 +30,8 @@ pub enum HarnessError {
     },
 }
 
-/// The built `libcann_emu.so`: `target/<profile>/libcann_emu.so` or
-/// `target/<profile>/deps/libcann_emu*.so`, found from the running test executable.
+/// The built `libcann_emu.so`: the newest of `target/<profile>/deps/libcann_emu*.so` and
+/// `target/<profile>/libcann_emu.so`, found from the running test executable.
 pub fn library_path() -> Result<PathBuf, HarnessError> {
     if let Some(p) = std::env::var_os("CANN_EMU_LIB") {
         return Ok(PathBuf::from(p));
@@ -40,46 +40,52 @@ pub fn library_path() -> Result<PathBuf, HarnessError> {
         path: PathBuf::from("current_exe"),
         source,
     })?;
+    // `cargo test` rebuilds `deps/libcann_emu.so` but does not refresh the copy in
+    // `target/<profile>/` (only `cargo build` does): take the newest candidate.
     let mut dirs = Vec::new();
     if let Some(deps) = exe.parent() {
+        dirs.push(deps.to_path_buf());
         if let Some(profile) = deps.parent() {
             dirs.push(profile.to_path_buf());
         }
-        dirs.push(deps.to_path_buf());
     }
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
     for d in &dirs {
-        let p = d.join("libcann_emu.so");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    for d in &dirs {
-        if let Ok(rd) = std::fs::read_dir(d) {
-            let mut found: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("libcann_emu") && n.ends_with(".so"))
-                })
-                .collect();
-            found.sort();
-            if let Some(p) = found.pop() {
-                return Ok(p);
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let is_lib = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libcann_emu") && n.ends_with(".so"));
+            if !is_lib {
+                continue;
+            }
+            let Ok(t) = e.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
+                best = Some((t, p));
             }
         }
+    }
+    if let Some((_, p)) = best {
+        return Ok(p);
     }
     Err(HarnessError::NotBuilt(exe))
 }
 
-static DIR: OnceLock<PathBuf> = OnceLock::new();
+static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// A directory (one per process) holding a copy of the emulator and `libascendcl.so`,
 /// `libnnopbase.so`, `libopapi.so` and `libhccl.so` as symlinks to it, for
 /// `ascend_sys::Cann::load_from([dir])`.
 pub fn lib_dir() -> Result<PathBuf, HarnessError> {
-    if let Some(d) = DIR.get() {
+    // Held while the directory is made: test threads start concurrently.
+    let mut cached = DIR.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = cached.as_ref() {
         return Ok(d.clone());
     }
     let lib = library_path()?;
@@ -87,6 +93,7 @@ pub fn lib_dir() -> Result<PathBuf, HarnessError> {
         path: lib.clone(),
         source,
     })?;
+    remove_stale_dirs();
     let dir = std::env::temp_dir().join(format!("cann-emu-{}", std::process::id()));
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -104,7 +111,29 @@ pub fn lib_dir() -> Result<PathBuf, HarnessError> {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&copy, &link).map_err(io(&link))?;
     }
-    Ok(DIR.get_or_init(|| dir).clone())
+    *cached = Some(dir.clone());
+    Ok(dir)
+}
+
+/// Removes the directories (each holding a copy of the library) of test processes that
+/// have exited, so that repeated test runs do not fill the temp directory.
+fn remove_stale_dirs() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cann-emu-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The emulator's test-only entry points, opened from the shared library.

@@ -71,6 +71,8 @@ pub struct CannEmuStats {
     pub capture_violations: u64,
     pub bad_handles: u64,
     pub collectives: u64,
+    /// Operators launched on a stream of one device with tensors on another.
+    pub cross_device: u64,
 }
 
 impl CannEmuStats {
@@ -82,6 +84,7 @@ impl CannEmuStats {
             + self.use_after_free
             + self.bad_memcpy_kinds
             + self.bad_handles
+            + self.cross_device
     }
 
     /// Resources still alive (device and host allocations, descriptors, executors...).

@@ -18,6 +18,11 @@ pub fn is_device_addr(a: u64) -> bool {
     a & TAG_MASK == TAG
 }
 
+/// The device a tagged address belongs to.
+pub fn device_of_addr(a: u64) -> i32 {
+    ((a & !TAG_MASK) >> DEV_SHIFT) as i32
+}
+
 struct Alloc {
     size: u64,
     dev: i32,

@@ -30,6 +30,13 @@ pub struct ScalarVal {
 struct Exec {
     task: Task,
     repeatable: bool,
+    /// Devices of the tensors the operator was built with.
+    devices: Vec<i32>,
+}
+
+thread_local! {
+    /// Devices of the tensors looked up by the first phase running on this thread.
+    static OP_DEVICES: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Nnop {
@@ -175,36 +182,41 @@ impl TensorDesc {
         mem::check(start, len as u64, what).map_err(|f| invalid(f.msg))
     }
 
-    /// The view's elements converted by `conv`, in row-major order.
+    /// The view's elements converted by `conv`, in row-major order (converted under the
+    /// memory lock, without an intermediate copy).
     fn read_with<T: Default + Clone>(
         &self,
         what: &str,
         conv: impl Fn(aclDataType, &[u8]) -> T,
     ) -> Res<Vec<T>> {
         let (start, len) = self.byte_extent();
-        let bytes = mem::read(start, len, what)?;
         let mut out = vec![T::default(); self.numel()];
         if self.dtype == aclDataType::ACL_INT4 {
             let base = start as i64 - self.addr as i64;
-            self.for_each_offset(|i, o| {
-                let b = bytes[(o.div_euclid(2) - base) as usize];
-                let nib = if o.rem_euclid(2) == 0 {
-                    b & 0xF
-                } else {
-                    b >> 4
-                };
-                let v = ((nib as i8) << 4) >> 4;
-                out[i] = conv(aclDataType::ACL_INT8, &[v as u8]);
-            });
+            mem::with_mut(start, len, what, |bytes| {
+                self.for_each_offset(|i, o| {
+                    let b = bytes[(o.div_euclid(2) - base) as usize];
+                    let nib = if o.rem_euclid(2) == 0 {
+                        b & 0xF
+                    } else {
+                        b >> 4
+                    };
+                    let v = ((nib as i8) << 4) >> 4;
+                    out[i] = conv(aclDataType::ACL_INT8, &[v as u8]);
+                })
+            })?;
             return Ok(out);
         }
         let es = dtype::size_of(self.dtype)
             .ok_or_else(|| invalid(format!("{what}: unsupported dtype {:?}", self.dtype)))?;
         let lo = (start - self.addr) as i64 / es as i64;
-        self.for_each_offset(|i, o| {
-            let p = ((o - lo) as usize) * es;
-            out[i] = conv(self.dtype, &bytes[p..p + es]);
-        });
+        let dt = self.dtype;
+        mem::with_mut(start, len, what, |bytes| {
+            self.for_each_offset(|i, o| {
+                let p = ((o - lo) as usize) * es;
+                out[i] = conv(dt, &bytes[p..p + es]);
+            })
+        })?;
         Ok(out)
     }
 
@@ -213,7 +225,41 @@ impl TensorDesc {
     }
 
     pub fn read_f32(&self, what: &str) -> Res<Vec<f32>> {
-        self.read_with(what, dtype::get_f32)
+        if self.is_contiguous() && self.numel() > 0 {
+            // Fast path (the common case, and what large weights are): one conversion
+            // pass under the memory lock, no per-element dispatch.
+            let (start, len) = self.byte_extent();
+            let dt = self.dtype;
+            let fast = matches!(
+                dt,
+                aclDataType::ACL_BF16 | aclDataType::ACL_FLOAT | aclDataType::ACL_FLOAT16
+            );
+            if fast {
+                return mem::with_mut(start, len, what, |b| match dt {
+                    aclDataType::ACL_BF16 => b
+                        .chunks_exact(2)
+                        .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                        .collect(),
+                    aclDataType::ACL_FLOAT => b
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    _ => b
+                        .chunks_exact(2)
+                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                });
+            }
+        }
+        match self.dtype {
+            aclDataType::ACL_BF16 => self.read_with(what, |_, c| {
+                f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)
+            }),
+            aclDataType::ACL_FLOAT => {
+                self.read_with(what, |_, c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            }
+            _ => self.read_with(what, dtype::get_f32),
+        }
     }
 
     pub fn read_i64(&self, what: &str) -> Res<Vec<i64>> {
@@ -226,6 +272,24 @@ impl TensorDesc {
     }
 
     pub fn write_f32(&self, vals: &[f32], what: &str) -> Res<()> {
+        let dt = self.dtype;
+        if self.is_contiguous()
+            && vals.len() == self.numel()
+            && matches!(dt, aclDataType::ACL_BF16 | aclDataType::ACL_FLOAT)
+        {
+            let (start, len) = self.byte_extent();
+            return mem::with_mut(start, len, what, |b| {
+                if dt == aclDataType::ACL_BF16 {
+                    for (c, v) in b.chunks_exact_mut(2).zip(vals) {
+                        c.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                    }
+                } else {
+                    for (c, v) in b.chunks_exact_mut(4).zip(vals) {
+                        c.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            });
+        }
         self.write_with(
             what,
             |d, b, i| dtype::put_f64(d, b, vals[i] as f64),
@@ -288,6 +352,15 @@ pub fn tensor(p: *const aclTensor, what: &str) -> Res<TensorDesc> {
         ))
     })?;
     t.check_live(what)?;
+    if t.numel() > 0 {
+        let d = mem::device_of_addr(t.addr);
+        OP_DEVICES.with(|v| {
+            let mut v = v.borrow_mut();
+            if !v.contains(&d) {
+                v.push(d);
+            }
+        });
+    }
     Ok(t)
 }
 
@@ -358,15 +431,22 @@ pub fn phase1(
         bump(&STATS.ops_rejected);
         return ACLNN_ERR_PARAM_NULLPTR;
     }
-    match build() {
+    OP_DEVICES.with(|v| v.borrow_mut().clear());
+    let built = build();
+    let devices = OP_DEVICES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+    match built {
         Ok(f) => {
             let task: Task = Arc::new(move || {
                 bump(&STATS.ops_executed);
-                f().map_err(|e| Fail::new(e.code, format!("{name}: {}", e.msg)))
+                let t0 = std::time::Instant::now();
+                let r = f().map_err(|e| Fail::new(e.code, format!("{name}: {}", e.msg)));
+                crate::state::profile(name, t0.elapsed());
+                r
             });
             let h = lock(&NN).execs.insert(Exec {
                 task,
                 repeatable: false,
+                devices,
             });
             bump(&STATS.live_executors);
             // SAFETY: both checked non-null above; out-pointers per the C API.
@@ -397,6 +477,13 @@ pub fn phase2(name: &'static str, ex: *mut aclOpExecutor, stream: aclrtStream) -
                     "{name}: executor {ex:p} is not live (already run and not repeatable, or destroyed)"
                 ))
             })?;
+            if let Some(d) = e.devices.iter().find(|&&d| d != s.dev) {
+                bump(&STATS.cross_device);
+                return Err(invalid(format!(
+                    "{name}: a tensor lives on device {d} but the stream belongs to device {}",
+                    s.dev
+                )));
+            }
             let (task, rep) = (e.task.clone(), e.repeatable);
             if !rep {
                 nn.execs.remove(ex as u64);

@@ -158,6 +158,18 @@ fn matmul_f32(a: &[f32], ad: &[i64], b: &[f32], bd: &[i64], od: &[i64]) -> Vec<f
     out
 }
 
+/// For a 2-D `[K, N]` view with strides `[1, K]`, the contiguous `[N, K]` view of the
+/// same memory.
+fn transposed_2d(b: &TensorDesc) -> Option<TensorDesc> {
+    if b.rank() != 2 || b.strides != [1, b.dims[0]] || b.dims[0] <= 1 || b.dims[1] <= 1 {
+        return None;
+    }
+    let mut t = b.clone();
+    t.dims = vec![b.dims[1], b.dims[0]];
+    t.strides = vec![b.dims[0], 1];
+    Some(t)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclnnMatmulGetWorkspaceSize(
     self_: *const aclTensor,
@@ -196,6 +208,25 @@ pub unsafe extern "C" fn aclnnMatmulGetWorkspaceSize(
         }
         Ok(Box::new(move || {
             let av = a.read_f32("self")?;
+            if let Some(bt) = transposed_2d(&b) {
+                // mat2 is the transpose of a contiguous [N, K] matrix (a linear layer's
+                // weight): read it in storage order and take row dot products.
+                let (m, k, n) = (a.dim(-2) as usize, a.dim(-1) as usize, b.dim(-1) as usize);
+                let wv = bt.read_f32("mat2")?;
+                let rows = av.len() / (m * k).max(1) * m;
+                let mut out = vec![0f32; rows * n];
+                for i in 0..rows {
+                    let ar = &av[i * k..(i + 1) * k];
+                    for (j, o) in out[i * n..(i + 1) * n].iter_mut().enumerate() {
+                        *o = ar
+                            .iter()
+                            .zip(&wv[j * k..(j + 1) * k])
+                            .map(|(x, y)| x * y)
+                            .sum();
+                    }
+                }
+                return o.write_f32(&out, "out");
+            }
             let bv = b.read_f32("mat2")?;
             o.write_f32(&matmul_f32(&av, &a.dims, &bv, &b.dims, &od), "out")
         }) as Work)

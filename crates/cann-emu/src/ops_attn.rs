@@ -188,6 +188,11 @@ fn fia_phase1(
             .unwrap_or(0);
         let table = opt_tensor(a.block_table, "blockTable")?;
         let row = nkv * d;
+        if table.is_some() && row > 65535 {
+            return Err(invalid(format!(
+                "paged KV as [blocks, blockSize, H] needs KV_N * D <= 65535, got {row}"
+            )));
+        }
         if let Some(bt) = &table {
             if bt.dtype != D::ACL_INT32 || bt.rank() != 2 {
                 return Err(invalid("blockTable must be INT32 [B, maxBlocks]"));
@@ -199,16 +204,24 @@ fn fia_phase1(
                     cu_q.len()
                 )));
             }
+            // Non-quantised GQA (FIA docs, Paged Attention group): head dim 64 or 128 →
+            // 16-aligned up to 1024; otherwise 128-aligned up to 1024 when a query is
+            // longer than 1, 16-aligned up to 512 for single-token queries.
             let bs = a.block_size;
-            if bs <= 0 || bs > 512 || bs % 16 != 0 {
+            let (align, max) = if d == 64 || d == 128 {
+                (16, 1024)
+            } else if max_q > 1 {
+                (128, 1024)
+            } else {
+                (16, 512)
+            };
+            if bs <= 0 || bs > max || bs % align != 0 {
                 return Err(invalid(format!(
-                    "blockSize {bs} must be a multiple of 16 in 16..=512"
+                    "blockSize {bs} must be a multiple of {align} in {align}..={max} (head dim {d}, longest query {max_q})"
                 )));
             }
-            if max_q > 1 && bs % 128 != 0 {
-                return Err(invalid(format!(
-                    "blockSize {bs} must be a multiple of 128 when a query is longer than 1"
-                )));
+            if bt.dims[1] == 0 {
+                return Err(invalid("blockTable dimensions must not be 0"));
             }
             for (kv, nm) in [(&k, "key"), (&v, "value")] {
                 let ok = (kv.rank() == 3 && kv.dims[1] == bs && kv.dims[2] == row)
@@ -268,8 +281,11 @@ fn fia_phase1(
         }
         let lse = if a.lse_flag {
             let l = tensor(a.lse, "softmaxLse")?;
-            if l.dtype != D::ACL_FLOAT || l.numel() != (t * n) as usize {
-                return Err(invalid("softmaxLse must be FLOAT with T*N elements"));
+            if l.dtype != D::ACL_FLOAT || l.dims != [t, n, 1] {
+                return Err(invalid(format!(
+                    "softmaxLse must be FLOAT [T, N, 1] = [{t}, {n}, 1] for TND, got {:?}",
+                    l.dims
+                )));
             }
             Some(l)
         } else {

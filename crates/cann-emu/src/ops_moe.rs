@@ -54,8 +54,12 @@ pub unsafe extern "C" fn aclnnMoeGatingTopKSoftmaxGetWorkspaceSize(
             return Err(invalid(format!("x must be 2-D or 3-D, got {:?}", x.dims)));
         }
         let e = x.dim(-1);
-        if k <= 0 || k > e {
-            return Err(invalid(format!("k {k} out of range [1, {e}]")));
+        // The docs list these as tiling errors (561002), not parameter errors.
+        if k < 0 || k > e || k > 1024 {
+            return Err(Fail::new(
+                ACLNN_ERR_INNER_TILING_ERROR,
+                format!("k {k} out of range [0, min({e}, 1024)]"),
+            ));
         }
         let mut od = x.dims.clone();
         let r = od.len();

@@ -52,6 +52,7 @@ counters!(
     capture_violations,
     bad_handles,
     collectives,
+    cross_device,
 );
 
 pub static STATS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Counters::default);
@@ -68,7 +69,37 @@ pub fn stats_snapshot() -> CannEmuStats {
     STATS.snapshot()
 }
 
+type OpTimes = HashMap<&'static str, (u64, std::time::Duration)>;
+
+static PROFILE: std::sync::LazyLock<Option<Mutex<OpTimes>>> = std::sync::LazyLock::new(|| {
+    std::env::var_os("CANN_EMU_PROFILE").map(|_| Mutex::new(HashMap::new()))
+});
+
+/// With `CANN_EMU_PROFILE` set, accumulates time per operator (printed at reset).
+pub fn profile(name: &'static str, d: std::time::Duration) {
+    if let Some(p) = PROFILE.as_ref() {
+        let mut p = lock(p);
+        let e = p.entry(name).or_default();
+        e.0 += 1;
+        e.1 += d;
+    }
+}
+
+fn print_profile() {
+    if let Some(p) = PROFILE.as_ref() {
+        let mut v: Vec<_> = lock(p).drain().collect();
+        v.sort_by_key(|e| std::cmp::Reverse((e.1).1));
+        for (name, (n, d)) in v {
+            eprintln!(
+                "cann-emu profile: {name:40} {n:8} calls {:10.3} s",
+                d.as_secs_f64()
+            );
+        }
+    }
+}
+
 pub fn reset_all() {
+    print_profile();
     crate::rt::reset();
     crate::nnop::reset();
     crate::hccl::reset();

@@ -13,10 +13,17 @@ fn doctor_passes_every_op_check_on_the_emulator() {
     eprintln!("{report}");
     assert!(report.device_count >= 1, "{report}");
     assert_eq!(report.devices.len(), report.device_count as usize);
-    assert!(report.devices.iter().all(|d| d.total_bytes > 0 && d.free_bytes <= d.total_bytes));
+    assert!(report
+        .devices
+        .iter()
+        .all(|d| d.total_bytes > 0 && d.free_bytes <= d.total_bytes));
     assert!(!report.checks.is_empty());
     for c in &report.checks {
-        assert!(c.passed, "{}: {:?} (max error {})", c.op, c.error, c.max_error);
+        assert!(
+            c.passed,
+            "{}: {:?} (max error {})",
+            c.op, c.error, c.max_error
+        );
     }
     assert!(report.ok(), "{report}");
     assert!(report.to_string().ends_with("doctor: OK"));

@@ -57,13 +57,21 @@ fn check_model(model: &str, dtype: WeightDType, tol: f32, greedy: bool) -> f32 {
         let logits = ex.logits(&batch, &rows).expect("prefill");
         for (p, want) in rec.prefill.iter().enumerate() {
             let d = max_diff(&logits[p * vocab..(p + 1) * vocab], want, &rec.columns);
-            assert!(d < tol, "{model}/{}: prefill position {p} differs by {d}", case.name);
+            assert!(
+                d < tol,
+                "{model}/{}: prefill position {p} differs by {d}",
+                case.name
+            );
             worst = worst.max(d);
         }
         let mut last = logits[(n - 1) * vocab..n * vocab].to_vec();
         for (i, &tok) in case.greedy_ids.iter().enumerate() {
             let d = max_diff(&last, &rec.decode[i], &rec.columns);
-            assert!(d < tol, "{model}/{}: decode step {i} differs by {d}", case.name);
+            assert!(
+                d < tol,
+                "{model}/{}: decode step {i} differs by {d}",
+                case.name
+            );
             worst = worst.max(d);
             if greedy {
                 let ours = qwen3_backend::sampling::argmax(&last);
@@ -92,4 +100,41 @@ fn dense_bf16_logits_close_to_transformers() {
 #[test]
 fn moe_f32_matches_transformers_greedy() {
     check_model("tiny-qwen3-moe", WeightDType::F32, TOL_F32, true);
+}
+
+/// After the first decode step, decode steps allocate nothing from the driver (the pool
+/// serves every activation), and the KV cache can be resized after a profiling pass.
+#[test]
+fn decode_reuses_pooled_memory_and_kv_resizes() {
+    let emu = Emu::new();
+    let model = "tiny-qwen3";
+    let case = &golden(model).cases[0];
+    let rec = recorded(case);
+    let mut ex = executor(&emu, model, WeightDType::BF16);
+    let n = case.prompt_ids.len();
+    let last = [n as u32 - 1];
+    ex.logits(&single_seq_batch(&case.prompt_ids, 0, true), &last)
+        .expect("prefill");
+    let mut mallocs = Vec::new();
+    for (i, &tok) in case.greedy_ids[..5].iter().enumerate() {
+        ex.logits(&single_seq_batch(&[tok], n + i, false), &[0])
+            .expect("decode");
+        mallocs.push(ex.worker().backend.pool_stats().device_mallocs);
+    }
+    assert!(
+        mallocs.windows(2).all(|w| w[0] == w[1]),
+        "decode steps called aclrtMalloc: {mallocs:?}"
+    );
+    let stats = ex.worker().backend.pool_stats();
+    assert!(stats.hits > stats.misses, "{stats:?}");
+
+    ex.resize_kv(8, BLOCK_SIZE).expect("resize");
+    let vocab = ex.worker().model.config.vocab_size;
+    let logits = ex
+        .logits(&single_seq_batch(&case.prompt_ids, 0, true), &last)
+        .expect("prefill after resize");
+    let d = max_diff(&logits[..vocab], &rec.prefill[n - 1], &rec.columns);
+    assert!(d < TOL_BF16, "after resize: {d}");
+    drop(ex);
+    emu.assert_clean();
 }

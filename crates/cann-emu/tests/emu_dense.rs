@@ -102,6 +102,44 @@ fn matmul_with_transposed_view_and_rejection() {
 }
 
 #[test]
+fn batched_matmul_broadcasts_a_2d_mat2() {
+    let s = Session::new().unwrap();
+    let ops = s.cann.ops.clone();
+    let (b, m, k, n) = (2usize, 3usize, 4usize, 5usize);
+    let a = rnd(b * m * k, 21);
+    let w = rnd(k * n, 22);
+    let ta = s
+        .upload(
+            D::ACL_FLOAT,
+            &[b as i64, m as i64, k as i64],
+            &f32_bytes(&a),
+        )
+        .unwrap();
+    let tw = s
+        .upload(D::ACL_FLOAT, &[k as i64, n as i64], &f32_bytes(&w))
+        .unwrap();
+    let to = zeros(&s, D::ACL_FLOAT, &[b as i64, m as i64, n as i64]);
+    // SAFETY: live descriptors.
+    s.run_op(
+        "bmm",
+        |ws, e| unsafe {
+            (ops.aclnnMatmulGetWorkspaceSize)(ta.tensor, tw.tensor, to.tensor, 0, ws, e)
+        },
+        ops.aclnnMatmul,
+    )
+    .unwrap();
+    let got = from_f32(&s.download(to.ptr, to.bytes).unwrap());
+    let mut want = vec![0f32; b * m * n];
+    for r in 0..b * m {
+        for j in 0..n {
+            want[r * n + j] = (0..k).map(|p| a[r * k + p] * w[p * n + j]).sum();
+        }
+    }
+    close(&got, &want, 1e-5);
+    done(s, vec![ta, tw, to]);
+}
+
+#[test]
 fn view_outside_its_allocation_is_rejected() {
     let s = Session::new().unwrap();
     let ops = s.cann.ops.clone();

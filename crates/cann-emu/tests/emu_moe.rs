@@ -91,7 +91,7 @@ fn gating_topk_softmax() {
             assert_eq!(ri[i * k + j], (j * n + i) as i32);
         }
     }
-    // k larger than the expert count is rejected.
+    // k larger than the expert count is rejected (a tiling error, per the docs).
     let (mut ws, mut ex) = (0, null_mut());
     // SAFETY: live descriptors.
     let st = unsafe {
@@ -106,7 +106,7 @@ fn gating_topk_softmax() {
             &mut ex,
         )
     };
-    assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
+    assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR);
     finish(s, vec![tx, ty, te, tr]);
 }
 
@@ -363,7 +363,7 @@ fn pack_int4(v: &[i8]) -> Vec<u8> {
 fn weight_quant_matmul_int8_per_channel_and_int4_per_group() {
     let s = Session::new().unwrap();
     let ops = s.cann.ops.clone();
-    let (m, k, n, g) = (2usize, 64usize, 4usize, 32usize);
+    let (m, k, n, g) = (2usize, 64usize, 8usize, 32usize);
     let x = rnd(m * k, 7);
     let tx = s
         .upload(D::ACL_BF16, &[m as i64, k as i64], &bf16_bytes(&x))
@@ -422,7 +422,7 @@ fn weight_quant_matmul_int8_per_channel_and_int4_per_group() {
             .map(|v| v * 0.01)
             .map(bf16_round)
             .collect::<Vec<_>>(),
-        vec![-3.0f32, 0.0, 1.0, 2.0],
+        (0..n).map(|i| (i % 4) as f32 - 3.0).collect::<Vec<_>>(),
     );
     let tsc8 = s
         .upload(D::ACL_BF16, &[n as i64], &bf16_bytes(&sc8))
@@ -458,6 +458,29 @@ fn weight_quant_matmul_int8_per_channel_and_int4_per_group() {
         &reference(&w4, &sc4, &off4, g),
         2e-2,
     );
+    // The same INT4 weight packed eight to an INT32 word ([k, n/8]): identical result.
+    let words: Vec<i32> = w4
+        .chunks(8)
+        .map(|c| {
+            c.iter().enumerate().fold(0u32, |acc, (i, &v)| {
+                acc | ((v as u8 as u32 & 0xF) << (4 * i))
+            }) as i32
+        })
+        .collect();
+    let tw32 = s
+        .upload(
+            D::ACL_INT32,
+            &[k as i64, (n / 8).max(1) as i64],
+            &i32_bytes(&words),
+        )
+        .unwrap();
+    if n % 8 == 0 {
+        close(
+            &run(&tw32, &tsc4, &toff4, g as i32),
+            &reference(&w4, &sc4, &off4, g),
+            2e-2,
+        );
+    }
     // A group size that is not a multiple of 32 is rejected.
     let (mut ws, mut ex) = (0, null_mut());
     // SAFETY: live descriptors.
@@ -477,5 +500,93 @@ fn weight_quant_matmul_int8_per_channel_and_int4_per_group() {
         )
     };
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
-    finish(s, vec![tx, ty, tw8, tsc8, toff8, tw4, tsc4, toff4]);
+    finish(s, vec![tx, ty, tw8, tsc8, toff8, tw4, tsc4, toff4, tw32]);
+}
+
+#[test]
+fn grouped_matmul_with_counts_and_one_weight_per_expert() {
+    let s = Session::new().unwrap();
+    let ops = s.cann.ops.clone();
+    let nn = s.cann.nnop.clone();
+    let (m, k, n) = (5usize, 3usize, 2usize);
+    let x = rnd(m * k, 11);
+    let ws: Vec<Vec<f32>> = (0..2).map(|e| rnd(k * n, 12 + e)).collect();
+    let tx = s
+        .upload(D::ACL_FLOAT, &[m as i64, k as i64], &f32_bytes(&x))
+        .unwrap();
+    let tw: Vec<DevTensor> = ws
+        .iter()
+        .map(|w| {
+            s.upload(D::ACL_FLOAT, &[k as i64, n as i64], &f32_bytes(w))
+                .unwrap()
+        })
+        .collect();
+    let ty = zeros(&s, D::ACL_FLOAT, &[m as i64, n as i64]);
+    let run = |counts: &[i64]| -> Result<(), String> {
+        let tg = s.upload(D::ACL_INT64, &[2], &i64_bytes(counts)).unwrap();
+        // SAFETY: list descriptors are owned (and destroyed) by the lists.
+        let r = unsafe {
+            let mk = |t: &DevTensor| {
+                s.describe(t.ptr, D::ACL_FLOAT, &t.dims, None, 0).unwrap() as *const aclTensor
+            };
+            let xl = (nn.aclCreateTensorList)([mk(&tx)].as_ptr(), 1);
+            let wl = (nn.aclCreateTensorList)([mk(&tw[0]), mk(&tw[1])].as_ptr(), 2);
+            let yl = (nn.aclCreateTensorList)([mk(&ty)].as_ptr(), 1);
+            let r = s.run_op(
+                "gmm",
+                |w, e| {
+                    (ops.aclnnGroupedMatmulV4GetWorkspaceSize.unwrap())(
+                        xl,
+                        wl,
+                        null(),
+                        null(),
+                        null(),
+                        null(),
+                        null(),
+                        null(),
+                        tg.tensor,
+                        null(),
+                        null(),
+                        null(),
+                        2,
+                        0,
+                        1,
+                        0,
+                        yl,
+                        null_mut(),
+                        null_mut(),
+                        w,
+                        e,
+                    )
+                },
+                ops.aclnnGroupedMatmulV4.unwrap(),
+            );
+            for l in [xl, wl, yl] {
+                (nn.aclDestroyTensorList)(l);
+            }
+            r.and_then(|_| s.sync())
+        };
+        s.release(tg).unwrap();
+        r
+    };
+    // Counts 2 and 3: rows 0-1 use expert 0, rows 2-4 expert 1.
+    run(&[2, 3]).unwrap();
+    let got = from_f32(&s.download(ty.ptr, ty.bytes).unwrap());
+    for r in 0..m {
+        let w = &ws[usize::from(r >= 2)];
+        for c in 0..n {
+            let want: f32 = (0..k).map(|p| x[r * k + p] * w[p * n + c]).sum();
+            close(&[got[r * n + c]], &[want], 1e-5);
+        }
+    }
+    // Counts that exceed the rows fail at execution.
+    assert!(run(&[4, 3]).is_err());
+    let mut all = vec![tx, ty];
+    all.extend(tw);
+    for t in all {
+        s.release(t).unwrap();
+    }
+    let st = s.finish().unwrap();
+    assert_eq!(st.leaks(), 0);
+    assert_eq!(st.exec_errors, 1);
 }

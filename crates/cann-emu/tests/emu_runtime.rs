@@ -242,3 +242,119 @@ fn malloc_is_capped_and_needs_a_device() {
     .unwrap();
     s.finish().unwrap();
 }
+
+#[test]
+fn an_operator_on_another_devices_stream_is_refused() {
+    let s = Session::new().unwrap();
+    let x = s
+        .upload(
+            aclDataType::ACL_FLOAT,
+            &[4],
+            &cann_emu::harness::f32_bytes(&[1.0; 4]),
+        )
+        .unwrap();
+    let y = s.upload(aclDataType::ACL_FLOAT, &[4], &[0u8; 16]).unwrap();
+    let ops = s.cann.ops.clone();
+    let (mut ws, mut ex) = (0, std::ptr::null_mut());
+    // SAFETY: live descriptors.
+    assert_eq!(
+        unsafe { (ops.aclnnSoftmaxGetWorkspaceSize)(x.tensor, 0, y.tensor, &mut ws, &mut ex) },
+        0
+    );
+    // A stream of device 1, made on another thread.
+    let acl = s.cann.acl.clone();
+    let stream1 = std::thread::spawn(move || {
+        let mut st = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        unsafe {
+            assert_eq!((acl.aclrtSetDevice)(1), 0);
+            assert_eq!((acl.aclrtCreateStream)(&mut st), 0);
+        }
+        st as usize
+    })
+    .join()
+    .unwrap();
+    // SAFETY: a live executor and stream.
+    let st = unsafe { (ops.aclnnSoftmax)(std::ptr::null_mut(), 0, ex, stream1 as aclrtStream) };
+    assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
+    assert!(s.cann.acl.recent_error_message().contains("device 0"));
+    // SAFETY: live handles.
+    unsafe {
+        (s.cann.acl.aclrtDestroyStream)(stream1 as aclrtStream);
+        (s.cann.nnop.aclDestroyAclOpExecutor.unwrap())(ex);
+    }
+    s.release(x).unwrap();
+    s.release(y).unwrap();
+    let st = s.finish().unwrap();
+    assert_eq!(st.cross_device, 1);
+    assert_eq!(st.leaks(), 0);
+}
+
+#[test]
+fn stream_wait_event_orders_two_streams_and_errors_are_per_thread() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let p = s.malloc(4).unwrap();
+    let v = 9u32.to_le_bytes();
+    let mut out = [0u8; 4];
+    let (mut s2, mut e0, mut e1) = (
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+    // SAFETY: valid handles and buffers that live until the synchronisation below.
+    unsafe {
+        assert_eq!((acl.aclrtCreateStream)(&mut s2), 0);
+        assert_eq!((acl.aclrtCreateEvent)(&mut e0), 0);
+        assert_eq!((acl.aclrtCreateEvent)(&mut e1), 0);
+        assert_eq!((acl.aclrtRecordEvent)(e0, s.stream), 0);
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(
+                p,
+                4,
+                v.as_ptr().cast(),
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+                s.stream
+            ),
+            0
+        );
+        assert_eq!((acl.aclrtRecordEvent)(e1, s.stream), 0);
+        // Stream 2 reads after waiting for stream 1's event.
+        assert_eq!((acl.aclrtStreamWaitEvent)(s2, e1), 0);
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(
+                out.as_mut_ptr().cast(),
+                4,
+                p,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                s2
+            ),
+            0
+        );
+        assert_eq!((acl.aclrtSynchronizeStream)(s2), 0);
+        assert_eq!(u32::from_le_bytes(out), 9);
+        let mut ms = -1f32;
+        assert_eq!((acl.aclrtEventElapsedTime)(&mut ms, e0, e1), 0);
+        assert!(ms >= 0.0);
+        for e in [e0, e1] {
+            assert_eq!((acl.aclrtDestroyEvent)(e), 0);
+        }
+        assert_eq!((acl.aclrtDestroyStream)(s2), 0);
+        // An error message is this thread's only.
+        assert_ne!((acl.aclrtFree)(0x1234usize as *mut c_void), 0);
+        assert!(!acl.recent_error_message().is_empty());
+    }
+    let acl2 = acl.clone();
+    let other = std::thread::spawn(move || acl2.recent_error_message())
+        .join()
+        .unwrap();
+    assert!(other.is_empty(), "{other}");
+    // SAFETY: live allocation.
+    unsafe { (acl.aclrtFree)(p) };
+    let st = s.finish().unwrap();
+    assert_eq!(st.leaks(), 0);
+    assert_eq!((st.live_streams, st.live_events), (0, 0));
+    assert_eq!(st.invalid_frees, 1);
+}

@@ -8,9 +8,10 @@ use std::sync::{Arc, MutexGuard};
 use ascend_sys::Cann;
 use cann_emu::harness;
 use cann_emu::CannEmuStats;
+use qwen3_backend_ascend::AscendOptions;
 use qwen3_engine::{Batch, EngineConfig, EngineHandle, EngineRequest};
 use qwen3_model::build::LoadOptions;
-use qwen3_model::build_ascend::ascend_executor;
+use qwen3_model::build_ascend::ascend_executor_resizable;
 use qwen3_model::config::ModelConfig;
 use qwen3_model::WeightDType;
 use serde::Deserialize;
@@ -152,6 +153,10 @@ impl Default for Setup {
 }
 
 pub fn engine(emu: &Emu, model: &str, s: &Setup) -> EngineHandle {
+    engine_with(emu, model, s, AscendOptions::default())
+}
+
+pub fn engine_with(emu: &Emu, model: &str, s: &Setup, backend: AscendOptions) -> EngineHandle {
     let opts = LoadOptions {
         dir: fixtures().join(model),
         config: config(model, None),
@@ -161,7 +166,9 @@ pub fn engine(emu: &Emu, model: &str, s: &Setup) -> EngineHandle {
         num_blocks: s.num_blocks,
     };
     let devices: Vec<i32> = (0..s.tp as i32).collect();
-    let executor = ascend_executor(&opts, Arc::clone(&emu.cann), &devices).expect("executor");
+    let executor = ascend_executor_resizable(&opts, Arc::clone(&emu.cann), &devices, backend)
+        .expect("executor")
+        .into_boxed();
     let tok = tokenizers::Tokenizer::from_file(fixtures().join(model).join("tokenizer.json"))
         .expect("tokenizer");
     let cfg = EngineConfig {

@@ -1,0 +1,224 @@
+//! Piecewise graph capture of decode steps.
+//!
+//! Fused attention takes its sequence lengths as host arrays, which a captured graph would
+//! freeze; so a decode step is captured in segments, the ops between attention calls, and
+//! attention always runs eagerly with the step's own lengths. The first pure-decode step of
+//! a captured token count runs while recording; later ones replay: the model still calls
+//! every op, but the backend only hands back the buffers the capture used (in allocation
+//! order) and refills the graph's input buffers, launching nothing until a segment ends.
+
+use std::sync::Arc;
+
+use qwen3_backend::{BackendError, Result, StepMeta};
+
+use crate::mem::{GraphMode, Recording};
+use crate::AscendBackend;
+
+fn diverged(what: &str) -> BackendError {
+    BackendError::Device(format!("graph replay diverged from its capture: {what}"))
+}
+
+impl AscendBackend {
+    /// Captured decode steps (one per token count).
+    pub fn captured_graphs(&self) -> usize {
+        self.graphs.lock().map_or(0, |g| g.len())
+    }
+
+    /// Decode steps that were replays of a captured graph.
+    pub fn graph_replays(&self) -> u64 {
+        self.replays.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns graph capture off for good (tensor parallelism: collectives stay eager).
+    pub fn disable_graphs(&self) {
+        self.graphs_disabled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn in_graph_mode(&self) -> bool {
+        !matches!(&*self.device().graph_state(), GraphMode::Off)
+    }
+
+    fn graph_eligible(&self, m: &StepMeta<'_>) -> bool {
+        let acl = &self.cann().acl;
+        self.opts.graph_capture
+            && !self
+                .graphs_disabled
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && !m.token_ids.is_empty()
+            && m.query_len.iter().all(|&l| l == 1)
+            && self.opts.capture_batch_sizes.contains(&m.token_ids.len())
+            && acl.aclmdlRICaptureBegin.is_some()
+            && acl.aclmdlRICaptureEnd.is_some()
+            && acl.aclmdlRIExecuteAsync.is_some()
+            && acl.aclmdlRIDestroy.is_some()
+    }
+
+    /// At the start of a step: replay the captured graph of this step's shape, or start
+    /// capturing one, or stay eager.
+    pub(crate) fn enter_graph_mode(&self, m: &StepMeta<'_>) -> Result<()> {
+        self.abandon_graph_step();
+        if !self.graph_eligible(m) {
+            return Ok(());
+        }
+        // What graphs read but do not own must exist before capturing.
+        if self.refresh_rope(m.rope, m.positions)? {
+            self.drop_graphs()?;
+        }
+        if !self.opts.kv_cache_f32 {
+            drop(self.causal_mask()?);
+        }
+        let n = m.token_ids.len();
+        let existing = self
+            .graphs
+            .lock()
+            .map_err(|_| BackendError::Device("graph table poisoned".into()))?
+            .get(&n)
+            .cloned();
+        let dev = self.device();
+        match existing {
+            Some(step) => {
+                *dev.graph_state() = GraphMode::Replay {
+                    step,
+                    cursor: 0,
+                    segment: 0,
+                    eager: false,
+                };
+            }
+            None => {
+                *dev.graph_state() = GraphMode::Capture(Recording::default());
+                if let Ok(mut c) = self.capturing.lock() {
+                    *c = Some(n);
+                }
+                dev.begin_capture()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before attention: end (capture) or launch (replay) the segment so far.
+    pub(crate) fn graph_segment_end(&self) -> Result<()> {
+        let dev = self.device();
+        let mut g = dev.graph_state();
+        match &mut *g {
+            GraphMode::Off => Ok(()),
+            GraphMode::Capture(rec) => {
+                let active = rec.active;
+                drop(g);
+                if active {
+                    dev.end_capture()?;
+                }
+                Ok(())
+            }
+            GraphMode::Replay {
+                step,
+                segment,
+                eager,
+                ..
+            } => {
+                let ri = *step
+                    .segments
+                    .get(*segment)
+                    .ok_or_else(|| diverged("more attention calls"))?;
+                *segment += 1;
+                *eager = true;
+                drop(g);
+                dev.launch_segment(ri)
+            }
+        }
+    }
+
+    /// After attention: the next segment starts.
+    pub(crate) fn graph_segment_begin(&self) -> Result<()> {
+        let dev = self.device();
+        let mut g = dev.graph_state();
+        match &mut *g {
+            GraphMode::Off => Ok(()),
+            GraphMode::Capture(_) => {
+                drop(g);
+                dev.begin_capture()
+            }
+            GraphMode::Replay { eager, .. } => {
+                *eager = false;
+                Ok(())
+            }
+        }
+    }
+
+    /// When the host reads results: the last segment ends (and a capture is kept).
+    pub(crate) fn finish_graph_step(&self) -> Result<()> {
+        let dev = self.device();
+        let active = match &*dev.graph_state() {
+            GraphMode::Off => return Ok(()),
+            GraphMode::Capture(rec) => Some(rec.active),
+            GraphMode::Replay { .. } => None,
+        };
+        if let Some(active) = active {
+            let ended = if active { dev.end_capture() } else { Ok(()) };
+            let mode = std::mem::take(&mut *dev.graph_state());
+            let n = self.capturing.lock().ok().and_then(|mut c| c.take());
+            if let GraphMode::Capture(rec) = mode {
+                // A failed capture is freed (dropped) rather than kept.
+                let step = dev.finish_recording(rec);
+                if let (Ok(()), Some(n)) = (&ended, n) {
+                    if let Ok(mut g) = self.graphs.lock() {
+                        g.insert(n, Arc::new(step));
+                    }
+                }
+            }
+            return ended;
+        }
+        let mode = std::mem::take(&mut *dev.graph_state());
+        let GraphMode::Replay {
+            step,
+            cursor,
+            segment,
+            ..
+        } = mode
+        else {
+            return Ok(());
+        };
+        if cursor != step.allocs.len() || segment + 1 != step.segments.len() {
+            return Err(diverged(&format!(
+                "{cursor} of {} allocations, segment {segment} of {}",
+                step.allocs.len(),
+                step.segments.len()
+            )));
+        }
+        dev.launch_segment(step.segments[segment])?;
+        self.replays
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Leaves graph mode after a step that failed midway (a capture is discarded).
+    pub(crate) fn abandon_graph_step(&self) {
+        let dev = self.device();
+        let mode = std::mem::take(&mut *dev.graph_state());
+        if let GraphMode::Capture(rec) = mode {
+            if rec.active {
+                dev.abort_capture();
+            }
+            drop(dev.finish_recording(rec));
+            if let Ok(mut c) = self.capturing.lock() {
+                *c = None;
+            }
+        }
+    }
+
+    pub(crate) fn drop_graphs(&self) -> Result<()> {
+        self.device().synchronize()?;
+        if let Ok(mut g) = self.graphs.lock() {
+            g.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AscendBackend {
+    fn drop(&mut self) {
+        // Graphs hold the device; a replay state would keep it alive.
+        self.abandon_graph_step();
+        let _ = self.drop_graphs();
+    }
+}
