@@ -12,8 +12,8 @@ use rayon::prelude::*;
 
 use crate::sampling::{sample_row, SampleRow, Sampled};
 use crate::{
-    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost,
-    Result, StepMeta,
+    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost, Result,
+    StepMeta,
 };
 use attention::{PagedKv, TokenPlace};
 use matmul::{matmul_t, WeightRows};

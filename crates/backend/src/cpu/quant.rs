@@ -8,6 +8,7 @@
 //! rows of `x` (AVX2 + FMA chosen at run time, a portable twin otherwise); larger batches
 //! dequantise a panel of rows at a time and hand it to `gemm`.
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::matmul::{matmul_t, WeightRows};
@@ -38,9 +39,49 @@ pub struct QuantMatrix {
     /// `[count, groups + 1]`: stored columns of group `g` are `bounds[g]..bounds[g + 1]`.
     bounds: Vec<u32>,
     /// `[count, n, groups]`
-    scales: Vec<f32>,
-    /// `[count, n, groups]`: zero point times scale.
-    scaled_zeros: Vec<f32>,
+    scales: GroupValues,
+    /// `[count, n, groups]`
+    zeros: GroupValues,
+}
+
+/// Per-group values, in the narrowest type that holds them exactly: checkpoints store scales
+/// as F16 and zero points as small integers, which keeps them a few percent of the codes.
+#[derive(Clone, Debug, PartialEq)]
+enum GroupValues {
+    U8(Vec<u8>),
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl GroupValues {
+    fn narrowest(v: Vec<f32>) -> Self {
+        if v.iter()
+            .all(|&x| x.fract() == 0.0 && (0.0..=255.0).contains(&x))
+        {
+            GroupValues::U8(v.iter().map(|&x| x as u8).collect())
+        } else if v.iter().all(|&x| f16::from_f32(x).to_f32() == x) {
+            GroupValues::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+        } else {
+            GroupValues::F32(v)
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            GroupValues::U8(v) => v[i] as f32,
+            GroupValues::F16(v) => v[i].to_f32(),
+            GroupValues::F32(v) => v[i],
+        }
+    }
+
+    fn size_bytes(&self) -> usize {
+        match self {
+            GroupValues::U8(v) => v.len(),
+            GroupValues::F16(v) => 2 * v.len(),
+            GroupValues::F32(v) => 4 * v.len(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -108,17 +149,21 @@ impl QuantMatrix {
                 }
             });
         let mut scales = vec![0.0; count * n * groups];
-        let mut scaled_zeros = vec![0.0; count * n * groups];
+        let mut zeros = vec![0.0; count * n * groups];
         for e in 0..count {
             for g in 0..groups {
                 for o in 0..n {
                     let src = (e * groups + g) * n + o;
                     let dst = (e * n + o) * groups + g;
                     scales[dst] = h.scales[src];
-                    scaled_zeros[dst] = h.zeros[src] * h.scales[src];
+                    zeros[dst] = h.zeros[src];
                 }
             }
         }
+        let (scales, zeros) = (
+            GroupValues::narrowest(scales),
+            GroupValues::narrowest(zeros),
+        );
         Ok(Self {
             count,
             n,
@@ -130,7 +175,7 @@ impl QuantMatrix {
             perm,
             bounds,
             scales,
-            scaled_zeros,
+            zeros,
         })
     }
 
@@ -145,11 +190,8 @@ impl QuantMatrix {
 
     /// Bytes held: packed codes plus scales, zero points and the group layout.
     pub fn size_bytes(&self) -> u64 {
-        let words = self.perm.as_ref().map_or(0, Vec::len)
-            + self.bounds.len()
-            + self.scales.len()
-            + self.scaled_zeros.len();
-        (self.codes.len() + 4 * words) as u64
+        let words = self.perm.as_ref().map_or(0, Vec::len) + self.bounds.len();
+        (self.codes.len() + 4 * words + self.scales.size_bytes() + self.zeros.size_bytes()) as u64
     }
 
     fn bounds(&self, e: usize) -> &[u32] {
@@ -183,9 +225,9 @@ impl QuantMatrix {
         let b = self.bounds(e);
         let at = (e * self.n + o) * self.groups;
         for g in 0..self.groups {
-            let (s, sz) = (self.scales[at + g], self.scaled_zeros[at + g]);
+            let (s, z) = (self.scales.get(at + g), self.zeros.get(at + g));
             for v in &mut dst[b[g] as usize..b[g + 1] as usize] {
-                *v = *v * s - sz;
+                *v = (*v - z) * s;
             }
         }
     }
@@ -342,7 +384,8 @@ fn rows_generic<const FMA: bool>(
         for g in 0..groups {
             let (lo, hi) = (b[g] as usize, b[g + 1] as usize);
             let d = dot::<FMA>(&x[lo..hi], &wrow[lo..hi]);
-            total += w.scales[at + g] * d - w.scaled_zeros[at + g] * xsum[i * groups + g];
+            let (s, z) = (w.scales.get(at + g), w.zeros.get(at + g));
+            total += s * (d - z * xsum[i * groups + g]);
         }
         *a = total;
     }
@@ -557,10 +600,27 @@ mod tests {
     }
 
     #[test]
+    fn scales_and_zeros_that_need_f32_stay_f32() {
+        let mut w = make(2, 9, 20, 4, 8, true);
+        w.scales.iter_mut().for_each(|s| *s *= 1.000_1);
+        w.zeros.iter_mut().for_each(|z| *z += 0.1);
+        let h = w.host();
+        let q = QuantMatrix::from_host(&h).expect("packs");
+        assert!(matches!(q.scales, GroupValues::F32(_)));
+        assert!(matches!(q.zeros, GroupValues::F32(_)));
+        let x: Vec<f32> = (0..3 * 20).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut y = vec![0.0; 3 * 9];
+        q.matmul(1, &x, 3, &mut y);
+        for (a, b) in y.iter().zip(matmul_reference(&h, 1, &x, 3)) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn four_bit_codes_take_half_a_byte() {
         let w = make(1, 64, 256, 4, 128, false);
         let q = QuantMatrix::from_host(&w.host()).expect("packs");
-        // 64 × 256 / 2 bytes of codes, plus 2 groups × 64 rows × (scale, zero) and 3 bounds.
-        assert_eq!(q.size_bytes(), (64 * 128 + 4 * (2 * 64 * 2 + 3)) as u64);
+        // 64 × 256 / 2 bytes of codes, 2 groups × 64 rows × (F16 scale + U8 zero), 3 bounds.
+        assert_eq!(q.size_bytes(), (64 * 128 + 2 * 64 * 3 + 4 * 3) as u64);
     }
 }
