@@ -257,3 +257,72 @@ fn qweight_without_quantization_config_is_refused() {
     .expect_err("refused");
     assert!(msg.contains("has no quantization_config"), "{msg}");
 }
+
+/// Anonymous resident bytes of this process (loaded weights; the mmapped files are not anonymous).
+fn rss_anon() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The resident-memory figure on a 0.6B-shaped model and its GPTQ-int4 twin, written by
+/// `make_quant_fixtures.py --big DIR`: run with
+/// `QWEN3_QUANT_BIG=DIR cargo test -p qwen3-model --test quantized -- --ignored --nocapture`.
+#[test]
+#[ignore = "needs the 0.6B-shaped models (about 1.5 GB) from make_quant_fixtures.py --big"]
+fn resident_memory_of_a_0_6b_shaped_model() {
+    let Ok(dir) = std::env::var("QWEN3_QUANT_BIG") else {
+        panic!("set QWEN3_QUANT_BIG to the directory make_quant_fixtures.py --big wrote");
+    };
+    let dir = std::path::Path::new(&dir);
+    let mut figures = Vec::new();
+    for name in ["gptq-int4", "bf16"] {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(path.join("config.json")).expect("config");
+        let cfg = qwen3_model::config::ModelConfig::from_json_str(&text).expect("config");
+        let backend = CpuBackend::new();
+        let before = rss_anon();
+        let start = std::time::Instant::now();
+        let m = Qwen3::load(&backend, &path, cfg, WeightDType::BF16, Shard::WHOLE).expect("loads");
+        let load_s = start.elapsed().as_secs_f64();
+        let rss = rss_anon().saturating_sub(before);
+        // A decode step's worth of work: one token through every layer, timed (informative only).
+        let kv = backend
+            .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
+            .expect("kv");
+        let mut ex = qwen3_model::SingleExecutor::new(Worker {
+            backend,
+            model: m,
+            kv,
+        });
+        let b = single_seq_batch(&[1, 2, 3, 4], 0, true);
+        ex.logits(&b, &[3]).expect("prefill");
+        let t = std::time::Instant::now();
+        let steps = 5;
+        for i in 0..steps {
+            let b = single_seq_batch(&[5 + i as u32], 4 + i, false);
+            ex.logits(&b, &[0]).expect("decode");
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+        let bytes = ex.worker().model.weight_bytes();
+        eprintln!(
+            "{name}: weight bytes {:.1} MB, anonymous RSS after load +{:.1} MB, load {load_s:.1} s, decode {ms:.1} ms/token",
+            bytes as f64 / 1e6,
+            rss as f64 / 1e6
+        );
+        figures.push(bytes);
+    }
+    // Tied embedding 151936 × 1024 BF16 is the same in both.
+    let embed = 151_936u64 * 1024 * 2;
+    let (q, b) = (figures[0], figures[1]);
+    eprintln!(
+        "total {:.3} of BF16; without the shared BF16 embedding {:.3}",
+        q as f64 / b as f64,
+        (q - embed) as f64 / (b - embed) as f64
+    );
+    assert!(q < b / 2);
+}

@@ -4,9 +4,9 @@
 //! Inputs are stored sorted by group (act-order weights come with a permutation applied to the
 //! activations once per call), so each group is a contiguous run of columns. Then
 //! `y[o] = Σ_g scale[o,g] · (Σ_{j∈g} code[o,j]·x[j] − zero[o,g] · Σ_{j∈g} x[j])`:
-//! decode-sized batches unpack one weight row of codes and take per-group dot products for all
-//! rows of `x` (AVX2 + FMA chosen at run time, a portable twin otherwise); larger batches
-//! dequantise a panel of rows at a time and hand it to `gemm`.
+//! decode-sized batches read each weight row once for all rows of `x`, widening eight packed
+//! codes at a time in registers (AVX2 + FMA, chosen at run time; a portable twin unpacks the
+//! row to F32 first); larger batches dequantise a panel of rows at a time and hand it to `gemm`.
 
 use half::f16;
 use rayon::prelude::*;
@@ -362,9 +362,10 @@ impl QuantMatrix {
 /// Output `o` for every row of `x`: unpack the codes once, then per-group dot products.
 type RowsFn = fn(&QuantMatrix, usize, usize, &[f32], usize, &[f32], &mut [f32], &mut [f32; 8]);
 
-#[inline(always)]
+/// The portable kernel (and the twin the SIMD one is tested against): unpack one weight row
+/// of codes to F32, then per-group dot products.
 #[allow(clippy::too_many_arguments)]
-fn rows_generic<const FMA: bool>(
+fn rows_portable(
     w: &QuantMatrix,
     e: usize,
     o: usize,
@@ -383,7 +384,7 @@ fn rows_generic<const FMA: bool>(
         let mut total = 0.0f32;
         for g in 0..groups {
             let (lo, hi) = (b[g] as usize, b[g + 1] as usize);
-            let d = dot::<FMA>(&x[lo..hi], &wrow[lo..hi]);
+            let d = dot(&x[lo..hi], &wrow[lo..hi]);
             let (s, z) = (w.scales.get(at + g), w.zeros.get(at + g));
             total += s * (d - z * xsum[i * groups + g]);
         }
@@ -393,17 +394,13 @@ fn rows_generic<const FMA: bool>(
 
 /// Eight independent lanes, so the compiler vectorises without reassociating a single sum.
 #[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            lanes[l] = if FMA {
-                x[l].mul_add(y[l], lanes[l])
-            } else {
-                lanes[l] + x[l] * y[l]
-            };
+            lanes[l] += x[l] * y[l];
         }
     }
     let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
@@ -414,26 +411,17 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[allow(clippy::too_many_arguments)]
-fn rows_portable(
-    w: &QuantMatrix,
-    e: usize,
-    o: usize,
-    xp: &[f32],
-    m: usize,
-    xsum: &[f32],
-    wrow: &mut [f32],
-    acc: &mut [f32; GEMV_ROWS],
-) {
-    rows_generic::<false>(w, e, o, xp, m, xsum, wrow, acc)
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
+    use std::arch::x86_64::*;
 
+    /// Output `o` for every row of `x`, straight from the packed codes: eight codes at a time
+    /// are widened to F32 in registers (with 4 bits, stored columns `8w..8w + 8` are the eight
+    /// nibbles of little-endian word `w`) and multiplied into each row's sum.
+    ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
+    /// The CPU must support AVX2 and FMA; `xp` holds `m * k` floats, `m <= GEMV_ROWS`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn rows(
@@ -443,10 +431,73 @@ mod avx2 {
         xp: &[f32],
         m: usize,
         xsum: &[f32],
-        wrow: &mut [f32],
+        _wrow: &mut [f32],
         acc: &mut [f32; GEMV_ROWS],
     ) {
-        rows_generic::<true>(w, e, o, xp, m, xsum, wrow, acc)
+        let (k, groups) = (w.k, w.groups);
+        let r = e * w.n + o;
+        let row = &w.codes[r * w.row_bytes..(r + 1) * w.row_bytes];
+        let code = |j: usize| -> f32 {
+            if w.bits == 4 {
+                ((row[j / 2] >> (4 * (j & 1))) & 0x0f) as f32
+            } else {
+                row[j] as f32
+            }
+        };
+        let b = w.bounds(e);
+        let at = r * groups;
+        let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        let nibble = _mm256_set1_epi32(0x0f);
+        let mut total = [0.0f32; GEMV_ROWS];
+        for g in 0..groups {
+            let (lo, hi) = (b[g] as usize, b[g + 1] as usize);
+            let mut d = [0.0f32; GEMV_ROWS];
+            // Scalar up to a multiple of 8 (act-order slices may start anywhere).
+            let body = lo.next_multiple_of(8).min(hi);
+            for j in lo..body {
+                let c = code(j);
+                for (i, di) in d.iter_mut().enumerate().take(m) {
+                    *di += c * xp[i * k + j];
+                }
+            }
+            let end = body + (hi - body) / 8 * 8;
+            let mut sums = [_mm256_setzero_ps(); GEMV_ROWS];
+            let mut j = body;
+            while j < end {
+                // SAFETY: j + 8 <= hi <= k, so the 4 (or 8) code bytes and each row's 8
+                // floats at j are in bounds.
+                let ints = if w.bits == 4 {
+                    let word = (row.as_ptr().add(j / 2) as *const u32).read_unaligned();
+                    _mm256_and_si256(
+                        _mm256_srlv_epi32(_mm256_set1_epi32(word as i32), shifts),
+                        nibble,
+                    )
+                } else {
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(row.as_ptr().add(j) as *const __m128i))
+                };
+                let cv = _mm256_cvtepi32_ps(ints);
+                for (i, s) in sums.iter_mut().enumerate().take(m) {
+                    let xv = _mm256_loadu_ps(xp.as_ptr().add(i * k + j));
+                    *s = _mm256_fmadd_ps(xv, cv, *s);
+                }
+                j += 8;
+            }
+            for (i, di) in d.iter_mut().enumerate().take(m) {
+                let v = sums[i];
+                let q = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+                let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+                *di += _mm_cvtss_f32(q);
+                for jj in end..hi {
+                    *di += code(jj) * xp[i * k + jj];
+                }
+            }
+            let (sc, z) = (w.scales.get(at + g), w.zeros.get(at + g));
+            for i in 0..m {
+                total[i] += sc * (d[i] - z * xsum[i * groups + g]);
+            }
+        }
+        acc[..m].copy_from_slice(&total[..m]);
     }
 }
 
