@@ -43,17 +43,64 @@ fn invalid(msg: String) -> ModelError {
     ModelError::Invalid(msg)
 }
 
-/// Little-endian int32 words of a packed tensor, shape-checked.
-fn words(store: &WeightStore, name: &str, shape: &[usize]) -> Result<Vec<u32>, ModelError> {
-    let (dtype, bytes) = store.load_raw(name, shape)?;
+/// The part of a `[out, in]` linear one tensor-parallel rank holds: `(start, len)` of its
+/// outputs (column parallel) and of its inputs (row parallel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub out: (usize, usize),
+    pub inp: (usize, usize),
+}
+
+impl Window {
+    pub fn whole(out: usize, inp: usize) -> Self {
+        Self {
+            out: (0, out),
+            inp: (0, inp),
+        }
+    }
+}
+
+/// Little-endian int32 words of rows `rows` and columns `cols` of a packed `[r, c]` tensor,
+/// reading only the rows (or columns) asked for.
+fn words(
+    store: &WeightStore,
+    name: &str,
+    shape: [usize; 2],
+    rows: (usize, usize),
+    cols: (usize, usize),
+) -> Result<Vec<u32>, ModelError> {
+    let (dtype, bytes) = if cols == (0, shape[1]) {
+        store.load_raw_slice(name, &shape, 0, rows.0, rows.1)?
+    } else {
+        store.load_raw_slice(name, &shape, 1, cols.0, cols.1)?
+    };
     if dtype != DType::I32 {
         return Err(invalid(format!(
             "packed tensor `{name}` has dtype {dtype}; AWQ/GPTQ checkpoints store it as I32"
         )));
     }
-    Ok(bytes
+    let all: Vec<u32> = bytes
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if cols == (0, shape[1]) {
+        return Ok(all);
+    }
+    // Read by columns: keep the rows asked for.
+    Ok(all[rows.0 * cols.1..(rows.0 + rows.1) * cols.1].to_vec())
+}
+
+/// Rows `rows`, columns `cols` of a float `[r, c]` tensor (scales), as f32.
+fn floats(
+    store: &WeightStore,
+    name: &str,
+    shape: [usize; 2],
+    rows: (usize, usize),
+    cols: (usize, usize),
+) -> Result<Vec<f32>, ModelError> {
+    let v = store.load_f32_slice(name, &shape, 0, rows.0, rows.1)?;
+    Ok(v.chunks_exact(shape[1].max(1))
+        .flat_map(|r| r[cols.0..cols.0 + cols.1].iter().copied())
         .collect())
 }
 
@@ -80,18 +127,59 @@ fn group_indices(store: &WeightStore, name: &str, inp: usize) -> Result<Vec<u32>
         .collect()
 }
 
-/// Reads and unpacks the quantized linear `prefix` (`prefix.qweight`, ...) of logical shape
-/// `[out, inp]`.
+/// Group rows `(start, len)` of the scale table a rank needs for inputs `inp` of a layer with
+/// contiguous groups; an error if a group would be split between ranks.
+fn group_rows(
+    prefix: &str,
+    total_in: usize,
+    gs: usize,
+    groups: usize,
+    (start, len): (usize, usize),
+) -> Result<(usize, usize), ModelError> {
+    if groups == 1 {
+        return Ok((0, 1));
+    }
+    let end = start + len;
+    if !start.is_multiple_of(gs) || !(len.is_multiple_of(gs) || end == total_in) {
+        return Err(invalid(format!(
+            "tensor parallelism would split the quantization groups of `{prefix}`: a rank \
+             takes inputs {start}..{end} of {total_in}, but group_size is {gs}; use a tensor \
+             parallel size that leaves each rank whole groups"
+        )));
+    }
+    Ok((start / gs, end.div_ceil(gs) - start / gs))
+}
+
+fn check_aligned(
+    prefix: &str,
+    what: &str,
+    (start, len): (usize, usize),
+    unit: usize,
+) -> Result<(), ModelError> {
+    if start.is_multiple_of(unit) && len.is_multiple_of(unit) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "tensor parallelism would split the packed {what} of `{prefix}`: a rank takes \
+             {start}..{} but they are packed {unit} to an int32",
+            start + len
+        )))
+    }
+}
+
+/// Reads and unpacks this rank's `window` of the quantized linear `prefix` (`prefix.qweight`,
+/// ...) of logical shape `[out, inp]`.
 pub fn load_packed(
     store: &WeightStore,
     prefix: &str,
     out: usize,
     inp: usize,
     q: &QuantConfig,
+    window: Window,
 ) -> Result<Unpacked, ModelError> {
     match q.method {
-        QuantMethod::Awq => load_awq(store, prefix, out, inp, q),
-        QuantMethod::Gptq => load_gptq(store, prefix, out, inp, q),
+        QuantMethod::Awq => load_awq(store, prefix, out, inp, q, window),
+        QuantMethod::Gptq => load_gptq(store, prefix, out, inp, q, window),
     }
 }
 
@@ -101,6 +189,7 @@ fn load_awq(
     out: usize,
     inp: usize,
     q: &QuantConfig,
+    w: Window,
 ) -> Result<Unpacked, ModelError> {
     let gs = q.group_size.unwrap_or(inp);
     if !out.is_multiple_of(8) || !inp.is_multiple_of(gs) {
@@ -110,36 +199,46 @@ fn load_awq(
         )));
     }
     let groups = inp / gs;
-    let qweight = words(store, &format!("{prefix}.qweight"), &[inp, out / 8])?;
-    let mut codes = vec![0u8; out * inp];
-    for (idx, w) in qweight.iter().enumerate() {
-        let (i, c) = (idx / (out / 8), idx % (out / 8));
+    check_aligned(prefix, "outputs", w.out, 8)?;
+    let g = group_rows(prefix, inp, gs, groups, w.inp)?;
+    let ((o0, ol), (i0, il)) = (w.out, w.inp);
+    let words8 = (o0 / 8, ol / 8);
+    let qweight = words(
+        store,
+        &format!("{prefix}.qweight"),
+        [inp, out / 8],
+        (i0, il),
+        words8,
+    )?;
+    let mut codes = vec![0u8; ol * il];
+    for (idx, word) in qweight.iter().enumerate() {
+        let (i, c) = (idx / words8.1, idx % words8.1);
         for (p, &col) in AWQ_ORDER.iter().enumerate() {
-            codes[(c * 8 + col) * inp + i] = ((w >> (4 * p)) & 0xf) as u8;
+            codes[(c * 8 + col) * il + i] = ((word >> (4 * p)) & 0xf) as u8;
         }
     }
     let zname = format!("{prefix}.qzeros");
     let zeros = if store.contains(&zname) {
-        let qz = words(store, &zname, &[groups, out / 8])?;
-        let mut z = vec![0.0f32; groups * out];
-        for (idx, w) in qz.iter().enumerate() {
-            let (g, c) = (idx / (out / 8), idx % (out / 8));
+        let qz = words(store, &zname, [groups, out / 8], g, words8)?;
+        let mut z = vec![0.0f32; g.1 * ol];
+        for (idx, word) in qz.iter().enumerate() {
+            let (gi, c) = (idx / words8.1, idx % words8.1);
             for (p, &col) in AWQ_ORDER.iter().enumerate() {
-                z[g * out + c * 8 + col] = ((w >> (4 * p)) & 0xf) as f32;
+                z[gi * ol + c * 8 + col] = ((word >> (4 * p)) & 0xf) as f32;
             }
         }
         z
     } else {
-        vec![8.0; groups * out]
+        vec![8.0; g.1 * ol]
     };
-    let scales = store.load_f32(&format!("{prefix}.scales"), &[groups, out])?;
+    let scales = floats(store, &format!("{prefix}.scales"), [groups, out], g, w.out)?;
     Ok(Unpacked {
         count: 1,
-        out,
-        inp,
+        out: ol,
+        inp: il,
         bits: 4,
-        group_size: gs,
-        groups,
+        group_size: if groups == 1 { il } else { gs },
+        groups: g.1,
         codes,
         scales,
         zeros,
@@ -153,6 +252,7 @@ fn load_gptq(
     out: usize,
     inp: usize,
     q: &QuantConfig,
+    w: Window,
 ) -> Result<Unpacked, ModelError> {
     let bits = q.bits;
     let pack = (32 / bits) as usize;
@@ -165,30 +265,6 @@ fn load_gptq(
         )));
     }
     let groups = inp.div_ceil(gs);
-    let qweight = words(store, &format!("{prefix}.qweight"), &[inp / pack, out])?;
-    let mut codes = vec![0u8; out * inp];
-    for (idx, w) in qweight.iter().enumerate() {
-        let (r, o) = (idx / out, idx % out);
-        for p in 0..pack {
-            codes[o * inp + r * pack + p] = ((w >> (bits as usize * p)) & mask) as u8;
-        }
-    }
-    let off = if q.zero_point_off_by_one { 1.0 } else { 0.0 };
-    let zname = format!("{prefix}.qzeros");
-    let zeros = if store.contains(&zname) {
-        let qz = words(store, &zname, &[groups, out / pack])?;
-        let mut z = vec![0.0f32; groups * out];
-        for (idx, w) in qz.iter().enumerate() {
-            let (g, c) = (idx / (out / pack), idx % (out / pack));
-            for p in 0..pack {
-                z[g * out + c * pack + p] = ((w >> (bits as usize * p)) & mask) as f32 + off;
-            }
-        }
-        z
-    } else {
-        vec![(1u32 << (bits - 1)) as f32; groups * out]
-    };
-    let scales = store.load_f32(&format!("{prefix}.scales"), &[groups, out])?;
     let gname = format!("{prefix}.g_idx");
     let g_idx = if store.contains(&gname) {
         let g = group_indices(store, &gname, inp)?;
@@ -207,17 +283,58 @@ fn load_gptq(
     } else {
         None
     };
+    check_aligned(prefix, "outputs", w.out, pack)?;
+    check_aligned(prefix, "inputs", w.inp, pack)?;
+    // Act-order scatters every group over the inputs: each rank keeps the whole scale table
+    // and its inputs' group indices, as vLLM does.
+    let g = match g_idx {
+        Some(_) => (0, groups),
+        None => group_rows(prefix, inp, gs, groups, w.inp)?,
+    };
+    let ((o0, ol), (i0, il)) = (w.out, w.inp);
+    let rows = (i0 / pack, il / pack);
+    let qweight = words(
+        store,
+        &format!("{prefix}.qweight"),
+        [inp / pack, out],
+        rows,
+        w.out,
+    )?;
+    let mut codes = vec![0u8; ol * il];
+    for (idx, word) in qweight.iter().enumerate() {
+        let (r, o) = (idx / ol, idx % ol);
+        for p in 0..pack {
+            codes[o * il + r * pack + p] = ((word >> (bits as usize * p)) & mask) as u8;
+        }
+    }
+    let off = if q.zero_point_off_by_one { 1.0 } else { 0.0 };
+    let zname = format!("{prefix}.qzeros");
+    let zwords = (o0 / pack, ol / pack);
+    let zeros = if store.contains(&zname) {
+        let qz = words(store, &zname, [groups, out / pack], g, zwords)?;
+        let mut z = vec![0.0f32; g.1 * ol];
+        for (idx, word) in qz.iter().enumerate() {
+            let (gi, c) = (idx / zwords.1, idx % zwords.1);
+            for p in 0..pack {
+                z[gi * ol + c * pack + p] = ((word >> (bits as usize * p)) & mask) as f32 + off;
+            }
+        }
+        z
+    } else {
+        vec![(1u32 << (bits - 1)) as f32; g.1 * ol]
+    };
+    let scales = floats(store, &format!("{prefix}.scales"), [groups, out], g, w.out)?;
     Ok(Unpacked {
         count: 1,
-        out,
-        inp,
+        out: ol,
+        inp: il,
         bits,
-        group_size: gs,
-        groups,
+        group_size: if groups == 1 { il } else { gs },
+        groups: g.1,
         codes,
         scales,
         zeros,
-        g_idx,
+        g_idx: g_idx.map(|v| v[i0..i0 + il].to_vec()),
     })
 }
 
@@ -235,76 +352,6 @@ impl Unpacked {
             zeros: &self.zeros,
             g_idx: self.g_idx.as_deref(),
         }
-    }
-
-    /// Outputs `[start, start + len)` (column parallel) of a single matrix.
-    pub fn slice_out(&self, start: usize, len: usize) -> Unpacked {
-        let (out, inp) = (self.out, self.inp);
-        let codes = self.codes[start * inp..(start + len) * inp].to_vec();
-        let cols = |v: &[f32]| -> Vec<f32> {
-            v.chunks_exact(out)
-                .flat_map(|r| r[start..start + len].iter().copied())
-                .collect()
-        };
-        Unpacked {
-            out: len,
-            codes,
-            scales: cols(&self.scales),
-            zeros: cols(&self.zeros),
-            g_idx: self.g_idx.clone(),
-            ..self.clone_meta()
-        }
-    }
-
-    /// Inputs `[start, start + len)` (row parallel) of a single matrix `name`. Contiguous
-    /// groups must stay whole on each rank; act-order inputs keep their group indices and
-    /// every rank keeps the whole scale table, as vLLM does.
-    pub fn slice_in(&self, name: &str, start: usize, len: usize) -> Result<Unpacked, ModelError> {
-        let inp = self.inp;
-        let codes: Vec<u8> = self
-            .codes
-            .chunks_exact(inp)
-            .flat_map(|r| r[start..start + len].iter().copied())
-            .collect();
-        if let Some(g) = &self.g_idx {
-            return Ok(Unpacked {
-                inp: len,
-                codes,
-                scales: self.scales.clone(),
-                zeros: self.zeros.clone(),
-                g_idx: Some(g[start..start + len].to_vec()),
-                ..self.clone_meta()
-            });
-        }
-        if self.groups == 1 {
-            return Ok(Unpacked {
-                inp: len,
-                group_size: len,
-                codes,
-                scales: self.scales.clone(),
-                zeros: self.zeros.clone(),
-                ..self.clone_meta()
-            });
-        }
-        let gs = self.group_size;
-        if !start.is_multiple_of(gs) || !(len.is_multiple_of(gs) || start + len == inp) {
-            return Err(invalid(format!(
-                "tensor parallelism would split the quantization groups of `{name}`: a rank \
-                 takes inputs {start}..{} of {inp}, but group_size is {gs}; use a tensor \
-                 parallel size that leaves each rank whole groups",
-                start + len
-            )));
-        }
-        let (g0, g1) = (start / gs, (start + len).div_ceil(gs));
-        let rows = |v: &[f32]| v[g0 * self.out..g1 * self.out].to_vec();
-        Ok(Unpacked {
-            inp: len,
-            groups: g1 - g0,
-            codes,
-            scales: rows(&self.scales),
-            zeros: rows(&self.zeros),
-            ..self.clone_meta()
-        })
     }
 
     fn clone_meta(&self) -> Unpacked {

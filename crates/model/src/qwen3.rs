@@ -11,7 +11,7 @@ use qwen3_backend::{
 use crate::config::ModelConfig;
 use crate::error::{ConfigError, WeightError};
 use crate::quant::{QuantConfig, QuantError};
-use crate::quantized::{load_packed, Unpacked};
+use crate::quantized::{load_packed, Unpacked, Window};
 use crate::rope::rope_spec;
 use crate::weights::WeightStore;
 
@@ -228,14 +228,13 @@ impl<B: Backend> Loader<'_, B> {
                 "`{prefix}.qweight` is quantized, but config.json has no quantization_config"
             ))
         })?;
-        let u = load_packed(self.store, prefix, shape[0], shape[1], q)?;
-        if start == 0 && len == shape[dim] {
-            Ok(u)
-        } else if dim == 0 {
-            Ok(u.slice_out(start, len))
+        let mut window = Window::whole(shape[0], shape[1]);
+        if dim == 0 {
+            window.out = (start, len);
         } else {
-            u.slice_in(prefix, start, len)
+            window.inp = (start, len);
         }
+        load_packed(self.store, prefix, shape[0], shape[1], q, window)
     }
 
     /// Experts `0..n` of `model.layers.L.mlp.experts.E.<proj>.weight`, stacked, each sliced.

@@ -326,3 +326,36 @@ fn resident_memory_of_a_0_6b_shaped_model() {
     );
     assert!(q < b / 2);
 }
+
+#[test]
+fn a_tp_rank_reads_about_its_share_of_the_packed_weights() {
+    use qwen3_model::weights::WeightStore;
+    for model in [
+        "tiny-qwen3-awq",
+        "tiny-qwen3-gptq",
+        "tiny-qwen3-gptq-actorder",
+        "tiny-qwen3-moe-gptq",
+    ] {
+        let dir = fixtures().join(model);
+        let read = |shard: Shard| {
+            let store = WeightStore::open(&dir).expect("store");
+            Qwen3::load_from_store(
+                &CpuBackend::new(),
+                &store,
+                config(model, None),
+                WeightDType::BF16,
+                shard,
+            )
+            .expect("loads");
+            store.bytes_read()
+        };
+        let total = read(Shard::WHOLE);
+        let part = read(Shard { rank: 1, world: 2 });
+        // Norms, scales of column-parallel layers and act-order group tables are read whole;
+        // they are a few percent.
+        assert!(
+            part * 100 < total * 60,
+            "{model}: rank 1 of 2 read {part} of {total} bytes"
+        );
+    }
+}
