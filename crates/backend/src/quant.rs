@@ -68,6 +68,26 @@ impl QuantizedHost<'_> {
         (q - self.zeros[gi]) * self.scales[gi]
     }
 
+    /// For kernels that need contiguous groups of `group_size` (Ascend's antiquant group
+    /// size): the input order under which matrix `e`'s groups are consecutive runs of
+    /// `group_size` in group order, to apply to the activations and the codes alike; None when
+    /// no order does it (a tensor-parallel slice of an act-order weight, whose runs differ in
+    /// length). The identity without `g_idx`.
+    pub fn contiguous_order(&self, e: usize) -> Option<Vec<u32>> {
+        let k = self.in_features;
+        let Some(g) = self.g_idx else {
+            return Some((0..k as u32).collect());
+        };
+        let g = &g[e * k..(e + 1) * k];
+        let mut order: Vec<u32> = (0..k as u32).collect();
+        order.sort_by_key(|&i| g[i as usize]);
+        let runs_fit = order
+            .iter()
+            .enumerate()
+            .all(|(j, &i)| g[i as usize] as usize == j / self.group_size);
+        runs_fit.then_some(order)
+    }
+
     /// Checks sizes and ranges, so backends may index without further checks.
     pub fn validate(&self) -> Result<()> {
         let bad = |detail: String| {
@@ -163,6 +183,23 @@ mod tests {
             ..host(&codes, &s, &z)
         };
         assert!(bad_g.validate().is_err());
+        assert_eq!(h.contiguous_order(0), Some(vec![0, 1, 2]));
+        // Act-order: inputs 1 and 2 form group 0, input 0 group 1.
+        let act = [1u32, 0, 0];
+        let h_act = QuantizedHost {
+            g_idx: Some(&act),
+            ..host(&codes, &s, &z)
+        };
+        assert!(h_act.validate().is_ok());
+        assert_eq!(h_act.contiguous_order(0), Some(vec![1, 2, 0]));
+        assert_eq!(h_act.weight(0, 0, 0), (1.0 - 0.0) * 0.5);
+        // A slice whose groups hold 1 and 2 inputs cannot be runs of 2.
+        let uneven = [1u32, 0, 1];
+        let h_uneven = QuantizedHost {
+            g_idx: Some(&uneven),
+            ..host(&codes, &s, &z)
+        };
+        assert_eq!(h_uneven.contiguous_order(0), None);
         let three = QuantizedHost {
             bits: 3,
             ..host(&codes, &s, &z)
