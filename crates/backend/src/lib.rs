@@ -8,8 +8,10 @@
 
 pub mod comm;
 pub mod cpu;
+pub mod quant;
 pub mod sampling;
 
+pub use quant::QuantizedHost;
 use sampling::{SampleRow, Sampled};
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,16 @@ pub trait Backend: Send + Sync + 'static {
     fn memory_info(&self) -> Result<(u64, u64)>;
 
     fn upload(&self, data: HostData<'_>, shape: &[usize]) -> Result<Self::Tensor>;
+    /// A weight-only quantized weight (shape [`QuantizedHost::shape`]) that [`Self::linear`]
+    /// (and [`Self::moe`] for a stack of experts) accepts as it accepts a dense one. Backends
+    /// without quantized kernels keep this default.
+    fn upload_quantized(&self, w: &QuantizedHost<'_>) -> Result<Self::Tensor> {
+        Err(BackendError::Unsupported(format!(
+            "{}-bit weight-only quantization ({})",
+            w.bits,
+            self.name()
+        )))
+    }
     fn shape<'t>(&self, t: &'t Self::Tensor) -> &'t [usize];
     fn to_host_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// Device bytes a tensor occupies.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod executor;
 pub mod quant;
+pub mod quantized;
 pub mod qwen3;
 pub mod rope;
 pub mod tp;

@@ -10,6 +10,8 @@ use qwen3_backend::{
 
 use crate::config::ModelConfig;
 use crate::error::{ConfigError, WeightError};
+use crate::quant::{QuantConfig, QuantError};
+use crate::quantized::{load_packed, Unpacked, Window};
 use crate::rope::rope_spec;
 use crate::weights::WeightStore;
 
@@ -21,6 +23,8 @@ pub enum ModelError {
     Weights(#[from] WeightError),
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Quant(#[from] QuantError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -144,6 +148,8 @@ struct Loader<'a, B: Backend> {
     store: &'a WeightStore,
     backend: &'a B,
     dtype: WeightDType,
+    /// The checkpoint's quantization_config, if any.
+    quant: Option<QuantConfig>,
     bytes: u64,
 }
 
@@ -187,6 +193,50 @@ impl<B: Backend> Loader<'_, B> {
         Ok(t)
     }
 
+    /// The linear `prefix` of shape `[out, in]` (`prefix.weight`, or `prefix.qweight` and its
+    /// companions when quantized), `len` items from `start` along `dim`.
+    fn linear(
+        &mut self,
+        prefix: &str,
+        shape: &[usize],
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<B::Tensor, ModelError> {
+        if !self.is_quantized(prefix) {
+            return self.slice(&format!("{prefix}.weight"), shape, dim, start, len);
+        }
+        let u = self.unpack_slice(prefix, shape, dim, (start, len))?;
+        let t = self.backend.upload_quantized(&u.host())?;
+        self.bytes += self.backend.size_bytes(&t);
+        Ok(t)
+    }
+
+    fn is_quantized(&self, prefix: &str) -> bool {
+        self.store.contains(&format!("{prefix}.qweight"))
+    }
+
+    fn unpack_slice(
+        &self,
+        prefix: &str,
+        shape: &[usize],
+        dim: usize,
+        (start, len): (usize, usize),
+    ) -> Result<Unpacked, ModelError> {
+        let q = self.quant.as_ref().ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "`{prefix}.qweight` is quantized, but config.json has no quantization_config"
+            ))
+        })?;
+        let mut window = Window::whole(shape[0], shape[1]);
+        if dim == 0 {
+            window.out = (start, len);
+        } else {
+            window.inp = (start, len);
+        }
+        load_packed(self.store, prefix, shape[0], shape[1], q, window)
+    }
+
     /// Experts `0..n` of `model.layers.L.mlp.experts.E.<proj>.weight`, stacked, each sliced.
     fn stacked_experts(
         &mut self,
@@ -197,6 +247,19 @@ impl<B: Backend> Loader<'_, B> {
         dim: usize,
         (start, len): (usize, usize),
     ) -> Result<B::Tensor, ModelError> {
+        if self.is_quantized(&format!("{prefix}.experts.0.{proj}")) {
+            let parts = (0..n)
+                .map(|e| {
+                    let p = format!("{prefix}.experts.{e}.{proj}");
+                    self.unpack_slice(&p, shape, dim, (start, len))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let t = self
+                .backend
+                .upload_quantized(&Unpacked::stack(parts)?.host())?;
+            self.bytes += self.backend.size_bytes(&t);
+            return Ok(t);
+        }
         let mut out_shape = shape.to_vec();
         out_shape[dim] = len;
         let per = out_shape.iter().product::<usize>();
@@ -253,6 +316,7 @@ impl<B: Backend> Qwen3<B> {
             store,
             backend,
             dtype,
+            quant: QuantConfig::from_json(cfg.quantization_config.as_ref())?,
             bytes: 0,
         };
         let vocab = shard.range(v);
@@ -303,18 +367,18 @@ impl<B: Backend> Qwen3<B> {
                 }
                 let (is, il) = shard.range(i);
                 Mlp::Dense {
-                    gate: ld.slice(&format!("{p}.mlp.gate_proj.weight"), &[i, h], 0, is, il)?,
-                    up: ld.slice(&format!("{p}.mlp.up_proj.weight"), &[i, h], 0, is, il)?,
-                    down: ld.slice(&format!("{p}.mlp.down_proj.weight"), &[h, i], 1, is, il)?,
+                    gate: ld.linear(&format!("{p}.mlp.gate_proj"), &[i, h], 0, is, il)?,
+                    up: ld.linear(&format!("{p}.mlp.up_proj"), &[i, h], 0, is, il)?,
+                    down: ld.linear(&format!("{p}.mlp.down_proj"), &[h, i], 1, is, il)?,
                 }
             };
             layers.push(Layer {
                 input_norm: ld.full(&format!("{p}.input_layernorm.weight"), &[h])?,
                 post_attn_norm: ld.full(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                q: ld.slice(&format!("{a}.q_proj.weight"), &[hq * d, h], 0, qs, qn)?,
-                k: ld.slice(&format!("{a}.k_proj.weight"), &[hkv * d, h], 0, ks, kn)?,
-                v: ld.slice(&format!("{a}.v_proj.weight"), &[hkv * d, h], 0, ks, kn)?,
-                o: ld.slice(&format!("{a}.o_proj.weight"), &[h, hq * d], 1, qs, qn)?,
+                q: ld.linear(&format!("{a}.q_proj"), &[hq * d, h], 0, qs, qn)?,
+                k: ld.linear(&format!("{a}.k_proj"), &[hkv * d, h], 0, ks, kn)?,
+                v: ld.linear(&format!("{a}.v_proj"), &[hkv * d, h], 0, ks, kn)?,
+                o: ld.linear(&format!("{a}.o_proj"), &[h, hq * d], 1, qs, qn)?,
                 q_norm: ld.full(&format!("{a}.q_norm.weight"), &[d])?,
                 k_norm: ld.full(&format!("{a}.k_norm.weight"), &[d])?,
                 mlp,

@@ -410,6 +410,36 @@ impl WeightStore {
         Ok((dtype, bytes))
     }
 
+    /// Raw bytes of items `[start, start + len)` along `dim` of a tensor of `full_shape`, any
+    /// supported dtype (packed int32 quantized weights sliced for a tensor-parallel rank).
+    pub fn load_raw_slice(
+        &self,
+        name: &str,
+        full_shape: &[usize],
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<(DType, Vec<u8>), WeightError> {
+        let e = self.entry(name)?;
+        let dtype = self.dtype(name, e)?;
+        self.check_shape(name, e, full_shape)?;
+        let size = dtype.size_bytes();
+        let runs = slice_runs(name, e, size, dim, start, len)?;
+        let src = self.data(e)?;
+        let run_bytes = runs.elems * size;
+        let mut out = Vec::with_capacity(runs.count * run_bytes);
+        for r in 0..runs.count {
+            let off = runs.first + r * runs.stride;
+            let run = src
+                .get(off..off + run_bytes)
+                .ok_or_else(|| corrupt(&self.path(e), "a slice lies outside its tensor".into()))?;
+            out.extend_from_slice(run);
+        }
+        self.bytes_read
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok((dtype, out))
+    }
+
     fn entry(&self, name: &str) -> Result<&Entry, WeightError> {
         self.tensors
             .get(name)

@@ -164,7 +164,8 @@ pub struct ModelArgs {
     /// Download from ModelScope instead of the Hugging Face hub (also VLLM_USE_MODELSCOPE=True).
     #[arg(long)]
     pub use_modelscope: bool,
-    /// Quantization method; detected from the model's quantization_config when absent.
+    /// Quantization method (awq, gptq: 4-bit, GPTQ also 8-bit); detected from the model's
+    /// quantization_config when absent, and checked against it when given.
     #[arg(long, short = 'q')]
     pub quantization: Option<String>,
     /// Seed for requests that give none.

@@ -107,18 +107,21 @@ fn validate_tp(config: &ModelConfig, world: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Quantized checkpoints are recognised and checked against --quantization; running them is
-/// not implemented yet.
+/// Quantized (AWQ / GPTQ) checkpoints are recognised and checked against --quantization; the
+/// loader unpacks them (the backend must support weight-only quantized weights).
 fn check_quantization(config: &ModelConfig, flag: Option<&str>) -> anyhow::Result<()> {
     use qwen3_model::quant::QuantConfig;
     let q = QuantConfig::from_json(config.quantization_config.as_ref())?;
     QuantConfig::check_flag(q.as_ref(), flag)?;
     if let Some(q) = q {
-        bail!(
-            "the model is quantized with {} ({}-bit, group size {}); quantized weights are not supported by this build yet",
-            q.method.name(),
-            q.bits,
-            q.group_size.map_or("all inputs".to_string(), |g| g.to_string())
+        tracing::info!(
+            method = q.method.name(),
+            bits = q.bits,
+            group_size = q
+                .group_size
+                .map_or("all inputs".to_string(), |g| g.to_string()),
+            act_order = q.act_order,
+            "quantized model"
         );
     }
     Ok(())
@@ -729,4 +732,29 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_config(name: &str) -> ModelConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(name)
+            .join("config.json");
+        ModelConfig::from_json_str(&std::fs::read_to_string(path).expect("config")).expect("parses")
+    }
+
+    #[test]
+    fn quantized_models_are_accepted_and_the_flag_checked() {
+        let awq = fixture_config("tiny-qwen3-awq");
+        assert!(check_quantization(&awq, None).is_ok());
+        assert!(check_quantization(&awq, Some("awq")).is_ok());
+        let e = check_quantization(&awq, Some("gptq")).expect_err("mismatch");
+        assert!(e.to_string().contains("quantized with awq"), "{e}");
+        let dense = fixture_config("tiny-qwen3");
+        let e = check_quantization(&dense, Some("gptq")).expect_err("not quantized");
+        assert!(e.to_string().contains("no quantization_config"), "{e}");
+    }
 }

@@ -5,13 +5,15 @@ pub mod attention;
 pub mod comm;
 pub mod gemv;
 pub mod matmul;
+pub mod quant;
 
 use half::bf16;
 use rayon::prelude::*;
 
 use crate::sampling::{sample_row, SampleRow, Sampled};
 use crate::{
-    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, Result, StepMeta,
+    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost, Result,
+    StepMeta,
 };
 use attention::{PagedKv, TokenPlace};
 use matmul::{matmul_t, WeightRows};
@@ -20,6 +22,8 @@ use matmul::{matmul_t, WeightRows};
 pub enum CpuData {
     F32(Vec<f32>),
     BF16(Vec<bf16>),
+    /// Weight-only quantized, packed (see [`quant`]).
+    Quant(Box<quant::QuantMatrix>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -54,14 +58,14 @@ impl CpuTensor {
     pub fn f32(&self, op: &'static str) -> Result<&[f32]> {
         match &self.data {
             CpuData::F32(v) => Ok(v),
-            CpuData::BF16(_) => Err(shape_err(op, "expected an F32 activation".into())),
+            _ => Err(shape_err(op, "expected an F32 activation".into())),
         }
     }
 
     fn f32_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
         match &mut self.data {
             CpuData::F32(v) => Ok(v),
-            CpuData::BF16(_) => Err(shape_err(op, "expected an F32 activation".into())),
+            _ => Err(shape_err(op, "expected an F32 activation".into())),
         }
     }
 
@@ -69,6 +73,8 @@ impl CpuTensor {
         match &self.data {
             CpuData::F32(v) => WeightRows::F32(v),
             CpuData::BF16(v) => WeightRows::BF16(v),
+            // Quantized weights are dispatched before any caller asks for rows.
+            CpuData::Quant(_) => WeightRows::F32(&[]),
         }
     }
 
@@ -76,6 +82,7 @@ impl CpuTensor {
         match &self.data {
             CpuData::F32(v) => v[i],
             CpuData::BF16(v) => v[i].to_f32(),
+            CpuData::Quant(q) => q.get(i),
         }
     }
 
@@ -89,6 +96,17 @@ impl CpuTensor {
         match &self.data {
             CpuData::F32(v) => WeightRows::F32(&v[i * n..(i + 1) * n]),
             CpuData::BF16(v) => WeightRows::BF16(&v[i * n..(i + 1) * n]),
+            CpuData::Quant(_) => WeightRows::F32(&[]),
+        }
+    }
+
+    /// `out[m, rows] = x[m, cols] @ W_i^T` for matrix `i` of a stacked `[count, rows, cols]`
+    /// weight, dense or quantized.
+    fn stacked_matmul(&self, i: usize, x: &[f32], m: usize, rows: usize, out: &mut [f32]) {
+        let cols = x.len() / m.max(1);
+        match &self.data {
+            CpuData::Quant(q) => q.matmul(i, x, m, out),
+            _ => matmul_t(x, m, cols, self.stacked(i, rows, cols), rows, out),
         }
     }
 
@@ -217,6 +235,14 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn upload_quantized(&self, w: &QuantizedHost<'_>) -> Result<CpuTensor> {
+        let q = quant::QuantMatrix::from_host(w)?;
+        Ok(CpuTensor {
+            shape: q.shape(),
+            data: CpuData::Quant(Box::new(q)),
+        })
+    }
+
     fn shape<'t>(&self, t: &'t CpuTensor) -> &'t [usize] {
         &t.shape
     }
@@ -225,13 +251,15 @@ impl Backend for CpuBackend {
         Ok(match &t.data {
             CpuData::F32(v) => v.clone(),
             CpuData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            CpuData::Quant(q) => q.to_f32(),
         })
     }
 
     fn size_bytes(&self, t: &CpuTensor) -> u64 {
-        let elem = match t.data {
+        let elem = match &t.data {
             CpuData::F32(_) => 4,
             CpuData::BF16(_) => 2,
+            CpuData::Quant(q) => return q.size_bytes(),
         };
         (t.len() * elem) as u64
     }
@@ -320,6 +348,9 @@ impl Backend for CpuBackend {
                             *a = b.to_f32();
                         }
                     }
+                    CpuData::Quant(_) => {
+                        return Err(shape_err("embedding", "a quantized table".into()))
+                    }
                 }
             }
         }
@@ -398,6 +429,7 @@ impl Backend for CpuBackend {
             CpuData::BF16(wb) if m <= gemv::MAX_ROWS => {
                 gemv::gemv_bf16(x.f32("linear")?, m, k, wb, n, &mut out)
             }
+            CpuData::Quant(q) => q.matmul(0, x.f32("linear")?, m, &mut out),
             _ => matmul_t(x.f32("linear")?, m, k, w.weight_rows(), n, &mut out),
         }
         let mut shape = x.shape.clone();
@@ -632,34 +664,13 @@ impl Backend for CpuBackend {
             }
             let mut g = vec![0.0; m * inter];
             let mut u = vec![0.0; m * inter];
-            matmul_t(
-                &xe,
-                m,
-                hidden,
-                e.gate.stacked(i, inter, hidden),
-                inter,
-                &mut g,
-            );
-            matmul_t(
-                &xe,
-                m,
-                hidden,
-                e.up.stacked(i, inter, hidden),
-                inter,
-                &mut u,
-            );
+            e.gate.stacked_matmul(i, &xe, m, inter, &mut g);
+            e.up.stacked_matmul(i, &xe, m, inter, &mut u);
             for (a, b) in g.iter_mut().zip(&u) {
                 *a = silu(*a) * b;
             }
             let mut y = vec![0.0; m * hidden];
-            matmul_t(
-                &g,
-                m,
-                inter,
-                e.down.stacked(i, hidden, inter),
-                hidden,
-                &mut y,
-            );
+            e.down.stacked_matmul(i, &g, m, hidden, &mut y);
             for (r, &(t, w)) in routed.iter().enumerate() {
                 for (o, v) in out[t * hidden..(t + 1) * hidden]
                     .iter_mut()
