@@ -48,7 +48,6 @@ fn doctor(args: &cli::DoctorArgs) -> anyhow::Result<()> {
         Ok(c) => c,
         Err(e) => {
             println!("CANN: not usable: {e}");
-            println!("searched: {:?}", ascend_sys::Cann::search_dirs());
             anyhow::bail!("doctor: CANN could not be loaded");
         }
     };
