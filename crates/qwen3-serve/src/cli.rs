@@ -171,6 +171,9 @@ pub struct ModelArgs {
     /// Seed for requests that give none.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// NPU: run every decode step eagerly instead of replaying captured graphs.
+    #[arg(long)]
+    pub enforce_eager: bool,
     /// CPU threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub cpu_threads: Option<usize>,

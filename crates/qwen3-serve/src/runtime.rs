@@ -360,7 +360,15 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
             )?
         }
         Placement::Npu { cann, devices } => {
-            let backend_opts = qwen3_backend_ascend::AscendOptions::default();
+            // Decode graphs cut the host time between launches; the backend captures only
+            // single-rank decode steps and falls back to eager where CANN cannot capture.
+            let backend_opts = qwen3_backend_ascend::AscendOptions {
+                graph_capture: !args.enforce_eager,
+                ..Default::default()
+            };
+            if args.enforce_eager {
+                info!("--enforce-eager: decode graphs off");
+            }
             let executor = Resizable::Npu(qwen3_model::build_ascend::ascend_executor_resizable(
                 &opts,
                 Arc::clone(cann),

@@ -50,6 +50,9 @@ fn npu_and_auto_pick_the_emulated_npu_and_match_the_cpu() {
     assert!(log.contains("KV cache:"), "{log}");
     assert_eq!(npu, cpu);
     assert!(!cpu.trim().is_empty());
+    let (eager, log) = generate("npu", &["--dtype", "float32", "--enforce-eager"]);
+    assert!(log.contains("decode graphs off"), "{log}");
+    assert_eq!(eager, cpu);
 
     let (auto, log) = generate(
         "auto",
