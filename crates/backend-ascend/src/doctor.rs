@@ -482,7 +482,16 @@ fn moe<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
 }
 
 fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
-    let logits = up(b, &data(3 * 50, 24), &[3, 50])?;
+    let logits = up(b, &data(4 * 50, 24), &[4, 50])?;
+    let full = SamplingParams {
+        top_k: 0,
+        top_p: 0.9,
+        temperature: 0.7,
+        frequency_penalty: 0.3,
+        repetition_penalty: 1.1,
+        logprobs: Some(3),
+        ..SamplingParams::default()
+    };
     let greedy = SamplingParams::greedy();
     let topk = SamplingParams {
         top_k: 5,
@@ -511,11 +520,24 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             suppressed: &[],
             rng_seed: 3,
         },
+        // Penalties and logprobs: the full row goes to the host.
+        SampleRow {
+            params: &full,
+            prompt_tokens: &[4, 9],
+            output_tokens: &[9, 9, 30],
+            suppressed: &[],
+            rng_seed: 4,
+        },
     ];
-    Ok(b.sample(&logits, &rows)?
-        .iter()
-        .map(|s| s.token as f32)
-        .collect())
+    let mut out = Vec::new();
+    for s in b.sample(&logits, &rows)? {
+        out.push(s.token as f32);
+        out.extend(s.logprob);
+        for (t, l) in s.top_logprobs {
+            out.extend([t as f32, l]);
+        }
+    }
+    Ok(out)
 }
 
 fn cases() -> Vec<Case> {
@@ -530,7 +552,7 @@ fn cases() -> Vec<Case> {
         // The NPU keeps K/V and runs attention in BF16.
         case!("attention", 2e-2, attention),
         case!("moe", 1e-4, moe),
-        case!("sample", 0.0, sample),
+        case!("sample", 1e-6, sample),
     ]
 }
 
