@@ -433,7 +433,7 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
     let v = s
         .upload(D::ACL_BF16, &[3, h as i64, d as i64], &bf16_bytes(&vx))
         .unwrap();
-    let slots = [17i32, -1, 3];
+    let slots = [17i32, 0, 3];
     let sm = s.upload(D::ACL_INT32, &[3], &i32_bytes(&slots)).unwrap();
     let mode = CString::new("Norm").unwrap();
     // SAFETY: live descriptors.
@@ -473,35 +473,38 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
     }
     assert_eq!(gk, wk);
     assert_eq!(gv, wv);
-    // A slot beyond the cache fails at execution and counts as out-of-bounds.
-    let bad = s
-        .upload(D::ACL_INT32, &[3], &i32_bytes(&[0, 1, 32]))
+    // Slots beyond the cache, negative (padding is not skipped: the docs require
+    // [0, blocks*block_size)) or repeated fail at execution.
+    let mut bads = Vec::new();
+    for slots in [[0, 1, 32], [0, -1, 2], [4, 5, 4]] {
+        let bad = s.upload(D::ACL_INT32, &[3], &i32_bytes(&slots)).unwrap();
+        // SAFETY: live descriptors.
+        s.run_op(
+            "spkv",
+            |w, e| unsafe {
+                (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(
+                    k.tensor,
+                    kc.tensor,
+                    bad.tensor,
+                    v.tensor,
+                    vc.tensor,
+                    null(),
+                    null(),
+                    null(),
+                    mode.as_ptr() as *mut _,
+                    std::ptr::null_mut(),
+                    null(),
+                    null(),
+                    w,
+                    e,
+                )
+            },
+            ops.aclnnScatterPaKvCache.unwrap(),
+        )
         .unwrap();
-    // SAFETY: live descriptors.
-    s.run_op(
-        "spkv",
-        |w, e| unsafe {
-            (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(
-                k.tensor,
-                kc.tensor,
-                bad.tensor,
-                v.tensor,
-                vc.tensor,
-                null(),
-                null(),
-                null(),
-                mode.as_ptr() as *mut _,
-                std::ptr::null_mut(),
-                null(),
-                null(),
-                w,
-                e,
-            )
-        },
-        ops.aclnnScatterPaKvCache.unwrap(),
-    )
-    .unwrap();
-    assert!(s.sync().is_err());
+        assert!(s.sync().is_err(), "{slots:?}");
+        bads.push(bad);
+    }
     // Another cache mode is rejected in phase 1.
     let nz = CString::new("PA_NZ").unwrap();
     let (mut ws, mut ex) = (0, std::ptr::null_mut());
@@ -525,11 +528,12 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
         )
     };
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
-    for t in [kc, vc, k, v, sm, bad] {
+    for t in [kc, vc, k, v, sm].into_iter().chain(bads) {
         s.release(t).unwrap();
     }
     let st = s.finish().unwrap();
-    assert_eq!(st.oob_accesses, 1);
+    assert_eq!(st.oob_accesses, 2);
+    assert_eq!(st.exec_errors, 3);
     assert_eq!(st.leaks(), 0);
 }
 
