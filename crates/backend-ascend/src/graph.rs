@@ -14,6 +14,35 @@ use qwen3_backend::{BackendError, Result, StepMeta};
 use crate::mem::{GraphMode, Recording};
 use crate::AscendBackend;
 
+/// A decode step padded up to a captured size with one-token dummy sequences: token 0 at
+/// position 0, writing its K/V to its own slot of block 0 (the engine's null block, which
+/// no sequence reads) and attending to one slot there. Rows are independent, so the real
+/// sequences' results do not change; the model only ever selects their rows.
+pub(crate) struct Padded {
+    token_ids: Vec<u32>,
+    positions: Vec<u32>,
+    slot_mapping: Vec<u32>,
+    query_start: Vec<u32>,
+    query_len: Vec<u32>,
+    context_len: Vec<u32>,
+    block_tables: Vec<u32>,
+}
+
+impl Padded {
+    pub(crate) fn meta<'a>(&'a self, m: &StepMeta<'a>) -> StepMeta<'a> {
+        StepMeta {
+            token_ids: &self.token_ids,
+            positions: &self.positions,
+            slot_mapping: &self.slot_mapping,
+            query_start: &self.query_start,
+            query_len: &self.query_len,
+            context_len: &self.context_len,
+            block_tables: &self.block_tables,
+            ..*m
+        }
+    }
+}
+
 fn diverged(what: &str) -> BackendError {
     BackendError::Device(format!("graph replay diverged from its capture: {what}"))
 }
@@ -37,6 +66,52 @@ impl AscendBackend {
 
     pub(crate) fn in_graph_mode(&self) -> bool {
         !matches!(&*self.device().graph_state(), GraphMode::Off)
+    }
+
+    /// The padded form of a pure-decode step whose size is below a captured size.
+    pub(crate) fn graph_padding(&self, m: &StepMeta<'_>) -> Option<Padded> {
+        let n = m.token_ids.len();
+        if !self.opts.graph_capture
+            || n == 0
+            || m.max_blocks_per_seq == 0
+            || m.query_len.len() != n
+            || !m.query_len.iter().all(|&l| l == 1)
+            || self.opts.capture_batch_sizes.contains(&n)
+        {
+            return None;
+        }
+        let size = self
+            .opts
+            .capture_batch_sizes
+            .iter()
+            .copied()
+            .filter(|&s| s > n)
+            .min()?;
+        let extra = size - n;
+        if extra > m.block_size {
+            return None;
+        }
+        let mut p = Padded {
+            token_ids: m.token_ids.to_vec(),
+            positions: m.positions.to_vec(),
+            slot_mapping: m.slot_mapping.to_vec(),
+            query_start: m.query_start.to_vec(),
+            query_len: m.query_len.to_vec(),
+            context_len: m.context_len.to_vec(),
+            block_tables: m.block_tables.to_vec(),
+        };
+        for i in 0..extra {
+            p.token_ids.push(0);
+            p.positions.push(0);
+            // Distinct slots: K/V writes may not share one.
+            p.slot_mapping.push(i as u32);
+            p.query_start.push((n + i) as u32);
+            p.query_len.push(1);
+            p.context_len.push(1);
+            p.block_tables
+                .extend(std::iter::repeat_n(0, m.max_blocks_per_seq));
+        }
+        Some(p)
     }
 
     fn graph_eligible(&self, m: &StepMeta<'_>) -> bool {

@@ -672,6 +672,10 @@ impl Backend for AscendBackend {
     }
 
     fn prepare_step(&self, m: &StepMeta<'_>) -> Result<AscendStep> {
+        // A decode batch smaller than a captured size runs as that size, padded.
+        let padded = self.graph_padding(m);
+        let padded_meta = padded.as_ref().map(|p| p.meta(m));
+        let m = padded_meta.as_ref().unwrap_or(m);
         let n = m.token_ids.len();
         let seqs = m.query_len.len();
         if m.positions.len() != n

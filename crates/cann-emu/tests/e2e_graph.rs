@@ -17,11 +17,12 @@ fn executor(
     device: i32,
     dtype: WeightDType,
     graph: bool,
+    sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
     let opts = AscendOptions {
         kv_cache_f32: dtype == WeightDType::F32,
         graph_capture: graph,
-        capture_batch_sizes: vec![2],
+        capture_batch_sizes: sizes.to_vec(),
         ..AscendOptions::default()
     };
     let backend = AscendBackend::with_options(Arc::clone(&emu.cann), device, opts).expect("device");
@@ -102,14 +103,15 @@ fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
     all
 }
 
-fn graph_equals_eager(dtype: WeightDType) {
+/// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
+fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
     let emu = Emu::new();
     let eager = {
-        let mut ex = executor(&emu, 0, dtype, false);
+        let mut ex = executor(&emu, 0, dtype, false, &[]);
         run(&mut ex, 6)
     };
     let graph = {
-        let mut ex = executor(&emu, 1, dtype, true);
+        let mut ex = executor(&emu, 1, dtype, true, sizes);
         let out = run(&mut ex, 6);
         assert_eq!(
             ex.worker().backend.captured_graphs(),
@@ -138,12 +140,18 @@ fn graph_equals_eager(dtype: WeightDType) {
 
 #[test]
 fn graph_decode_equals_eager_fused_attention() {
-    graph_equals_eager(WeightDType::BF16);
+    graph_equals_eager(WeightDType::BF16, &[2]);
 }
 
 #[test]
 fn graph_decode_equals_eager_f32_attention() {
-    graph_equals_eager(WeightDType::F32);
+    graph_equals_eager(WeightDType::F32, &[2]);
+}
+
+#[test]
+fn padded_graph_decode_equals_eager() {
+    graph_equals_eager(WeightDType::BF16, &[1, 4]);
+    graph_equals_eager(WeightDType::F32, &[4]);
 }
 
 #[test]
