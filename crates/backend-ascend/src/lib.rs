@@ -1047,6 +1047,8 @@ impl Backend for AscendBackend {
     }
 
     fn alloc_kv_cache(&self, s: KvCacheShape) -> Result<AscendKvCache> {
+        // Captured steps write into the old cache's addresses.
+        self.drop_graphs()?;
         let shape = [s.num_blocks, s.block_size, s.num_kv_heads, s.head_dim];
         let dt = self.kv_dt();
         let bytes = shape.iter().product::<usize>() * dt.size();

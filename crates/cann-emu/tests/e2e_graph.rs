@@ -191,3 +191,21 @@ fn engine_with_graph_capture_matches_goldens() {
     stop(e);
     emu.assert_clean();
 }
+
+/// Graphs write into the KV cache's addresses: a resize drops them, and the next decode
+/// steps capture again and give the same results.
+#[test]
+fn kv_resize_drops_captured_graphs() {
+    let emu = Emu::new();
+    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[2]);
+    let first = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    ex.resize_kv(4, BLOCK_SIZE).expect("resize");
+    assert_eq!(ex.worker().backend.captured_graphs(), 0);
+    let second = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    assert_eq!(ex.worker().backend.graph_replays(), 4);
+    assert_eq!(first, second);
+    drop(ex);
+    emu.assert_clean();
+}
