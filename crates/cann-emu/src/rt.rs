@@ -145,7 +145,7 @@ impl Stream {
         loop {
             let t = lock(&self.queue).pop_front();
             let Some(t) = t else { return Ok(()) };
-            if let Err(e) = t() {
+            if let Err(e) = crate::state::no_panic("stream task", || t()) {
                 bump(&STATS.exec_errors);
                 lock(&self.queue).clear();
                 return Err(e);
