@@ -303,3 +303,52 @@ fn captured_graph_replays_reading_device_memory_at_execution() {
     assert_eq!(st.capture_violations, 2);
     assert_eq!(st.ops_executed, 3);
 }
+
+#[test]
+fn ranks_passing_different_counts_get_an_error_not_a_hang() {
+    let s = Session::new().unwrap();
+    let cann = Arc::new(ascend_sys::Cann::load_from([lib_dir().unwrap()]).unwrap());
+    let mut root = HcclRootInfo::default();
+    // SAFETY: a valid out-pointer.
+    unsafe { (cann.hccl().unwrap().HcclGetRootInfo)(&mut root) };
+    let rcs: Vec<i32> = (0..2u32)
+        .map(|rank| {
+            let cann = cann.clone();
+            std::thread::spawn(move || {
+                let (acl, h) = (&cann.acl, cann.hccl().unwrap());
+                // SAFETY: plain calls with valid pointers; 16-byte buffers.
+                unsafe {
+                    (acl.aclrtSetDevice)(rank as i32);
+                    let mut stream = std::ptr::null_mut();
+                    (acl.aclrtCreateStream)(&mut stream);
+                    let mut comm = std::ptr::null_mut();
+                    (h.HcclCommInitRootInfo)(2, &root, rank, &mut comm);
+                    let mut p = std::ptr::null_mut();
+                    (acl.aclrtMalloc)(&mut p, 16, aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST);
+                    let count = if rank == 0 { 4 } else { 2 };
+                    let st = (h.HcclAllReduce)(
+                        p,
+                        p,
+                        count,
+                        HcclDataType::HCCL_DATA_TYPE_FP32,
+                        HcclReduceOp::HCCL_REDUCE_SUM,
+                        comm,
+                        stream,
+                    );
+                    assert_eq!(st, HcclResult::HCCL_SUCCESS);
+                    let rc = (acl.aclrtSynchronizeStream)(stream);
+                    (acl.aclrtFree)(p);
+                    (h.HcclCommDestroy)(comm);
+                    (acl.aclrtDestroyStream)(stream);
+                    rc
+                }
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(rcs.iter().all(|&rc| rc != 0), "{rcs:?}");
+    let st = s.finish().unwrap();
+    assert_eq!((st.leaks(), st.exec_errors), (0, 2));
+}
