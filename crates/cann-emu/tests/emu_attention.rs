@@ -37,6 +37,9 @@ struct Fx {
     qv: Vec<f32>,
     kv: Vec<f32>,
     vv: Vec<f32>,
+    /// Pass the caches as [blocks, KV_N, blockSize, D] (BnNBsD) instead of
+    /// [blocks, blockSize, KV_N*D] (BnBsH): the same buffers, read differently.
+    bnbsd: bool,
 }
 
 fn mask_bytes(inverted: bool) -> Vec<u8> {
@@ -99,6 +102,7 @@ fn setup(s: &Session, t: usize, table: &[i32], inverted_mask: bool) -> Fx {
         qv,
         kv,
         vv,
+        bnbsd: false,
     }
 }
 
@@ -109,7 +113,15 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
     let mut qs = 0usize;
     for (b, (&qe, &kvl)) in cu_q.iter().zip(kv_lens).enumerate() {
         let (ql, kvl) = (qe as usize - qs, kvl as usize);
-        let slot = |j: usize| table[b * 2 + j / BS] as usize * BS + j % BS;
+        // Element `e` of kv head `kh` of key `j` of this sequence, in either cache layout.
+        let at = |j: usize, kh: usize, e: usize| {
+            let (blk, off) = (table[b * 2 + j / BS] as usize, j % BS);
+            if fx.bnbsd {
+                ((blk * NKV + kh) * BS + off) * DH + e
+            } else {
+                (blk * BS + off) * row + kh * DH + e
+            }
+        };
         for i in 0..ql {
             let vis = kvl + i + 1 - ql;
             for h in 0..N {
@@ -118,8 +130,8 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
                 let sc: Vec<f32> = (0..vis)
                     .map(|j| {
                         q.iter()
-                            .zip(&fx.kv[slot(j) * row + kh * DH..][..DH])
-                            .map(|(a, b)| a * b)
+                            .enumerate()
+                            .map(|(e, a)| a * fx.kv[at(j, kh, e)])
                             .sum::<f32>()
                             * scale
                     })
@@ -128,7 +140,7 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
                 let z: f32 = sc.iter().map(|v| (v - m).exp()).sum();
                 for e in 0..DH {
                     let acc: f32 = (0..vis)
-                        .map(|j| (sc[j] - m).exp() / z * fx.vv[slot(j) * row + kh * DH + e])
+                        .map(|j| (sc[j] - m).exp() / z * fx.vv[at(j, kh, e)])
                         .sum();
                     out[((qs + i) * N + h) * DH + e] = bf16_round(acc);
                 }
@@ -155,23 +167,16 @@ fn fia(
     // SAFETY: live descriptors; the lists are destroyed below (without their tensors,
     // which are the fixture's: each list gets its own descriptors).
     unsafe {
+        let dims: Vec<i64> = if fx.bnbsd {
+            vec![BLOCKS as i64, NKV as i64, BS as i64, DH as i64]
+        } else {
+            vec![BLOCKS as i64, BS as i64, (NKV * DH) as i64]
+        };
         let k = s
-            .describe(
-                fx.cache_k.ptr,
-                D::ACL_BF16,
-                &[BLOCKS as i64, BS as i64, (NKV * DH) as i64],
-                None,
-                0,
-            )
+            .describe(fx.cache_k.ptr, D::ACL_BF16, &dims, None, 0)
             .unwrap();
         let v = s
-            .describe(
-                fx.cache_v.ptr,
-                D::ACL_BF16,
-                &[BLOCKS as i64, BS as i64, (NKV * DH) as i64],
-                None,
-                0,
-            )
+            .describe(fx.cache_v.ptr, D::ACL_BF16, &dims, None, 0)
             .unwrap();
         let kl = (nn.aclCreateTensorList)([k as *const aclTensor].as_ptr(), 1);
         let vl = (nn.aclCreateTensorList)([v as *const aclTensor].as_ptr(), 1);
@@ -350,9 +355,10 @@ fn fia_tnd_paged_gqa_causal_mixed_prefill_and_decode() {
     let table = [2, 0, 1, 3];
     let (cu_q, kv) = ([3i64, 4], [5i64, 130]);
     let scale = 1.0 / (DH as f64).sqrt();
-    for version in [2u8, 3, 4] {
+    for (version, bnbsd) in [(2u8, false), (3, false), (4, false), (4, true)] {
         let s = Session::new().unwrap();
-        let fx = setup(&s, 4, &table, false);
+        let mut fx = setup(&s, 4, &table, false);
+        fx.bnbsd = bnbsd;
         let (aq, akv) = (int_array(&s, &cu_q), int_array(&s, &kv));
         let (st, ex) = fia(&s, version, &fx, aq, akv, "TND", BS as i64, scale);
         assert_eq!(st, 0, "V{version}: {}", s.cann.acl.recent_error_message());
