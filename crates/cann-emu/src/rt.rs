@@ -18,7 +18,8 @@ pub type Task = Arc<dyn Fn() -> Res<()> + Send + Sync>;
 pub struct Stream {
     pub dev: i32,
     queue: Mutex<VecDeque<Task>>,
-    capture: Mutex<Option<(aclmdlRICaptureMode, Vec<Task>)>>,
+    /// While capturing: the mode, the capturing thread and the recorded work.
+    capture: Mutex<Option<(aclmdlRICaptureMode, std::thread::ThreadId, Vec<Task>)>>,
     /// Held while the queue runs, so that two threads never run one stream at once.
     run: Mutex<()>,
 }
@@ -126,7 +127,7 @@ impl Stream {
     /// Queues work, or records it while the stream is being captured.
     pub fn enqueue(&self, t: Task) {
         let mut cap = lock(&self.capture);
-        if let Some((_, tasks)) = cap.as_mut() {
+        if let Some((_, _, tasks)) = cap.as_mut() {
             tasks.push(t);
         } else {
             drop(cap);
@@ -183,7 +184,15 @@ fn capture_blocks_sync(dev: Option<i32>, what: &str) -> Res<()> {
     let blocking = all_streams(dev).iter().any(|s| {
         lock(&s.capture)
             .as_ref()
-            .is_some_and(|(m, _)| *m != aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED)
+            .is_some_and(|(m, th, _)| match *m {
+                // Global mode forbids unsafe calls from any thread, thread-local mode only
+                // from the capturing thread, relaxed mode never (CUDA's capture modes).
+                aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_GLOBAL => true,
+                aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL => {
+                    *th == std::thread::current().id()
+                }
+                _ => false,
+            })
     });
     if blocking {
         bump(&STATS.capture_violations);
@@ -792,7 +801,7 @@ pub extern "C" fn aclmdlRICaptureBegin(stream: aclrtStream, mode: aclmdlRICaptur
                 "aclmdlRICaptureBegin: the stream is already being captured",
             ));
         }
-        *cap = Some((mode, Vec::new()));
+        *cap = Some((mode, std::thread::current().id(), Vec::new()));
         Ok(())
     })())
 }
@@ -807,7 +816,7 @@ pub unsafe extern "C" fn aclmdlRICaptureEnd(stream: aclrtStream, ri: *mut aclmdl
                 "aclmdlRICaptureEnd: the stream is not being captured",
             )
         })?;
-        let h = lock(&RT).graphs.insert(Arc::new(tasks.1));
+        let h = lock(&RT).graphs.insert(Arc::new(tasks.2));
         bump(&STATS.live_graphs);
         out(ri, h as aclmdlRI)
     })())

@@ -352,3 +352,56 @@ fn ranks_passing_different_counts_get_an_error_not_a_hang() {
     let st = s.finish().unwrap();
     assert_eq!((st.leaks(), st.exec_errors), (0, 2));
 }
+
+#[test]
+fn thread_local_capture_only_blocks_the_capturing_thread() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let p = s.malloc(4).unwrap();
+    let mut h = [0u8; 4];
+    // SAFETY: live stream and a 4-byte allocation.
+    unsafe {
+        let mode = aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL;
+        assert_eq!((acl.aclmdlRICaptureBegin.unwrap())(s.stream, mode), 0);
+        assert_ne!(
+            (acl.aclrtMemcpy)(
+                h.as_mut_ptr().cast(),
+                4,
+                p,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST
+            ),
+            0
+        );
+    }
+    let (acl2, addr) = (acl.clone(), p as usize);
+    let rc = std::thread::spawn(move || {
+        let mut h = [0u8; 4];
+        // SAFETY: as above, from another thread bound to the same device.
+        unsafe {
+            (acl2.aclrtSetDevice)(0);
+            (acl2.aclrtMemcpy)(
+                h.as_mut_ptr().cast(),
+                4,
+                addr as *const c_void,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+            )
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        rc, 0,
+        "another thread may copy during a thread-local capture"
+    );
+    let mut ri = std::ptr::null_mut();
+    // SAFETY: live handles.
+    unsafe {
+        assert_eq!((acl.aclmdlRICaptureEnd.unwrap())(s.stream, &mut ri), 0);
+        assert_eq!((acl.aclmdlRIDestroy.unwrap())(ri), 0);
+        (acl.aclrtFree)(p);
+    }
+    let st = s.finish().unwrap();
+    assert_eq!((st.leaks(), st.capture_violations), (0, 1));
+}
