@@ -205,11 +205,14 @@ impl AscendBackend {
     }
 
     pub fn with_options(cann: Arc<Cann>, device: i32, opts: AscendOptions) -> Result<Self> {
-        let attention_api = cann
-            .ops
-            .attention_apis()
-            .into_iter()
-            .find(|a| *a != AttentionApi::IfaV4PfaV3);
+        // FIA V4 gained `learnableSink` after the 8.3.RC1 alpha builds: there, the V4
+        // symbol has another signature, so V3 is used.
+        let pre_release_v4 = cann
+            .cann_version()
+            .is_some_and(|v| v.to_ascii_lowercase().contains("alpha"));
+        let attention_api = cann.ops.attention_apis().into_iter().find(|a| {
+            *a != AttentionApi::IfaV4PfaV3 && !(pre_release_v4 && *a == AttentionApi::FiaV4)
+        });
         let dev = Device::open(cann, device)?;
         Ok(Self {
             dev,
