@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ascend_sys::types::aclrtMemAttr;
-use ascend_sys::Cann;
+use ascend_sys::{AttentionApi, Cann};
 use half::bf16;
 use qwen3_backend::cpu::CpuBackend;
 use qwen3_backend::sampling::{SampleRow, SamplingParams};
@@ -579,6 +579,35 @@ pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
             error: Some(e.to_string()),
             ..OpCheck::default()
         }),
+    }
+    // Every other exported fused-attention version, in case the newest one misbehaves.
+    for (api, op) in [
+        (AttentionApi::FiaV3, "attention fia v3"),
+        (AttentionApi::FiaV2, "attention fia v2"),
+    ] {
+        if backend.attention_api() == Some(api)
+            || !backend.cann().ops.attention_apis().contains(&api)
+        {
+            continue;
+        }
+        let opts = AscendOptions {
+            attention_api: Some(api),
+            ..AscendOptions::default()
+        };
+        match AscendBackend::with_options(Arc::clone(backend.cann()), backend.device_id(), opts) {
+            Ok(b) => out.extend(run_cases(
+                &b,
+                vec![Case {
+                    op,
+                    ..case!("attention", 2e-2, attention)
+                }],
+            )),
+            Err(e) => out.push(OpCheck {
+                op,
+                error: Some(e.to_string()),
+                ..OpCheck::default()
+            }),
+        }
     }
     out
 }

@@ -167,6 +167,8 @@ pub struct AscendOptions {
     /// capture API; not used with tensor parallelism.
     pub graph_capture: bool,
     pub capture_batch_sizes: Vec<usize>,
+    /// Forces one fused-attention version (when exported) instead of the newest.
+    pub attention_api: Option<AttentionApi>,
 }
 
 impl Default for AscendOptions {
@@ -177,6 +179,7 @@ impl Default for AscendOptions {
             kv_cache_f32: false,
             graph_capture: false,
             capture_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64],
+            attention_api: None,
         }
     }
 }
@@ -210,9 +213,15 @@ impl AscendBackend {
         let pre_release_v4 = cann
             .cann_version()
             .is_some_and(|v| v.to_ascii_lowercase().contains("alpha"));
-        let attention_api = cann.ops.attention_apis().into_iter().find(|a| {
-            *a != AttentionApi::IfaV4PfaV3 && !(pre_release_v4 && *a == AttentionApi::FiaV4)
-        });
+        let exported = cann.ops.attention_apis();
+        let attention_api = match opts.attention_api {
+            Some(forced) if forced != AttentionApi::IfaV4PfaV3 => {
+                exported.into_iter().find(|a| *a == forced)
+            }
+            _ => exported.into_iter().find(|a| {
+                *a != AttentionApi::IfaV4PfaV3 && !(pre_release_v4 && *a == AttentionApi::FiaV4)
+            }),
+        };
         let dev = Device::open(cann, device)?;
         Ok(Self {
             dev,
