@@ -48,7 +48,7 @@ fn diverged(what: &str) -> BackendError {
 }
 
 impl AscendBackend {
-    /// Captured decode steps (one per token count).
+    /// Captured decode steps (one per padded token count and real sequence count).
     pub fn captured_graphs(&self) -> usize {
         self.graphs.lock().map_or(0, |g| g.len())
     }
@@ -131,7 +131,7 @@ impl AscendBackend {
 
     /// At the start of a step: replay the captured graph of this step's shape, or start
     /// capturing one, or stay eager.
-    pub(crate) fn enter_graph_mode(&self, m: &StepMeta<'_>) -> Result<()> {
+    pub(crate) fn enter_graph_mode(&self, m: &StepMeta<'_>, real_tokens: usize) -> Result<()> {
         self.abandon_graph_step();
         if !self.graph_eligible(m) {
             return Ok(());
@@ -143,12 +143,13 @@ impl AscendBackend {
         if !self.opts.kv_cache_f32 {
             drop(self.causal_mask()?);
         }
-        let n = m.token_ids.len();
+        // The sampled rows (and so the lm_head's shape) follow the real sequences.
+        let key = (m.token_ids.len(), real_tokens);
         let existing = self
             .graphs
             .lock()
             .map_err(|_| BackendError::Device("graph table poisoned".into()))?
-            .get(&n)
+            .get(&key)
             .cloned();
         let dev = self.device();
         match existing {
@@ -163,7 +164,7 @@ impl AscendBackend {
             None => {
                 *dev.graph_state() = GraphMode::Capture(Recording::default());
                 if let Ok(mut c) = self.capturing.lock() {
-                    *c = Some(n);
+                    *c = Some(key);
                 }
                 dev.begin_capture()?;
             }
@@ -231,13 +232,13 @@ impl AscendBackend {
         if let Some(active) = active {
             let ended = if active { dev.end_capture() } else { Ok(()) };
             let mode = std::mem::take(&mut *dev.graph_state());
-            let n = self.capturing.lock().ok().and_then(|mut c| c.take());
+            let key = self.capturing.lock().ok().and_then(|mut c| c.take());
             if let GraphMode::Capture(rec) = mode {
                 // A failed capture is freed (dropped) rather than kept.
                 let step = dev.finish_recording(rec);
-                if let (Ok(()), Some(n)) = (&ended, n) {
+                if let (Ok(()), Some(key)) = (&ended, key) {
                     if let Ok(mut g) = self.graphs.lock() {
-                        g.insert(n, Arc::new(step));
+                        g.insert(key, Arc::new(step));
                     }
                 }
             }

@@ -192,9 +192,10 @@ pub struct AscendBackend {
     pub(crate) rope: Mutex<Option<RopeTable>>,
     pub(crate) mask: Mutex<Option<AscendTensor>>,
     /// Captured decode steps by token count.
-    pub(crate) graphs: Mutex<std::collections::HashMap<usize, Arc<mem::CapturedStep>>>,
+    /// Keyed by (token count as run, real sequences): the lm_head runs on the real rows only.
+    pub(crate) graphs: Mutex<std::collections::HashMap<(usize, usize), Arc<mem::CapturedStep>>>,
     /// Token count of the step being captured.
-    pub(crate) capturing: Mutex<Option<usize>>,
+    pub(crate) capturing: Mutex<Option<(usize, usize)>>,
     /// Set by the HCCL communicator: collectives are not captured.
     pub(crate) graphs_disabled: std::sync::atomic::AtomicBool,
     /// Decode steps run by replaying a captured graph.
@@ -685,6 +686,7 @@ impl Backend for AscendBackend {
 
     fn prepare_step(&self, m: &StepMeta<'_>) -> Result<AscendStep> {
         // A decode batch smaller than a captured size runs as that size, padded.
+        let real_tokens = m.token_ids.len();
         let padded = self.graph_padding(m);
         let padded_meta = padded.as_ref().map(|p| p.meta(m));
         let m = padded_meta.as_ref().unwrap_or(m);
@@ -738,7 +740,7 @@ impl Backend for AscendBackend {
         let slots32: Vec<i32> = m.slot_mapping.iter().map(|&s| s as i32).collect();
         let slots64: Vec<i64> = m.slot_mapping.iter().map(|&s| s as i64).collect();
         let bt: Vec<i32> = m.block_tables.iter().map(|&b| b as i32).collect();
-        self.enter_graph_mode(m)?;
+        self.enter_graph_mode(m, real_tokens)?;
         let (cos, sin, sin_signed) = self.gather_rope(m.rope, m.positions)?;
         Ok(AscendStep {
             num_tokens: n,
