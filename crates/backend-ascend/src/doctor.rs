@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ascend_sys::types::aclrtMemAttr;
-use ascend_sys::Cann;
+use ascend_sys::{AttentionApi, Cann};
 use half::bf16;
 use qwen3_backend::cpu::CpuBackend;
 use qwen3_backend::sampling::{SampleRow, SamplingParams};
@@ -482,7 +482,16 @@ fn moe<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
 }
 
 fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
-    let logits = up(b, &data(3 * 50, 24), &[3, 50])?;
+    let logits = up(b, &data(4 * 50, 24), &[4, 50])?;
+    let full = SamplingParams {
+        top_k: 0,
+        top_p: 0.9,
+        temperature: 0.7,
+        frequency_penalty: 0.3,
+        repetition_penalty: 1.1,
+        logprobs: Some(3),
+        ..SamplingParams::default()
+    };
     let greedy = SamplingParams::greedy();
     let topk = SamplingParams {
         top_k: 5,
@@ -511,11 +520,24 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             suppressed: &[],
             rng_seed: 3,
         },
+        // Penalties and logprobs: the full row goes to the host.
+        SampleRow {
+            params: &full,
+            prompt_tokens: &[4, 9],
+            output_tokens: &[9, 9, 30],
+            suppressed: &[],
+            rng_seed: 4,
+        },
     ];
-    Ok(b.sample(&logits, &rows)?
-        .iter()
-        .map(|s| s.token as f32)
-        .collect())
+    let mut out = Vec::new();
+    for s in b.sample(&logits, &rows)? {
+        out.push(s.token as f32);
+        out.extend(s.logprob);
+        for (t, l) in s.top_logprobs {
+            out.extend([t as f32, l]);
+        }
+    }
+    Ok(out)
 }
 
 fn cases() -> Vec<Case> {
@@ -530,7 +552,7 @@ fn cases() -> Vec<Case> {
         // The NPU keeps K/V and runs attention in BF16.
         case!("attention", 2e-2, attention),
         case!("moe", 1e-4, moe),
-        case!("sample", 0.0, sample),
+        case!("sample", 1e-6, sample),
     ]
 }
 
@@ -557,6 +579,35 @@ pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
             error: Some(e.to_string()),
             ..OpCheck::default()
         }),
+    }
+    // Every other exported fused-attention version, in case the newest one misbehaves.
+    for (api, op) in [
+        (AttentionApi::FiaV3, "attention fia v3"),
+        (AttentionApi::FiaV2, "attention fia v2"),
+    ] {
+        if backend.attention_api() == Some(api)
+            || !backend.cann().ops.attention_apis().contains(&api)
+        {
+            continue;
+        }
+        let opts = AscendOptions {
+            attention_api: Some(api),
+            ..AscendOptions::default()
+        };
+        match AscendBackend::with_options(Arc::clone(backend.cann()), backend.device_id(), opts) {
+            Ok(b) => out.extend(run_cases(
+                &b,
+                vec![Case {
+                    op,
+                    ..case!("attention", 2e-2, attention)
+                }],
+            )),
+            Err(e) => out.push(OpCheck {
+                op,
+                error: Some(e.to_string()),
+                ..OpCheck::default()
+            }),
+        }
     }
     out
 }

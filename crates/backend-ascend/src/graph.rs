@@ -14,12 +14,41 @@ use qwen3_backend::{BackendError, Result, StepMeta};
 use crate::mem::{GraphMode, Recording};
 use crate::AscendBackend;
 
+/// A decode step padded up to a captured size with one-token dummy sequences: token 0 at
+/// position 0, writing its K/V to its own slot of block 0 (the engine's null block, which
+/// no sequence reads) and attending to one slot there. Rows are independent, so the real
+/// sequences' results do not change; the model only ever selects their rows.
+pub(crate) struct Padded {
+    token_ids: Vec<u32>,
+    positions: Vec<u32>,
+    slot_mapping: Vec<u32>,
+    query_start: Vec<u32>,
+    query_len: Vec<u32>,
+    context_len: Vec<u32>,
+    block_tables: Vec<u32>,
+}
+
+impl Padded {
+    pub(crate) fn meta<'a>(&'a self, m: &StepMeta<'a>) -> StepMeta<'a> {
+        StepMeta {
+            token_ids: &self.token_ids,
+            positions: &self.positions,
+            slot_mapping: &self.slot_mapping,
+            query_start: &self.query_start,
+            query_len: &self.query_len,
+            context_len: &self.context_len,
+            block_tables: &self.block_tables,
+            ..*m
+        }
+    }
+}
+
 fn diverged(what: &str) -> BackendError {
     BackendError::Device(format!("graph replay diverged from its capture: {what}"))
 }
 
 impl AscendBackend {
-    /// Captured decode steps (one per token count).
+    /// Captured decode steps (one per padded token count and real sequence count).
     pub fn captured_graphs(&self) -> usize {
         self.graphs.lock().map_or(0, |g| g.len())
     }
@@ -39,6 +68,52 @@ impl AscendBackend {
         !matches!(&*self.device().graph_state(), GraphMode::Off)
     }
 
+    /// The padded form of a pure-decode step whose size is below a captured size.
+    pub(crate) fn graph_padding(&self, m: &StepMeta<'_>) -> Option<Padded> {
+        let n = m.token_ids.len();
+        if !self.opts.graph_capture
+            || n == 0
+            || m.max_blocks_per_seq == 0
+            || m.query_len.len() != n
+            || !m.query_len.iter().all(|&l| l == 1)
+            || self.opts.capture_batch_sizes.contains(&n)
+        {
+            return None;
+        }
+        let size = self
+            .opts
+            .capture_batch_sizes
+            .iter()
+            .copied()
+            .filter(|&s| s > n)
+            .min()?;
+        let extra = size - n;
+        if extra > m.block_size {
+            return None;
+        }
+        let mut p = Padded {
+            token_ids: m.token_ids.to_vec(),
+            positions: m.positions.to_vec(),
+            slot_mapping: m.slot_mapping.to_vec(),
+            query_start: m.query_start.to_vec(),
+            query_len: m.query_len.to_vec(),
+            context_len: m.context_len.to_vec(),
+            block_tables: m.block_tables.to_vec(),
+        };
+        for i in 0..extra {
+            p.token_ids.push(0);
+            p.positions.push(0);
+            // Distinct slots: K/V writes may not share one.
+            p.slot_mapping.push(i as u32);
+            p.query_start.push((n + i) as u32);
+            p.query_len.push(1);
+            p.context_len.push(1);
+            p.block_tables
+                .extend(std::iter::repeat_n(0, m.max_blocks_per_seq));
+        }
+        Some(p)
+    }
+
     fn graph_eligible(&self, m: &StepMeta<'_>) -> bool {
         let acl = &self.cann().acl;
         self.opts.graph_capture
@@ -56,7 +131,7 @@ impl AscendBackend {
 
     /// At the start of a step: replay the captured graph of this step's shape, or start
     /// capturing one, or stay eager.
-    pub(crate) fn enter_graph_mode(&self, m: &StepMeta<'_>) -> Result<()> {
+    pub(crate) fn enter_graph_mode(&self, m: &StepMeta<'_>, real_tokens: usize) -> Result<()> {
         self.abandon_graph_step();
         if !self.graph_eligible(m) {
             return Ok(());
@@ -68,12 +143,13 @@ impl AscendBackend {
         if !self.opts.kv_cache_f32 {
             drop(self.causal_mask()?);
         }
-        let n = m.token_ids.len();
+        // The sampled rows (and so the lm_head's shape) follow the real sequences.
+        let key = (m.token_ids.len(), real_tokens);
         let existing = self
             .graphs
             .lock()
             .map_err(|_| BackendError::Device("graph table poisoned".into()))?
-            .get(&n)
+            .get(&key)
             .cloned();
         let dev = self.device();
         match existing {
@@ -88,7 +164,7 @@ impl AscendBackend {
             None => {
                 *dev.graph_state() = GraphMode::Capture(Recording::default());
                 if let Ok(mut c) = self.capturing.lock() {
-                    *c = Some(n);
+                    *c = Some(key);
                 }
                 dev.begin_capture()?;
             }
@@ -156,13 +232,13 @@ impl AscendBackend {
         if let Some(active) = active {
             let ended = if active { dev.end_capture() } else { Ok(()) };
             let mode = std::mem::take(&mut *dev.graph_state());
-            let n = self.capturing.lock().ok().and_then(|mut c| c.take());
+            let key = self.capturing.lock().ok().and_then(|mut c| c.take());
             if let GraphMode::Capture(rec) = mode {
                 // A failed capture is freed (dropped) rather than kept.
                 let step = dev.finish_recording(rec);
-                if let (Ok(()), Some(n)) = (&ended, n) {
+                if let (Ok(()), Some(key)) = (&ended, key) {
                     if let Ok(mut g) = self.graphs.lock() {
-                        g.insert(n, Arc::new(step));
+                        g.insert(key, Arc::new(step));
                     }
                 }
             }

@@ -167,6 +167,8 @@ pub struct AscendOptions {
     /// capture API; not used with tensor parallelism.
     pub graph_capture: bool,
     pub capture_batch_sizes: Vec<usize>,
+    /// Forces one fused-attention version (when exported) instead of the newest.
+    pub attention_api: Option<AttentionApi>,
 }
 
 impl Default for AscendOptions {
@@ -177,6 +179,7 @@ impl Default for AscendOptions {
             kv_cache_f32: false,
             graph_capture: false,
             capture_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64],
+            attention_api: None,
         }
     }
 }
@@ -189,9 +192,10 @@ pub struct AscendBackend {
     pub(crate) rope: Mutex<Option<RopeTable>>,
     pub(crate) mask: Mutex<Option<AscendTensor>>,
     /// Captured decode steps by token count.
-    pub(crate) graphs: Mutex<std::collections::HashMap<usize, Arc<mem::CapturedStep>>>,
+    /// Keyed by (token count as run, real sequences): the lm_head runs on the real rows only.
+    pub(crate) graphs: Mutex<std::collections::HashMap<(usize, usize), Arc<mem::CapturedStep>>>,
     /// Token count of the step being captured.
-    pub(crate) capturing: Mutex<Option<usize>>,
+    pub(crate) capturing: Mutex<Option<(usize, usize)>>,
     /// Set by the HCCL communicator: collectives are not captured.
     pub(crate) graphs_disabled: std::sync::atomic::AtomicBool,
     /// Decode steps run by replaying a captured graph.
@@ -205,11 +209,20 @@ impl AscendBackend {
     }
 
     pub fn with_options(cann: Arc<Cann>, device: i32, opts: AscendOptions) -> Result<Self> {
-        let attention_api = cann
-            .ops
-            .attention_apis()
-            .into_iter()
-            .find(|a| *a != AttentionApi::IfaV4PfaV3);
+        // FIA V4 gained `learnableSink` after the 8.3.RC1 alpha builds: there, the V4
+        // symbol has another signature, so V3 is used.
+        let pre_release_v4 = cann
+            .cann_version()
+            .is_some_and(|v| v.to_ascii_lowercase().contains("alpha"));
+        let exported = cann.ops.attention_apis();
+        let attention_api = match opts.attention_api {
+            Some(forced) if forced != AttentionApi::IfaV4PfaV3 => {
+                exported.into_iter().find(|a| *a == forced)
+            }
+            _ => exported.into_iter().find(|a| {
+                *a != AttentionApi::IfaV4PfaV3 && !(pre_release_v4 && *a == AttentionApi::FiaV4)
+            }),
+        };
         let dev = Device::open(cann, device)?;
         Ok(Self {
             dev,
@@ -672,6 +685,11 @@ impl Backend for AscendBackend {
     }
 
     fn prepare_step(&self, m: &StepMeta<'_>) -> Result<AscendStep> {
+        // A decode batch smaller than a captured size runs as that size, padded.
+        let real_tokens = m.token_ids.len();
+        let padded = self.graph_padding(m);
+        let padded_meta = padded.as_ref().map(|p| p.meta(m));
+        let m = padded_meta.as_ref().unwrap_or(m);
         let n = m.token_ids.len();
         let seqs = m.query_len.len();
         if m.positions.len() != n
@@ -722,7 +740,7 @@ impl Backend for AscendBackend {
         let slots32: Vec<i32> = m.slot_mapping.iter().map(|&s| s as i32).collect();
         let slots64: Vec<i64> = m.slot_mapping.iter().map(|&s| s as i64).collect();
         let bt: Vec<i32> = m.block_tables.iter().map(|&b| b as i32).collect();
-        self.enter_graph_mode(m)?;
+        self.enter_graph_mode(m, real_tokens)?;
         let (cos, sin, sin_signed) = self.gather_rope(m.rope, m.positions)?;
         Ok(AscendStep {
             num_tokens: n,
@@ -1043,6 +1061,8 @@ impl Backend for AscendBackend {
     }
 
     fn alloc_kv_cache(&self, s: KvCacheShape) -> Result<AscendKvCache> {
+        // Captured steps write into the old cache's addresses.
+        self.drop_graphs()?;
         let shape = [s.num_blocks, s.block_size, s.num_kv_heads, s.head_dim];
         let dt = self.kv_dt();
         let bytes = shape.iter().product::<usize>() * dt.size();

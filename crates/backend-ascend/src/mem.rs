@@ -70,6 +70,8 @@ pub struct Device {
     pub cann: Arc<Cann>,
     pub id: i32,
     ctx: DevPtr,
+    /// Unique per opened device, for the per-thread binding cache.
+    uid: u64,
     pub stream: DevPtr,
     pool: Mutex<PoolState>,
     /// Host memory read by queued host-to-device copies: kept alive until the stream is
@@ -134,7 +136,9 @@ pub enum GraphMode {
 }
 
 thread_local! {
-    static BOUND_CTX: Cell<*mut c_void> = const { Cell::new(std::ptr::null_mut()) };
+    /// The device (by unique id, not by context address, which the runtime may reuse)
+    /// whose context is current on this thread; 0 for none.
+    static BOUND: Cell<u64> = const { Cell::new(0) };
 }
 
 pub fn dev_err(e: impl std::fmt::Display) -> BackendError {
@@ -179,20 +183,23 @@ impl Device {
             "aclrtCreateContext",
         )
         .map_err(dev_err)?;
-        BOUND_CTX.with(|c| c.set(ctx));
+        static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let uid = NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        BOUND.with(|c| c.set(uid));
         let mut stream = std::ptr::null_mut();
         // SAFETY: valid out-pointer, context current on this thread.
         let rc = unsafe { (cann.acl.aclrtCreateStream)(&mut stream) };
         if let Err(e) = cann.check(rc, "aclrtCreateStream") {
             // SAFETY: the context was created above and nothing uses it yet.
             unsafe { (cann.acl.aclrtDestroyContext)(ctx) };
-            BOUND_CTX.with(|c| c.set(std::ptr::null_mut()));
+            BOUND.with(|c| c.set(0));
             return Err(dev_err(e));
         }
         Ok(Arc::new(Self {
             cann,
             id,
             ctx: DevPtr(ctx),
+            uid,
             stream: DevPtr(stream),
             pool: Mutex::new(PoolState::default()),
             staging: Mutex::new(Vec::new()),
@@ -204,7 +211,7 @@ impl Device {
     /// is): the engine may step a single-rank executor on another thread than the one that
     /// built it.
     pub fn bind(&self) -> Result<()> {
-        if BOUND_CTX.with(|c| c.get()) == self.ctx.0 {
+        if BOUND.with(|c| c.get()) == self.uid {
             return Ok(());
         }
         // SAFETY: the context lives as long as `self`.
@@ -212,7 +219,7 @@ impl Device {
         self.cann
             .check(rc, "aclrtSetCurrentContext")
             .map_err(dev_err)?;
-        BOUND_CTX.with(|c| c.set(self.ctx.0));
+        BOUND.with(|c| c.set(self.uid));
         Ok(())
     }
 
@@ -714,9 +721,9 @@ impl Drop for Device {
                 (self.cann.acl.aclrtDestroyContext)(self.ctx.0);
             }
         }
-        BOUND_CTX.with(|c| {
-            if c.get() == self.ctx.0 {
-                c.set(std::ptr::null_mut());
+        BOUND.with(|c| {
+            if c.get() == self.uid {
+                c.set(0);
             }
         });
     }

@@ -268,6 +268,12 @@ fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>
     if slot.taken == g.n {
         st.slots.remove(&seq);
     }
+    if all.iter().any(|v| v.len() != all[0].len()) {
+        let lens: Vec<usize> = all.iter().map(Vec::len).collect();
+        return Err(para(format!(
+            "collective #{seq}: ranks passed different sizes (bytes per rank {lens:?})"
+        )));
+    }
     Ok(all)
 }
 

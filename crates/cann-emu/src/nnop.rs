@@ -432,7 +432,7 @@ pub fn phase1(
         return ACLNN_ERR_PARAM_NULLPTR;
     }
     OP_DEVICES.with(|v| v.borrow_mut().clear());
-    let built = build();
+    let built = crate::state::no_panic(name, build);
     let devices = OP_DEVICES.with(|v| std::mem::take(&mut *v.borrow_mut()));
     match built {
         Ok(f) => {

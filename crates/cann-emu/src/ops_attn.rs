@@ -801,6 +801,22 @@ pub unsafe extern "C" fn aclnnScatterPaKvCacheGetWorkspaceSize(
         let v = tensor(value, "value")?;
         let vc = tensor(value_cache, "valueCacheRef")?;
         need_int_index(&sm, "slotMapping")?;
+        if !matches!(k.dtype, D::ACL_FLOAT16 | D::ACL_BF16 | D::ACL_INT8) {
+            return Err(invalid(format!(
+                "key dtype {:?} not supported (FLOAT16, BFLOAT16, INT8)",
+                k.dtype
+            )));
+        }
+        // Only key and value may be non-contiguous (docs, constraints).
+        for (t, nm) in [
+            (&kc, "keyCacheRef"),
+            (&vc, "valueCacheRef"),
+            (&sm, "slotMapping"),
+        ] {
+            if !t.is_contiguous() {
+                return Err(invalid(format!("{nm} must be contiguous")));
+            }
+        }
         for (x, c, nm) in [(&k, &kc, "key"), (&v, &vc, "value")] {
             if x.rank() != 3 || c.rank() != 4 {
                 return Err(invalid(format!(
@@ -831,20 +847,24 @@ pub unsafe extern "C" fn aclnnScatterPaKvCacheGetWorkspaceSize(
             let slots = sm.read_i64("slotMapping")?;
             let bs = kc.dims[1];
             let cap = kc.dims[0] * bs;
+            // The docs: slots lie in [0, num_blocks * block_size - 1] and are unique
+            // (duplicates give no correctness guarantee).
+            let mut seen = std::collections::HashSet::new();
+            for (t, &s) in slots.iter().enumerate() {
+                if s < 0 || s >= cap {
+                    bump(&STATS.oob_accesses);
+                    return Err(exec_err(format!(
+                        "slotMapping[{t}] = {s} outside [0, {cap})"
+                    )));
+                }
+                if !seen.insert(s) {
+                    return Err(exec_err(format!("slotMapping[{t}] = {s} is a duplicate")));
+                }
+            }
             for (x, c, nm) in [(&k, &kc, "keyCacheRef"), (&v, &vc, "valueCacheRef")] {
                 let data = x.read_f32(nm)?;
                 let per = data.len() / slots.len().max(1);
                 for (t, &s) in slots.iter().enumerate() {
-                    // Negative slots are padding tokens and are skipped.
-                    if s < 0 {
-                        continue;
-                    }
-                    if s >= cap {
-                        bump(&STATS.oob_accesses);
-                        return Err(exec_err(format!(
-                            "slotMapping[{t}] = {s} outside the cache's {cap} slots"
-                        )));
-                    }
                     c.index0(s / bs)
                         .index0(s % bs)
                         .write_f32(&data[t * per..(t + 1) * per], nm)?;

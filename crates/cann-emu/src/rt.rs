@@ -18,7 +18,8 @@ pub type Task = Arc<dyn Fn() -> Res<()> + Send + Sync>;
 pub struct Stream {
     pub dev: i32,
     queue: Mutex<VecDeque<Task>>,
-    capture: Mutex<Option<(aclmdlRICaptureMode, Vec<Task>)>>,
+    /// While capturing: the mode, the capturing thread and the recorded work.
+    capture: Mutex<Option<(aclmdlRICaptureMode, std::thread::ThreadId, Vec<Task>)>>,
     /// Held while the queue runs, so that two threads never run one stream at once.
     run: Mutex<()>,
 }
@@ -126,7 +127,7 @@ impl Stream {
     /// Queues work, or records it while the stream is being captured.
     pub fn enqueue(&self, t: Task) {
         let mut cap = lock(&self.capture);
-        if let Some((_, tasks)) = cap.as_mut() {
+        if let Some((_, _, tasks)) = cap.as_mut() {
             tasks.push(t);
         } else {
             drop(cap);
@@ -145,7 +146,7 @@ impl Stream {
         loop {
             let t = lock(&self.queue).pop_front();
             let Some(t) = t else { return Ok(()) };
-            if let Err(e) = t() {
+            if let Err(e) = crate::state::no_panic("stream task", || t()) {
                 bump(&STATS.exec_errors);
                 lock(&self.queue).clear();
                 return Err(e);
@@ -183,7 +184,15 @@ fn capture_blocks_sync(dev: Option<i32>, what: &str) -> Res<()> {
     let blocking = all_streams(dev).iter().any(|s| {
         lock(&s.capture)
             .as_ref()
-            .is_some_and(|(m, _)| *m != aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED)
+            .is_some_and(|(m, th, _)| match *m {
+                // Global mode forbids unsafe calls from any thread, thread-local mode only
+                // from the capturing thread, relaxed mode never (CUDA's capture modes).
+                aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_GLOBAL => true,
+                aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL => {
+                    *th == std::thread::current().id()
+                }
+                _ => false,
+            })
     });
     if blocking {
         bump(&STATS.capture_violations);
@@ -509,6 +518,10 @@ fn plan_copy(
     })
 }
 
+fn strict_memcpy() -> bool {
+    std::env::var_os("CANN_EMU_STRICT_MEMCPY").is_some_and(|v| v == "1")
+}
+
 fn run_copy(c: Copy, what: &str) -> Res<()> {
     if c.count == 0 {
         return Ok(());
@@ -546,11 +559,15 @@ pub unsafe extern "C" fn aclrtMemcpy(
     code_of((|| {
         let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpy")?;
         if c.kind != aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST {
-            // A blocking copy waits for the device's queued work, which is what makes the
-            // results of earlier kernels visible.
+            // A blocking copy waits for the device's queued work (the contract the backend
+            // relies on). CANN's documentation only calls aclrtMemcpy synchronous to the
+            // host, so CANN_EMU_STRICT_MEMCPY=1 drops the implicit wait: code that reads
+            // results without synchronising its stream then sees stale data.
             let dev = CUR_DEV.with(|d| d.get());
             capture_blocks_sync(dev, "aclrtMemcpy")?;
-            sync_device(dev)?;
+            if !strict_memcpy() {
+                sync_device(dev)?;
+            }
         }
         run_copy(c, "aclrtMemcpy")
     })())
@@ -784,7 +801,7 @@ pub extern "C" fn aclmdlRICaptureBegin(stream: aclrtStream, mode: aclmdlRICaptur
                 "aclmdlRICaptureBegin: the stream is already being captured",
             ));
         }
-        *cap = Some((mode, Vec::new()));
+        *cap = Some((mode, std::thread::current().id(), Vec::new()));
         Ok(())
     })())
 }
@@ -799,7 +816,7 @@ pub unsafe extern "C" fn aclmdlRICaptureEnd(stream: aclrtStream, ri: *mut aclmdl
                 "aclmdlRICaptureEnd: the stream is not being captured",
             )
         })?;
-        let h = lock(&RT).graphs.insert(Arc::new(tasks.1));
+        let h = lock(&RT).graphs.insert(Arc::new(tasks.2));
         bump(&STATS.live_graphs);
         out(ri, h as aclmdlRI)
     })())

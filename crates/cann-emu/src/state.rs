@@ -2,6 +2,7 @@
 //! tables and configuration.
 
 use crate::CannEmuStats;
+use ascend_sys::types::ACL_ERROR_INTERNAL_ERROR;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
@@ -140,6 +141,25 @@ impl Fail {
 }
 
 pub type Res<T> = Result<T, Fail>;
+
+/// Runs `f`, turning a panic (an emulator bug) into an error: a panic must not unwind
+/// out of an `extern "C"` function (that aborts the test process).
+pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Res<T>) -> Res<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Fail::new(
+                ACL_ERROR_INTERNAL_ERROR,
+                format!("{what}: emulator bug (panic): {msg}"),
+            ))
+        }
+    }
+}
 
 /// Turns a result into a status code, recording the message.
 pub fn code_of(r: Res<()>) -> i32 {

@@ -179,3 +179,55 @@ fn two_hundred_requests_leave_no_leaks() {
     eprintln!("emulator: {:?}", emu.stats());
     emu.assert_clean();
 }
+
+/// BF16 serving (fused attention, BF16 collectives) at TP 1 and TP 2: the first greedy
+/// token of every golden prompt is transformers' (later tokens may part ways: BF16 rounds
+/// the partial sums of the two ranks differently from one rank's sum).
+#[test]
+fn bf16_tp1_and_tp2_first_tokens_match_goldens() {
+    let emu = Emu::new();
+    let golden = golden("tiny-qwen3");
+    let cases: Vec<&Case> = golden
+        .cases
+        .iter()
+        .filter(|c| c.config_overrides.is_none())
+        .collect();
+    let mut runs = Vec::new();
+    for tp in [1, 2] {
+        let e = engine(
+            &emu,
+            "tiny-qwen3",
+            &Setup {
+                tp,
+                dtype: WeightDType::BF16,
+                max_num_batched_tokens: 64,
+                ..Setup::default()
+            },
+        );
+        let out: Vec<Vec<u32>> = rt().block_on(async {
+            let mut v = Vec::new();
+            for (i, c) in cases.iter().enumerate() {
+                let s = e
+                    .submit(request(&format!("r{i}"), &c.prompt_ids, 4))
+                    .expect("submit");
+                v.push(collect(s).await.0);
+            }
+            v
+        });
+        stop(e);
+        runs.push(out);
+    }
+    for (i, c) in cases.iter().enumerate() {
+        for (tp, run) in runs.iter().enumerate() {
+            assert_eq!(run[i].len(), 4, "{}", c.name);
+            assert_eq!(
+                run[i][0],
+                c.greedy_ids[0],
+                "{}: first token at TP {}",
+                c.name,
+                tp + 1
+            );
+        }
+    }
+    emu.assert_clean();
+}

@@ -17,11 +17,12 @@ fn executor(
     device: i32,
     dtype: WeightDType,
     graph: bool,
+    sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
     let opts = AscendOptions {
         kv_cache_f32: dtype == WeightDType::F32,
         graph_capture: graph,
-        capture_batch_sizes: vec![2],
+        capture_batch_sizes: sizes.to_vec(),
         ..AscendOptions::default()
     };
     let backend = AscendBackend::with_options(Arc::clone(&emu.cann), device, opts).expect("device");
@@ -102,14 +103,15 @@ fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
     all
 }
 
-fn graph_equals_eager(dtype: WeightDType) {
+/// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
+fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
     let emu = Emu::new();
     let eager = {
-        let mut ex = executor(&emu, 0, dtype, false);
+        let mut ex = executor(&emu, 0, dtype, false, &[]);
         run(&mut ex, 6)
     };
     let graph = {
-        let mut ex = executor(&emu, 1, dtype, true);
+        let mut ex = executor(&emu, 1, dtype, true, sizes);
         let out = run(&mut ex, 6);
         assert_eq!(
             ex.worker().backend.captured_graphs(),
@@ -138,12 +140,18 @@ fn graph_equals_eager(dtype: WeightDType) {
 
 #[test]
 fn graph_decode_equals_eager_fused_attention() {
-    graph_equals_eager(WeightDType::BF16);
+    graph_equals_eager(WeightDType::BF16, &[2]);
 }
 
 #[test]
 fn graph_decode_equals_eager_f32_attention() {
-    graph_equals_eager(WeightDType::F32);
+    graph_equals_eager(WeightDType::F32, &[2]);
+}
+
+#[test]
+fn padded_graph_decode_equals_eager() {
+    graph_equals_eager(WeightDType::BF16, &[1, 4]);
+    graph_equals_eager(WeightDType::F32, &[4]);
 }
 
 #[test]
@@ -181,5 +189,81 @@ fn engine_with_graph_capture_matches_goldens() {
         }
     });
     stop(e);
+    emu.assert_clean();
+}
+
+/// Graphs write into the KV cache's addresses: a resize drops them, and the next decode
+/// steps capture again and give the same results.
+#[test]
+fn kv_resize_drops_captured_graphs() {
+    let emu = Emu::new();
+    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[2]);
+    let first = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    ex.resize_kv(4, BLOCK_SIZE).expect("resize");
+    assert_eq!(ex.worker().backend.captured_graphs(), 0);
+    let second = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    assert_eq!(ex.worker().backend.graph_replays(), 4);
+    assert_eq!(first, second);
+    drop(ex);
+    emu.assert_clean();
+}
+
+/// Decode batches of changing size under one padded capture size: 2 sequences, then only
+/// the first, then both again (a replay), each padded to 4; the same logits as eager.
+#[test]
+fn padded_graphs_follow_the_real_batch_size() {
+    let emu = Emu::new();
+    let g = golden("tiny-qwen3");
+    let (p0, p1) = (g.cases[0].prompt_ids.clone(), g.cases[1].prompt_ids.clone());
+    let drive = |ex: &mut SingleExecutor<AscendBackend>| -> Vec<Vec<f32>> {
+        let vocab = ex.worker().model.config.vocab_size;
+        let b = two_seq_batch([&p0, &p1], [0, 0]);
+        let last = [p0.len() as u32 - 1, (p0.len() + p1.len()) as u32 - 1];
+        let mut out = vec![ex.logits(&b, &last).expect("prefill")];
+        let mut past = [p0.len(), p1.len()];
+        for round in 0..3 {
+            let prev = out.last().expect("logits");
+            let t0 = qwen3_backend::sampling::argmax(&prev[..vocab]);
+            if round == 1 {
+                // Only sequence 0 this step.
+                let mut b = two_seq_batch([&[t0], &[0]], past);
+                b.seqs.truncate(1);
+                b.token_ids.truncate(1);
+                b.positions.truncate(1);
+                b.slot_mapping.truncate(1);
+                b.block_tables.truncate(1);
+                let l = ex.logits(&b, &[0]).expect("decode one");
+                // Keep two rows so the next step's argmax reads the same layout.
+                let mut l2 = l.clone();
+                l2.extend_from_slice(&prev[vocab..]);
+                out.push(l2);
+                past[0] += 1;
+            } else {
+                let t1 = qwen3_backend::sampling::argmax(&prev[vocab..]);
+                let b = two_seq_batch([&[t0], &[t1]], past);
+                out.push(ex.logits(&b, &[0, 1]).expect("decode two"));
+                past = [past[0] + 1, past[1] + 1];
+            }
+        }
+        out
+    };
+    let eager = drive(&mut executor(&emu, 0, WeightDType::BF16, false, &[]));
+    let mut ex = executor(&emu, 1, WeightDType::BF16, true, &[4]);
+    let graph = drive(&mut ex);
+    assert_eq!(
+        ex.worker().backend.captured_graphs(),
+        2,
+        "(4, 2) and (4, 1)"
+    );
+    assert_eq!(ex.worker().backend.graph_replays(), 1);
+    drop(ex);
+    for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {i} differs"
+        );
+    }
     emu.assert_clean();
 }

@@ -37,6 +37,9 @@ struct Fx {
     qv: Vec<f32>,
     kv: Vec<f32>,
     vv: Vec<f32>,
+    /// Pass the caches as [blocks, KV_N, blockSize, D] (BnNBsD) instead of
+    /// [blocks, blockSize, KV_N*D] (BnBsH): the same buffers, read differently.
+    bnbsd: bool,
 }
 
 fn mask_bytes(inverted: bool) -> Vec<u8> {
@@ -99,6 +102,7 @@ fn setup(s: &Session, t: usize, table: &[i32], inverted_mask: bool) -> Fx {
         qv,
         kv,
         vv,
+        bnbsd: false,
     }
 }
 
@@ -109,7 +113,15 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
     let mut qs = 0usize;
     for (b, (&qe, &kvl)) in cu_q.iter().zip(kv_lens).enumerate() {
         let (ql, kvl) = (qe as usize - qs, kvl as usize);
-        let slot = |j: usize| table[b * 2 + j / BS] as usize * BS + j % BS;
+        // Element `e` of kv head `kh` of key `j` of this sequence, in either cache layout.
+        let at = |j: usize, kh: usize, e: usize| {
+            let (blk, off) = (table[b * 2 + j / BS] as usize, j % BS);
+            if fx.bnbsd {
+                ((blk * NKV + kh) * BS + off) * DH + e
+            } else {
+                (blk * BS + off) * row + kh * DH + e
+            }
+        };
         for i in 0..ql {
             let vis = kvl + i + 1 - ql;
             for h in 0..N {
@@ -118,8 +130,8 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
                 let sc: Vec<f32> = (0..vis)
                     .map(|j| {
                         q.iter()
-                            .zip(&fx.kv[slot(j) * row + kh * DH..][..DH])
-                            .map(|(a, b)| a * b)
+                            .enumerate()
+                            .map(|(e, a)| a * fx.kv[at(j, kh, e)])
                             .sum::<f32>()
                             * scale
                     })
@@ -128,7 +140,7 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
                 let z: f32 = sc.iter().map(|v| (v - m).exp()).sum();
                 for e in 0..DH {
                     let acc: f32 = (0..vis)
-                        .map(|j| (sc[j] - m).exp() / z * fx.vv[slot(j) * row + kh * DH + e])
+                        .map(|j| (sc[j] - m).exp() / z * fx.vv[at(j, kh, e)])
                         .sum();
                     out[((qs + i) * N + h) * DH + e] = bf16_round(acc);
                 }
@@ -155,23 +167,16 @@ fn fia(
     // SAFETY: live descriptors; the lists are destroyed below (without their tensors,
     // which are the fixture's: each list gets its own descriptors).
     unsafe {
+        let dims: Vec<i64> = if fx.bnbsd {
+            vec![BLOCKS as i64, NKV as i64, BS as i64, DH as i64]
+        } else {
+            vec![BLOCKS as i64, BS as i64, (NKV * DH) as i64]
+        };
         let k = s
-            .describe(
-                fx.cache_k.ptr,
-                D::ACL_BF16,
-                &[BLOCKS as i64, BS as i64, (NKV * DH) as i64],
-                None,
-                0,
-            )
+            .describe(fx.cache_k.ptr, D::ACL_BF16, &dims, None, 0)
             .unwrap();
         let v = s
-            .describe(
-                fx.cache_v.ptr,
-                D::ACL_BF16,
-                &[BLOCKS as i64, BS as i64, (NKV * DH) as i64],
-                None,
-                0,
-            )
+            .describe(fx.cache_v.ptr, D::ACL_BF16, &dims, None, 0)
             .unwrap();
         let kl = (nn.aclCreateTensorList)([k as *const aclTensor].as_ptr(), 1);
         let vl = (nn.aclCreateTensorList)([v as *const aclTensor].as_ptr(), 1);
@@ -350,9 +355,10 @@ fn fia_tnd_paged_gqa_causal_mixed_prefill_and_decode() {
     let table = [2, 0, 1, 3];
     let (cu_q, kv) = ([3i64, 4], [5i64, 130]);
     let scale = 1.0 / (DH as f64).sqrt();
-    for version in [2u8, 3, 4] {
+    for (version, bnbsd) in [(2u8, false), (3, false), (4, false), (4, true)] {
         let s = Session::new().unwrap();
-        let fx = setup(&s, 4, &table, false);
+        let mut fx = setup(&s, 4, &table, false);
+        fx.bnbsd = bnbsd;
         let (aq, akv) = (int_array(&s, &cu_q), int_array(&s, &kv));
         let (st, ex) = fia(&s, version, &fx, aq, akv, "TND", BS as i64, scale);
         assert_eq!(st, 0, "V{version}: {}", s.cann.acl.recent_error_message());
@@ -433,7 +439,7 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
     let v = s
         .upload(D::ACL_BF16, &[3, h as i64, d as i64], &bf16_bytes(&vx))
         .unwrap();
-    let slots = [17i32, -1, 3];
+    let slots = [17i32, 0, 3];
     let sm = s.upload(D::ACL_INT32, &[3], &i32_bytes(&slots)).unwrap();
     let mode = CString::new("Norm").unwrap();
     // SAFETY: live descriptors.
@@ -473,35 +479,38 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
     }
     assert_eq!(gk, wk);
     assert_eq!(gv, wv);
-    // A slot beyond the cache fails at execution and counts as out-of-bounds.
-    let bad = s
-        .upload(D::ACL_INT32, &[3], &i32_bytes(&[0, 1, 32]))
+    // Slots beyond the cache, negative (padding is not skipped: the docs require
+    // [0, blocks*block_size)) or repeated fail at execution.
+    let mut bads = Vec::new();
+    for slots in [[0, 1, 32], [0, -1, 2], [4, 5, 4]] {
+        let bad = s.upload(D::ACL_INT32, &[3], &i32_bytes(&slots)).unwrap();
+        // SAFETY: live descriptors.
+        s.run_op(
+            "spkv",
+            |w, e| unsafe {
+                (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(
+                    k.tensor,
+                    kc.tensor,
+                    bad.tensor,
+                    v.tensor,
+                    vc.tensor,
+                    null(),
+                    null(),
+                    null(),
+                    mode.as_ptr() as *mut _,
+                    std::ptr::null_mut(),
+                    null(),
+                    null(),
+                    w,
+                    e,
+                )
+            },
+            ops.aclnnScatterPaKvCache.unwrap(),
+        )
         .unwrap();
-    // SAFETY: live descriptors.
-    s.run_op(
-        "spkv",
-        |w, e| unsafe {
-            (ops.aclnnScatterPaKvCacheGetWorkspaceSize.unwrap())(
-                k.tensor,
-                kc.tensor,
-                bad.tensor,
-                v.tensor,
-                vc.tensor,
-                null(),
-                null(),
-                null(),
-                mode.as_ptr() as *mut _,
-                std::ptr::null_mut(),
-                null(),
-                null(),
-                w,
-                e,
-            )
-        },
-        ops.aclnnScatterPaKvCache.unwrap(),
-    )
-    .unwrap();
-    assert!(s.sync().is_err());
+        assert!(s.sync().is_err(), "{slots:?}");
+        bads.push(bad);
+    }
     // Another cache mode is rejected in phase 1.
     let nz = CString::new("PA_NZ").unwrap();
     let (mut ws, mut ex) = (0, std::ptr::null_mut());
@@ -525,11 +534,12 @@ fn scatter_pa_kv_cache_norm_writes_slots() {
         )
     };
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
-    for t in [kc, vc, k, v, sm, bad] {
+    for t in [kc, vc, k, v, sm].into_iter().chain(bads) {
         s.release(t).unwrap();
     }
     let st = s.finish().unwrap();
-    assert_eq!(st.oob_accesses, 1);
+    assert_eq!(st.oob_accesses, 2);
+    assert_eq!(st.exec_errors, 3);
     assert_eq!(st.leaks(), 0);
 }
 

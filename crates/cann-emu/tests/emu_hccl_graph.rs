@@ -303,3 +303,105 @@ fn captured_graph_replays_reading_device_memory_at_execution() {
     assert_eq!(st.capture_violations, 2);
     assert_eq!(st.ops_executed, 3);
 }
+
+#[test]
+fn ranks_passing_different_counts_get_an_error_not_a_hang() {
+    let s = Session::new().unwrap();
+    let cann = Arc::new(ascend_sys::Cann::load_from([lib_dir().unwrap()]).unwrap());
+    let mut root = HcclRootInfo::default();
+    // SAFETY: a valid out-pointer.
+    unsafe { (cann.hccl().unwrap().HcclGetRootInfo)(&mut root) };
+    let rcs: Vec<i32> = (0..2u32)
+        .map(|rank| {
+            let cann = cann.clone();
+            std::thread::spawn(move || {
+                let (acl, h) = (&cann.acl, cann.hccl().unwrap());
+                // SAFETY: plain calls with valid pointers; 16-byte buffers.
+                unsafe {
+                    (acl.aclrtSetDevice)(rank as i32);
+                    let mut stream = std::ptr::null_mut();
+                    (acl.aclrtCreateStream)(&mut stream);
+                    let mut comm = std::ptr::null_mut();
+                    (h.HcclCommInitRootInfo)(2, &root, rank, &mut comm);
+                    let mut p = std::ptr::null_mut();
+                    (acl.aclrtMalloc)(&mut p, 16, aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST);
+                    let count = if rank == 0 { 4 } else { 2 };
+                    let st = (h.HcclAllReduce)(
+                        p,
+                        p,
+                        count,
+                        HcclDataType::HCCL_DATA_TYPE_FP32,
+                        HcclReduceOp::HCCL_REDUCE_SUM,
+                        comm,
+                        stream,
+                    );
+                    assert_eq!(st, HcclResult::HCCL_SUCCESS);
+                    let rc = (acl.aclrtSynchronizeStream)(stream);
+                    (acl.aclrtFree)(p);
+                    (h.HcclCommDestroy)(comm);
+                    (acl.aclrtDestroyStream)(stream);
+                    rc
+                }
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(rcs.iter().all(|&rc| rc != 0), "{rcs:?}");
+    let st = s.finish().unwrap();
+    assert_eq!((st.leaks(), st.exec_errors), (0, 2));
+}
+
+#[test]
+fn thread_local_capture_only_blocks_the_capturing_thread() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let p = s.malloc(4).unwrap();
+    let mut h = [0u8; 4];
+    // SAFETY: live stream and a 4-byte allocation.
+    unsafe {
+        let mode = aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_THREAD_LOCAL;
+        assert_eq!((acl.aclmdlRICaptureBegin.unwrap())(s.stream, mode), 0);
+        assert_ne!(
+            (acl.aclrtMemcpy)(
+                h.as_mut_ptr().cast(),
+                4,
+                p,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST
+            ),
+            0
+        );
+    }
+    let (acl2, addr) = (acl.clone(), p as usize);
+    let rc = std::thread::spawn(move || {
+        let mut h = [0u8; 4];
+        // SAFETY: as above, from another thread bound to the same device.
+        unsafe {
+            (acl2.aclrtSetDevice)(0);
+            (acl2.aclrtMemcpy)(
+                h.as_mut_ptr().cast(),
+                4,
+                addr as *const c_void,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+            )
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        rc, 0,
+        "another thread may copy during a thread-local capture"
+    );
+    let mut ri = std::ptr::null_mut();
+    // SAFETY: live handles.
+    unsafe {
+        assert_eq!((acl.aclmdlRICaptureEnd.unwrap())(s.stream, &mut ri), 0);
+        assert_eq!((acl.aclmdlRIDestroy.unwrap())(ri), 0);
+        (acl.aclrtFree)(p);
+    }
+    let st = s.finish().unwrap();
+    assert_eq!((st.leaks(), st.capture_violations), (0, 1));
+}

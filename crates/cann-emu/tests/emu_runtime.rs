@@ -358,3 +358,58 @@ fn stream_wait_event_orders_two_streams_and_errors_are_per_thread() {
     assert_eq!((st.live_streams, st.live_events), (0, 0));
     assert_eq!(st.invalid_frees, 1);
 }
+
+#[test]
+fn strict_memcpy_does_not_wait_for_queued_work() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let p = s.malloc(4).unwrap();
+    let new = 5u32.to_le_bytes();
+    let mut out = [0u8; 4];
+    std::env::set_var("CANN_EMU_STRICT_MEMCPY", "1");
+    // SAFETY: buffers live until the synchronisation below.
+    unsafe {
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(
+                p,
+                4,
+                new.as_ptr().cast(),
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+                s.stream
+            ),
+            0
+        );
+        assert_eq!(
+            (acl.aclrtMemcpy)(
+                out.as_mut_ptr().cast(),
+                4,
+                p,
+                4,
+                aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST
+            ),
+            0
+        );
+    }
+    assert_eq!(
+        u32::from_le_bytes(out),
+        0,
+        "the queued write has not run yet"
+    );
+    s.sync().unwrap();
+    // SAFETY: as above.
+    unsafe {
+        (acl.aclrtMemcpy)(
+            out.as_mut_ptr().cast(),
+            4,
+            p,
+            4,
+            aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+        )
+    };
+    std::env::remove_var("CANN_EMU_STRICT_MEMCPY");
+    assert_eq!(u32::from_le_bytes(out), 5);
+    // SAFETY: live allocation.
+    unsafe { (acl.aclrtFree)(p) };
+    assert_eq!(s.finish().unwrap().leaks(), 0);
+}

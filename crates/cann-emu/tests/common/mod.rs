@@ -199,6 +199,15 @@ pub async fn collect(mut s: qwen3_engine::RequestStream) -> (Vec<u32>, usize) {
     while let Some(o) = s.next().await {
         toks.extend(o.token_ids);
         cached = o.num_cached_tokens;
+        if let Some(r) = o.finish_reason {
+            // Every test request ignores EOS and runs to its max_tokens.
+            assert_eq!(
+                r,
+                qwen3_engine::FinishReason::Length,
+                "after {} tokens",
+                toks.len()
+            );
+        }
     }
     (toks, cached)
 }
