@@ -7,6 +7,7 @@ pub mod executor;
 pub mod quant;
 pub mod qwen3;
 pub mod rope;
+pub mod synthetic;
 pub mod tp;
 pub mod weights;
 

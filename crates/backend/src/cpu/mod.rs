@@ -2,8 +2,10 @@
 //! matrix products through `gemm`, rows spread over rayon's pool.
 
 pub mod attention;
+pub mod bandwidth;
 pub mod comm;
 pub mod gemv;
+pub mod simd;
 pub mod matmul;
 
 use half::bf16;
