@@ -34,10 +34,10 @@ impl OutPtr {
     }
 }
 
-/// Scalar reference: dot products of `x`'s rows with one weight row.
-fn dots_scalar(x: &[f32], m: usize, k: usize, w: &[bf16], acc: &mut [f32; MAX_ROWS]) {
+/// Scalar reference: dot products of `x`'s rows (`ks` floats apart) with one weight row.
+fn dots_scalar(x: &[f32], m: usize, ks: usize, k: usize, w: &[bf16], acc: &mut [f32; MAX_ROWS]) {
     for (i, a) in acc.iter_mut().enumerate().take(m) {
-        let xr = &x[i * k..(i + 1) * k];
+        let xr = &x[i * ks..i * ks + k];
         *a = xr.iter().zip(w).map(|(a, b)| a * b.to_f32()).sum();
     }
 }
@@ -61,10 +61,11 @@ mod avx2 {
     /// `M` rows of `x`, `U` independent accumulators per row (ILP for small `M`).
     ///
     /// # Safety
-    /// AVX2 and FMA; `x` holds `M * k` floats, `w` holds `k` values.
+    /// AVX2 and FMA; `x` holds `M` rows of `k` floats `ks` apart, `w` holds `k` values.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dots_n<const M: usize, const U: usize>(
         x: &[f32],
+        ks: usize,
         k: usize,
         w: &[bf16],
         acc: &mut [f32; MAX_ROWS],
@@ -81,7 +82,7 @@ mod avx2 {
                 let raw = _mm_loadu_si128(wp.add(j + 8 * u) as *const __m128i);
                 let wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
                 for (i, s) in sums.iter_mut().enumerate() {
-                    let xv = _mm256_loadu_ps(xp.add(i * k + j + 8 * u));
+                    let xv = _mm256_loadu_ps(xp.add(i * ks + j + 8 * u));
                     s[u] = _mm256_fmadd_ps(xv, wv, s[u]);
                 }
             }
@@ -94,26 +95,33 @@ mod avx2 {
             }
             let mut t = hsum(v);
             for jj in body..k {
-                t += x[i * k + jj] * w[jj].to_f32();
+                t += x[i * ks + jj] * w[jj].to_f32();
             }
             acc[i] = t;
         }
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `x` holds `m * k` floats, `w` holds `k` values,
-    /// `1 <= m <= MAX_ROWS`.
+    /// The CPU must support AVX2 and FMA; `x` holds `m` rows of `k` floats `ks` apart, `w` holds
+    /// `k` values, `1 <= m <= MAX_ROWS`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dots(x: &[f32], m: usize, k: usize, w: &[bf16], acc: &mut [f32; MAX_ROWS]) {
+    pub unsafe fn dots(
+        x: &[f32],
+        m: usize,
+        ks: usize,
+        k: usize,
+        w: &[bf16],
+        acc: &mut [f32; MAX_ROWS],
+    ) {
         match m {
-            1 => dots_n::<1, 4>(x, k, w, acc),
-            2 => dots_n::<2, 2>(x, k, w, acc),
-            3 => dots_n::<3, 1>(x, k, w, acc),
-            4 => dots_n::<4, 1>(x, k, w, acc),
-            5 => dots_n::<5, 1>(x, k, w, acc),
-            6 => dots_n::<6, 1>(x, k, w, acc),
-            7 => dots_n::<7, 1>(x, k, w, acc),
-            _ => dots_n::<8, 1>(x, k, w, acc),
+            1 => dots_n::<1, 4>(x, ks, k, w, acc),
+            2 => dots_n::<2, 2>(x, ks, k, w, acc),
+            3 => dots_n::<3, 1>(x, ks, k, w, acc),
+            4 => dots_n::<4, 1>(x, ks, k, w, acc),
+            5 => dots_n::<5, 1>(x, ks, k, w, acc),
+            6 => dots_n::<6, 1>(x, ks, k, w, acc),
+            7 => dots_n::<7, 1>(x, ks, k, w, acc),
+            _ => dots_n::<8, 1>(x, ks, k, w, acc),
         }
     }
 }
@@ -134,10 +142,11 @@ mod avx512 {
     /// there is no scalar remainder.
     ///
     /// # Safety
-    /// AVX-512 F/BW/VL; `x` holds `M * k` floats, `w` holds `k` values.
+    /// AVX-512 F/BW/VL; `x` holds `M` rows of `k` floats `ks` apart, `w` holds `k` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn dots_n<const M: usize, const U: usize>(
         x: &[f32],
+        ks: usize,
         k: usize,
         w: &[bf16],
         acc: &mut [f32; MAX_ROWS],
@@ -153,7 +162,7 @@ mod avx512 {
                 let raw = _mm256_loadu_si256(wp.add(j + 16 * u) as *const __m256i);
                 let wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
                 for (i, s) in sums.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_ps(xp.add(i * k + j + 16 * u));
+                    let xv = _mm512_loadu_ps(xp.add(i * ks + j + 16 * u));
                     s[u] = _mm512_fmadd_ps(xv, wv, s[u]);
                 }
             }
@@ -164,7 +173,7 @@ mod avx512 {
             let raw = _mm256_maskz_loadu_epi16(mk, wp.add(j) as *const i16);
             let wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
             for (i, s) in sums.iter_mut().enumerate() {
-                let xv = _mm512_maskz_loadu_ps(mk, xp.add(i * k + j));
+                let xv = _mm512_maskz_loadu_ps(mk, xp.add(i * ks + j));
                 s[0] = _mm512_fmadd_ps(xv, wv, s[0]);
             }
             j += 16;
@@ -179,18 +188,26 @@ mod avx512 {
     }
 
     /// # Safety
-    /// AVX-512 F/BW/VL; `x` holds `m * k` floats, `w` holds `k` values, `1 <= m <= MAX_ROWS`.
+    /// AVX-512 F/BW/VL; `x` holds `m` rows of `k` floats `ks` apart, `w` holds `k`
+    /// values, `1 <= m <= MAX_ROWS`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn dots(x: &[f32], m: usize, k: usize, w: &[bf16], acc: &mut [f32; MAX_ROWS]) {
+    pub unsafe fn dots(
+        x: &[f32],
+        m: usize,
+        ks: usize,
+        k: usize,
+        w: &[bf16],
+        acc: &mut [f32; MAX_ROWS],
+    ) {
         match m {
-            1 => dots_n::<1, 4>(x, k, w, acc),
-            2 => dots_n::<2, 2>(x, k, w, acc),
-            3 => dots_n::<3, 2>(x, k, w, acc),
-            4 => dots_n::<4, 1>(x, k, w, acc),
-            5 => dots_n::<5, 1>(x, k, w, acc),
-            6 => dots_n::<6, 1>(x, k, w, acc),
-            7 => dots_n::<7, 1>(x, k, w, acc),
-            _ => dots_n::<8, 1>(x, k, w, acc),
+            1 => dots_n::<1, 4>(x, ks, k, w, acc),
+            2 => dots_n::<2, 2>(x, ks, k, w, acc),
+            3 => dots_n::<3, 2>(x, ks, k, w, acc),
+            4 => dots_n::<4, 1>(x, ks, k, w, acc),
+            5 => dots_n::<5, 1>(x, ks, k, w, acc),
+            6 => dots_n::<6, 1>(x, ks, k, w, acc),
+            7 => dots_n::<7, 1>(x, ks, k, w, acc),
+            _ => dots_n::<8, 1>(x, ks, k, w, acc),
         }
     }
 
@@ -284,10 +301,11 @@ mod neon {
     use std::arch::aarch64::*;
 
     /// # Safety
-    /// NEON; `x` holds `M * k` floats, `w` holds `k` values.
+    /// NEON; `x` holds `M` rows of `k` floats `ks` apart, `w` holds `k` values.
     #[target_feature(enable = "neon")]
     unsafe fn dots_n<const M: usize, const U: usize>(
         x: &[f32],
+        ks: usize,
         k: usize,
         w: &[bf16],
         acc: &mut [f32; MAX_ROWS],
@@ -303,7 +321,7 @@ mod neon {
                 // 4 BF16 → 4 F32: widen to 32 bits shifted into the high half.
                 let wv = vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(wp.add(j + 4 * u))));
                 for (i, s) in sums.iter_mut().enumerate() {
-                    let xv = vld1q_f32(xp.add(i * k + j + 4 * u));
+                    let xv = vld1q_f32(xp.add(i * ks + j + 4 * u));
                     s[u] = vfmaq_f32(s[u], xv, wv);
                 }
             }
@@ -316,32 +334,43 @@ mod neon {
             }
             let mut t = vaddvq_f32(v);
             for jj in body..k {
-                t += x[i * k + jj] * w[jj].to_f32();
+                t += x[i * ks + jj] * w[jj].to_f32();
             }
             acc[i] = t;
         }
     }
 
     /// # Safety
-    /// NEON; `x` holds `m * k` floats, `w` holds `k` values, `1 <= m <= MAX_ROWS`.
+    /// NEON; `x` holds `m` rows of `k` floats `ks` apart, `w` holds `k`
+    /// values, `1 <= m <= MAX_ROWS`.
     #[target_feature(enable = "neon")]
-    pub unsafe fn dots(x: &[f32], m: usize, k: usize, w: &[bf16], acc: &mut [f32; MAX_ROWS]) {
+    pub unsafe fn dots(
+        x: &[f32],
+        m: usize,
+        ks: usize,
+        k: usize,
+        w: &[bf16],
+        acc: &mut [f32; MAX_ROWS],
+    ) {
         match m {
-            1 => dots_n::<1, 4>(x, k, w, acc),
-            2 => dots_n::<2, 2>(x, k, w, acc),
-            3 => dots_n::<3, 2>(x, k, w, acc),
-            4 => dots_n::<4, 1>(x, k, w, acc),
-            5 => dots_n::<5, 1>(x, k, w, acc),
-            6 => dots_n::<6, 1>(x, k, w, acc),
-            7 => dots_n::<7, 1>(x, k, w, acc),
-            _ => dots_n::<8, 1>(x, k, w, acc),
+            1 => dots_n::<1, 4>(x, ks, k, w, acc),
+            2 => dots_n::<2, 2>(x, ks, k, w, acc),
+            3 => dots_n::<3, 2>(x, ks, k, w, acc),
+            4 => dots_n::<4, 1>(x, ks, k, w, acc),
+            5 => dots_n::<5, 1>(x, ks, k, w, acc),
+            6 => dots_n::<6, 1>(x, ks, k, w, acc),
+            7 => dots_n::<7, 1>(x, ks, k, w, acc),
+            _ => dots_n::<8, 1>(x, ks, k, w, acc),
         }
     }
 }
 
 /// The per-weight-row kernel of one level, with its prepared inputs.
+type DotsFn = fn(&[f32], usize, usize, usize, &[bf16], &mut [f32; MAX_ROWS]);
+
 enum Kernel<'a> {
-    F32(fn(&[f32], usize, usize, &[bf16], &mut [f32; MAX_ROWS])),
+    /// With `x`'s row stride.
+    F32(DotsFn, usize),
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Bf16 { xb: &'a [u16], kp: usize },
 }
@@ -360,18 +389,18 @@ pub fn kernel_name() -> &'static str {
     kernel_for(simd::level(), 1).name()
 }
 
-fn f32_kernel(level: Level) -> fn(&[f32], usize, usize, &[bf16], &mut [f32; MAX_ROWS]) {
+fn f32_kernel(level: Level) -> DotsFn {
     match level {
         // SAFETY (each arm): the level is only ever `supported()` ones (checked by the caller),
         // and `run` passes slices of the documented sizes with 1 <= m <= MAX_ROWS.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => |x, m, k, w, acc| unsafe { avx2::dots(x, m, k, w, acc) },
+        Level::Avx2 => |x, m, ks, k, w, acc| unsafe { avx2::dots(x, m, ks, k, w, acc) },
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 | Level::Avx512Bf16 => |x, m, k, w, acc| unsafe {
-            avx512::dots(x, m, k, w, acc)
+        Level::Avx512 | Level::Avx512Bf16 => |x, m, ks, k, w, acc| unsafe {
+            avx512::dots(x, m, ks, k, w, acc)
         },
         #[cfg(target_arch = "aarch64")]
-        Level::Neon => |x, m, k, w, acc| unsafe { neon::dots(x, m, k, w, acc) },
+        Level::Neon => |x, m, ks, k, w, acc| unsafe { neon::dots(x, m, ks, k, w, acc) },
         _ => dots_scalar,
     }
 }
@@ -385,7 +414,7 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
             for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
                 let wr = &w[j * k..(j + 1) * k];
                 match kernel {
-                    Kernel::F32(f) => f(x, m, k, wr, &mut acc),
+                    Kernel::F32(f, ks) => f(x, m, ks, k, wr, &mut acc),
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: built only when AVX512_BF16 is supported; `xb` is `[m, kp]`
                     // with kp ≥ k, and `wr` holds k values.
@@ -393,7 +422,7 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
                         avx512::dots_bf16(xb, m, kp, k, wr, &mut acc)
                     },
                     #[cfg(not(target_arch = "x86_64"))]
-                    Kernel::Bf16 { .. } => dots_scalar(x, m, k, wr, &mut acc),
+                    Kernel::Bf16 { .. } => dots_scalar(x, m, k, k, wr, &mut acc),
                 }
                 for (i, a) in acc.iter().enumerate().take(m) {
                     // SAFETY: column j belongs to this task alone; i < m and j < n.
@@ -428,13 +457,29 @@ pub fn gemv_bf16_at(
     };
     #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512Bf16 {
-        let kp = k.div_ceil(32) * 32;
+        // The extra 32 values keep the 2·m rows off one cache set (see `padded_stride`).
+        let kp = k.div_ceil(32) * 32 + 32;
         let mut xb = vec![0u16; 2 * m * kp];
         // SAFETY: AVX512_BF16 is supported (checked above); `x` is `[m, k]`, `xb` `[m, 2, kp]`.
         unsafe { avx512::split_bf16(x, m, k, kp, &mut xb) };
         return run(Kernel::Bf16 { xb: &xb, kp }, x, m, k, w, n, out);
     }
-    run(Kernel::F32(f32_kernel(level)), x, m, k, w, n, out)
+    if m == 1 {
+        return run(Kernel::F32(f32_kernel(level), k), x, m, k, w, n, out);
+    }
+    let ks = padded_stride(k);
+    let mut xs = vec![0.0f32; m * ks];
+    for (d, s) in xs.chunks_exact_mut(ks).zip(x.chunks_exact(k)) {
+        d[..k].copy_from_slice(s);
+    }
+    run(Kernel::F32(f32_kernel(level), ks), &xs, m, k, w, n, out)
+}
+
+/// Row stride for a copy of `x`: rows a multiple of 4 KiB apart (k = 1024, 2048, …) all map
+/// to the same L1 sets, and with the weight stream that is more lines than the cache's ways,
+/// so batch 8 ran 3–4× slower than batch 1. One extra cache line per row spreads them.
+fn padded_stride(k: usize) -> usize {
+    k.div_ceil(16) * 16 + 16
 }
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` with the level in force ([`simd::level`]).

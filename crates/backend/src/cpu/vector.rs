@@ -158,44 +158,30 @@ unsafe fn dot_g<S: Simd>(a: &[f32], b: &[f32]) -> f32 {
     S::hsum(S::add(s0, s1))
 }
 
-/// Applies `f` to full vectors of `x` (in place), then to a padded tail.
-#[inline(always)]
-unsafe fn map_inplace<S: Simd>(x: &mut [f32], fill: f32, mut f: impl FnMut(S::V) -> S::V) {
-    let (n, l) = (x.len(), S::LANES);
-    let mut i = 0;
-    while i + l <= n {
-        S::store(x.as_mut_ptr().add(i), f(S::load(x.as_ptr().add(i))));
-        i += l;
-    }
-    if i < n {
-        let mut t = tail_buf(&x[i..], fill);
-        S::store(t.as_mut_ptr(), f(S::load(t.as_ptr())));
-        x[i..].copy_from_slice(&t[..n - i]);
-    }
-}
-
-/// `out = f(a, b)` element-wise over full vectors and a padded tail.
-#[inline(always)]
-unsafe fn zip_map<S: Simd>(
-    a: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-    mut f: impl FnMut(S::V, S::V) -> S::V,
-) {
-    let n = out.len().min(a.len()).min(b.len());
-    let l = S::LANES;
-    let mut i = 0;
-    while i + l <= n {
-        let v = f(S::load(a.as_ptr().add(i)), S::load(b.as_ptr().add(i)));
-        S::store(out.as_mut_ptr().add(i), v);
-        i += l;
-    }
-    if i < n {
-        let (ta, tb) = (tail_buf(&a[i..n], 0.0), tail_buf(&b[i..n], 0.0));
-        let mut t = [0.0f32; 16];
-        S::store(t.as_mut_ptr(), f(S::load(ta.as_ptr()), S::load(tb.as_ptr())));
-        out[i..n].copy_from_slice(&t[..n - i]);
-    }
+/// `out = f(a, b)` element-wise over full vectors and a zero-padded tail. A macro, not a
+/// closure: a closure's body would be compiled without the caller's target features, and its
+/// intrinsics would not inline.
+macro_rules! zip_map {
+    ($S:ty, $a:expr, $b:expr, $out:expr, |$va:ident, $vb:ident| $body:expr) => {{
+        let (a, b, out): (&[f32], &[f32], &mut [f32]) = ($a, $b, $out);
+        let n = out.len().min(a.len()).min(b.len());
+        let l = <$S>::LANES;
+        let mut i = 0;
+        while i + l <= n {
+            let $va = <$S>::load(a.as_ptr().add(i));
+            let $vb = <$S>::load(b.as_ptr().add(i));
+            <$S>::store(out.as_mut_ptr().add(i), $body);
+            i += l;
+        }
+        if i < n {
+            let (ta, tb) = (tail_buf(&a[i..n], 0.0), tail_buf(&b[i..n], 0.0));
+            let $va = <$S>::load(ta.as_ptr());
+            let $vb = <$S>::load(tb.as_ptr());
+            let mut t = [0.0f32; 16];
+            <$S>::store(t.as_mut_ptr(), $body);
+            out[i..n].copy_from_slice(&t[..n - i]);
+        }
+    }};
 }
 
 #[inline(always)]
@@ -217,7 +203,16 @@ unsafe fn axpy_g<S: Simd>(alpha: f32, x: &[f32], y: &mut [f32]) {
 #[inline(always)]
 unsafe fn scale_g<S: Simd>(alpha: f32, x: &mut [f32]) {
     let a = S::splat(alpha);
-    map_inplace::<S>(x, 0.0, |v| S::mul(v, a));
+    let (n, l) = (x.len(), S::LANES);
+    let mut i = 0;
+    while i + l <= n {
+        let p = x.as_mut_ptr().add(i);
+        S::store(p, S::mul(S::load(p), a));
+        i += l;
+    }
+    for v in &mut x[i..] {
+        *v *= alpha;
+    }
 }
 
 #[inline(always)]
@@ -252,17 +247,17 @@ unsafe fn sum_sq_g<S: Simd>(x: &[f32]) -> f32 {
 #[inline(always)]
 unsafe fn mul_scale_g<S: Simd>(x: &[f32], r: f32, w: &[f32], out: &mut [f32]) {
     let rv = S::splat(r);
-    zip_map::<S>(x, w, out, |a, b| S::mul(S::mul(a, rv), b));
+    zip_map!(S, x, w, out, |a, b| S::mul(S::mul(a, rv), b));
 }
 
 #[inline(always)]
 unsafe fn silu_mul_g<S: Simd>(g: &[f32], u: &[f32], out: &mut [f32]) {
     let one = S::splat(1.0);
     let zero = S::splat(0.0);
-    zip_map::<S>(g, u, out, |g, u| {
-        let e = exp_v::<S>(S::sub(zero, g));
-        S::mul(S::div(g, S::add(one, e)), u)
-    });
+    zip_map!(S, g, u, out, |g, u| S::mul(
+        S::div(g, S::add(one, exp_v::<S>(S::sub(zero, g)))),
+        u
+    ));
 }
 
 #[inline(always)]
