@@ -104,10 +104,22 @@ impl Shape {
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
             t.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            t.push((format!("{p}.self_attn.q_proj.weight"), vec![self.heads * d, h]));
-            t.push((format!("{p}.self_attn.k_proj.weight"), vec![self.kv_heads * d, h]));
-            t.push((format!("{p}.self_attn.v_proj.weight"), vec![self.kv_heads * d, h]));
-            t.push((format!("{p}.self_attn.o_proj.weight"), vec![h, self.heads * d]));
+            t.push((
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![self.heads * d, h],
+            ));
+            t.push((
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![self.kv_heads * d, h],
+            ));
+            t.push((
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![self.kv_heads * d, h],
+            ));
+            t.push((
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![h, self.heads * d],
+            ));
             t.push((format!("{p}.self_attn.q_norm.weight"), vec![d]));
             t.push((format!("{p}.self_attn.k_norm.weight"), vec![d]));
             t.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
@@ -198,10 +210,7 @@ pub fn write_model(dir: &Path, shape: &Shape, seed: u64) -> Result<(), Synthetic
 
     let tensors = shape.tensors();
     let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({ "format": "pt" }),
-    );
+    header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
     let mut offset = 0usize;
     for (name, dims) in &tensors {
         let bytes = dims.iter().product::<usize>() * 2;

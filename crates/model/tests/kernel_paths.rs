@@ -50,7 +50,12 @@ fn worst_diff(model: &str, level: Level) -> f32 {
                 .expect("prefill");
             for (p, want) in rec.prefill.iter().take(split).enumerate() {
                 let d = max_diff(&logits[p * vocab..(p + 1) * vocab], want, &rec.columns);
-                assert!(d < TOL, "{} {model}/{} prefill {p}: {d}", level.name(), case.name);
+                assert!(
+                    d < TOL,
+                    "{} {model}/{} prefill {p}: {d}",
+                    level.name(),
+                    case.name
+                );
                 worst = worst.max(d);
             }
         }
@@ -61,10 +66,21 @@ fn worst_diff(model: &str, level: Level) -> f32 {
         let mut last = logits[(n - 1) * vocab..n * vocab].to_vec();
         for (i, &tok) in case.greedy_ids.iter().enumerate() {
             let d = max_diff(&last, &rec.decode[i], &rec.columns);
-            assert!(d < TOL, "{} {model}/{} decode {i}: {d}", level.name(), case.name);
+            assert!(
+                d < TOL,
+                "{} {model}/{} decode {i}: {d}",
+                level.name(),
+                case.name
+            );
             worst = worst.max(d);
             let ours = qwen3_backend::sampling::argmax(&last);
-            assert_eq!(ours, tok, "{} {model}/{}: greedy token {i}", level.name(), case.name);
+            assert_eq!(
+                ours,
+                tok,
+                "{} {model}/{}: greedy token {i}",
+                level.name(),
+                case.name
+            );
             last = ex
                 .logits(&single_seq_batch(&[tok], n + i, false), &[0])
                 .expect("decode");

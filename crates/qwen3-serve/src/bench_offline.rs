@@ -39,7 +39,11 @@ pub fn make_model(args: &MakeModelArgs) -> anyhow::Result<()> {
     let shape = Shape::by_name(&args.shape)?;
     write_model(&args.out, &shape, args.seed)?;
     let fixture = crate::model_dir::bundled_model();
-    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(fixture.join(f), args.out.join(f))
             .with_context(|| format!("copying {f} from {}", fixture.display()))?;
     }

@@ -105,7 +105,8 @@ mod tests {
         let group = g.num_heads / g.num_kv_heads;
         let mut out = vec![0.0; q.len()];
         for (t, p) in places.iter().enumerate() {
-            let table = &kv.block_tables[p.seq as usize * kv.max_blocks_per_seq..][..kv.max_blocks_per_seq];
+            let table =
+                &kv.block_tables[p.seq as usize * kv.max_blocks_per_seq..][..kv.max_blocks_per_seq];
             let end = p.pos as usize + 1;
             let start = g.sliding_window.map_or(0, |w| end.saturating_sub(w));
             for h in 0..g.num_heads {
@@ -116,7 +117,10 @@ mod tests {
                 let s: Vec<f64> = offs
                     .iter()
                     .map(|&o| {
-                        qh.iter().zip(&kv.k[o..o + d]).map(|(a, b)| f64::from(a * b)).sum::<f64>()
+                        qh.iter()
+                            .zip(&kv.k[o..o + d])
+                            .map(|(a, b)| f64::from(a * b))
+                            .sum::<f64>()
                             * f64::from(g.scale)
                     })
                     .collect();
@@ -124,7 +128,11 @@ mod tests {
                 let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
                 for (i, o) in out[t * row + h * d..][..d].iter_mut().enumerate() {
-                    *o = offs.iter().zip(&e).map(|(&off, p)| p / sum * f64::from(kv.v[off + i])).sum::<f64>() as f32;
+                    *o = offs
+                        .iter()
+                        .zip(&e)
+                        .map(|(&off, p)| p / sum * f64::from(kv.v[off + i]))
+                        .sum::<f64>() as f32;
                 }
             }
         }
@@ -136,13 +144,29 @@ mod tests {
         // head_dim 36 (not a multiple of 16), 3 query heads per KV head, blocks of 5, two
         // sequences: a decode at position 40 and a 3-token chunk, one with a sliding window.
         for window in [None, Some(7)] {
-            let g = AttnGeometry { num_heads: 6, num_kv_heads: 2, head_dim: 36, scale: 0.17, sliding_window: window };
+            let g = AttnGeometry {
+                num_heads: 6,
+                num_kv_heads: 2,
+                head_dim: 36,
+                scale: 0.17,
+                sliding_window: window,
+            };
             let (bs, blocks) = (5, 20);
             let n = blocks * bs * g.num_kv_heads * g.head_dim;
-            let k: Vec<f32> = (0..n).map(|i| ((i * 31 % 97) as f32 - 48.0) / 20.0).collect();
-            let v: Vec<f32> = (0..n).map(|i| ((i * 17 % 89) as f32 - 44.0) / 30.0).collect();
+            let k: Vec<f32> = (0..n)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 20.0)
+                .collect();
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 17 % 89) as f32 - 44.0) / 30.0)
+                .collect();
             let block_tables: Vec<u32> = (0..20).rev().collect();
-            let kv = PagedKv { k: &k, v: &v, block_size: bs, block_tables: &block_tables, max_blocks_per_seq: 10 };
+            let kv = PagedKv {
+                k: &k,
+                v: &v,
+                block_size: bs,
+                block_tables: &block_tables,
+                max_blocks_per_seq: 10,
+            };
             let places = [
                 TokenPlace { seq: 0, pos: 40 },
                 TokenPlace { seq: 1, pos: 0 },
@@ -150,13 +174,19 @@ mod tests {
                 TokenPlace { seq: 1, pos: 2 },
             ];
             let row = g.num_heads * g.head_dim;
-            let q: Vec<f32> = (0..places.len() * row).map(|i| ((i * 7 % 23) as f32 - 11.0) / 5.0).collect();
+            let q: Vec<f32> = (0..places.len() * row)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 5.0)
+                .collect();
             let want = reference(&q, &places, &kv, &g);
             for level in supported_levels().into_iter().chain([Level::Scalar]) {
                 let mut got = vec![0.0; q.len()];
                 paged_attention(&q, &places, &kv, &g, kernels(level), &mut got);
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!((a - b).abs() < 1e-5, "{} window {window:?} [{i}]: {a} vs {b}", level.name());
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{} window {window:?} [{i}]: {a} vs {b}",
+                        level.name()
+                    );
                 }
             }
         }

@@ -211,6 +211,80 @@ mod avx512 {
         }
     }
 
+    #[inline(always)]
+    unsafe fn widen(raw: __m256i) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16))
+    }
+
+    /// Two weight rows per pass: each `x` load feeds two FMAs. Past batch 2 the loads of `x`,
+    /// not the FMAs, bound the one-row kernel (Zen 4 loads one 512-bit vector a cycle).
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL; `x` holds `M` rows of `k` floats `ks` apart, `w0`, `w1` hold `k`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn dots_pair_n<const M: usize>(
+        x: &[f32],
+        ks: usize,
+        k: usize,
+        w: [&[bf16]; 2],
+        acc: [&mut [f32; MAX_ROWS]; 2],
+    ) {
+        let mut s0 = [_mm512_setzero_ps(); M];
+        let mut s1 = [_mm512_setzero_ps(); M];
+        let (p0, p1) = (w[0].as_ptr() as *const u16, w[1].as_ptr() as *const u16);
+        let xp = x.as_ptr();
+        let body = k / 16 * 16;
+        let mut j = 0;
+        while j < body {
+            let a = widen(_mm256_loadu_si256(p0.add(j) as *const __m256i));
+            let b = widen(_mm256_loadu_si256(p1.add(j) as *const __m256i));
+            for i in 0..M {
+                let xv = _mm512_loadu_ps(xp.add(i * ks + j));
+                s0[i] = _mm512_fmadd_ps(xv, a, s0[i]);
+                s1[i] = _mm512_fmadd_ps(xv, b, s1[i]);
+            }
+            j += 16;
+        }
+        if j < k {
+            let mk = mask16(k - j);
+            let a = widen(_mm256_maskz_loadu_epi16(mk, p0.add(j) as *const i16));
+            let b = widen(_mm256_maskz_loadu_epi16(mk, p1.add(j) as *const i16));
+            for i in 0..M {
+                let xv = _mm512_maskz_loadu_ps(mk, xp.add(i * ks + j));
+                s0[i] = _mm512_fmadd_ps(xv, a, s0[i]);
+                s1[i] = _mm512_fmadd_ps(xv, b, s1[i]);
+            }
+        }
+        let [a0, a1] = acc;
+        for i in 0..M {
+            a0[i] = _mm512_reduce_add_ps(s0[i]);
+            a1[i] = _mm512_reduce_add_ps(s1[i]);
+        }
+    }
+
+    /// # Safety
+    /// As [`dots_pair_n`], with `1 <= m <= MAX_ROWS`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dots_pair(
+        x: &[f32],
+        m: usize,
+        ks: usize,
+        k: usize,
+        w: [&[bf16]; 2],
+        acc: [&mut [f32; MAX_ROWS]; 2],
+    ) {
+        match m {
+            1 => dots_pair_n::<1>(x, ks, k, w, acc),
+            2 => dots_pair_n::<2>(x, ks, k, w, acc),
+            3 => dots_pair_n::<3>(x, ks, k, w, acc),
+            4 => dots_pair_n::<4>(x, ks, k, w, acc),
+            5 => dots_pair_n::<5>(x, ks, k, w, acc),
+            6 => dots_pair_n::<6>(x, ks, k, w, acc),
+            7 => dots_pair_n::<7>(x, ks, k, w, acc),
+            _ => dots_pair_n::<8>(x, ks, k, w, acc),
+        }
+    }
+
     /// `x` rows split into BF16 pairs `hi + lo` (≈ 16 mantissa bits together, so the
     /// products keep F32-like accuracy): `out` is `[m, 2, kp]`, each row zero-padded to `kp`
     /// (a multiple of 32) values.
@@ -368,9 +442,14 @@ mod neon {
 /// The per-weight-row kernel of one level, with its prepared inputs.
 type DotsFn = fn(&[f32], usize, usize, usize, &[bf16], &mut [f32; MAX_ROWS]);
 
+type PairFn = fn(&[f32], usize, usize, usize, [&[bf16]; 2], [&mut [f32; MAX_ROWS]; 2]);
+
 enum Kernel<'a> {
     /// With `x`'s row stride.
     F32(DotsFn, usize),
+    /// Two weight rows per call, with `x`'s row stride.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Pair(PairFn, usize),
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Bf16 { xb: &'a [u16], kp: usize },
 }
@@ -396,9 +475,9 @@ fn f32_kernel(level: Level) -> DotsFn {
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => |x, m, ks, k, w, acc| unsafe { avx2::dots(x, m, ks, k, w, acc) },
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 | Level::Avx512Bf16 => |x, m, ks, k, w, acc| unsafe {
-            avx512::dots(x, m, ks, k, w, acc)
-        },
+        Level::Avx512 | Level::Avx512Bf16 => {
+            |x, m, ks, k, w, acc| unsafe { avx512::dots(x, m, ks, k, w, acc) }
+        }
         #[cfg(target_arch = "aarch64")]
         Level::Neon => |x, m, ks, k, w, acc| unsafe { neon::dots(x, m, ks, k, w, acc) },
         _ => dots_scalar,
@@ -411,9 +490,22 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
         .into_par_iter()
         .for_each(|t| {
             let mut acc = [0.0f32; MAX_ROWS];
-            for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+            let mut acc2 = [0.0f32; MAX_ROWS];
+            let end = ((t + 1) * ROWS_PER_TASK).min(n);
+            let mut j = t * ROWS_PER_TASK;
+            while j < end {
                 let wr = &w[j * k..(j + 1) * k];
+                let rows = match kernel {
+                    Kernel::Pair(f, ks) if j + 1 < end => {
+                        let wr2 = &w[(j + 1) * k..(j + 2) * k];
+                        f(x, m, ks, k, [wr, wr2], [&mut acc, &mut acc2]);
+                        2
+                    }
+                    _ => 1,
+                };
                 match kernel {
+                    _ if rows == 2 => {}
+                    Kernel::Pair(_, ks) => dots_scalar(x, m, ks, k, wr, &mut acc),
                     Kernel::F32(f, ks) => f(x, m, ks, k, wr, &mut acc),
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: built only when AVX512_BF16 is supported; `xb` is `[m, kp]`
@@ -424,10 +516,13 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
                     #[cfg(not(target_arch = "x86_64"))]
                     Kernel::Bf16 { .. } => dots_scalar(x, m, k, k, wr, &mut acc),
                 }
-                for (i, a) in acc.iter().enumerate().take(m) {
-                    // SAFETY: column j belongs to this task alone; i < m and j < n.
-                    unsafe { *dst.get().add(i * n + j) = *a };
+                for (r, a) in [&acc, &acc2].into_iter().enumerate().take(rows) {
+                    for (i, a) in a.iter().enumerate().take(m) {
+                        // SAFETY: column j + r belongs to this task alone; i < m, j + r < n.
+                        unsafe { *dst.get().add(i * n + j + r) = *a };
+                    }
                 }
+                j += rows;
             }
         });
 }
@@ -444,10 +539,7 @@ pub fn gemv_bf16_at(
     out: &mut [f32],
 ) {
     assert!(
-        (1..=MAX_ROWS).contains(&m)
-            && x.len() == m * k
-            && w.len() == n * k
-            && out.len() == m * n,
+        (1..=MAX_ROWS).contains(&m) && x.len() == m * k && w.len() == n * k && out.len() == m * n,
         "gemv_bf16: sizes"
     );
     let level = if level.supported() {
@@ -471,6 +563,13 @@ pub fn gemv_bf16_at(
     let mut xs = vec![0.0f32; m * ks];
     for (d, s) in xs.chunks_exact_mut(ks).zip(x.chunks_exact(k)) {
         d[..k].copy_from_slice(s);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(level, Level::Avx512 | Level::Avx512Bf16) {
+        // SAFETY: the level is supported (checked above); `run` passes `x` as `[m, ks]` and
+        // two weight rows of k values.
+        let pair: PairFn = |x, m, ks, k, w, acc| unsafe { avx512::dots_pair(x, m, ks, k, w, acc) };
+        return run(Kernel::Pair(pair, ks), &xs, m, k, w, n, out);
     }
     run(Kernel::F32(f32_kernel(level), ks), &xs, m, k, w, n, out)
 }

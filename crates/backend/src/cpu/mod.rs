@@ -5,9 +5,9 @@ pub mod attention;
 pub mod bandwidth;
 pub mod comm;
 pub mod gemv;
+pub mod matmul;
 pub mod simd;
 pub mod vector;
-pub mod matmul;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -197,7 +197,11 @@ impl Backend for CpuBackend {
     type KvCache = CpuKvCache;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({} threads, {} kernels)",
+            rayon::current_num_threads(),
+            simd::level().name()
+        )
     }
 
     fn memory_info(&self) -> Result<(u64, u64)> {

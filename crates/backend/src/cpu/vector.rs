@@ -9,6 +9,9 @@
 
 use super::simd::Level;
 
+/// `(a, b, cos, sin)`: rotates the pairs `(a[i], b[i])` in place.
+pub type RopeFn = fn(&mut [f32], &mut [f32], &[f32], &[f32]);
+
 /// Safe entry points of one ISA.
 pub struct Kernels {
     pub level: Level,
@@ -27,7 +30,7 @@ pub struct Kernels {
     /// out = silu(g) · u
     pub silu_mul: fn(&[f32], &[f32], &mut [f32]),
     /// (a, b) = (a·cos − b·sin, b·cos + a·sin)
-    pub rope: fn(&mut [f32], &mut [f32], &[f32], &[f32]),
+    pub rope: RopeFn,
 }
 
 /// The kernel table for `level`; a level this CPU lacks gets the scalar table.
@@ -131,7 +134,7 @@ unsafe fn exp_v<S: Simd>(x: S::V) -> S::V {
     p = S::fma(p, r, S::splat(8.333_452e-3));
     p = S::fma(p, r, S::splat(4.166_579_6e-2));
     p = S::fma(p, r, S::splat(1.666_666_5e-1));
-    p = S::fma(p, r, S::splat(5.000_000_1e-1));
+    p = S::fma(p, r, S::splat(0.5));
     let p = S::add(S::fma(p, S::mul(r, r), r), S::splat(1.0));
     S::mul(p, S::pow2(n))
 }
@@ -144,7 +147,11 @@ unsafe fn dot_g<S: Simd>(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i + 2 * l <= n {
         s0 = S::fma(S::load(a.as_ptr().add(i)), S::load(b.as_ptr().add(i)), s0);
-        s1 = S::fma(S::load(a.as_ptr().add(i + l)), S::load(b.as_ptr().add(i + l)), s1);
+        s1 = S::fma(
+            S::load(a.as_ptr().add(i + l)),
+            S::load(b.as_ptr().add(i + l)),
+            s1,
+        );
         i += 2 * l;
     }
     while i + l <= n {
@@ -575,7 +582,11 @@ mod tests {
                 let d = ((k.dot)(&a, &b) - (s.dot)(&a, &b)).abs();
                 assert!(d <= 1e-5 * (1.0 + mag), "{}: {d}", what("dot"));
                 let sq = (k.sum_sq)(&a) - (s.sum_sq)(&a);
-                assert!(sq.abs() <= 1e-5 * (1.0 + (s.sum_sq)(&a)), "{}", what("sum_sq"));
+                assert!(
+                    sq.abs() <= 1e-5 * (1.0 + (s.sum_sq)(&a)),
+                    "{}",
+                    what("sum_sq")
+                );
 
                 let (mut y1, mut y2) = (b.clone(), b.clone());
                 (k.axpy)(0.37, &a, &mut y1);
