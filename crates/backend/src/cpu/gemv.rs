@@ -527,7 +527,7 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
         });
 }
 
-/// `out[m, n] = x[m, k] · w[n, k]ᵀ` with the kernels of `level` (1 ≤ m ≤ [`MAX_ROWS`]); a level
+/// `out[m, n] = x[m, k] · w[n, k]ᵀ` with the kernels of `level` (m ≤ [`MAX_ROWS`]); a level
 /// this CPU lacks falls back to scalar.
 pub fn gemv_bf16_at(
     level: Level,
@@ -539,9 +539,13 @@ pub fn gemv_bf16_at(
     out: &mut [f32],
 ) {
     assert!(
-        (1..=MAX_ROWS).contains(&m) && x.len() == m * k && w.len() == n * k && out.len() == m * n,
+        m <= MAX_ROWS && x.len() == m * k && w.len() == n * k && out.len() == m * n,
         "gemv_bf16: sizes"
     );
+    // No rows (a step where nothing samples) or no columns: nothing to compute.
+    if m == 0 || n == 0 {
+        return;
+    }
     let level = if level.supported() {
         kernel_for(level, m)
     } else {
@@ -647,6 +651,16 @@ mod tests {
                 1e-5
             };
             check(level, tol);
+        }
+    }
+
+    #[test]
+    fn empty_batches_are_a_no_op() {
+        let w = [bf16::ONE; 6];
+        let mut out: [f32; 0] = [];
+        for level in Level::ALL {
+            gemv_bf16_at(level, &[], 0, 3, &w, 2, &mut out);
+            gemv_bf16_at(level, &[1.0; 3], 1, 3, &[], 0, &mut out);
         }
     }
 
