@@ -447,9 +447,10 @@ type PairFn = fn(&[f32], usize, usize, usize, [&[bf16]; 2], [&mut [f32; MAX_ROWS
 enum Kernel<'a> {
     /// With `x`'s row stride.
     F32(DotsFn, usize),
-    /// Two weight rows per call, with `x`'s row stride.
+    /// Two weight rows per call (and the one-row kernel for an odd last row), with `x`'s
+    /// row stride.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    Pair(PairFn, usize),
+    Pair(PairFn, DotsFn, usize),
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Bf16 { xb: &'a [u16], kp: usize },
 }
@@ -496,7 +497,7 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
             while j < end {
                 let wr = &w[j * k..(j + 1) * k];
                 let rows = match kernel {
-                    Kernel::Pair(f, ks) if j + 1 < end => {
+                    Kernel::Pair(f, _, ks) if j + 1 < end => {
                         let wr2 = &w[(j + 1) * k..(j + 2) * k];
                         f(x, m, ks, k, [wr, wr2], [&mut acc, &mut acc2]);
                         2
@@ -505,7 +506,7 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
                 };
                 match kernel {
                     _ if rows == 2 => {}
-                    Kernel::Pair(_, ks) => dots_scalar(x, m, ks, k, wr, &mut acc),
+                    Kernel::Pair(_, f, ks) => f(x, m, ks, k, wr, &mut acc),
                     Kernel::F32(f, ks) => f(x, m, ks, k, wr, &mut acc),
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: built only when AVX512_BF16 is supported; `xb` is `[m, kp]`
@@ -573,7 +574,15 @@ pub fn gemv_bf16_at(
         // SAFETY: the level is supported (checked above); `run` passes `x` as `[m, ks]` and
         // two weight rows of k values.
         let pair: PairFn = |x, m, ks, k, w, acc| unsafe { avx512::dots_pair(x, m, ks, k, w, acc) };
-        return run(Kernel::Pair(pair, ks), &xs, m, k, w, n, out);
+        return run(
+            Kernel::Pair(pair, f32_kernel(level), ks),
+            &xs,
+            m,
+            k,
+            w,
+            n,
+            out,
+        );
     }
     run(Kernel::F32(f32_kernel(level), ks), &xs, m, k, w, n, out)
 }

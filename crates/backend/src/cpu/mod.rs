@@ -1,5 +1,7 @@
 //! The CPU backend: BF16 (or F32) weights kept as loaded, F32 activations and KV cache,
-//! matrix products through `gemm`, rows spread over rayon's pool.
+//! work spread over rayon's pool (sized once by `--cpu-threads`). Decode batches (≤ 8 rows)
+//! use the SIMD BF16 GEMV, larger ones `gemm`; attention and the element-wise ops use the
+//! vector kernels of the SIMD level picked at run time ([`simd::level`]).
 
 pub mod attention;
 pub mod bandwidth;
