@@ -4,8 +4,10 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use qwen3_backend::cpu::attention::{paged_attention, PagedKv, TokenPlace};
-use qwen3_backend::cpu::gemv::gemv_bf16;
+use qwen3_backend::cpu::gemv::{gemv_bf16, gemv_bf16_at};
 use qwen3_backend::cpu::matmul::{matmul_t, WeightRows};
+use qwen3_backend::cpu::simd::supported_levels;
+use qwen3_backend::cpu::vector::kernels;
 use qwen3_backend::sampling::{sample_row, SampleRow, SamplingParams};
 use qwen3_backend::AttnGeometry;
 
@@ -47,6 +49,27 @@ fn matmul(c: &mut Criterion) {
     g.finish();
 }
 
+/// The decode GEMV on every kernel level this CPU has, at the biggest matrix (the tied
+/// lm_head) and one layer's MLP input, batch 1 and 8.
+fn gemv_levels(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemv_levels_0.6b");
+    for (name, n, k) in [("gate_up", 6144, 1024), ("lm_head", 151_936, 1024)] {
+        let w: Vec<bf16> = pseudo(n * k, 7).into_iter().map(bf16::from_f32).collect();
+        g.throughput(Throughput::Bytes((n * k * 2) as u64));
+        for m in [1usize, 8] {
+            let x = pseudo(m * k, 3);
+            let mut out = vec![0.0; m * n];
+            for level in supported_levels() {
+                let id = BenchmarkId::new(format!("{name}_m{m}"), level.name());
+                g.bench_function(id, |b| {
+                    b.iter(|| gemv_bf16_at(level, &x, m, k, &w, n, &mut out))
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
 fn attention(c: &mut Criterion) {
     let mut g = c.benchmark_group("paged_attention_0.6b");
     let (heads, kv_heads, d, block) = (16, 8, 128, 16);
@@ -76,9 +99,13 @@ fn attention(c: &mut Criterion) {
             pos: ctx as u32 - 1,
         }];
         let mut out = vec![0.0; heads * d];
-        g.bench_with_input(BenchmarkId::new("decode", ctx), &ctx, |b, _| {
-            b.iter(|| paged_attention(&q, &places, &kv, &geo, &mut out))
-        });
+        for level in supported_levels() {
+            let kern = kernels(level);
+            let id = BenchmarkId::new(format!("decode_{ctx}"), level.name());
+            g.bench_function(id, |b| {
+                b.iter(|| paged_attention(&q, &places, &kv, &geo, kern, &mut out))
+            });
+        }
     }
     g.finish();
 }
@@ -130,5 +157,5 @@ fn sampler(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, attention, sampler);
+criterion_group!(benches, matmul, gemv_levels, attention, sampler);
 criterion_main!(benches);

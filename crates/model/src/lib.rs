@@ -9,6 +9,7 @@ pub mod quant;
 pub mod quantized;
 pub mod qwen3;
 pub mod rope;
+pub mod synthetic;
 pub mod tp;
 pub mod weights;
 

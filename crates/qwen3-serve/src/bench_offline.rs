@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use qwen3_engine::{EngineHandle, EngineRequest};
 
-use crate::cli::{BenchOfflineArgs, ModelArgs};
+use anyhow::Context;
+use qwen3_model::synthetic::{write_model, Shape};
+
+use crate::cli::{BenchOfflineArgs, MakeModelArgs, ModelArgs};
 use crate::runtime::{load, Limits};
 
 /// Summary of one offline run.
@@ -22,6 +25,35 @@ pub struct OfflineResult {
     pub total_seconds: f64,
     pub output_tokens_per_second: f64,
     pub requests_per_second: f64,
+    /// BF16 weight bytes one decode step reads (linear weights and the LM head), when dense.
+    pub weight_bytes_per_token: Option<u64>,
+    /// Memory bandwidth measured on this machine with the same threads, after the run.
+    pub memory_read_gb_s: f64,
+    pub memory_triad_gb_s: f64,
+    pub cpu_threads: usize,
+}
+
+/// `bench make-model`: a random-weight model of a named shape, with the bundled tokenizer
+/// (its vocabulary is Qwen3's), so speed benchmarks need no download.
+pub fn make_model(args: &MakeModelArgs) -> anyhow::Result<()> {
+    let shape = Shape::by_name(&args.shape)?;
+    write_model(&args.out, &shape, args.seed)?;
+    let fixture = crate::model_dir::bundled_model();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(fixture.join(f), args.out.join(f))
+            .with_context(|| format!("copying {f} from {}", fixture.display()))?;
+    }
+    println!(
+        "wrote {} ({}, {:.2} GB of BF16 weights read per decode token)",
+        args.out.display(),
+        shape.name,
+        shape.weight_bytes_per_token() as f64 / 1e9
+    );
+    Ok(())
 }
 
 fn prompt(i: usize, len: usize, vocab: u32) -> Vec<u32> {
@@ -51,6 +83,10 @@ pub fn run(
         max_waiting_requests: batch_size.max(1),
     };
     let loaded = load(model, &limits)?;
+    let shape = std::fs::read_to_string(loaded.dir.join("config.json"))
+        .ok()
+        .and_then(|t| qwen3_model::config::ModelConfig::from_json_str(&t).ok())
+        .and_then(|c| Shape::from_config(&c));
     // Ids below 151,643 are ordinary tokens in Qwen3's vocabulary.
     let vocab = (loaded.tokenizer.get_vocab_size(false) as u32).min(151_643);
     let engine = EngineHandle::start(loaded.engine_config, loaded.executor, loaded.tokenizer)?;
@@ -87,6 +123,8 @@ pub fn run(
         anyhow::Ok((firsts, start.elapsed().as_secs_f64(), outs))
     })?;
     engine.shutdown(std::time::Duration::from_secs(1));
+    // 1 GiB buffers: far past any cache, like the weights.
+    let bw = qwen3_backend::cpu::bandwidth::measure(1 << 30, 3);
     let prefill = first_tokens.iter().copied().fold(0.0, f64::max);
     let decode_time = (done - prefill).max(1e-9);
     let r = OfflineResult {
@@ -99,6 +137,10 @@ pub fn run(
         total_seconds: done,
         output_tokens_per_second: total_out as f64 / done.max(1e-9),
         requests_per_second: batch_size as f64 / done.max(1e-9),
+        weight_bytes_per_token: shape.map(|s| s.weight_bytes_per_token()),
+        memory_read_gb_s: bw.read_gb_s,
+        memory_triad_gb_s: bw.triad_gb_s,
+        cpu_threads: rayon::current_num_threads(),
     };
     Ok(r)
 }
@@ -120,4 +162,18 @@ pub fn print(r: &OfflineResult) {
         "total:   {:.3} s, {:.1} output tokens/s, {:.2} requests/s",
         r.total_seconds, r.output_tokens_per_second, r.requests_per_second
     );
+    println!(
+        "memory:  {:.1} GB/s read, {:.1} GB/s triad ({} threads)",
+        r.memory_read_gb_s, r.memory_triad_gb_s, r.cpu_threads
+    );
+    if let Some(b) = r.weight_bytes_per_token {
+        // One decode step reads every weight once, whatever the batch: steps/s × bytes.
+        let steps = r.decode_tokens_per_second / r.batch_size.max(1) as f64;
+        println!(
+            "weights: {:.3} GB read per decode step → {:.1} GB/s effective; the read bandwidth allows {:.1} steps/s",
+            b as f64 / 1e9,
+            steps * b as f64 / 1e9,
+            r.memory_read_gb_s * 1e9 / b as f64
+        );
+    }
 }

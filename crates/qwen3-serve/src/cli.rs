@@ -45,6 +45,20 @@ pub enum BenchCommand {
     Latency(BenchOfflineArgs),
     /// Many requests at once through the engine (default 64): throughput.
     Throughput(BenchOfflineArgs),
+    /// Write a random-weight model of a named shape (e.g. qwen3-0.6b) for speed benchmarks.
+    MakeModel(MakeModelArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct MakeModelArgs {
+    /// qwen3-0.6b, qwen3-1.7b or tiny.
+    #[arg(long, default_value = "qwen3-0.6b")]
+    pub shape: String,
+    /// Directory to write config.json, model.safetensors and the tokenizer into.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Bench(BenchCommand::Serve(args))) => bench_serve(&args),
         Some(Command::Bench(BenchCommand::Latency(args))) => bench_offline(&args, 1),
         Some(Command::Bench(BenchCommand::Throughput(args))) => bench_offline(&args, 64),
+        Some(Command::Bench(BenchCommand::MakeModel(args))) => bench_offline::make_model(&args),
         None => runtime::serve(cli.serve),
     }
 }

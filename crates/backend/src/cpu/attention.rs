@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::vector::Kernels;
 use crate::AttnGeometry;
 
 /// Where one query token sits.
@@ -21,52 +22,59 @@ pub struct PagedKv<'a> {
     pub max_blocks_per_seq: usize,
 }
 
-/// `q`: `[tokens, heads * head_dim]`; returns `[tokens, heads * head_dim]`.
+/// `q`: `[tokens, heads * head_dim]`; returns `[tokens, heads * head_dim]` through `out`.
 /// Callers check that every block-table entry a token reaches is inside the cache.
+///
+/// Work is split over (token, KV head) pairs, so a single decode token still keeps every core
+/// busy; the query heads sharing a KV head are done together so each K/V row is read once for
+/// the group. Dot products, softmax and the V accumulation run on `kern`'s SIMD kernels.
 pub fn paged_attention(
     q: &[f32],
     places: &[TokenPlace],
     kv: &PagedKv<'_>,
     g: &AttnGeometry,
+    kern: &Kernels,
     out: &mut [f32],
 ) {
     let d = g.head_dim;
-    let row = g.num_heads * d;
     let group = g.num_heads / g.num_kv_heads;
-    out.par_chunks_mut(row)
-        .zip(q.par_chunks(row))
-        .zip(places.par_iter())
-        .for_each_init(Vec::new, |scores, ((o, qrow), place)| {
+    let span = group * d;
+    out.par_chunks_mut(span)
+        .zip(q.par_chunks(span))
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (idx, (o, qg))| {
+            let (t, kvh) = (idx / g.num_kv_heads, idx % g.num_kv_heads);
+            let place = places[t];
             let table = &kv.block_tables[place.seq as usize * kv.max_blocks_per_seq..]
                 [..kv.max_blocks_per_seq];
             let end = place.pos as usize + 1;
             let start = g.sliding_window.map_or(0, |w| end.saturating_sub(w));
-            for h in 0..g.num_heads {
-                let kvh = h / group;
-                let qh = &qrow[h * d..(h + 1) * d];
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for j in start..end {
-                    let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
-                    let kj = &kv.k[off..off + d];
-                    let s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * g.scale;
-                    max = max.max(s);
-                    scores.push(s);
+            let len = end - start;
+            // The group's scores `[group, len]`, then their 1 / Σ exp.
+            scores.clear();
+            scores.resize(group * len + group, 0.0);
+            let (scores, inv) = scores.split_at_mut(group * len);
+            for (jj, j) in (start..end).enumerate() {
+                let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
+                let kj = &kv.k[off..off + d];
+                for (gi, qh) in qg.chunks_exact(d).enumerate() {
+                    scores[gi * len + jj] = (kern.dot)(qh, kj) * g.scale;
                 }
-                let mut sum = 0.0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
+            }
+            for (s, r) in scores.chunks_exact_mut(len).zip(inv.iter_mut()) {
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                *r = 1.0 / (kern.exp_sub_sum)(s, max);
+            }
+            o.fill(0.0);
+            for (jj, j) in (start..end).enumerate() {
+                let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
+                let vj = &kv.v[off..off + d];
+                for (gi, oh) in o.chunks_exact_mut(d).enumerate() {
+                    (kern.axpy)(scores[gi * len + jj], vj, oh);
                 }
-                let oh = &mut o[h * d..(h + 1) * d];
-                oh.fill(0.0);
-                for (idx, j) in (start..end).enumerate() {
-                    let p = scores[idx] / sum;
-                    let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
-                    for (acc, vj) in oh.iter_mut().zip(&kv.v[off..off + d]) {
-                        *acc += p * vj;
-                    }
-                }
+            }
+            for (oh, &r) in o.chunks_exact_mut(d).zip(inv.iter()) {
+                (kern.scale)(r, oh);
             }
         });
 }
@@ -82,4 +90,105 @@ fn kv_offset(
 ) -> usize {
     let slot = table[pos / block_size] as usize * block_size + pos % block_size;
     (slot * kv_heads + kvh) * d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::simd::{supported_levels, Level};
+    use crate::cpu::vector::kernels;
+
+    /// The plain definition: per token and head, softmax(q·K) · V over positions `..=pos`.
+    fn reference(q: &[f32], places: &[TokenPlace], kv: &PagedKv<'_>, g: &AttnGeometry) -> Vec<f32> {
+        let d = g.head_dim;
+        let row = g.num_heads * d;
+        let group = g.num_heads / g.num_kv_heads;
+        let mut out = vec![0.0; q.len()];
+        for (t, p) in places.iter().enumerate() {
+            let table =
+                &kv.block_tables[p.seq as usize * kv.max_blocks_per_seq..][..kv.max_blocks_per_seq];
+            let end = p.pos as usize + 1;
+            let start = g.sliding_window.map_or(0, |w| end.saturating_sub(w));
+            for h in 0..g.num_heads {
+                let qh = &q[t * row + h * d..][..d];
+                let offs: Vec<usize> = (start..end)
+                    .map(|j| kv_offset(table, kv.block_size, j, g.num_kv_heads, h / group, d))
+                    .collect();
+                let s: Vec<f64> = offs
+                    .iter()
+                    .map(|&o| {
+                        qh.iter()
+                            .zip(&kv.k[o..o + d])
+                            .map(|(a, b)| f64::from(a * b))
+                            .sum::<f64>()
+                            * f64::from(g.scale)
+                    })
+                    .collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for (i, o) in out[t * row + h * d..][..d].iter_mut().enumerate() {
+                    *o = offs
+                        .iter()
+                        .zip(&e)
+                        .map(|(&off, p)| p / sum * f64::from(kv.v[off + i]))
+                        .sum::<f64>() as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_level_matches_the_reference_on_odd_geometry() {
+        // head_dim 36 (not a multiple of 16), 3 query heads per KV head, blocks of 5, two
+        // sequences: a decode at position 40 and a 3-token chunk, one with a sliding window.
+        for window in [None, Some(7)] {
+            let g = AttnGeometry {
+                num_heads: 6,
+                num_kv_heads: 2,
+                head_dim: 36,
+                scale: 0.17,
+                sliding_window: window,
+            };
+            let (bs, blocks) = (5, 20);
+            let n = blocks * bs * g.num_kv_heads * g.head_dim;
+            let k: Vec<f32> = (0..n)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 20.0)
+                .collect();
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 17 % 89) as f32 - 44.0) / 30.0)
+                .collect();
+            let block_tables: Vec<u32> = (0..20).rev().collect();
+            let kv = PagedKv {
+                k: &k,
+                v: &v,
+                block_size: bs,
+                block_tables: &block_tables,
+                max_blocks_per_seq: 10,
+            };
+            let places = [
+                TokenPlace { seq: 0, pos: 40 },
+                TokenPlace { seq: 1, pos: 0 },
+                TokenPlace { seq: 1, pos: 1 },
+                TokenPlace { seq: 1, pos: 2 },
+            ];
+            let row = g.num_heads * g.head_dim;
+            let q: Vec<f32> = (0..places.len() * row)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 5.0)
+                .collect();
+            let want = reference(&q, &places, &kv, &g);
+            for level in supported_levels().into_iter().chain([Level::Scalar]) {
+                let mut got = vec![0.0; q.len()];
+                paged_attention(&q, &places, &kv, &g, kernels(level), &mut got);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{} window {window:?} [{i}]: {a} vs {b}",
+                        level.name()
+                    );
+                }
+            }
+        }
+    }
 }

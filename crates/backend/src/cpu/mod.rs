@@ -1,11 +1,16 @@
 //! The CPU backend: BF16 (or F32) weights kept as loaded, F32 activations and KV cache,
-//! matrix products through `gemm`, rows spread over rayon's pool.
+//! work spread over rayon's pool (sized once by `--cpu-threads`). Decode batches (≤ 8 rows)
+//! use the SIMD BF16 GEMV, larger ones `gemm`; attention and the element-wise ops use the
+//! vector kernels of the SIMD level picked at run time ([`simd::level`]).
 
 pub mod attention;
+pub mod bandwidth;
 pub mod comm;
 pub mod gemv;
 pub mod matmul;
 pub mod quant;
+pub mod simd;
+pub mod vector;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -17,6 +22,7 @@ use crate::{
 };
 use attention::{PagedKv, TokenPlace};
 use matmul::{matmul_t, WeightRows};
+use vector::{kernels, Kernels};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum CpuData {
@@ -75,14 +81,6 @@ impl CpuTensor {
             CpuData::BF16(v) => WeightRows::BF16(v),
             // Quantized weights are dispatched before any caller asks for rows.
             CpuData::Quant(_) => WeightRows::F32(&[]),
-        }
-    }
-
-    fn weight_f32(&self, i: usize) -> f32 {
-        match &self.data {
-            CpuData::F32(v) => v[i],
-            CpuData::BF16(v) => v[i].to_f32(),
-            CpuData::Quant(q) => q.get(i),
         }
     }
 
@@ -157,12 +155,25 @@ impl CpuBackend {
     }
 }
 
-fn rms_norm_row(x: &[f32], w: &CpuTensor, eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+fn rms_norm_row(k: &Kernels, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = (k.sum_sq)(x) / x.len() as f32;
     let r = 1.0 / (ms + eps).sqrt();
-    for (i, (o, v)) in out.iter_mut().zip(x).enumerate() {
-        *o = v * r * w.weight_f32(i);
+    (k.mul_scale)(x, r, w, out);
+}
+
+/// A norm weight as F32 (norm weights are a few KiB: widening per call is cheap).
+fn weight_f32s(w: &CpuTensor) -> std::borrow::Cow<'_, [f32]> {
+    match &w.data {
+        CpuData::F32(v) => std::borrow::Cow::Borrowed(v),
+        CpuData::BF16(v) => std::borrow::Cow::Owned(v.iter().map(|x| x.to_f32()).collect()),
+        // Norm weights are never quantized; dequantizing keeps the op total anyway.
+        CpuData::Quant(q) => std::borrow::Cow::Owned((0..w.len()).map(|i| q.get(i)).collect()),
     }
+}
+
+/// The vector kernels of the level in force.
+fn kern() -> &'static Kernels {
+    kernels(simd::level())
 }
 
 /// A zero-filled buffer from the allocator's zeroed pages, so a large KV cache costs no
@@ -207,7 +218,11 @@ impl Backend for CpuBackend {
     type KvCache = CpuKvCache;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({} threads, {} kernels)",
+            rayon::current_num_threads(),
+            simd::level().name()
+        )
     }
 
     fn memory_info(&self) -> Result<(u64, u64)> {
@@ -366,10 +381,16 @@ impl Backend for CpuBackend {
             ));
         }
         let xs = x.f32("rms_norm")?;
+        let (k, w) = (kern(), weight_f32s(w));
         let mut out = vec![0.0; rows * dim];
-        out.par_chunks_mut(dim)
-            .zip(xs.par_chunks(dim))
-            .for_each(|(o, r)| rms_norm_row(r, w, eps, o));
+        if rows == 1 {
+            // A decode row: too small to be worth a rayon hand-off.
+            rms_norm_row(k, xs, &w, eps, &mut out);
+        } else {
+            out.par_chunks_mut(dim)
+                .zip(xs.par_chunks(dim))
+                .for_each(|(o, r)| rms_norm_row(k, r, &w, eps, o));
+        }
         CpuTensor::from_f32(out, &x.shape)
     }
 
@@ -404,13 +425,25 @@ impl Backend for CpuBackend {
             ));
         }
         let xs = x.f32_mut("head_rms_norm")?;
-        xs.par_chunks_mut(head_dim).for_each(|h| {
-            let ms = h.iter().map(|v| v * v).sum::<f32>() / head_dim as f32;
+        let (k, w) = (kern(), weight_f32s(w));
+        let norm = |h: &mut [f32]| {
+            let ms = (k.sum_sq)(h) / head_dim as f32;
             let r = 1.0 / (ms + eps).sqrt();
-            for (i, v) in h.iter_mut().enumerate() {
-                *v = *v * r * w.weight_f32(i);
+            let mut tmp = [0.0f32; 256];
+            if head_dim <= tmp.len() {
+                tmp[..head_dim].copy_from_slice(h);
+                (k.mul_scale)(&tmp[..head_dim], r, &w, h);
+            } else {
+                for (v, w) in h.iter_mut().zip(w.iter()) {
+                    *v = *v * r * w;
+                }
             }
-        });
+        };
+        if xs.len() <= 4096 {
+            xs.chunks_mut(head_dim).for_each(norm);
+        } else {
+            xs.par_chunks_mut(head_dim).for_each(norm);
+        }
         Ok(())
     }
 
@@ -457,18 +490,20 @@ impl Backend for CpuBackend {
             ));
         }
         let xs = x.f32_mut("rope")?;
-        xs.par_chunks_mut(width).enumerate().for_each(|(t, row)| {
+        let k = kern();
+        let rotate = |(t, row): (usize, &mut [f32])| {
             let cos = &step.cos[t * half..(t + 1) * half];
             let sin = &step.sin[t * half..(t + 1) * half];
             for h in row.chunks_mut(head_dim) {
                 let (a, b) = h.split_at_mut(half);
-                for i in 0..half {
-                    let (x1, x2) = (a[i], b[i]);
-                    a[i] = x1 * cos[i] - x2 * sin[i];
-                    b[i] = x2 * cos[i] + x1 * sin[i];
-                }
+                (k.rope)(a, b, cos, sin);
             }
-        });
+        };
+        if tokens == 1 {
+            rotate((0, xs));
+        } else {
+            xs.par_chunks_mut(width).enumerate().for_each(rotate);
+        }
         Ok(())
     }
 
@@ -479,12 +514,14 @@ impl Backend for CpuBackend {
                 format!("{:?} vs {:?}", gate.shape, up.shape),
             ));
         }
-        let out = gate
-            .f32("silu_mul")?
-            .par_iter()
-            .zip(up.f32("silu_mul")?.par_iter())
-            .map(|(&g, &u)| silu(g) * u)
-            .collect();
+        let (g, u) = (gate.f32("silu_mul")?, up.f32("silu_mul")?);
+        let k = kern();
+        let mut out = vec![0.0; g.len()];
+        // Chunks of whole cache lines; a decode row is a single chunk.
+        const CHUNK: usize = 4096;
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| (k.silu_mul)(g, u, o));
         CpuTensor::from_f32(out, &gate.shape)
     }
 
@@ -493,10 +530,7 @@ impl Backend for CpuBackend {
             return Err(shape_err("add", format!("{:?} + {:?}", x.shape, y.shape)));
         }
         let ys = y.f32("add")?;
-        x.f32_mut("add")?
-            .iter_mut()
-            .zip(ys)
-            .for_each(|(a, b)| *a += b);
+        (kern().axpy)(1.0, ys, x.f32_mut("add")?);
         Ok(())
     }
 
@@ -603,7 +637,7 @@ impl Backend for CpuBackend {
             max_blocks_per_seq: step.max_blocks_per_seq,
         };
         let mut out = vec![0.0; step.places.len() * width];
-        attention::paged_attention(q.f32("attention")?, &step.places, &kv, g, &mut out);
+        attention::paged_attention(q.f32("attention")?, &step.places, &kv, g, kern(), &mut out);
         CpuTensor::from_f32(out, &q.shape)
     }
 

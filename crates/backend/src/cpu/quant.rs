@@ -501,10 +501,15 @@ mod avx2 {
     }
 }
 
+/// The kernel of the level in force (`QWEN3_CPU_KERNELS=scalar` forces the portable one).
 fn pick() -> RowsFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let level = super::simd::level();
+        if level as u8 >= super::simd::Level::Avx2 as u8
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the features were just detected.
             return |w, e, o, xp, m, xsum, wrow, acc| unsafe {
                 avx2::rows(w, e, o, xp, m, xsum, wrow, acc)

@@ -1,0 +1,95 @@
+//! Best-of-N timings of the decode GEMV and paged attention on every kernel level this CPU
+//! has, at Qwen3-0.6B shapes. Best-of-N, unlike criterion's mean, stays readable on a machine
+//! other jobs share. `cargo run --release -p qwen3-backend --example kernel_levels [reps]`
+
+use std::time::Instant;
+
+use half::bf16;
+use qwen3_backend::cpu::attention::{paged_attention, PagedKv, TokenPlace};
+use qwen3_backend::cpu::gemv::gemv_bf16_at;
+use qwen3_backend::cpu::simd::supported_levels;
+use qwen3_backend::cpu::vector::kernels;
+use qwen3_backend::AttnGeometry;
+
+fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
+}
+
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let reps: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    println!("threads: {}", rayon::current_num_threads());
+    for (name, n, k) in [
+        ("gate_up", 6144, 1024),
+        ("down", 1024, 3072),
+        ("lm_head", 151_936, 1024),
+    ] {
+        let w: Vec<bf16> = pseudo(n * k, 7).into_iter().map(bf16::from_f32).collect();
+        for m in [1usize, 8] {
+            let x = pseudo(m * k, 3);
+            let mut out = vec![0.0; m * n];
+            for level in supported_levels().into_iter().skip(1) {
+                let t = best(reps, || gemv_bf16_at(level, &x, m, k, &w, n, &mut out));
+                println!(
+                    "gemv {name:8} m={m} {:11} {:8.3} ms  {:5.1} GB/s of weights",
+                    level.name(),
+                    t * 1e3,
+                    (n * k * 2) as f64 / t / 1e9
+                );
+            }
+        }
+    }
+    let (heads, kv_heads, d, block) = (16, 8, 128, 16);
+    let geo = AttnGeometry {
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim: d,
+        scale: 1.0 / (d as f32).sqrt(),
+        sliding_window: None,
+    };
+    for ctx in [256usize, 512, 4096] {
+        let blocks = ctx.div_ceil(block);
+        let k = pseudo(blocks * block * kv_heads * d, 1);
+        let v = pseudo(blocks * block * kv_heads * d, 2);
+        let table: Vec<u32> = (0..blocks as u32).collect();
+        let kv = PagedKv {
+            k: &k,
+            v: &v,
+            block_size: block,
+            block_tables: &table,
+            max_blocks_per_seq: blocks,
+        };
+        let q = pseudo(heads * d, 4);
+        let places = [TokenPlace {
+            seq: 0,
+            pos: ctx as u32 - 1,
+        }];
+        let mut out = vec![0.0; heads * d];
+        for level in supported_levels() {
+            let kern = kernels(level);
+            let t = best(reps, || {
+                paged_attention(&q, &places, &kv, &geo, kern, &mut out)
+            });
+            println!(
+                "attention decode ctx={ctx:5} {:11} {:8.3} ms",
+                level.name(),
+                t * 1e3
+            );
+        }
+    }
+}
