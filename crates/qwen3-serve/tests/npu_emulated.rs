@@ -21,6 +21,8 @@ fn bin_on_emulator() -> Command {
     c.env("RUST_LOG", "info")
         .env("LD_LIBRARY_PATH", &dir)
         .env("CANN_EMU_DEVICES", "2")
+        // Emulated HBM is host memory the KV cache really takes: keep it small.
+        .env("CANN_EMU_HBM_BYTES", (256u64 << 20).to_string())
         .env_remove("ASCEND_TOOLKIT_HOME")
         .env_remove("ASCEND_HOME_PATH")
         .env_remove("ASCEND_RT_VISIBLE_DEVICES");
