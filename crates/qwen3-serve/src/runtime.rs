@@ -321,6 +321,14 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         Placement::Cpu => 16,
         Placement::Npu { .. } => 128,
     });
+    if matches!(placement, Placement::Npu { .. })
+        && dtype != WeightDType::F32
+        && !matches!(block_size, 128 | 512)
+    {
+        // Fused infer attention with paged KV in TND layout takes BF16 blocks of 128 or 512
+        // only (aclnnFusedInferAttentionScoreV4 docs); the device would fail the first step.
+        bail!("--block-size {block_size}: the NPU's fused attention takes KV blocks of 128 or 512 tokens");
+    }
     let chunked = limits.enable_chunked_prefill;
     let max_num_batched_tokens = limits.max_num_batched_tokens.unwrap_or(if chunked {
         8192.min(max_model_len)

@@ -154,3 +154,50 @@ fn doctor_passes_on_the_emulator_and_fails_clearly_without_cann() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CANN: not usable"), "{text}");
 }
+
+#[test]
+fn npu_without_cann_fails_clearly_and_auto_falls_back_to_the_cpu() {
+    let empty = std::env::temp_dir().join(format!("no-cann-npu-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).expect("dir");
+    let run = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qwen3-serve"))
+            .args([
+                "generate",
+                &fixture(),
+                "--prompt",
+                "Hi",
+                "--max-tokens",
+                "2",
+            ])
+            .args(["--device", device, "--cpu-kv-cache-space", "0.05"])
+            .args(["--max-model-len", "256"])
+            .env("LD_LIBRARY_PATH", &empty)
+            .env_remove("ASCEND_TOOLKIT_HOME")
+            .env_remove("ASCEND_HOME_PATH")
+            .env_remove("ASCEND_RT_VISIBLE_DEVICES")
+            .output()
+            .expect("run")
+    };
+    let out = run("npu");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--device npu: CANN could not be used") && err.contains("libascendcl.so"),
+        "{err}"
+    );
+    let out = run("auto");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("device: cpu (auto: no usable CANN"), "{err}");
+}
+
+#[test]
+fn npu_refuses_kv_blocks_fused_attention_cannot_take() {
+    let out = bin_on_emulator()
+        .args(["--device", "npu", "--block-size", "16", "--port", "0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("KV blocks of 128 or 512"), "{err}");
+}
