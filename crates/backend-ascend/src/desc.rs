@@ -18,6 +18,8 @@ pub enum Dt {
     I32,
     I64,
     Bool,
+    /// Packed or signed integer weight codes (weight-quantized matmul).
+    I8,
 }
 
 impl Dt {
@@ -26,7 +28,7 @@ impl Dt {
             Dt::BF16 => 2,
             Dt::F32 | Dt::I32 => 4,
             Dt::I64 => 8,
-            Dt::Bool => 1,
+            Dt::Bool | Dt::I8 => 1,
         }
     }
 
@@ -37,6 +39,7 @@ impl Dt {
             Dt::I32 => aclDataType::ACL_INT32,
             Dt::I64 => aclDataType::ACL_INT64,
             Dt::Bool => aclDataType::ACL_BOOL,
+            Dt::I8 => aclDataType::ACL_INT8,
         }
     }
 }

@@ -51,6 +51,9 @@ macro_rules! aclnn {
     }};
 }
 
+// After the macro: the quantized matmul launches through it.
+mod quant;
+
 fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
 }
@@ -64,6 +67,8 @@ pub struct AscendTensor {
     pub(crate) buf: Buffer,
     shape: Vec<usize>,
     dt: Dt,
+    /// Set on weight-only quantized weights: `buf` then holds the packed codes.
+    pub(crate) quant: Option<Box<quant::QuantWeight>>,
 }
 
 impl AscendTensor {
@@ -278,6 +283,7 @@ impl AscendBackend {
             buf: self.dev.alloc(n * dt.size())?,
             shape: shape.to_vec(),
             dt,
+            quant: None,
         })
     }
 
@@ -287,6 +293,7 @@ impl AscendBackend {
             buf: self.dev.alloc_input(n * dt.size())?,
             shape: shape.to_vec(),
             dt,
+            quant: None,
         };
         self.dev.upload_async(&t.buf, bytes.into_boxed_slice())?;
         Ok(t)
@@ -652,6 +659,7 @@ impl Backend for AscendBackend {
             buf,
             shape: shape.to_vec(),
             dt,
+            quant: None,
         })
     }
 
@@ -681,7 +689,14 @@ impl Backend for AscendBackend {
     }
 
     fn size_bytes(&self, t: &AscendTensor) -> u64 {
-        (t.numel() * t.dt.size()) as u64
+        match &t.quant {
+            Some(q) => t.buf.bytes as u64 + q.param_bytes(),
+            None => (t.numel() * t.dt.size()) as u64,
+        }
+    }
+
+    fn upload_quantized(&self, w: &qwen3_backend::QuantizedHost<'_>) -> Result<AscendTensor> {
+        self.upload_quantized_weight(w)
     }
 
     fn prepare_step(&self, m: &StepMeta<'_>) -> Result<AscendStep> {
@@ -879,6 +894,9 @@ impl Backend for AscendBackend {
     }
 
     fn linear(&self, x: &AscendTensor, w: &AscendTensor) -> Result<AscendTensor> {
+        if let Some(q) = &w.quant {
+            return self.quant_linear(x, w, q);
+        }
         let (m, k) = x.matrix();
         if w.shape.len() != 2 || w.shape[1] != k {
             return Err(shape_err(
@@ -1089,6 +1107,7 @@ impl Backend for AscendBackend {
                 buf,
                 shape: shape.to_vec(),
                 dt,
+                quant: None,
             })
         };
         let mut k = Vec::with_capacity(s.num_layers);

@@ -69,6 +69,9 @@ pub struct Case {
     pub logits_file: String,
     #[serde(default)]
     pub config_overrides: Option<serde_json::Value>,
+    /// Smallest top-1/top-2 logit margin along the greedy path (quantized goldens).
+    #[serde(default)]
+    pub min_top2_gap: f32,
 }
 
 /// Logits transformers recorded, at a subset of vocabulary columns.
