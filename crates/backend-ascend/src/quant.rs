@@ -249,7 +249,7 @@ mod tests {
         for j in 0..8 {
             let nib = ((word >> (4 * j)) & 0xF) as i32;
             let signed = if nib >= 8 { nib - 16 } else { nib };
-            assert_eq!(signed, j as i32 - 8);
+            assert_eq!(signed, j - 8);
         }
     }
 

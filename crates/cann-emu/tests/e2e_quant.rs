@@ -140,16 +140,14 @@ fn quantized_matmul_matches_the_dequantized_weight() {
         };
         let err = b
             .upload_quantized(&w2)
-            .err()
-            .expect("stack refused")
+            .expect_err("stack refused")
             .to_string();
         assert!(err.contains("MoE experts on the NPU"), "{err}");
         // Groups the operator cannot take are refused with the constraint.
         let made = make(n, k, 4, Some(16), false);
         let err = b
             .upload_quantized(&host(&made, n, k, 4))
-            .err()
-            .expect("group 16 refused")
+            .expect_err("group 16 refused")
             .to_string();
         assert!(err.contains("multiple of 32"), "{err}");
     }
