@@ -1,6 +1,7 @@
 //! MoE operators and the weight-quantized matmul, from the ops-transformer / ops-nn docs:
 //! aclnnMoeGatingTopKSoftmax, aclnnMoeInitRoutingV2 (dropless / active modes),
-//! aclnnGroupedMatmulV4 (one x, one weight, split on M), aclnnMoeFinalizeRoutingV2
+//! aclnnGroupedMatmulV4 (one x, one weight, split on M; float or A16W8 / A16W4 antiquant
+//! weights), aclnnMoeFinalizeRoutingV2
 //! (dropPadMode 0 and 2) and aclnnWeightQuantBatchMatmulV2 (INT8 / INT4 weights,
 //! `(w + offset) * scale` per channel or per group).
 
@@ -242,6 +243,113 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV2GetWorkspaceSize(
 
 // ----------------------------------------------------------------------------- GMM
 
+/// How the weights of a grouped matmul are read: float as they are, or weight-quantized
+/// ("伪量化" A16W8 / A16W4) with per-expert antiquant parameters.
+enum GmmWeights {
+    Float(Vec<TensorDesc>),
+    Quant {
+        /// One `[E, K, N]` INT8 / INT4 tensor, or INT32 `[E, K, N/8]` (eight INT4 a word).
+        w: TensorDesc,
+        packed: bool,
+        /// `[E, N]` (per channel) or `[E, G, N]` (per group), FLOAT16 / BFLOAT16.
+        scale: TensorDesc,
+        offset: TensorDesc,
+        /// Rows of K per group; K for per channel.
+        group: usize,
+    },
+}
+
+/// The antiquant inputs' checks, from the aclnnGroupedMatmulV4 docs (A16W4 / A16W8
+/// constraints; ops-transformer gmm/grouped_matmul): x FLOAT16/BFLOAT16 not transposed,
+/// weight and x and y single tensors, scale and offset both given in x's dtype; INT4 takes
+/// `[E, N]` or `[E, G, N]` with G dividing K (and an even group length when the weight is
+/// transposed), INT8 `[E, N]` only; an INT4 weight's innermost axis is even. An INT32 weight
+/// is eight INT4 a word along its last axis (what the V4 entry point converts INT32 to).
+fn gmm_quant_weights(
+    xt: &TensorDesc,
+    wsl: &[TensorDesc],
+    scale: Option<Vec<TensorDesc>>,
+    offset: Option<Vec<TensorDesc>>,
+) -> Res<GmmWeights> {
+    if !matches!(xt.dtype, D::ACL_FLOAT16 | D::ACL_BF16) {
+        return Err(invalid(format!(
+            "weight-quantized GroupedMatmul: x dtype {:?} (FLOAT16, BFLOAT16)",
+            xt.dtype
+        )));
+    }
+    if xt.strides.last() != Some(&1) {
+        return Err(invalid(
+            "weight-quantized GroupedMatmul: x must not be transposed",
+        ));
+    }
+    let (Some(scale), Some(offset)) = (scale, offset) else {
+        return Err(invalid(
+            "weight-quantized GroupedMatmul: antiquantScale and antiquantOffset are both required",
+        ));
+    };
+    if wsl.len() != 1 || wsl[0].rank() != 3 || scale.len() != 1 || offset.len() != 1 {
+        return Err(invalid(
+            "weight-quantized GroupedMatmul: one [E, K, N] weight and one antiquant scale and offset (x, weight and y single tensors)",
+        ));
+    }
+    let w = wsl[0].clone();
+    let (sc, off) = (scale[0].clone(), offset[0].clone());
+    same_dtype(xt, &sc, "x/antiquantScale")?;
+    same_dtype(xt, &off, "x/antiquantOffset")?;
+    need_shape(&off, &sc.dims, "antiquantOffset (as antiquantScale)")?;
+    let packed = w.dtype == D::ACL_INT32;
+    if packed && !w.is_contiguous() {
+        return Err(invalid("an INT32-packed INT4 weight must be contiguous"));
+    }
+    let (e, k) = (w.dims[0], w.dims[1]);
+    let n = if packed { w.dims[2] * 8 } else { w.dims[2] };
+    let int4 = packed || w.dtype == D::ACL_INT4;
+    // Transposed: the view's K axis is the innermost in memory.
+    let transposed = !packed && w.strides[1] == 1 && w.strides[2] != 1;
+    if int4 {
+        let inner = if transposed { k } else { n };
+        if inner % 2 != 0 {
+            return Err(invalid(format!(
+                "an INT4 weight's innermost axis must be even, got {inner}"
+            )));
+        }
+    }
+    let groups = match sc.dims.as_slice() {
+        [se, sn] if *se == e && *sn == n => 1,
+        [se, g, sn] if int4 && *se == e && *sn == n => {
+            if *g <= 0 || k % g != 0 {
+                return Err(invalid(format!(
+                    "per-group antiquantScale [E, G, N]: G = {g} must divide K = {k}"
+                )));
+            }
+            if transposed && (k / g) % 2 != 0 {
+                return Err(invalid(format!(
+                    "per-group with a transposed weight needs an even group length, got {}",
+                    k / g
+                )));
+            }
+            *g
+        }
+        other => {
+            let want = if int4 {
+                "[E, N] or [E, G, N]"
+            } else {
+                "[E, N] (INT8 is per channel only)"
+            };
+            return Err(invalid(format!(
+                "antiquantScale {other:?} for a weight [E={e}, K={k}, N={n}]: expected {want}"
+            )));
+        }
+    };
+    Ok(GmmWeights::Quant {
+        w,
+        packed,
+        scale: sc,
+        offset: off,
+        group: (k / groups) as usize,
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
     x: TL,
@@ -271,8 +379,6 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             ("biasOptional", bias),
             ("scaleOptional", scale),
             ("offsetOptional", offset),
-            ("antiquantScaleOptional", antiquant_scale),
-            ("antiquantOffsetOptional", antiquant_offset),
             ("perTokenScaleOptional", per_token_scale),
             ("activationInputOptional", activation_input),
             ("activationQuantScaleOptional", activation_quant_scale),
@@ -286,6 +392,8 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
                 )));
             }
         }
+        let aq_scale = opt_tensor_list(antiquant_scale, "antiquantScaleOptional")?;
+        let aq_offset = opt_tensor_list(antiquant_offset, "antiquantOffsetOptional")?;
         let xs = tensor_list(x, "x")?;
         let wsl = tensor_list(weight, "weight")?;
         let outs = tensor_list(out, "out")?;
@@ -319,28 +427,52 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             return Err(invalid("groupListOptional must be a 1-D INT64 tensor"));
         }
         let e = gl.dims[0];
-        // One [E, K, N] weight, or E weights of [K, N].
-        let weights: Vec<TensorDesc> = if wsl.len() == 1 && wsl[0].rank() == 3 {
-            (0..wsl[0].dims[0]).map(|i| wsl[0].index0(i)).collect()
-        } else {
-            wsl.clone()
-        };
-        if weights.len() as i64 != e {
-            return Err(invalid(format!(
-                "{} weights for a group list of {e}",
-                weights.len()
-            )));
-        }
-        let (k, n) = (xt.dims[1], weights[0].dim(-1));
-        for w in &weights {
-            same_dtype(&xt, w, "x/weight")?;
-            if w.dims != [k, n] {
+        let quantized = wsl
+            .first()
+            .is_some_and(|w| matches!(w.dtype, D::ACL_INT8 | D::ACL_INT4 | D::ACL_INT32));
+        let (weights, k, n) = if quantized {
+            let q = gmm_quant_weights(&xt, &wsl, aq_scale, aq_offset)?;
+            let GmmWeights::Quant { w, packed, .. } = &q else {
+                return Err(invalid("internal: quantized weights"));
+            };
+            let n = if *packed { w.dims[2] * 8 } else { w.dims[2] };
+            if w.dims[0] != e || w.dims[1] != xt.dims[1] {
                 return Err(invalid(format!(
-                    "weight {:?} must be [K={k}, N={n}]",
-                    w.dims
+                    "weight {:?} must be [E={e}, K={}, N]",
+                    w.dims, xt.dims[1]
                 )));
             }
-        }
+            (q, xt.dims[1], n)
+        } else {
+            if aq_scale.is_some() || aq_offset.is_some() {
+                return Err(invalid(
+                    "antiquantScale/antiquantOffset given, but the weight is not INT8/INT4",
+                ));
+            }
+            // One [E, K, N] weight, or E weights of [K, N].
+            let weights: Vec<TensorDesc> = if wsl.len() == 1 && wsl[0].rank() == 3 {
+                (0..wsl[0].dims[0]).map(|i| wsl[0].index0(i)).collect()
+            } else {
+                wsl.clone()
+            };
+            if weights.len() as i64 != e {
+                return Err(invalid(format!(
+                    "{} weights for a group list of {e}",
+                    weights.len()
+                )));
+            }
+            let (k, n) = (xt.dims[1], weights[0].dim(-1));
+            for w in &weights {
+                same_dtype(&xt, w, "x/weight")?;
+                if w.dims != [k, n] {
+                    return Err(invalid(format!(
+                        "weight {:?} must be [K={k}, N={n}]",
+                        w.dims
+                    )));
+                }
+            }
+            (GmmWeights::Float(weights), k, n)
+        };
         same_dtype(&xt, &ot, "x/out")?;
         need_shape(&ot, &[xt.dims[0], n], "out")?;
         Ok(Box::new(move || {
@@ -358,14 +490,55 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
                 ends.push(end);
                 acc = end;
             }
-            let xv = xt.read_f32("x")?;
             let (k, n) = (k as usize, n as usize);
+            // Expert `i`'s weight [K, N] as floats: (w + offset) * scale when quantized.
+            let expert_weight: Box<dyn Fn(usize) -> Res<Vec<f32>> + '_> = match &weights {
+                GmmWeights::Float(ws) => Box::new(move |i| ws[i].read_f32("weight")),
+                GmmWeights::Quant {
+                    w,
+                    packed,
+                    scale,
+                    offset,
+                    group,
+                } => {
+                    let (s, o) = (
+                        scale.read_f32("antiquantScale")?,
+                        offset.read_f32("antiquantOffset")?,
+                    );
+                    let group = *group;
+                    // The docs: asymmetric quantisation (a non-zero offset) only per channel.
+                    if group < k && o.iter().any(|&v| v != 0.0) {
+                        return Err(exec_err(
+                            "A16W4 per-group antiquant with a non-zero antiquantOffset (asymmetric): the docs support asymmetric quantisation per channel only".into(),
+                        ));
+                    }
+                    let groups = k / group;
+                    let packed = *packed;
+                    Box::new(move |i| {
+                        let codes = if packed {
+                            unpack_int32(&w.index0(i as i64).read_i64("weight")?)
+                        } else {
+                            w.index0(i as i64).read_f32("weight")?
+                        };
+                        let mut deq = vec![0f32; k * n];
+                        for kk in 0..k {
+                            let base = (i * groups + kk / group) * n;
+                            for nn in 0..n {
+                                let p = base + nn;
+                                deq[kk * n + nn] = (codes[kk * n + nn] + o[p]) * s[p];
+                            }
+                        }
+                        Ok(deq)
+                    })
+                }
+            };
+            let xv = xt.read_f32("x")?;
             let mut out = ot.read_f32("out")?;
             let mut start = 0usize;
-            for (w, &end) in weights.iter().zip(&ends) {
+            for (i, &end) in ends.iter().enumerate() {
                 let end = end as usize;
                 if end > start {
-                    let wv = w.read_f32("weight")?;
+                    let wv = expert_weight(i)?;
                     for r in start..end {
                         let o = &mut out[r * n..(r + 1) * n];
                         o.fill(0.0);
