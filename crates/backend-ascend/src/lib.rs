@@ -1274,7 +1274,10 @@ impl AscendBackend {
             || e.down.shape != [ne, h, inter]
             || k == 0
             || k > ne
-            || e.gate.dt != x.dt
+            // Float experts in the activations' dtype, or weight-quantized ones.
+            || [&e.gate, &e.up, &e.down]
+                .iter()
+                .any(|w| w.quant.is_none() && w.dt != x.dt)
         {
             return Err(shape_err(
                 "moe",
@@ -1371,6 +1374,9 @@ impl AscendBackend {
                    kin: usize,
                    n: usize|
          -> Result<AscendTensor> {
+            if let Some(q) = &w.quant {
+                return self.quant_grouped_matmul(input, w, q, &group_list);
+            }
             let out = self.empty(x.dt, &[rows, n])?;
             let wt = View {
                 shape: vec![ne as i64, kin as i64, n as i64],

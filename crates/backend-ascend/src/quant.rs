@@ -7,22 +7,31 @@
 //! `w = code − 2^(bits−1)` and `offset = 2^(bits−1) − z` gives `(code − z) · scale`. GPTQ
 //! act-order weights are permuted along K so that groups are contiguous runs; the activations
 //! get the same permutation (one index-select per call).
+//!
+//! Stacked MoE experts (`count > 1`) go to `aclnnGroupedMatmulV4`'s A16W4 / A16W8 mode instead:
+//! codes `[E, K, N/8]` INT32 (the op's V4 entry reads an INT32 weight as eight INT4 along its
+//! last axis) or `[E, K, N]` INT8, antiquant scale and offset `[E, N]` (per channel) or
+//! `[E, G, N]` (per group, INT4 only, G dividing K). Its docs take asymmetric INT4 per channel
+//! only, so grouped experts must be symmetric (every offset 0); and it has no per-expert input
+//! permutation, so act-order experts must all share one input order.
 
 use half::bf16;
 use qwen3_backend::{QuantizedHost, Result};
 
-use crate::desc::{launch, Dt};
+use crate::desc::{launch, Dt, TensorListDesc};
 use crate::{shape_err, unsupported, AscendBackend, AscendTensor};
 
 /// How to read a quantized weight; its tensor's buffer holds the codes, `[K, N/8]` INT32
 /// (4-bit) or `[K, N]` INT8 (8-bit).
 pub(crate) struct QuantWeight {
+    /// Stacked matrices: 1 for a linear layer (WQBMM), the experts of a MoE layer (GMM).
+    experts: usize,
     bits: u32,
     k: usize,
     n: usize,
     /// The operator's `antiquantGroupSize`: 0 for one group over all of K.
     group_size: usize,
-    /// `[groups, N]` (or `[N]` per channel), BF16.
+    /// `[groups, N]` (or `[N]` per channel), BF16; experts: `[E, groups, N]` (or `[E, N]`).
     scale: AscendTensor,
     offset: AscendTensor,
     /// INT64 `[K]`: the input order under which groups are contiguous (act-order only).
@@ -37,19 +46,19 @@ impl QuantWeight {
     }
 }
 
-/// Codes of `w` transposed to `[K, N]` in input order `order`, signed, packed for the op.
-fn pack_codes(w: &QuantizedHost<'_>, order: &[u32]) -> Vec<u8> {
+/// Codes of matrix `e` of `w` transposed to `[K, N]` in input order `order`, signed, packed
+/// for the op (appended to `out`).
+fn pack_codes(w: &QuantizedHost<'_>, e: usize, order: &[u32], out: &mut Vec<u8>) {
     let (k, n) = (w.in_features, w.out_features);
     let half = 1i32 << (w.bits - 1);
-    let signed = |kk: usize, o: usize| w.codes[o * k + order[kk] as usize] as i32 - half;
+    let base = e * n * k;
+    let signed = |kk: usize, o: usize| w.codes[base + o * k + order[kk] as usize] as i32 - half;
     if w.bits == 8 {
-        let mut out = Vec::with_capacity(k * n);
         for kk in 0..k {
             out.extend((0..n).map(|o| signed(kk, o) as i8 as u8));
         }
-        return out;
+        return;
     }
-    let mut out = Vec::with_capacity(k * n / 2);
     for kk in 0..k {
         for chunk in 0..n / 8 {
             let mut word = 0u32;
@@ -59,18 +68,65 @@ fn pack_codes(w: &QuantizedHost<'_>, order: &[u32]) -> Vec<u8> {
             out.extend_from_slice(&word.to_ne_bytes());
         }
     }
-    out
+}
+
+/// The input order and the op's group size (0: per channel) for one linear layer through
+/// `aclnnWeightQuantBatchMatmulV2`, or the refusal.
+fn dense_layout(w: &QuantizedHost<'_>) -> Result<(Vec<u32>, usize)> {
+    let k = w.in_features;
+    let order = w.contiguous_order(0).ok_or_else(|| {
+        unsupported(
+            "an act-order (desc_act) weight split by tensor parallelism into groups of uneven length: aclnnWeightQuantBatchMatmulV2 needs contiguous groups; use --tensor-parallel-size 1 or a checkpoint without desc_act",
+        )
+    })?;
+    let group_size = if w.groups == 1 { 0 } else { w.group_size };
+    if group_size != 0 && (group_size < 32 || !group_size.is_multiple_of(32) || group_size >= k) {
+        return Err(unsupported(&format!(
+            "group size {group_size} on the NPU: aclnnWeightQuantBatchMatmulV2 takes groups that are a multiple of 32 and smaller than K = {k}"
+        )));
+    }
+    Ok((order, group_size))
+}
+
+/// The shared input order and group size (0: per channel) for a stack of experts through
+/// `aclnnGroupedMatmulV4`'s antiquant mode, or the refusal (what its A16W4 / A16W8 docs do
+/// not take).
+fn experts_layout(w: &QuantizedHost<'_>) -> Result<(Vec<u32>, usize)> {
+    let k = w.in_features;
+    let order = w.contiguous_order(0);
+    let shared = order.is_some() && (1..w.count).all(|e| w.contiguous_order(e) == order);
+    let order = order.filter(|_| shared).ok_or_else(|| {
+        unsupported(
+            "act-order (desc_act) MoE experts on the NPU: aclnnGroupedMatmulV4 has no per-expert input permutation, and these experts share no input order under which their groups are contiguous; use a checkpoint without desc_act or serve this model on the CPU",
+        )
+    })?;
+    if w.groups == 1 {
+        return Ok((order, 0));
+    }
+    let gs = w.group_size;
+    if w.bits == 8 {
+        return Err(unsupported(&format!(
+            "8-bit MoE experts in groups of {gs} on the NPU: aclnnGroupedMatmulV4 takes INT8 weights per channel only; use a per-channel (group_size -1) checkpoint or serve this model on the CPU"
+        )));
+    }
+    if gs * w.groups != k {
+        return Err(unsupported(&format!(
+            "MoE experts in groups of {gs} over {k} inputs on the NPU: aclnnGroupedMatmulV4 needs the group count to divide K"
+        )));
+    }
+    let half = (1u32 << (w.bits - 1)) as f32;
+    if w.zeros.iter().any(|&z| z != half) {
+        return Err(unsupported(&format!(
+            "asymmetric (zero-point) 4-bit MoE experts in groups of {gs} on the NPU: aclnnGroupedMatmulV4 takes asymmetric INT4 per channel only (AWQ checkpoints are asymmetric); use a symmetric checkpoint or serve this model on the CPU"
+        )));
+    }
+    Ok((order, gs))
 }
 
 impl AscendBackend {
     pub(crate) fn upload_quantized_weight(&self, w: &QuantizedHost<'_>) -> Result<AscendTensor> {
         w.validate()?;
-        let (k, n) = (w.in_features, w.out_features);
-        if w.count != 1 {
-            return Err(unsupported(
-                "weight-quantized MoE experts on the NPU (aclnnGroupedMatmulV4's antiquant inputs are not wired yet); serve this model on the CPU",
-            ));
-        }
+        let (e, k, n) = (w.count, w.in_features, w.out_features);
         if !matches!(w.bits, 4 | 8) {
             return Err(unsupported(&format!("{}-bit weights on the NPU", w.bits)));
         }
@@ -80,31 +136,27 @@ impl AscendBackend {
                 format!("4-bit weights need N a multiple of 8 (INT32 packing), got {n}"),
             ));
         }
-        let order = w.contiguous_order(0).ok_or_else(|| {
-            unsupported(
-                "an act-order (desc_act) weight split by tensor parallelism into groups of uneven length: aclnnWeightQuantBatchMatmulV2 needs contiguous groups; use --tensor-parallel-size 1 or a checkpoint without desc_act",
-            )
-        })?;
-        let group_size = if w.groups == 1 { 0 } else { w.group_size };
-        if group_size != 0 && (group_size < 32 || !group_size.is_multiple_of(32) || group_size >= k)
-        {
-            return Err(unsupported(&format!(
-                "group size {group_size} on the NPU: aclnnWeightQuantBatchMatmulV2 takes groups that are a multiple of 32 and smaller than K = {k}"
-            )));
-        }
+        let (order, group_size) = if e == 1 {
+            dense_layout(w)?
+        } else {
+            experts_layout(w)?
+        };
         let half = (1u32 << (w.bits - 1)) as f32;
         let to_bf16 = |v: &mut dyn Iterator<Item = f32>| -> Vec<u8> {
             v.flat_map(|x| bf16::from_f32(x).to_bits().to_ne_bytes())
                 .collect()
         };
-        let count = w.groups * n;
-        let scale_bytes = to_bf16(&mut w.scales[..count].iter().copied());
-        let offset_bytes = to_bf16(&mut w.zeros[..count].iter().map(|&z| half - z));
-        let param_shape: Vec<usize> = if group_size == 0 {
+        // [E, groups, N] on the host is the op's layout already.
+        let scale_bytes = to_bf16(&mut w.scales.iter().copied());
+        let offset_bytes = to_bf16(&mut w.zeros.iter().map(|&z| half - z));
+        let mut param_shape: Vec<usize> = if group_size == 0 {
             vec![n]
         } else {
             vec![w.groups, n]
         };
+        if e > 1 {
+            param_shape.insert(0, e);
+        }
         let upload = |bytes: &[u8], dt: Dt, shape: &[usize]| -> Result<AscendTensor> {
             let buf = self.dev.alloc_direct(bytes.len())?;
             self.dev.upload_blocking(&buf, bytes)?;
@@ -127,15 +179,20 @@ impl AscendBackend {
                 .collect();
             Some(upload(&bytes, Dt::I64, &[k])?)
         };
-        let packed = pack_codes(w, &order);
+        let mut packed = Vec::with_capacity(e * k * n * w.bits as usize / 8);
+        for m in 0..e {
+            pack_codes(w, m, &order, &mut packed);
+        }
         let codes = self.dev.alloc_direct(packed.len())?;
         self.dev.upload_blocking(&codes, &packed)?;
-        // The tensor reports the logical `[out, in]` shape; `quant` says how to read it.
+        // The tensor reports the logical `[out, in]` (`[E, out, in]`) shape; `quant` says how
+        // to read it.
         Ok(AscendTensor {
             buf: codes,
-            shape: vec![n, k],
+            shape: w.shape(),
             dt: Dt::I8,
             quant: Some(Box::new(QuantWeight {
+                experts: e,
                 bits: w.bits,
                 k,
                 n,
@@ -156,7 +213,7 @@ impl AscendBackend {
         q: &QuantWeight,
     ) -> Result<AscendTensor> {
         let (m, k) = x.matrix();
-        if k != q.k {
+        if q.experts != 1 || k != q.k {
             return Err(shape_err(
                 "linear",
                 format!("x {:?} @ quantized w [{}, {}]^T", x.shape(), q.n, q.k),
@@ -220,6 +277,83 @@ impl AscendBackend {
         out.shape = shape;
         Ok(out)
     }
+
+    /// Row groups of `input` `[rows, K]` (sorted by expert, `group_list` INT64 cumulative ends)
+    /// times their expert's quantized weight, through `aclnnGroupedMatmulV4`'s antiquant mode:
+    /// BF16 in and out (the mode takes FLOAT16/BFLOAT16 only; F32 is cast there and back).
+    pub(crate) fn quant_grouped_matmul(
+        &self,
+        input: &AscendTensor,
+        w: &AscendTensor,
+        q: &QuantWeight,
+        group_list: &AscendTensor,
+    ) -> Result<AscendTensor> {
+        let (rows, k) = input.matrix();
+        if q.experts != group_list.numel() || k != q.k {
+            return Err(shape_err(
+                "moe",
+                format!(
+                    "x {:?} by {} quantized experts [{}, {}], group list {:?}",
+                    input.shape(),
+                    q.experts,
+                    q.n,
+                    q.k,
+                    group_list.shape()
+                ),
+            ));
+        }
+        let c = self.cann_ref();
+        let (Some(ws), Some(run)) = (
+            c.ops.aclnnGroupedMatmulV4GetWorkspaceSize,
+            c.ops.aclnnGroupedMatmulV4,
+        ) else {
+            return Err(unsupported("MoE: aclnnGroupedMatmulV4 is needed"));
+        };
+        let x_cast = self.cast(input, Dt::BF16)?;
+        let xb = x_cast.as_ref().unwrap_or(input);
+        let permuted;
+        let xin = match &q.perm {
+            // Act-order experts that share one input order: permute the rows' inputs once.
+            Some(p) => {
+                permuted = self.empty(Dt::BF16, &[rows, k])?;
+                let (a, i, o) = (
+                    self.td(&xb.view().reshape(&[rows, k])?)?,
+                    self.td(&p.view())?,
+                    self.td(&permuted.view())?,
+                );
+                aclnn!(&self.dev, "aclnnIndexSelect", c.ops.aclnnIndexSelectGetWorkspaceSize,
+                    c.ops.aclnnIndexSelect; a.raw, 1i64, i.raw, o.raw)?;
+                &permuted
+            }
+            None => xb,
+        };
+        let (wdt, wshape) = if q.bits == 4 {
+            (Dt::I32, [q.experts, q.k, q.n / 8])
+        } else {
+            (Dt::I8, [q.experts, q.k, q.n])
+        };
+        let y = self.empty(Dt::BF16, &[rows, q.n])?;
+        {
+            let wv = crate::desc::View::contiguous(w.buf.ptr, wdt, &wshape);
+            let xl = TensorListDesc::new(c, vec![self.td(&xin.view().reshape(&[rows, k])?)?])?;
+            let wl = TensorListDesc::new(c, vec![self.td(&wv)?])?;
+            let sl = TensorListDesc::new(c, vec![self.td(&q.scale.view())?])?;
+            let ol = TensorListDesc::new(c, vec![self.td(&q.offset.view())?])?;
+            let yl = TensorListDesc::new(c, vec![self.td(&y.view())?])?;
+            let gl = self.td(&group_list.view())?;
+            let nl = std::ptr::null();
+            let nm = std::ptr::null_mut();
+            // As the float path (splitItem 3, groupType 0, cumulative group list, no
+            // activation), with antiquantScale / antiquantOffset set.
+            aclnn!(&self.dev, "aclnnGroupedMatmulV4", ws, run;
+                xl.raw, wl.raw, nl, nl, nl, sl.raw, ol.raw, nl, gl.raw, nl, nl, nl,
+                3i64, 0i64, 0i64, 0i64, yl.raw, nm, nm)?;
+        }
+        Ok(match self.cast(&y, input.dtype())? {
+            Some(t) => t,
+            None => y,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -244,7 +378,8 @@ mod tests {
             zeros: &zeros,
             g_idx: None,
         };
-        let packed = pack_codes(&w, &[0]);
+        let mut packed = Vec::new();
+        pack_codes(&w, 0, &[0], &mut packed);
         let word = u32::from_ne_bytes([packed[0], packed[1], packed[2], packed[3]]);
         for j in 0..8 {
             let nib = ((word >> (4 * j)) & 0xF) as i32;
@@ -269,7 +404,8 @@ mod tests {
             zeros: &[128.0, 128.0],
             g_idx: None,
         };
-        let packed = pack_codes(&w, &[2, 0, 1]);
+        let mut packed = Vec::new();
+        pack_codes(&w, 0, &[2, 0, 1], &mut packed);
         let v: Vec<i8> = packed.iter().map(|&b| b as i8).collect();
         assert_eq!(v, vec![127, -98, -128, -118, 0, -108]);
     }

@@ -247,16 +247,18 @@ pub unsafe extern "C" fn aclnnMoeInitRoutingV2GetWorkspaceSize(
 /// ("伪量化" A16W8 / A16W4) with per-expert antiquant parameters.
 enum GmmWeights {
     Float(Vec<TensorDesc>),
-    Quant {
-        /// One `[E, K, N]` INT8 / INT4 tensor, or INT32 `[E, K, N/8]` (eight INT4 a word).
-        w: TensorDesc,
-        packed: bool,
-        /// `[E, N]` (per channel) or `[E, G, N]` (per group), FLOAT16 / BFLOAT16.
-        scale: TensorDesc,
-        offset: TensorDesc,
-        /// Rows of K per group; K for per channel.
-        group: usize,
-    },
+    Quant(Box<QuantGmm>),
+}
+
+struct QuantGmm {
+    /// One `[E, K, N]` INT8 / INT4 tensor, or INT32 `[E, K, N/8]` (eight INT4 a word).
+    w: TensorDesc,
+    packed: bool,
+    /// `[E, N]` (per channel) or `[E, G, N]` (per group), FLOAT16 / BFLOAT16.
+    scale: TensorDesc,
+    offset: TensorDesc,
+    /// Rows of K per group; K for per channel.
+    group: usize,
 }
 
 /// The antiquant inputs' checks, from the aclnnGroupedMatmulV4 docs (A16W4 / A16W8
@@ -341,13 +343,13 @@ fn gmm_quant_weights(
             )));
         }
     };
-    Ok(GmmWeights::Quant {
+    Ok(GmmWeights::Quant(Box::new(QuantGmm {
         w,
         packed,
         scale: sc,
         offset: off,
         group: (k / groups) as usize,
-    })
+    })))
 }
 
 #[no_mangle]
@@ -432,10 +434,11 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             .is_some_and(|w| matches!(w.dtype, D::ACL_INT8 | D::ACL_INT4 | D::ACL_INT32));
         let (weights, k, n) = if quantized {
             let q = gmm_quant_weights(&xt, &wsl, aq_scale, aq_offset)?;
-            let GmmWeights::Quant { w, packed, .. } = &q else {
+            let GmmWeights::Quant(qg) = &q else {
                 return Err(invalid("internal: quantized weights"));
             };
-            let n = if *packed { w.dims[2] * 8 } else { w.dims[2] };
+            let w = &qg.w;
+            let n = if qg.packed { w.dims[2] * 8 } else { w.dims[2] };
             if w.dims[0] != e || w.dims[1] != xt.dims[1] {
                 return Err(invalid(format!(
                     "weight {:?} must be [E={e}, K={}, N]",
@@ -494,13 +497,14 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             // Expert `i`'s weight [K, N] as floats: (w + offset) * scale when quantized.
             let expert_weight: Box<dyn Fn(usize) -> Res<Vec<f32>> + '_> = match &weights {
                 GmmWeights::Float(ws) => Box::new(move |i| ws[i].read_f32("weight")),
-                GmmWeights::Quant {
-                    w,
-                    packed,
-                    scale,
-                    offset,
-                    group,
-                } => {
+                GmmWeights::Quant(q) => {
+                    let QuantGmm {
+                        w,
+                        packed,
+                        scale,
+                        offset,
+                        group,
+                    } = &**q;
                     let (s, o) = (
                         scale.read_f32("antiquantScale")?,
                         offset.read_f32("antiquantOffset")?,

@@ -143,6 +143,20 @@ fn moe_gptq_act_order_matches_dequantized_reference() {
     check("tiny-qwen3-moe-gptq", 2);
 }
 
+/// The MoE fixtures the NPU takes (crates/cann-emu/tests/e2e_quant.rs), checked here on the
+/// CPU in F32 first: the fixtures themselves against their references.
+#[test]
+fn moe_npu_fixtures_match_dequantized_reference() {
+    for model in [
+        "tiny-qwen3-moe-gptq-g32",
+        "tiny-qwen3-moe-awq-pc",
+        "tiny-qwen3-moe-gptq8",
+    ] {
+        check(model, 1);
+        check(model, 2);
+    }
+}
+
 fn load(model_dir: &std::path::Path, cfg_json: &str, shard: Shard) -> Result<u64, String> {
     let cfg =
         qwen3_model::config::ModelConfig::from_json_str(cfg_json).map_err(|e| e.to_string())?;

@@ -72,6 +72,16 @@ pub struct Case {
     /// Smallest top-1/top-2 logit margin along the greedy path (quantized goldens).
     #[serde(default)]
     pub min_top2_gap: f32,
+    /// MoE goldens: per prefill / decode position, the smallest gap over the MoE layers
+    /// between the k-th and (k+1)-th router logit of the reference.
+    #[serde(default)]
+    pub router_margins: Option<RouterMargins>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RouterMargins {
+    pub prefill: Vec<f32>,
+    pub decode: Vec<f32>,
 }
 
 /// Logits transformers recorded, at a subset of vocabulary columns.
