@@ -1,6 +1,8 @@
 //! Sampling parameters: owned by the backend because sampling is a device op
 //! (only token ids and requested logprobs leave the device).
 
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 
 /// Per-request sampling parameters, as the OpenAI API and vLLM's extras define them.
@@ -124,6 +126,37 @@ pub fn sample_row(logits: &[f32], row: &SampleRow<'_>, scratch: &mut Vec<f32>) -
         None => (None, Vec::new()),
     };
 
+    // Logits that nothing modifies are read in place: no copy of a vocabulary-sized row.
+    let modified = !p.logit_bias.is_empty()
+        || (p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0)
+        || p.frequency_penalty != 0.0
+        || p.presence_penalty != 0.0
+        || !row.suppressed.is_empty();
+    let v: &[f32] = if modified {
+        modify(logits, row, scratch)
+    } else {
+        logits
+    };
+    let token = if p.is_greedy() {
+        argmax(v)
+    } else {
+        sample_processed(v, p, uniform_from_seed(row.rng_seed))
+    };
+    let logprob = logprob_of.map(|lse| {
+        logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |l| l - lse)
+    });
+    Sampled {
+        token,
+        logprob,
+        top_logprobs,
+    }
+}
+
+/// `logits` with the bias, penalties and suppression applied, in `scratch`.
+fn modify<'s>(logits: &[f32], row: &SampleRow<'_>, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+    let p = row.params;
     scratch.clear();
     scratch.extend_from_slice(logits);
     let v = scratch.as_mut_slice();
@@ -163,22 +196,7 @@ pub fn sample_row(logits: &[f32], row: &SampleRow<'_>, scratch: &mut Vec<f32>) -
             *x = f32::NEG_INFINITY;
         }
     }
-
-    let token = if p.is_greedy() {
-        argmax(v)
-    } else {
-        sample_processed(v, p, uniform_from_seed(row.rng_seed))
-    };
-    let logprob = logprob_of.map(|lse| {
-        logits
-            .get(token as usize)
-            .map_or(f32::NEG_INFINITY, |l| l - lse)
-    });
-    Sampled {
-        token,
-        logprob,
-        top_logprobs,
-    }
+    v
 }
 
 /// First index of the maximum, as torch.argmax.
@@ -203,21 +221,34 @@ fn log_sum_exp(v: &[f32]) -> f32 {
     max + sum.ln() as f32
 }
 
+thread_local! {
+    /// Candidate indices of [`top_n`] (vocabulary-sized), kept per thread.
+    static TOP_IDX: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The `n` largest (index, value) pairs, best first, ties by lower index.
 fn top_n(v: &[f32], n: usize) -> Vec<(u32, f32)> {
-    let mut idx: Vec<u32> = (0..v.len() as u32).collect();
     let n = n.min(v.len());
     if n == 0 {
         return Vec::new();
     }
-    let cmp = |a: &u32, b: &u32| v[*b as usize].total_cmp(&v[*a as usize]).then(a.cmp(b));
-    idx.select_nth_unstable_by(n - 1, cmp);
-    idx.truncate(n);
-    idx.sort_by(cmp);
-    idx.into_iter().map(|i| (i, v[i as usize])).collect()
+    TOP_IDX.with(|c| {
+        // Nested use cannot happen (nothing here calls back in); fall back rather than panic.
+        let mut own = Vec::new();
+        let mut guard = c.try_borrow_mut();
+        let idx = guard.as_deref_mut().unwrap_or(&mut own);
+        idx.clear();
+        idx.extend(0..v.len() as u32);
+        let cmp = |a: &u32, b: &u32| v[*b as usize].total_cmp(&v[*a as usize]).then(a.cmp(b));
+        idx.select_nth_unstable_by(n - 1, cmp);
+        idx.truncate(n);
+        // Unstable is exact here: ties are broken by index, so the order is total.
+        idx.sort_unstable_by(cmp);
+        idx.iter().map(|&i| (i, v[i as usize])).collect()
+    })
 }
 
-fn sample_processed(v: &mut [f32], p: &SamplingParams, u: f64) -> u32 {
+fn sample_processed(v: &[f32], p: &SamplingParams, u: f64) -> u32 {
     let t = p.temperature.max(1e-5);
     // Candidates sorted by logit, best first; truncated by top_k.
     let k = if p.top_k > 0 {

@@ -65,7 +65,6 @@ impl SeqStates {
         logits: &B::Tensor,
     ) -> Result<StepOutput, ExecutorError> {
         let mut rows = Vec::new();
-        let mut ids = Vec::new();
         for s in batch.seqs.iter().filter(|s| s.sample) {
             let st = self.seqs.get(&s.seq_id).ok_or_else(|| {
                 ExecutorError(format!("sequence {} was never introduced", s.seq_id))
@@ -78,14 +77,14 @@ impl SeqStates {
                 suppressed: &s.suppressed,
                 rng_seed: draw_seed(st.seed, output.len() as u64),
             });
-            ids.push(s.seq_id);
         }
         let sampled = backend
             .sample(logits, &rows)
             .map_err(|e| ExecutorError(e.to_string()))?;
         drop(rows);
-        let mut outputs = Vec::with_capacity(ids.len());
-        for (id, sampled) in ids.into_iter().zip(sampled) {
+        let mut outputs = Vec::with_capacity(sampled.len());
+        let ids = batch.seqs.iter().filter(|s| s.sample).map(|s| s.seq_id);
+        for (id, sampled) in ids.zip(sampled) {
             if let Some(st) = self.seqs.get_mut(&id) {
                 st.tokens.push(sampled.token);
             }
@@ -106,7 +105,9 @@ impl SeqStates {
     }
 }
 
-/// The per-step arrays the backend wants, derived from the batch.
+/// The per-step arrays the backend wants, derived from the batch; kept across steps so a
+/// decode step reuses their capacity instead of allocating.
+#[derive(Default)]
 pub struct StepArrays {
     query_start: Vec<u32>,
     query_len: Vec<u32>,
@@ -117,23 +118,26 @@ pub struct StepArrays {
 
 impl StepArrays {
     pub fn new(batch: &Batch) -> Self {
-        let n = batch.seqs.len();
-        let mut a = Self {
-            query_start: Vec::with_capacity(n),
-            query_len: Vec::with_capacity(n),
-            context_len: Vec::with_capacity(n),
-            sample_rows: Vec::with_capacity(n),
-        };
+        let mut a = Self::default();
+        a.refill(batch);
+        a
+    }
+
+    /// Replaces the arrays with `batch`'s, keeping their capacity.
+    pub fn refill(&mut self, batch: &Batch) {
+        self.query_start.clear();
+        self.query_len.clear();
+        self.context_len.clear();
+        self.sample_rows.clear();
         for s in &batch.seqs {
-            a.query_start.push(s.query_start);
-            a.query_len.push(s.query_len);
-            a.context_len.push(s.context_len);
+            self.query_start.push(s.query_start);
+            self.query_len.push(s.query_len);
+            self.context_len.push(s.context_len);
             if s.sample {
-                a.sample_rows
+                self.sample_rows
                     .push(s.query_start + s.query_len.saturating_sub(1));
             }
         }
-        a
     }
 
     pub fn meta<'a>(&'a self, batch: &'a Batch, rope: &'a qwen3_backend::RopeSpec) -> StepMeta<'a> {
@@ -173,14 +177,16 @@ impl<B: Backend> Worker<B> {
         Ok(())
     }
 
-    /// Runs the step; returns the gathered logits of the sampling rows.
+    /// Runs the step; returns the gathered logits of the sampling rows. `arrays` is refilled
+    /// for the batch (kept by the caller so steps reuse its capacity).
     pub fn step(
         &mut self,
         batch: &Batch,
+        arrays: &mut StepArrays,
         comm: &dyn Communicator<B>,
     ) -> Result<B::Tensor, ModelError> {
-        let arrays = StepArrays::new(batch);
-        self.forward_rows(batch, &arrays, arrays.sample_rows(), comm)
+        arrays.refill(batch);
+        self.forward_rows(batch, arrays, arrays.sample_rows(), comm)
     }
 
     /// Runs the step; returns the gathered logits of the given flattened token rows.
@@ -201,6 +207,7 @@ impl<B: Backend> Worker<B> {
 pub struct SingleExecutor<B: Backend> {
     worker: Worker<B>,
     states: SeqStates,
+    arrays: StepArrays,
 }
 
 impl<B: Backend> SingleExecutor<B> {
@@ -208,6 +215,7 @@ impl<B: Backend> SingleExecutor<B> {
         Self {
             worker,
             states: SeqStates::default(),
+            arrays: StepArrays::default(),
         }
     }
 
@@ -243,7 +251,10 @@ impl<B: Backend> Executor for SingleExecutor<B> {
         if batch.seqs.is_empty() {
             return Ok(StepOutput::default());
         }
-        let logits = self.worker.step(batch, &SingleRank).map_err(exec_err)?;
+        let logits = self
+            .worker
+            .step(batch, &mut self.arrays, &SingleRank)
+            .map_err(exec_err)?;
         self.states.sample(&self.worker.backend, batch, &logits)
     }
 }

@@ -9,7 +9,7 @@ use qwen3_backend::comm::Communicator;
 use qwen3_backend::Backend;
 use qwen3_engine::{Batch, Executor, ExecutorError, StepOutput};
 
-use crate::executor::{exec_err, SeqStates, Worker};
+use crate::executor::{exec_err, SeqStates, StepArrays, Worker};
 use crate::qwen3::ModelError;
 
 /// What a rank thread is given to build itself on its own thread (devices bind per thread).
@@ -61,6 +61,7 @@ fn rank_loop<B: Backend>(
         }
     };
     let mut states = SeqStates::default();
+    let mut arrays = StepArrays::default();
     while let Ok(job) = jobs.recv() {
         let batch = match job {
             Job::Step(b) => b,
@@ -82,7 +83,7 @@ fn rank_loop<B: Backend>(
             Ok(None)
         } else {
             worker
-                .step(&batch, comm.as_ref())
+                .step(&batch, &mut arrays, comm.as_ref())
                 .map(Some)
                 .map_err(exec_err)
         };

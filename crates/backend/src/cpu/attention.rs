@@ -1,9 +1,12 @@
 //! Paged causal attention on the CPU: each query token reads its sequence's K/V through the
 //! block table, so prefill chunks and decodes share one call.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::vector::Kernels;
+use super::with_scratch;
 use crate::AttnGeometry;
 
 /// Where one query token sits.
@@ -20,6 +23,20 @@ pub struct PagedKv<'a> {
     pub block_size: usize,
     pub block_tables: &'a [u32],
     pub max_blocks_per_seq: usize,
+}
+
+thread_local! {
+    /// Scores of one (token, KV head) task, kept per thread so a step allocates nothing.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch grows in powers of two from this many floats, so contexts growing a token per
+/// step reallocate it a handful of times per thread, not every step.
+const MIN_SCORES: usize = 1 << 12;
+
+/// Gives this thread's scratch its first size.
+pub(crate) fn reserve_scratch() {
+    with_scratch(&SCORES, |s| s.reserve(MIN_SCORES));
 }
 
 /// `q`: `[tokens, heads * head_dim]`; returns `[tokens, heads * head_dim]` through `out`.
@@ -42,40 +59,47 @@ pub fn paged_attention(
     out.par_chunks_mut(span)
         .zip(q.par_chunks(span))
         .enumerate()
-        .for_each_init(Vec::new, |scores, (idx, (o, qg))| {
-            let (t, kvh) = (idx / g.num_kv_heads, idx % g.num_kv_heads);
-            let place = places[t];
-            let table = &kv.block_tables[place.seq as usize * kv.max_blocks_per_seq..]
-                [..kv.max_blocks_per_seq];
-            let end = place.pos as usize + 1;
-            let start = g.sliding_window.map_or(0, |w| end.saturating_sub(w));
-            let len = end - start;
-            // The group's scores `[group, len]`, then their 1 / Σ exp.
-            scores.clear();
-            scores.resize(group * len + group, 0.0);
-            let (scores, inv) = scores.split_at_mut(group * len);
-            for (jj, j) in (start..end).enumerate() {
-                let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
-                let kj = &kv.k[off..off + d];
-                for (gi, qh) in qg.chunks_exact(d).enumerate() {
-                    scores[gi * len + jj] = (kern.dot)(qh, kj) * g.scale;
+        .for_each(|(idx, (o, qg))| {
+            with_scratch(&SCORES, |scores| {
+                let (t, kvh) = (idx / g.num_kv_heads, idx % g.num_kv_heads);
+                let place = places[t];
+                let table = &kv.block_tables[place.seq as usize * kv.max_blocks_per_seq..]
+                    [..kv.max_blocks_per_seq];
+                let end = place.pos as usize + 1;
+                let start = g.sliding_window.map_or(0, |w| end.saturating_sub(w));
+                let len = end - start;
+                // The group's scores `[group, len]`, then their 1 / Σ exp.
+                let need = group * len + group;
+                if scores.capacity() < need {
+                    let want = need.max(MIN_SCORES).next_power_of_two();
+                    scores.reserve_exact(want - scores.len());
                 }
-            }
-            for (s, r) in scores.chunks_exact_mut(len).zip(inv.iter_mut()) {
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                *r = 1.0 / (kern.exp_sub_sum)(s, max);
-            }
-            o.fill(0.0);
-            for (jj, j) in (start..end).enumerate() {
-                let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
-                let vj = &kv.v[off..off + d];
-                for (gi, oh) in o.chunks_exact_mut(d).enumerate() {
-                    (kern.axpy)(scores[gi * len + jj], vj, oh);
+                scores.clear();
+                scores.resize(need, 0.0);
+                let (scores, inv) = scores.split_at_mut(group * len);
+                for (jj, j) in (start..end).enumerate() {
+                    let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
+                    let kj = &kv.k[off..off + d];
+                    for (gi, qh) in qg.chunks_exact(d).enumerate() {
+                        scores[gi * len + jj] = (kern.dot)(qh, kj) * g.scale;
+                    }
                 }
-            }
-            for (oh, &r) in o.chunks_exact_mut(d).zip(inv.iter()) {
-                (kern.scale)(r, oh);
-            }
+                for (s, r) in scores.chunks_exact_mut(len).zip(inv.iter_mut()) {
+                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    *r = 1.0 / (kern.exp_sub_sum)(s, max);
+                }
+                o.fill(0.0);
+                for (jj, j) in (start..end).enumerate() {
+                    let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
+                    let vj = &kv.v[off..off + d];
+                    for (gi, oh) in o.chunks_exact_mut(d).enumerate() {
+                        (kern.axpy)(scores[gi * len + jj], vj, oh);
+                    }
+                }
+                for (oh, &r) in o.chunks_exact_mut(d).zip(inv.iter()) {
+                    (kern.scale)(r, oh);
+                }
+            })
         });
 }
 

@@ -119,13 +119,14 @@ impl Communicator<super::CpuBackend> for InProcessGroup {
         }
         self.deposit(t)?;
         self.barrier()?;
-        let shape = t.shape().to_vec();
+        // Inline (Copy): no allocation per collective.
+        let shape = t.shape;
         let out = t.f32_mut("all_reduce")?;
         out.fill(0.0);
         // Every rank sums in rank order, so all ranks hold bit-identical results.
         for slot in &self.shared.slots {
             let slot = lock(slot);
-            if slot.0 != shape {
+            if slot.0 != *shape {
                 return Err(BackendError::Collective(format!(
                     "all_reduce of {shape:?} met {:?}",
                     slot.0
@@ -136,14 +137,13 @@ impl Communicator<super::CpuBackend> for InProcessGroup {
         self.barrier()
     }
 
-    fn all_gather_cols(&self, _b: &super::CpuBackend, t: CpuTensor) -> Result<CpuTensor> {
+    fn all_gather_cols(&self, b: &super::CpuBackend, t: CpuTensor) -> Result<CpuTensor> {
         if self.shared.world == 1 {
             return Ok(t);
         }
         self.deposit(&t)?;
         self.barrier()?;
         let rows = t.shape().first().copied().unwrap_or(0);
-        let mut parts = Vec::with_capacity(self.shared.world);
         let mut width = 0;
         for slot in &self.shared.slots {
             let slot = lock(slot);
@@ -154,16 +154,21 @@ impl Communicator<super::CpuBackend> for InProcessGroup {
                 )));
             }
             width += slot.0[1];
-            parts.push((slot.0[1], slot.1.clone()));
+        }
+        // Read straight from the slots (no rank rewrites its slot before the next barrier)
+        // into a pooled buffer.
+        let mut out = b.take(rows * width);
+        let mut col = 0;
+        for slot in &self.shared.slots {
+            let slot = lock(slot);
+            let cols = slot.0[1];
+            for (r, part) in slot.1.chunks_exact(cols.max(1)).take(rows).enumerate() {
+                out[r * width + col..][..cols].copy_from_slice(part);
+            }
+            col += cols;
         }
         self.barrier()?;
-        let mut out = Vec::with_capacity(rows * width);
-        for r in 0..rows {
-            for (cols, data) in &parts {
-                out.extend_from_slice(&data[r * cols..(r + 1) * cols]);
-            }
-        }
-        CpuTensor::from_f32(out, &[rows, width])
+        b.tensor(out, super::Dims::matrix(rows, width))
     }
 }
 

@@ -9,8 +9,12 @@
 //! bound), NEON, and the portable scalar twin every SIMD path is tested against. At batch 1 the F32 kernels keep several independent
 //! accumulators: one FMA chain is latency-bound at about half the memory bandwidth.
 
+use std::cell::RefCell;
+
 use half::bf16;
 use rayon::prelude::*;
+
+use super::with_scratch;
 
 use super::simd::{self, Level};
 
@@ -528,6 +532,13 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
         });
 }
 
+thread_local! {
+    /// `x` re-laid out for the kernels (split to BF16 halves, or padded rows), kept per thread
+    /// so a decode step allocates nothing.
+    static XB: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static XS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` with the kernels of `level` (m ≤ [`MAX_ROWS`]); a level
 /// this CPU lacks falls back to scalar.
 pub fn gemv_bf16_at(
@@ -556,35 +567,43 @@ pub fn gemv_bf16_at(
     if level == Level::Avx512Bf16 {
         // The extra 32 values keep the 2·m rows off one cache set (see `padded_stride`).
         let kp = k.div_ceil(32) * 32 + 32;
-        let mut xb = vec![0u16; 2 * m * kp];
-        // SAFETY: AVX512_BF16 is supported (checked above); `x` is `[m, k]`, `xb` `[m, 2, kp]`.
-        unsafe { avx512::split_bf16(x, m, k, kp, &mut xb) };
-        return run(Kernel::Bf16 { xb: &xb, kp }, x, m, k, w, n, out);
+        return with_scratch(&XB, |xb| {
+            xb.clear();
+            xb.resize(2 * m * kp, 0);
+            // SAFETY: AVX512_BF16 is supported (checked above); `x` is `[m, k]`, `xb`
+            // `[m, 2, kp]`.
+            unsafe { avx512::split_bf16(x, m, k, kp, xb) };
+            run(Kernel::Bf16 { xb, kp }, x, m, k, w, n, out)
+        });
     }
     if m == 1 {
         return run(Kernel::F32(f32_kernel(level), k), x, m, k, w, n, out);
     }
     let ks = padded_stride(k);
-    let mut xs = vec![0.0f32; m * ks];
-    for (d, s) in xs.chunks_exact_mut(ks).zip(x.chunks_exact(k)) {
-        d[..k].copy_from_slice(s);
-    }
-    #[cfg(target_arch = "x86_64")]
-    if matches!(level, Level::Avx512 | Level::Avx512Bf16) {
-        // SAFETY: the level is supported (checked above); `run` passes `x` as `[m, ks]` and
-        // two weight rows of k values.
-        let pair: PairFn = |x, m, ks, k, w, acc| unsafe { avx512::dots_pair(x, m, ks, k, w, acc) };
-        return run(
-            Kernel::Pair(pair, f32_kernel(level), ks),
-            &xs,
-            m,
-            k,
-            w,
-            n,
-            out,
-        );
-    }
-    run(Kernel::F32(f32_kernel(level), ks), &xs, m, k, w, n, out)
+    with_scratch(&XS, |xs| {
+        xs.clear();
+        xs.resize(m * ks, 0.0);
+        for (d, s) in xs.chunks_exact_mut(ks).zip(x.chunks_exact(k)) {
+            d[..k].copy_from_slice(s);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if matches!(level, Level::Avx512 | Level::Avx512Bf16) {
+            // SAFETY: the level is supported (checked above); `run` passes `x` as `[m, ks]`
+            // and two weight rows of k values.
+            let pair: PairFn =
+                |x, m, ks, k, w, acc| unsafe { avx512::dots_pair(x, m, ks, k, w, acc) };
+            return run(
+                Kernel::Pair(pair, f32_kernel(level), ks),
+                xs,
+                m,
+                k,
+                w,
+                n,
+                out,
+            );
+        }
+        run(Kernel::F32(f32_kernel(level), ks), xs, m, k, w, n, out)
+    })
 }
 
 /// Row stride for a copy of `x`: rows a multiple of 4 KiB apart (k = 1024, 2048, …) all map

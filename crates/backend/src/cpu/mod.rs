@@ -2,15 +2,25 @@
 //! work spread over rayon's pool (sized once by `--cpu-threads`). Decode batches (≤ 8 rows)
 //! use the SIMD BF16 GEMV, larger ones `gemm`; attention and the element-wise ops use the
 //! vector kernels of the SIMD level picked at run time ([`simd::level`]).
+//!
+//! No allocation in a decode step: ops write into buffers of the backend's
+//! [`pool::ActivationPool`], which a tensor hands back when it drops; shapes are inline; step
+//! metadata, MoE routing lists and per-thread kernel scratch keep their capacity from step to
+//! step. Once the start-up profiling step (the largest batch) has run, a decode step allocates
+//! nothing on the heap (`crates/model/tests/decode_alloc.rs` counts).
 
 pub mod attention;
 pub mod bandwidth;
 pub mod comm;
 pub mod gemv;
 pub mod matmul;
+pub mod pool;
 pub mod quant;
 pub mod simd;
 pub mod vector;
+
+use std::cell::RefCell;
+use std::sync::Arc;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -22,6 +32,7 @@ use crate::{
 };
 use attention::{PagedKv, TokenPlace};
 use matmul::{matmul_t, WeightRows};
+use pool::{ActivationPool, PoolLimits, PoolStats, Spare};
 use vector::{kernels, Kernels};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -32,10 +43,101 @@ pub enum CpuData {
     Quant(Box<quant::QuantMatrix>),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// Most dimensions a CPU tensor has (stacked expert weights have 3).
+pub const MAX_RANK: usize = 4;
+
+/// A shape held inline, so making a tensor allocates nothing besides (at most) its data.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Dims {
+    /// Unused dimensions stay 0, so the derived equality is the shapes' equality.
+    d: [usize; MAX_RANK],
+    rank: u8,
+}
+
+impl Dims {
+    fn new(op: &'static str, s: &[usize]) -> Result<Self> {
+        if s.len() > MAX_RANK {
+            return Err(shape_err(
+                op,
+                format!("shape {s:?} has more than {MAX_RANK} dimensions"),
+            ));
+        }
+        let mut d = [0; MAX_RANK];
+        d[..s.len()].copy_from_slice(s);
+        Ok(Self {
+            d,
+            rank: s.len() as u8,
+        })
+    }
+
+    fn matrix(rows: usize, cols: usize) -> Self {
+        Self {
+            d: [rows, cols, 0, 0],
+            rank: 2,
+        }
+    }
+
+    /// The same shape with its last dimension replaced.
+    fn with_last(mut self, n: usize) -> Self {
+        if self.rank > 0 {
+            self.d[self.rank as usize - 1] = n;
+        }
+        self
+    }
+}
+
+impl std::ops::Deref for Dims {
+    type Target = [usize];
+
+    fn deref(&self) -> &[usize] {
+        &self.d[..self.rank as usize]
+    }
+}
+
+impl std::fmt::Debug for Dims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// What the backend reuses from op to op, shared by its clones and its tensors.
+#[derive(Default)]
+struct Reuse {
+    pool: ActivationPool,
+    steps: Spare<StepBufs>,
+    moe: Spare<MoeScratch>,
+}
+
+#[derive(Clone)]
 pub struct CpuTensor {
-    shape: Vec<usize>,
+    shape: Dims,
     data: CpuData,
+    /// Where an op's F32 buffer goes back when the tensor drops (None: uploaded or built by
+    /// hand, freed as usual).
+    reuse: Option<Arc<Reuse>>,
+}
+
+impl PartialEq for CpuTensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data == other.data
+    }
+}
+
+impl std::fmt::Debug for CpuTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuTensor")
+            .field("shape", &self.shape)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+impl Drop for CpuTensor {
+    fn drop(&mut self) {
+        if let (Some(r), CpuData::F32(v)) = (self.reuse.take(), &mut self.data) {
+            r.pool.give(std::mem::take(v));
+        }
+    }
 }
 
 impl CpuTensor {
@@ -47,8 +149,9 @@ impl CpuTensor {
             ));
         }
         Ok(Self {
-            shape: shape.to_vec(),
+            shape: Dims::new("from_f32", shape)?,
             data: CpuData::F32(data),
+            reuse: None,
         })
     }
 
@@ -102,9 +205,13 @@ impl CpuTensor {
     /// weight, dense or quantized.
     fn stacked_matmul(&self, i: usize, x: &[f32], m: usize, rows: usize, out: &mut [f32]) {
         let cols = x.len() / m.max(1);
-        match &self.data {
-            CpuData::Quant(q) => q.matmul(i, x, m, out),
-            _ => matmul_t(x, m, cols, self.stacked(i, rows, cols), rows, out),
+        match (&self.data, self.stacked(i, rows, cols)) {
+            (CpuData::Quant(q), _) => q.matmul(i, x, m, out),
+            // A few tokens routed to an expert: the GEMV, as `linear` does for decode batches.
+            (_, WeightRows::BF16(w)) if m <= gemv::MAX_ROWS => {
+                gemv::gemv_bf16(x, m, cols, w, rows, out)
+            }
+            (_, w) => matmul_t(x, m, cols, w, rows, out),
         }
     }
 
@@ -119,7 +226,8 @@ fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
 }
 
-/// One step's metadata, copied once and shared by every layer.
+/// One step's metadata, copied once and shared by every layer. Its arrays go back to the
+/// backend when it drops, so the next step refills them without allocating.
 pub struct CpuStep {
     token_ids: Vec<u32>,
     slot_mapping: Vec<u32>,
@@ -129,6 +237,51 @@ pub struct CpuStep {
     /// `[tokens, head_dim / 2]` each, with the rope's mscale folded in.
     cos: Vec<f32>,
     sin: Vec<f32>,
+    reuse: Arc<Reuse>,
+}
+
+/// The arrays of a [`CpuStep`], kept between steps.
+#[derive(Default)]
+struct StepBufs {
+    token_ids: Vec<u32>,
+    slot_mapping: Vec<u32>,
+    places: Vec<TokenPlace>,
+    block_tables: Vec<u32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Drop for CpuStep {
+    fn drop(&mut self) {
+        use std::mem::take;
+        self.reuse.steps.put(StepBufs {
+            token_ids: take(&mut self.token_ids),
+            slot_mapping: take(&mut self.slot_mapping),
+            places: take(&mut self.places),
+            block_tables: take(&mut self.block_tables),
+            cos: take(&mut self.cos),
+            sin: take(&mut self.sin),
+        });
+    }
+}
+
+/// The MoE op's routing lists and per-expert buffers, kept between calls.
+#[derive(Default)]
+struct MoeScratch {
+    /// Per expert: (token, weight) pairs routed to it.
+    per_expert: Vec<Vec<(usize, f32)>>,
+    probs: Vec<f32>,
+    order: Vec<usize>,
+    xe: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    y: Vec<f32>,
+}
+
+/// `v` cleared and resized to `n` zeros, its capacity kept.
+fn zeros(v: &mut Vec<f32>, n: usize) {
+    v.clear();
+    v.resize(n, 0.0);
 }
 
 pub struct CpuKvCache {
@@ -143,32 +296,135 @@ impl CpuKvCache {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+/// The CPU backend. Clones share one activation pool.
+#[derive(Clone, Default)]
 pub struct CpuBackend {
     /// Bytes the KV cache may use, as vLLM's `--cpu-kv-cache-space`; None: size from RAM.
     pub kv_cache_space: Option<u64>,
+    reuse: Arc<Reuse>,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("kv_cache_space", &self.kv_cache_space)
+            .field("pool", &self.reuse.pool)
+            .finish()
+    }
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A backend whose activation pool keeps at most `limits` while idle.
+    pub fn with_pool_limits(limits: PoolLimits) -> Self {
+        Self {
+            kv_cache_space: None,
+            reuse: Arc::new(Reuse {
+                pool: ActivationPool::new(limits),
+                ..Reuse::default()
+            }),
+        }
+    }
+
+    /// The activation pool's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.reuse.pool.stats()
+    }
+
+    /// `n` zeros from the pool.
+    fn take(&self, n: usize) -> Vec<f32> {
+        self.reuse.pool.take(n)
+    }
+
+    /// An op's output: `data` (from [`Self::take`]) of `shape`, handed back when dropped.
+    fn tensor(&self, data: Vec<f32>, shape: Dims) -> Result<CpuTensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(shape_err(
+                "output",
+                format!("{} elements for shape {shape:?}", data.len()),
+            ));
+        }
+        Ok(CpuTensor {
+            shape,
+            data: CpuData::F32(data),
+            reuse: Some(self.reuse.clone()),
+        })
+    }
+
+    /// A norm weight as F32: borrowed when F32 already, else widened into a pooled buffer
+    /// (norm weights are a few KiB: widening per call is cheap, allocating per call is not).
+    fn weight_f32s<'a>(&'a self, w: &'a CpuTensor) -> PooledF32s<'a> {
+        let owned = |f: &dyn Fn(usize) -> f32| {
+            let mut v = self.take(w.len());
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = f(i));
+            PooledF32s::Pooled(v, &self.reuse.pool)
+        };
+        match &w.data {
+            CpuData::F32(v) => PooledF32s::Borrowed(v),
+            CpuData::BF16(v) => owned(&|i| v[i].to_f32()),
+            // Norm weights are never quantized; dequantizing keeps the op total anyway.
+            CpuData::Quant(q) => owned(&|i| q.get(i)),
+        }
+    }
+}
+
+/// F32 values borrowed, or in a pool buffer that goes back when dropped.
+enum PooledF32s<'a> {
+    Borrowed(&'a [f32]),
+    Pooled(Vec<f32>, &'a ActivationPool),
+}
+
+impl std::ops::Deref for PooledF32s<'_> {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            PooledF32s::Borrowed(v) => v,
+            PooledF32s::Pooled(v, _) => v,
+        }
+    }
+}
+
+impl Drop for PooledF32s<'_> {
+    fn drop(&mut self) {
+        if let PooledF32s::Pooled(v, pool) = self {
+            pool.give(std::mem::take(v));
+        }
+    }
+}
+
+/// Gives every thread of rayon's pool its attention and quantized-GEMV scratch once per
+/// process, so a decode step whose task lands on a thread that has not run those ops yet does
+/// not allocate.
+fn warm_pool_threads() {
+    static WARM: std::sync::Once = std::sync::Once::new();
+    WARM.call_once(|| {
+        rayon::broadcast(|_| {
+            attention::reserve_scratch();
+            quant::reserve_scratch();
+        });
+    });
+}
+
+/// Runs `f` on this thread's scratch vector `key`, or on a fresh one if it is in use (an op
+/// nested in another on the same thread, e.g. by rayon's work stealing).
+pub(crate) fn with_scratch<T, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    key.with(|c| match c.try_borrow_mut() {
+        Ok(mut v) => f(&mut v),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 fn rms_norm_row(k: &Kernels, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ms = (k.sum_sq)(x) / x.len() as f32;
     let r = 1.0 / (ms + eps).sqrt();
     (k.mul_scale)(x, r, w, out);
-}
-
-/// A norm weight as F32 (norm weights are a few KiB: widening per call is cheap).
-fn weight_f32s(w: &CpuTensor) -> std::borrow::Cow<'_, [f32]> {
-    match &w.data {
-        CpuData::F32(v) => std::borrow::Cow::Borrowed(v),
-        CpuData::BF16(v) => std::borrow::Cow::Owned(v.iter().map(|x| x.to_f32()).collect()),
-        // Norm weights are never quantized; dequantizing keeps the op total anyway.
-        CpuData::Quant(q) => std::borrow::Cow::Owned((0..w.len()).map(|i| q.get(i)).collect()),
-    }
 }
 
 /// The vector kernels of the level in force.
@@ -196,6 +452,11 @@ fn zeroed_f32(n: usize) -> Result<Vec<f32>> {
         }
         Ok(Vec::from_raw_parts(p, n, n))
     }
+}
+
+thread_local! {
+    /// A processed copy of one row of logits (vocabulary-sized), kept per thread.
+    static SAMPLE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 fn silu(x: f32) -> f32 {
@@ -245,16 +506,18 @@ impl Backend for CpuBackend {
             HostData::BF16(d) => CpuData::BF16(d.to_vec()),
         };
         Ok(CpuTensor {
-            shape: shape.to_vec(),
+            shape: Dims::new("upload", shape)?,
             data,
+            reuse: None,
         })
     }
 
     fn upload_quantized(&self, w: &QuantizedHost<'_>) -> Result<CpuTensor> {
         let q = quant::QuantMatrix::from_host(w)?;
         Ok(CpuTensor {
-            shape: q.shape(),
+            shape: Dims::new("upload_quantized", &q.shape())?,
             data: CpuData::Quant(Box::new(q)),
+            reuse: None,
         })
     }
 
@@ -280,6 +543,7 @@ impl Backend for CpuBackend {
     }
 
     fn prepare_step(&self, m: &StepMeta<'_>) -> Result<CpuStep> {
+        warm_pool_threads();
         let n = m.token_ids.len();
         let seqs = m.query_start.len();
         if m.positions.len() != n
@@ -294,7 +558,20 @@ impl Backend for CpuBackend {
                 "inconsistent step metadata".into(),
             ));
         }
-        let mut places = Vec::with_capacity(n);
+        // The previous step's arrays, refilled: after warm-up their capacity suffices.
+        let b = self.reuse.steps.take();
+        let mut step = CpuStep {
+            token_ids: b.token_ids,
+            slot_mapping: b.slot_mapping,
+            places: b.places,
+            block_tables: b.block_tables,
+            max_blocks_per_seq: m.max_blocks_per_seq,
+            cos: b.cos,
+            sin: b.sin,
+            reuse: self.reuse.clone(),
+        };
+        let places = &mut step.places;
+        places.clear();
         for s in 0..seqs {
             let (start, len, ctx) = (m.query_start[s], m.query_len[s], m.context_len[s]);
             if start as usize != places.len() || len > ctx {
@@ -323,8 +600,9 @@ impl Backend for CpuBackend {
             ));
         }
         let half = m.rope.inv_freq.len();
-        let mut cos = vec![0.0; n * half];
-        let mut sin = vec![0.0; n * half];
+        let (cos, sin) = (&mut step.cos, &mut step.sin);
+        zeros(cos, n * half);
+        zeros(sin, n * half);
         for (t, &p) in m.positions.iter().enumerate() {
             for (i, &f) in m.rope.inv_freq.iter().enumerate() {
                 // The angle in F32, as transformers computes it, so positions match bit for bit.
@@ -333,15 +611,15 @@ impl Backend for CpuBackend {
                 sin[t * half + i] = a.sin() * m.rope.mscale;
             }
         }
-        Ok(CpuStep {
-            token_ids: m.token_ids.to_vec(),
-            slot_mapping: m.slot_mapping.to_vec(),
-            places,
-            block_tables: m.block_tables.to_vec(),
-            max_blocks_per_seq: m.max_blocks_per_seq,
-            cos,
-            sin,
-        })
+        for (v, from) in [
+            (&mut step.token_ids, m.token_ids),
+            (&mut step.slot_mapping, m.slot_mapping),
+            (&mut step.block_tables, m.block_tables),
+        ] {
+            v.clear();
+            v.extend_from_slice(from);
+        }
+        Ok(step)
     }
 
     fn embedding(
@@ -351,7 +629,8 @@ impl Backend for CpuBackend {
         vocab_start: usize,
     ) -> Result<CpuTensor> {
         let (rows, dim) = table.matrix();
-        let mut out = vec![0.0f32; step.token_ids.len() * dim];
+        // Zeros: ids outside this rank's vocabulary slice give zero rows.
+        let mut out = self.take(step.token_ids.len() * dim);
         for (o, &id) in out.chunks_mut(dim).zip(&step.token_ids) {
             let id = id as usize;
             if id >= vocab_start && id < vocab_start + rows {
@@ -369,7 +648,7 @@ impl Backend for CpuBackend {
                 }
             }
         }
-        CpuTensor::from_f32(out, &[step.token_ids.len(), dim])
+        self.tensor(out, Dims::matrix(step.token_ids.len(), dim))
     }
 
     fn rms_norm(&self, x: &CpuTensor, w: &CpuTensor, eps: f32) -> Result<CpuTensor> {
@@ -381,8 +660,8 @@ impl Backend for CpuBackend {
             ));
         }
         let xs = x.f32("rms_norm")?;
-        let (k, w) = (kern(), weight_f32s(w));
-        let mut out = vec![0.0; rows * dim];
+        let (k, w) = (kern(), self.weight_f32s(w));
+        let mut out = self.take(rows * dim);
         if rows == 1 {
             // A decode row: too small to be worth a rayon hand-off.
             rms_norm_row(k, xs, &w, eps, &mut out);
@@ -391,7 +670,8 @@ impl Backend for CpuBackend {
                 .zip(xs.par_chunks(dim))
                 .for_each(|(o, r)| rms_norm_row(k, r, &w, eps, o));
         }
-        CpuTensor::from_f32(out, &x.shape)
+        drop(w);
+        self.tensor(out, x.shape)
     }
 
     fn add_rms_norm(
@@ -424,8 +704,8 @@ impl Backend for CpuBackend {
                 format!("x {:?}, weight {:?}, head_dim {head_dim}", x.shape, w.shape),
             ));
         }
+        let (k, w) = (kern(), self.weight_f32s(w));
         let xs = x.f32_mut("head_rms_norm")?;
-        let (k, w) = (kern(), weight_f32s(w));
         let norm = |h: &mut [f32]| {
             let ms = (k.sum_sq)(h) / head_dim as f32;
             let r = 1.0 / (ms + eps).sqrt();
@@ -456,7 +736,7 @@ impl Backend for CpuBackend {
             ));
         }
         let n = w.shape[0];
-        let mut out = vec![0.0; m * n];
+        let mut out = self.take(m * n);
         match &w.data {
             // Decode-sized batches: memory-bound GEMV that reads each weight once.
             CpuData::BF16(wb) if m <= gemv::MAX_ROWS => {
@@ -465,11 +745,7 @@ impl Backend for CpuBackend {
             CpuData::Quant(q) => q.matmul(0, x.f32("linear")?, m, &mut out),
             _ => matmul_t(x.f32("linear")?, m, k, w.weight_rows(), n, &mut out),
         }
-        let mut shape = x.shape.clone();
-        if let Some(last) = shape.last_mut() {
-            *last = n;
-        }
-        CpuTensor::from_f32(out, &shape)
+        self.tensor(out, x.shape.with_last(n))
     }
 
     fn rope(&self, x: &mut CpuTensor, step: &CpuStep, head_dim: usize) -> Result<()> {
@@ -516,13 +792,13 @@ impl Backend for CpuBackend {
         }
         let (g, u) = (gate.f32("silu_mul")?, up.f32("silu_mul")?);
         let k = kern();
-        let mut out = vec![0.0; g.len()];
+        let mut out = self.take(g.len());
         // Chunks of whole cache lines; a decode row is a single chunk.
         const CHUNK: usize = 4096;
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(o, (g, u))| (k.silu_mul)(g, u, o));
-        CpuTensor::from_f32(out, &gate.shape)
+        self.tensor(out, gate.shape)
     }
 
     fn add_inplace(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
@@ -537,15 +813,15 @@ impl Backend for CpuBackend {
     fn select_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor> {
         let (n, dim) = x.matrix();
         let xs = x.f32("select_rows")?;
-        let mut out = Vec::with_capacity(rows.len() * dim);
-        for &r in rows {
-            let r = r as usize;
-            if r >= n {
-                return Err(shape_err("select_rows", format!("row {r} of {n}")));
-            }
-            out.extend_from_slice(&xs[r * dim..(r + 1) * dim]);
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= n) {
+            return Err(shape_err("select_rows", format!("row {r} of {n}")));
         }
-        CpuTensor::from_f32(out, &[rows.len(), dim])
+        let mut out = self.take(rows.len() * dim);
+        for (o, &r) in out.chunks_exact_mut(dim.max(1)).zip(rows) {
+            let r = r as usize;
+            o.copy_from_slice(&xs[r * dim..(r + 1) * dim]);
+        }
+        self.tensor(out, Dims::matrix(rows.len(), dim))
     }
 
     fn alloc_kv_cache(&self, s: KvCacheShape) -> Result<CpuKvCache> {
@@ -636,9 +912,9 @@ impl Backend for CpuBackend {
             block_tables: &step.block_tables,
             max_blocks_per_seq: step.max_blocks_per_seq,
         };
-        let mut out = vec![0.0; step.places.len() * width];
+        let mut out = self.take(step.places.len() * width);
         attention::paged_attention(q.f32("attention")?, &step.places, &kv, g, kern(), &mut out);
-        CpuTensor::from_f32(out, &q.shape)
+        self.tensor(out, q.shape)
     }
 
     fn moe(
@@ -651,9 +927,9 @@ impl Backend for CpuBackend {
         let ne = e.num_experts;
         let inter = e.gate.shape.get(1).copied().unwrap_or(0);
         if router_logits.matrix() != (tokens, ne)
-            || e.gate.shape != [ne, inter, hidden]
-            || e.up.shape != [ne, inter, hidden]
-            || e.down.shape != [ne, hidden, inter]
+            || *e.gate.shape != [ne, inter, hidden]
+            || *e.up.shape != [ne, inter, hidden]
+            || *e.down.shape != [ne, hidden, inter]
             || e.top_k == 0
             || e.top_k > ne
         {
@@ -666,15 +942,31 @@ impl Backend for CpuBackend {
             ));
         }
         // Routing as transformers' Qwen3Moe: softmax in F32, top-k, optional renormalisation.
+        // The lists and buffers are the previous call's, refilled.
         let logits = router_logits.f32("moe")?;
-        let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); ne];
+        let xs = x.f32("moe")?;
+        let mut sc = self.reuse.moe.take();
+        let MoeScratch {
+            per_expert,
+            probs,
+            order,
+            xe,
+            g,
+            u,
+            y,
+        } = &mut sc;
+        per_expert.resize_with(ne, Vec::new);
+        per_expert.iter_mut().for_each(Vec::clear);
         for t in 0..tokens {
             let row = &logits[t * ne..(t + 1) * ne];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let probs: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
+            probs.clear();
+            probs.extend(row.iter().map(|&l| (l - max).exp()));
             let sum: f32 = probs.iter().sum();
-            let mut order: Vec<usize> = (0..ne).collect();
-            order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            order.clear();
+            order.extend(0..ne);
+            // Unstable is fine: ties are broken by index, so the order is total.
+            order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
             let chosen = &order[..e.top_k];
             let norm = if e.renormalize {
                 chosen.iter().map(|&i| probs[i] / sum).sum::<f32>()
@@ -685,26 +977,25 @@ impl Backend for CpuBackend {
                 per_expert[i].push((t, probs[i] / sum / norm));
             }
         }
-        let xs = x.f32("moe")?;
-        let mut out = vec![0.0f32; tokens * hidden];
-        for (i, routed) in per_expert.iter().enumerate() {
+        let mut out = self.take(tokens * hidden);
+        for (i, routed) in per_expert.iter().enumerate().take(ne) {
             if routed.is_empty() {
                 continue;
             }
             let m = routed.len();
-            let mut xe = Vec::with_capacity(m * hidden);
+            xe.clear();
             for &(t, _) in routed {
                 xe.extend_from_slice(&xs[t * hidden..(t + 1) * hidden]);
             }
-            let mut g = vec![0.0; m * inter];
-            let mut u = vec![0.0; m * inter];
-            e.gate.stacked_matmul(i, &xe, m, inter, &mut g);
-            e.up.stacked_matmul(i, &xe, m, inter, &mut u);
-            for (a, b) in g.iter_mut().zip(&u) {
+            zeros(g, m * inter);
+            zeros(u, m * inter);
+            e.gate.stacked_matmul(i, xe, m, inter, g);
+            e.up.stacked_matmul(i, xe, m, inter, u);
+            for (a, b) in g.iter_mut().zip(u.iter()) {
                 *a = silu(*a) * b;
             }
-            let mut y = vec![0.0; m * hidden];
-            e.down.stacked_matmul(i, &g, m, hidden, &mut y);
+            zeros(y, m * hidden);
+            e.down.stacked_matmul(i, g, m, hidden, y);
             for (r, &(t, w)) in routed.iter().enumerate() {
                 for (o, v) in out[t * hidden..(t + 1) * hidden]
                     .iter_mut()
@@ -714,7 +1005,8 @@ impl Backend for CpuBackend {
                 }
             }
         }
-        CpuTensor::from_f32(out, &x.shape)
+        self.reuse.moe.put(sc);
+        self.tensor(out, x.shape)
     }
 
     fn sample(&self, logits: &CpuTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {
@@ -726,10 +1018,11 @@ impl Backend for CpuBackend {
             ));
         }
         let ls = logits.f32("sample")?;
+        // The result is the one allocation: it goes to the engine.
         Ok(ls
             .par_chunks(vocab)
             .zip(rows.par_iter())
-            .map_init(Vec::new, |scratch, (l, r)| sample_row(l, r, scratch))
+            .map(|(l, r)| with_scratch(&SAMPLE_SCRATCH, |s| sample_row(l, r, s)))
             .collect())
     }
 }

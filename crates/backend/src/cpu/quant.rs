@@ -8,10 +8,13 @@
 //! codes at a time in registers (AVX2 + FMA, chosen at run time; a portable twin unpacks the
 //! row to F32 first); larger batches dequantise a panel of rows at a time and hand it to `gemm`.
 
+use std::cell::RefCell;
+
 use half::f16;
 use rayon::prelude::*;
 
 use super::matmul::{matmul_t, WeightRows};
+use super::with_scratch;
 use crate::quant::QuantizedHost;
 use crate::Result;
 
@@ -268,18 +271,19 @@ impl QuantMatrix {
         row[j]
     }
 
-    /// `x` `[m, k]` with its columns in stored order.
-    fn permuted<'x>(&self, e: usize, x: &'x [f32], m: usize) -> std::borrow::Cow<'x, [f32]> {
+    /// Runs `f` on `x` `[m, k]` with its columns in stored order (permuted into this thread's
+    /// scratch under act-order).
+    fn with_permuted<R>(&self, e: usize, x: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
         match &self.perm {
-            None => std::borrow::Cow::Borrowed(x),
-            Some(p) => {
+            None => f(x),
+            Some(p) => with_scratch(&XP, |out| {
                 let p = &p[e * self.k..(e + 1) * self.k];
-                let mut out = Vec::with_capacity(m * self.k);
+                out.clear();
                 for r in x.chunks_exact(self.k) {
                     out.extend(p.iter().map(|&i| r[i as usize]));
                 }
-                std::borrow::Cow::Owned(out)
-            }
+                f(out)
+            }),
         }
     }
 
@@ -299,42 +303,48 @@ impl QuantMatrix {
         if m == 0 {
             return;
         }
-        let xp = self.permuted(e, x, m);
-        if m <= GEMV_ROWS {
-            self.gemv(e, &xp, m, out, rows)
-        } else {
-            self.panels(e, &xp, m, out)
-        }
+        self.with_permuted(e, x, |xp| {
+            if m <= GEMV_ROWS {
+                self.gemv(e, xp, m, out, rows)
+            } else {
+                self.panels(e, xp, m, out)
+            }
+        })
     }
 
     fn gemv(&self, e: usize, xp: &[f32], m: usize, out: &mut [f32], rows: RowsFn) {
         let (n, k, groups) = (self.n, self.k, self.groups);
         let b = self.bounds(e);
         // Σ x over each group, once per call: the zero point's share of every output.
-        let mut xsum = vec![0.0f32; m * groups];
-        for i in 0..m {
-            for g in 0..groups {
-                xsum[i * groups + g] = xp[i * k + b[g] as usize..i * k + b[g + 1] as usize]
-                    .iter()
-                    .sum();
+        with_scratch(&XSUM, |xsum| {
+            xsum.clear();
+            xsum.resize(m * groups, 0.0);
+            for i in 0..m {
+                for g in 0..groups {
+                    xsum[i * groups + g] = xp[i * k + b[g] as usize..i * k + b[g + 1] as usize]
+                        .iter()
+                        .sum();
+                }
             }
-        }
-        let dst = OutPtr(out.as_mut_ptr());
-        (0..n.div_ceil(ROWS_PER_TASK))
-            .into_par_iter()
-            .for_each_init(
-                || vec![0.0f32; k],
-                |wrow, t| {
-                    let mut acc = [0.0f32; GEMV_ROWS];
-                    for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                        rows(self, e, o, xp, m, &xsum, wrow, &mut acc);
-                        for (i, a) in acc.iter().enumerate().take(m) {
-                            // SAFETY: column o belongs to this task alone; i < m, o < n.
-                            unsafe { *dst.get().add(i * n + o) = *a };
+            let xsum: &[f32] = xsum;
+            let dst = OutPtr(out.as_mut_ptr());
+            (0..n.div_ceil(ROWS_PER_TASK))
+                .into_par_iter()
+                .for_each(|t| {
+                    with_scratch(&WROW, |wrow| {
+                        // Each row is unpacked over the whole of it: stale values are fine.
+                        wrow.resize(k, 0.0);
+                        let mut acc = [0.0f32; GEMV_ROWS];
+                        for o in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+                            rows(self, e, o, xp, m, xsum, wrow, &mut acc);
+                            for (i, a) in acc.iter().enumerate().take(m) {
+                                // SAFETY: column o belongs to this task alone; i < m, o < n.
+                                unsafe { *dst.get().add(i * n + o) = *a };
+                            }
                         }
-                    }
-                },
-            );
+                    })
+                });
+        })
     }
 
     fn panels(&self, e: usize, xp: &[f32], m: usize, out: &mut [f32]) {
@@ -357,6 +367,20 @@ impl QuantMatrix {
             }
         });
     }
+}
+
+thread_local! {
+    /// Per-thread scratch of the decode GEMV (kept so a decode step allocates nothing): `x`
+    /// permuted for act-order, its per-group sums, and one unpacked weight row.
+    static XP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static XSUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gives this thread's weight-row scratch a size that covers the input width of every Qwen3
+/// shape (32K floats), so a decode step landing on a fresh thread does not allocate.
+pub(crate) fn reserve_scratch() {
+    with_scratch(&WROW, |w| w.reserve(1 << 15));
 }
 
 /// Output `o` for every row of `x`: unpack the codes once, then per-group dot products.
