@@ -76,12 +76,10 @@ impl Level {
     }
 }
 
-/// The default level: the widest this CPU supports, except that AVX512_BF16 is opt-in. Its
-/// GEMV must split `x` into two BF16 halves to keep parity (one BF16 moves the fixture's
-/// logits by 4·10⁻²), which costs as many instructions as the F32 kernel, and on Zen 4 it
-/// measured slower (batch 8, gate+up: 0.92 ms against 0.63 ms).
+/// The default level: the widest this CPU supports. AVX512_BF16 only changes the batch-1
+/// GEMV (see `gemv::BF16_DOT_MAX_ROWS`); every other kernel runs its AVX-512 twin.
 pub fn detected() -> Level {
-    [Level::Avx512, Level::Avx2, Level::Neon]
+    [Level::Avx512Bf16, Level::Avx512, Level::Avx2, Level::Neon]
         .into_iter()
         .find(|l| l.supported())
         .unwrap_or(Level::Scalar)
