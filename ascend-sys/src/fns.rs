@@ -621,6 +621,19 @@ pub type aclnnInplaceAddGetWorkspaceSize = unsafe extern "C" fn(
 ) -> aclnnStatus;
 pub type aclnnInplaceAdd = AclnnRun;
 
+// aclnn_reduce_sum.h (ops-math math/reduce_sum_op): out = self summed over `dims`, in
+// `dtype`, which must equal out's dtype.
+pub type aclnnReduceSumGetWorkspaceSize = unsafe extern "C" fn(
+    self_: T,
+    dims: IA,
+    keepDims: bool,
+    dtype: aclDataType,
+    out: TMut,
+    ws: Ws,
+    ex: Ex,
+) -> aclnnStatus;
+pub type aclnnReduceSum = AclnnRun;
+
 // aclnn_mul.h (ops-math math/mul).
 pub type aclnnMulGetWorkspaceSize =
     unsafe extern "C" fn(self_: T, other: T, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;

@@ -201,7 +201,8 @@ api_table! {
     /// Required: what a dense BF16 forward pass cannot do without, all present since
     /// CANN 8.0.0. Optional: attention and KV-cache ops (which one to use depends on the
     /// release; see [`OpsApi::attention_apis`]), RoPE ops (two alternatives), MoE ops
-    /// (MoE models only) and weight-quantized matmul (quantized models only).
+    /// (MoE models only), weight-quantized matmul (quantized models only) and ReduceSum
+    /// (asymmetric grouped quantized MoE experts only).
     pub struct OpsApi {
         required {
             aclnnMatmulGetWorkspaceSize: "7.0 or earlier",
@@ -264,6 +265,8 @@ api_table! {
             aclnnMoeFinalizeRoutingV2: "8.0.0",
             aclnnWeightQuantBatchMatmulV2GetWorkspaceSize: "8.0.RC1",
             aclnnWeightQuantBatchMatmulV2: "8.0.RC1",
+            aclnnReduceSumGetWorkspaceSize: "7.0 or earlier",
+            aclnnReduceSum: "7.0 or earlier",
         }
     }
 }

@@ -1292,22 +1292,14 @@ impl AscendBackend {
         }
         let c = self.cann_ref();
         let ops = &c.ops;
-        let (
-            Some(init_ws),
-            Some(init_run),
-            Some(gmm_ws),
-            Some(gmm_run),
-            Some(fin_ws),
-            Some(fin_run),
-        ) = (
+        let (Some(init_ws), Some(init_run), Some(_), Some(_), Some(fin_ws), Some(fin_run)) = (
             ops.aclnnMoeInitRoutingV2GetWorkspaceSize,
             ops.aclnnMoeInitRoutingV2,
             ops.aclnnGroupedMatmulV4GetWorkspaceSize,
             ops.aclnnGroupedMatmulV4,
             ops.aclnnMoeFinalizeRoutingV2GetWorkspaceSize,
             ops.aclnnMoeFinalizeRoutingV2,
-        )
-        else {
+        ) else {
             return Err(unsupported(
                 "MoE: aclnnMoeInitRoutingV2, aclnnGroupedMatmulV4 and aclnnMoeFinalizeRoutingV2 are needed",
             ));
@@ -1383,17 +1375,8 @@ impl AscendBackend {
                 strides: vec![(n * kin) as i64, 1, kin as i64],
                 ..w.view()
             };
-            let xl = TensorListDesc::new(c, vec![self.td(&input.view().reshape(&[rows, kin])?)?])?;
-            let wl = TensorListDesc::new(c, vec![self.td(&wt)?])?;
-            let ol = TensorListDesc::new(c, vec![self.td(&out.view())?])?;
-            let gl = self.td(&group_list.view())?;
-            let nl = std::ptr::null();
-            let nm = std::ptr::null_mut();
-            // splitItem 3 / groupType 0: one x, one stacked weight, one y, grouped along m;
-            // groupListType 0: cumulative counts; actType 0: none.
-            aclnn!(&self.dev, "aclnnGroupedMatmulV4", gmm_ws, gmm_run;
-                xl.raw, wl.raw, nl, nl, nl, nl, nl, nl, gl.raw, nl, nl, nl,
-                3i64, 0i64, 0i64, 0i64, ol.raw, nm, nm)?;
+            let xv = input.view().reshape(&[rows, kin])?;
+            self.grouped_matmul(&xv, &wt, None, &group_list, &out.view())?;
             Ok(out)
         };
         let g = gmm(&expanded, &e.gate, h, inter)?;
@@ -1411,6 +1394,42 @@ impl AscendBackend {
                 yd.raw, rd.raw, nl, nl, nl, sd.raw, id.raw, 2i64, od.raw)?;
         }
         Ok(out)
+    }
+
+    /// `out = x @ w[e]` for the rows of each expert `e`, through `aclnnGroupedMatmulV4` as
+    /// every MoE projection calls it: splitItem 3 / groupType 0 (one x, one stacked weight
+    /// `[E, K, N]`, one y, grouped along m), groupListType 0 (`group_list` INT64 cumulative
+    /// ends), no activation; `antiquant` (scale, offset) for weight-quantized experts.
+    pub(crate) fn grouped_matmul(
+        &self,
+        x: &View,
+        w: &View,
+        antiquant: Option<(&View, &View)>,
+        group_list: &AscendTensor,
+        out: &View,
+    ) -> Result<()> {
+        let c = self.cann_ref();
+        let (Some(ws), Some(run)) = (
+            c.ops.aclnnGroupedMatmulV4GetWorkspaceSize,
+            c.ops.aclnnGroupedMatmulV4,
+        ) else {
+            return Err(unsupported("MoE: aclnnGroupedMatmulV4 is needed"));
+        };
+        let list =
+            |v: &View| -> Result<TensorListDesc<'_>> { TensorListDesc::new(c, vec![self.td(v)?]) };
+        let (xl, wl, yl) = (list(x)?, list(w)?, list(out)?);
+        let (sl, ol) = match antiquant {
+            Some((s, o)) => (Some(list(s)?), Some(list(o)?)),
+            None => (None, None),
+        };
+        let nl = std::ptr::null();
+        let nm = std::ptr::null_mut();
+        let raw = |l: &Option<TensorListDesc<'_>>| l.as_ref().map_or(nl, |l| l.raw.cast_const());
+        let (sr, or) = (raw(&sl), raw(&ol));
+        let gl = self.td(&group_list.view())?;
+        aclnn!(&self.dev, "aclnnGroupedMatmulV4", ws, run;
+            xl.raw, wl.raw, nl, nl, nl, sr, or, nl, gl.raw, nl, nl, nl,
+            3i64, 0i64, 0i64, 0i64, yl.raw, nm, nm)
     }
 
     fn sample_impl(&self, logits: &AscendTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {

@@ -12,13 +12,17 @@
 //! codes `[E, K, N/8]` INT32 (the op's V4 entry reads an INT32 weight as eight INT4 along its
 //! last axis) or `[E, K, N]` INT8, antiquant scale and offset `[E, N]` (per channel) or
 //! `[E, G, N]` (per group, INT4 only, G dividing K). Its docs take asymmetric INT4 per channel
-//! only, so grouped experts must be symmetric (every offset 0); and it has no per-expert input
-//! permutation, so act-order experts must all share one input order.
+//! only, so asymmetric grouped experts (AWQ's) split the zero point out:
+//! `(q − z)·s = (q − 8)·s + (8 − z)·s`. The first term is symmetric INT4 (offset 0); the second
+//! is constant within a group, so `x @ W₂ = xs @ b` with `xs [rows, G]` the per-group sums of
+//! `x` (`aclnnReduceSum`, F32, cast to BF16) and `b = (8 − z)·s [E, G, N]` (F32, rounded once to
+//! BF16): a second, float grouped matmul on the same group list, added to the first. It has no
+//! per-expert input permutation, so act-order experts must all share one input order.
 
 use half::bf16;
-use qwen3_backend::{QuantizedHost, Result};
+use qwen3_backend::{BackendError, QuantizedHost, Result};
 
-use crate::desc::{launch, Dt, TensorListDesc};
+use crate::desc::{launch, Dt, IntArrayDesc, ScalarDesc};
 use crate::{shape_err, unsupported, AscendBackend, AscendTensor};
 
 /// How to read a quantized weight; its tensor's buffer holds the codes, `[K, N/8]` INT32
@@ -36,13 +40,19 @@ pub(crate) struct QuantWeight {
     offset: AscendTensor,
     /// INT64 `[K]`: the input order under which groups are contiguous (act-order only).
     perm: Option<AscendTensor>,
+    /// Asymmetric grouped experts: `b = (2^(bits−1) − z)·s`, BF16 `[E, G, N]`, the zero
+    /// points' share of the weight (the GMM's own offset is then 0).
+    zero_term: Option<AscendTensor>,
 }
 
 impl QuantWeight {
     /// Device bytes besides the codes.
     pub(crate) fn param_bytes(&self) -> u64 {
         let t = |t: &AscendTensor| (t.numel() * t.dtype().size()) as u64;
-        t(&self.scale) + t(&self.offset) + self.perm.as_ref().map_or(0, t)
+        t(&self.scale)
+            + t(&self.offset)
+            + self.perm.as_ref().map_or(0, t)
+            + self.zero_term.as_ref().map_or(0, t)
     }
 }
 
@@ -90,7 +100,7 @@ fn dense_layout(w: &QuantizedHost<'_>) -> Result<(Vec<u32>, usize)> {
 
 /// The shared input order and group size (0: per channel) for a stack of experts through
 /// `aclnnGroupedMatmulV4`'s antiquant mode, or the refusal (what its A16W4 / A16W8 docs do
-/// not take).
+/// not take; asymmetric INT4 in groups is taken, its zero points split out at upload).
 fn experts_layout(w: &QuantizedHost<'_>) -> Result<(Vec<u32>, usize)> {
     let k = w.in_features;
     let order = w.contiguous_order(0);
@@ -112,12 +122,6 @@ fn experts_layout(w: &QuantizedHost<'_>) -> Result<(Vec<u32>, usize)> {
     if gs * w.groups != k {
         return Err(unsupported(&format!(
             "MoE experts in groups of {gs} over {k} inputs on the NPU: aclnnGroupedMatmulV4 needs the group count to divide K"
-        )));
-    }
-    let half = (1u32 << (w.bits - 1)) as f32;
-    if w.zeros.iter().any(|&z| z != half) {
-        return Err(unsupported(&format!(
-            "asymmetric (zero-point) 4-bit MoE experts in groups of {gs} on the NPU: aclnnGroupedMatmulV4 takes asymmetric INT4 per channel only (AWQ checkpoints are asymmetric); use a symmetric checkpoint or serve this model on the CPU"
         )));
     }
     Ok((order, gs))
@@ -148,7 +152,14 @@ impl AscendBackend {
         };
         // [E, groups, N] on the host is the op's layout already.
         let scale_bytes = to_bf16(&mut w.scales.iter().copied());
-        let offset_bytes = to_bf16(&mut w.zeros.iter().map(|&z| half - z));
+        // GroupedMatmulV4 takes asymmetric INT4 per channel only: grouped experts with zero
+        // points keep a zero offset and carry `offset · scale` as a separate term.
+        let split_zeros = e > 1 && group_size != 0 && w.zeros.iter().any(|&z| z != half);
+        let offset_bytes = if split_zeros {
+            to_bf16(&mut w.zeros.iter().map(|_| 0.0))
+        } else {
+            to_bf16(&mut w.zeros.iter().map(|&z| half - z))
+        };
         let mut param_shape: Vec<usize> = if group_size == 0 {
             vec![n]
         } else {
@@ -179,6 +190,20 @@ impl AscendBackend {
                 .collect();
             Some(upload(&bytes, Dt::I64, &[k])?)
         };
+        let zero_term = if split_zeros {
+            let b = w
+                .zeros
+                .iter()
+                .zip(w.scales)
+                .map(|(&z, &sc)| (half - z) * sc);
+            Some(upload(
+                &to_bf16(&mut b.into_iter()),
+                Dt::BF16,
+                &param_shape,
+            )?)
+        } else {
+            None
+        };
         let mut packed = Vec::with_capacity(e * k * n * w.bits as usize / 8);
         for m in 0..e {
             pack_codes(w, m, &order, &mut packed);
@@ -200,6 +225,7 @@ impl AscendBackend {
                 scale,
                 offset,
                 perm,
+                zero_term,
             })),
         })
     }
@@ -303,12 +329,6 @@ impl AscendBackend {
             ));
         }
         let c = self.cann_ref();
-        let (Some(ws), Some(run)) = (
-            c.ops.aclnnGroupedMatmulV4GetWorkspaceSize,
-            c.ops.aclnnGroupedMatmulV4,
-        ) else {
-            return Err(unsupported("MoE: aclnnGroupedMatmulV4 is needed"));
-        };
         let x_cast = self.cast(input, Dt::BF16)?;
         let xb = x_cast.as_ref().unwrap_or(input);
         let permuted;
@@ -333,26 +353,60 @@ impl AscendBackend {
             (Dt::I8, [q.experts, q.k, q.n])
         };
         let y = self.empty(Dt::BF16, &[rows, q.n])?;
-        {
-            let wv = crate::desc::View::contiguous(w.buf.ptr, wdt, &wshape);
-            let xl = TensorListDesc::new(c, vec![self.td(&xin.view().reshape(&[rows, k])?)?])?;
-            let wl = TensorListDesc::new(c, vec![self.td(&wv)?])?;
-            let sl = TensorListDesc::new(c, vec![self.td(&q.scale.view())?])?;
-            let ol = TensorListDesc::new(c, vec![self.td(&q.offset.view())?])?;
-            let yl = TensorListDesc::new(c, vec![self.td(&y.view())?])?;
-            let gl = self.td(&group_list.view())?;
-            let nl = std::ptr::null();
-            let nm = std::ptr::null_mut();
-            // As the float path (splitItem 3, groupType 0, cumulative group list, no
-            // activation), with antiquantScale / antiquantOffset set.
-            aclnn!(&self.dev, "aclnnGroupedMatmulV4", ws, run;
-                xl.raw, wl.raw, nl, nl, nl, sl.raw, ol.raw, nl, gl.raw, nl, nl, nl,
-                3i64, 0i64, 0i64, 0i64, yl.raw, nm, nm)?;
+        let xv = xin.view().reshape(&[rows, k])?;
+        let wv = crate::desc::View::contiguous(w.buf.ptr, wdt, &wshape);
+        let aq = (&q.scale.view(), &q.offset.view());
+        self.grouped_matmul(&xv, &wv, Some(aq), group_list, &y.view())?;
+        if let Some(b) = &q.zero_term {
+            self.add_zero_term(xin, b, q.group_size, group_list, &y)?;
         }
         Ok(match self.cast(&y, input.dtype())? {
             Some(t) => t,
             None => y,
         })
+    }
+
+    /// `y += xs @ b[e]` per expert's rows: the zero points' share of asymmetric grouped
+    /// experts, with `xs [rows, G]` the sums of `x [rows, K]` over each group of
+    /// `group_size` inputs and `b [E, G, N]` (see the module docs).
+    fn add_zero_term(
+        &self,
+        x: &AscendTensor,
+        b: &AscendTensor,
+        group_size: usize,
+        group_list: &AscendTensor,
+        y: &AscendTensor,
+    ) -> Result<()> {
+        let c = self.cann_ref();
+        let (Some(sum_ws), Some(sum_run)) =
+            (c.ops.aclnnReduceSumGetWorkspaceSize, c.ops.aclnnReduceSum)
+        else {
+            return Err(unsupported(
+                "asymmetric (zero-point) 4-bit MoE experts in groups on the NPU need aclnnReduceSum, which this CANN does not export",
+            ));
+        };
+        let (rows, k) = x.matrix();
+        let groups = k / group_size.max(1);
+        // Sums in F32, rounded once to BF16 (the grouped matmul takes BF16 with a BF16 weight).
+        let sums = self.empty(Dt::F32, &[rows, groups])?;
+        {
+            let (a, o) = (
+                self.td(&x.view().reshape(&[rows, groups, group_size])?)?,
+                self.td(&sums.view())?,
+            );
+            let last = IntArrayDesc::new(c, &[-1])?;
+            aclnn!(&self.dev, "aclnnReduceSum", sum_ws, sum_run;
+                a.raw, last.raw.cast_const(), false, Dt::F32.acl(), o.raw)?;
+        }
+        let sums_bf = self
+            .cast(&sums, Dt::BF16)?
+            .ok_or_else(|| BackendError::Device("cast".into()))?;
+        let term = self.empty(Dt::BF16, &[rows, y.matrix().1])?;
+        self.grouped_matmul(&sums_bf.view(), &b.view(), None, group_list, &term.view())?;
+        let (yd, td) = (self.td(&y.view())?, self.td(&term.view())?);
+        let one = ScalarDesc::f32(c, 1.0)?;
+        aclnn!(&self.dev, "aclnnInplaceAdd", c.ops.aclnnInplaceAddGetWorkspaceSize,
+            c.ops.aclnnInplaceAdd; yd.raw, td.raw, one.raw)
     }
 }
 

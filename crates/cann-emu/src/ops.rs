@@ -1,7 +1,7 @@
 //! Dense-model aclnn operators, from the CANN operator documentation: matmul, norms,
 //! activations, embedding / index ops, element-wise ops, casts, RoPE, reductions.
 
-use crate::nnop::{invalid, opt_tensor, phase1, scalar, tensor, TensorDesc};
+use crate::nnop::{int_array, invalid, nullptr, opt_tensor, phase1, scalar, tensor, TensorDesc};
 use crate::state::Res;
 use ascend_sys::fns;
 use ascend_sys::types::aclDataType as D;
@@ -822,6 +822,85 @@ fn around(dims: &[i64], ax: usize) -> (usize, usize, usize) {
     (outer, dims[ax] as usize, inner)
 }
 
+/// aclnnReduceSum (ops-math math/reduce_sum_op/docs/aclnnReduceSum.md): `self` summed over
+/// `dims` (each in [-rank, rank), no repeats), `keepDims` keeping them as size 1, written
+/// in `dtype`, which must be out's dtype. Floating types only here (the docs also list
+/// integers, DOUBLE and complex: not emulated); sums in f64, rounded once to out's dtype.
+#[no_mangle]
+pub unsafe extern "C" fn aclnnReduceSumGetWorkspaceSize(
+    self_: *const aclTensor,
+    dims: *const aclIntArray,
+    keep_dims: bool,
+    dtype: aclDataType,
+    out: *mut aclTensor,
+    ws: *mut u64,
+    ex: *mut *mut aclOpExecutor,
+) -> aclnnStatus {
+    phase1("aclnnReduceSum", ws, ex, || {
+        let s = tensor(self_, "self")?;
+        let o = tensor(out, "out")?;
+        let dims = int_array(dims, "dims")?.ok_or_else(|| nullptr("dims"))?;
+        need_float(
+            &s,
+            "aclnnReduceSum self (integer, DOUBLE and complex not emulated)",
+        )?;
+        need_float(
+            &o,
+            "aclnnReduceSum out (integer, DOUBLE and complex not emulated)",
+        )?;
+        if o.dtype != dtype {
+            return Err(invalid(format!(
+                "aclnnReduceSum: dtype {dtype:?} differs from out's {:?}",
+                o.dtype
+            )));
+        }
+        if dims.is_empty() {
+            return Err(invalid("aclnnReduceSum: empty dims (not emulated)"));
+        }
+        let mut reduced = vec![false; s.rank()];
+        for &d in &dims {
+            let a = axis(d, s.rank(), "dims")?;
+            if std::mem::replace(&mut reduced[a], true) {
+                return Err(invalid(format!("aclnnReduceSum: dim {d} repeated")));
+            }
+        }
+        let od: Vec<i64> = s
+            .dims
+            .iter()
+            .zip(&reduced)
+            .filter_map(|(&n, &r)| match (r, keep_dims) {
+                (false, _) => Some(n),
+                (true, true) => Some(1),
+                (true, false) => None,
+            })
+            .collect();
+        need_shape(&o, &od, "out")?;
+        Ok(Box::new(move || {
+            let v = s.read_f64("self")?;
+            let mut r = vec![0f64; o.numel()];
+            // Walk self in logical order; the output index drops (or pins) the reduced axes.
+            let mut coord = vec![0i64; s.rank()];
+            for &x in &v {
+                let mut at = 0usize;
+                for (d, &c) in coord.iter().enumerate() {
+                    if !reduced[d] {
+                        at = at * s.dims[d] as usize + c as usize;
+                    }
+                }
+                r[at] += x;
+                for d in (0..coord.len()).rev() {
+                    coord[d] += 1;
+                    if coord[d] < s.dims[d] {
+                        break;
+                    }
+                    coord[d] = 0;
+                }
+            }
+            o.write_f64(&r, "out")
+        }) as Work)
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclnnArgMaxGetWorkspaceSize(
     self_: *const aclTensor,
@@ -971,6 +1050,7 @@ phase2_exports!(
     aclnnInplaceCopy,
     aclnnRotaryPositionEmbedding,
     aclnnApplyRotaryPosEmb,
+    aclnnReduceSum,
     aclnnArgMax,
     aclnnTopk,
     aclnnSoftmax,
@@ -991,6 +1071,7 @@ const _: fns::aclnnInplaceCopyGetWorkspaceSize = aclnnInplaceCopyGetWorkspaceSiz
 const _: fns::aclnnRotaryPositionEmbeddingGetWorkspaceSize =
     aclnnRotaryPositionEmbeddingGetWorkspaceSize;
 const _: fns::aclnnApplyRotaryPosEmbGetWorkspaceSize = aclnnApplyRotaryPosEmbGetWorkspaceSize;
+const _: fns::aclnnReduceSumGetWorkspaceSize = aclnnReduceSumGetWorkspaceSize;
 const _: fns::aclnnArgMaxGetWorkspaceSize = aclnnArgMaxGetWorkspaceSize;
 const _: fns::aclnnTopkGetWorkspaceSize = aclnnTopkGetWorkspaceSize;
 const _: fns::aclnnSoftmaxGetWorkspaceSize = aclnnSoftmaxGetWorkspaceSize;

@@ -248,12 +248,15 @@ fn quantized_moe_experts_match_the_dequantized_weights() {
         let rt = b.upload(HostData::F32(&router), &[t, ne]).expect("router");
         let silu = |v: f32| v / (1.0 + (-v).exp());
         let bf = |v: f32| half::bf16::from_f32(v).to_f32();
-        // (bits, groups of gate/up, groups of down, symmetric, act-order)
+        // (bits, groups of gate/up, groups of down, symmetric, act-order). Asymmetric groups
+        // (AWQ) go through the split-out zero-point term.
         let cases = [
             (4, Some(32), Some(16), true, Order::Plain),
             (4, Some(32), Some(16), true, Order::Shared),
             (4, None, None, false, Order::Plain),
             (8, None, None, false, Order::Plain),
+            (4, Some(32), Some(16), false, Order::Plain),
+            (4, Some(16), Some(8), false, Order::Shared),
         ];
         for (ci, &(bits, g_in, g_down, sym, order)) in cases.iter().enumerate() {
             let seed = 100 + ci as u64 * 10;
@@ -274,6 +277,7 @@ fn quantized_moe_experts_match_the_dequantized_weights() {
                 .to_host_f32(&b.moe(&xt, &rt, &experts).expect("moe"))
                 .expect("y");
             // Reference: softmax of the top-k logits, SwiGLU experts on BF16 activations.
+            let mut worst = 0f32;
             for r in 0..t {
                 let logits = &router[r * ne..(r + 1) * ne];
                 let mut idx: Vec<usize> = (0..ne).collect();
@@ -300,6 +304,7 @@ fn quantized_moe_experts_match_the_dequantized_weights() {
                 }
                 for c in 0..h {
                     let d = (got[r * h + c] - want[c]).abs();
+                    worst = worst.max(d / (scale[c] + 0.05));
                     assert!(
                         d <= 2e-2 * scale[c] + 1e-3,
                         "case {ci} (bits {bits}, groups {g_in:?}/{g_down:?}): [{r},{c}] {} vs {}",
@@ -308,6 +313,10 @@ fn quantized_moe_experts_match_the_dequantized_weights() {
                     );
                 }
             }
+            eprintln!(
+                "case {ci} (bits {bits}, groups {g_in:?}/{g_down:?}, symmetric {sym}): \
+                 max |diff| / (sum |terms| + 0.05) = {worst:.2e}"
+            );
             // Packed codes: 4-bit experts take half a byte per weight on the device.
             let codes = ne * inter * h * bits as usize / 8;
             assert!(b.size_bytes(&experts.gate) >= codes as u64);
@@ -316,15 +325,15 @@ fn quantized_moe_experts_match_the_dequantized_weights() {
         // What GroupedMatmulV4's antiquant mode does not take is refused at upload.
         let refused = [
             (
-                Stack::new(1, ne, inter, h, 4, Some(32), false, Order::Plain),
-                "asymmetric",
-            ),
-            (
                 Stack::new(2, ne, inter, h, 8, Some(32), true, Order::Plain),
                 "INT8 weights per channel only",
             ),
             (
                 Stack::new(3, ne, inter, h, 4, Some(32), true, Order::PerExpert),
+                "per-expert input permutation",
+            ),
+            (
+                Stack::new(5, ne, inter, h, 4, Some(32), false, Order::PerExpert),
                 "per-expert input permutation",
             ),
             (
@@ -370,9 +379,11 @@ fn executor(emu: &Emu, model: &str) -> SingleExecutor<AscendBackend> {
 /// MoE: a position where the reference's k-th and (k+1)-th router logits (in some MoE layer)
 /// are closer than this is a near-tie. BF16 activations (what the quantized operators take)
 /// move router logits by about that much, so such a token may go to another expert, which moves
-/// its logits well past [`TOL`] (up to 1.07 seen; every spike over [`TOL`] was at a margin
-/// below 0.03, and every position above 0.03 stayed under 0.2). Measured, not derived.
-const ROUTER_EPS: f32 = 0.03;
+/// its logits well past [`TOL`] (up to 2.2 seen; every spike over [`TOL`] was at a margin
+/// below 0.04 — 0.035 at one position of tiny-qwen3-moe-awq-g32, which flips the same with
+/// its zero-point term kept in F32, so BF16 activations, not that term, decide it — and every
+/// position above 0.04 stayed under 0.24). Measured, not derived.
+const ROUTER_EPS: f32 = 0.04;
 
 fn near_tie(margin: Option<f32>) -> bool {
     margin.is_some_and(|m| m < ROUTER_EPS)
@@ -490,6 +501,13 @@ fn moe_awq_per_channel_matches_the_dequantized_reference() {
     check_tp1("tiny-qwen3-moe-awq-pc");
 }
 
+/// MoE, AWQ (asymmetric) 4-bit in groups of 32, as published AWQ MoE checkpoints: the
+/// experts through symmetric per-group antiquant plus the split-out zero-point term.
+#[test]
+fn moe_awq_group32_matches_the_dequantized_reference() {
+    check_tp1("tiny-qwen3-moe-awq-g32");
+}
+
 /// MoE, GPTQ 8-bit per channel (asymmetric): the experts through the A16W8 mode.
 #[test]
 fn moe_gptq_8bit_matches_the_dequantized_reference() {
@@ -514,6 +532,7 @@ fn quantized_moe_at_tp2_gives_the_reference_tokens() {
         "tiny-qwen3-moe-gptq-g32",
         "tiny-qwen3-moe-awq-pc",
         "tiny-qwen3-moe-gptq8",
+        "tiny-qwen3-moe-awq-g32",
     ] {
         let emu = Emu::new();
         let mut checked = 0;
@@ -666,7 +685,7 @@ fn what_the_operator_cannot_take_is_refused_clearly() {
     );
     // The MoE fixtures in groups of 16: their attention weights' groups are refused
     // (aclnnWeightQuantBatchMatmulV2) before the experts are reached. What the experts'
-    // grouped matmul cannot take (asymmetric INT4 in groups, INT8 in groups, per-expert
+    // grouped matmul cannot take (INT8 in groups, groups not dividing K, per-expert
     // act-order) is refused in `quantized_moe_experts_match_the_dequantized_weights`.
     for model in ["tiny-qwen3-moe-awq", "tiny-qwen3-moe-gptq"] {
         let err = Qwen3::load(

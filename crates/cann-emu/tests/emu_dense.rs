@@ -584,3 +584,134 @@ fn executors_run_once_unless_repeatable_and_leaks_are_counted() {
     assert_eq!(st.ops_executed, 4);
     assert_eq!(st.bad_handles, 1);
 }
+
+/// Sums of `x` (row-major `dims`) over the axes flagged in `red`, in f64, keeping them.
+fn reduce_sum_ref(x: &[f32], dims: &[usize], red: &[bool]) -> Vec<f64> {
+    let od: Vec<usize> = dims
+        .iter()
+        .zip(red)
+        .map(|(&n, &r)| if r { 1 } else { n })
+        .collect();
+    let mut out = vec![0f64; od.iter().product()];
+    for (i, &v) in x.iter().enumerate() {
+        let (mut rem, mut at, mut stride) = (i, 0, 1);
+        for d in (0..dims.len()).rev() {
+            let c = rem % dims[d];
+            rem /= dims[d];
+            if !red[d] {
+                at += c * stride;
+            }
+            stride *= od[d];
+        }
+        out[at] += v as f64;
+    }
+    out
+}
+
+#[test]
+fn reduce_sum_over_axes_in_the_requested_dtype() {
+    let s = Session::new().unwrap();
+    let ops = s.cann.ops.clone();
+    let (ws, run) = (
+        ops.aclnnReduceSumGetWorkspaceSize.unwrap(),
+        ops.aclnnReduceSum.unwrap(),
+    );
+    // SAFETY: `v` is valid for its length; nnopbase copies it.
+    let int_array =
+        |v: &[i64]| unsafe { (s.cann.nnop.aclCreateIntArray)(v.as_ptr(), v.len() as u64) };
+    let x: Vec<f32> = rnd(3 * 4 * 8, 41)
+        .iter()
+        .map(|v| bf16_round(v * 3.0))
+        .collect();
+    let tx = bf(&s, &[3, 4, 8], &x);
+    // Last axis, BF16 in, FLOAT out (the sum is not rounded to BF16).
+    let last = int_array(&[-1]);
+    let tf = zeros(&s, D::ACL_FLOAT, &[3, 4]);
+    // SAFETY: live descriptors.
+    s.run_op(
+        "reduce_sum f32",
+        |w, e| unsafe { ws(tx.tensor, last, false, D::ACL_FLOAT, tf.tensor, w, e) },
+        run,
+    )
+    .unwrap();
+    let want = reduce_sum_ref(&x, &[3, 4, 8], &[false, false, true]);
+    let got = from_f32(&s.download(tf.ptr, tf.bytes).unwrap());
+    close(
+        &got,
+        &want.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+        1e-6,
+    );
+    // Two axes kept as size 1, BF16 out: rounded once.
+    let two = int_array(&[0, 2]);
+    let tb = zeros(&s, D::ACL_BF16, &[1, 4, 1]);
+    // SAFETY: live descriptors.
+    s.run_op(
+        "reduce_sum bf16",
+        |w, e| unsafe { ws(tx.tensor, two, true, D::ACL_BF16, tb.tensor, w, e) },
+        run,
+    )
+    .unwrap();
+    let want = reduce_sum_ref(&x, &[3, 4, 8], &[true, false, true]);
+    let want: Vec<f32> = want.iter().map(|&v| bf16_round(v as f32)).collect();
+    assert_eq!(get_bf(&s, &tb), want);
+    // A transposed view of x: [8, 4, 3] read through strides, summed over its first axis.
+    let tt = s
+        .describe(tx.ptr, D::ACL_BF16, &[8, 4, 3], Some(&[1, 8, 32]), 0)
+        .unwrap();
+    let first = int_array(&[0]);
+    let tt_out = zeros(&s, D::ACL_FLOAT, &[4, 3]);
+    // SAFETY: live descriptors.
+    s.run_op(
+        "reduce_sum strided",
+        |w, e| unsafe { ws(tt, first, false, D::ACL_FLOAT, tt_out.tensor, w, e) },
+        run,
+    )
+    .unwrap();
+    let got = from_f32(&s.download(tt_out.ptr, tt_out.bytes).unwrap());
+    let want = reduce_sum_ref(&x, &[3, 4, 8], &[false, false, true]);
+    // Out [4, 3] is the transpose of the [3, 4] last-axis sums.
+    for (j, i) in (0..4).flat_map(|j| (0..3).map(move |i| (j, i))) {
+        assert!((got[j * 3 + i] as f64 - want[i * 4 + j]).abs() < 1e-5);
+    }
+    // Rejections (161002): dtype not out's, a repeated axis, an axis out of range, a wrong
+    // out shape, an integer input (not emulated); null dims (161001).
+    let rep = int_array(&[2, -1]);
+    let far = int_array(&[3]);
+    let ti = zeros(&s, D::ACL_INT32, &[3, 4, 8]);
+    let cases: [(
+        &str,
+        *mut aclTensor,
+        *const aclIntArray,
+        D,
+        *mut aclTensor,
+        i32,
+    ); 6] = [
+        ("dtype", tx.tensor, last, D::ACL_BF16, tf.tensor, 161002),
+        ("repeat", tx.tensor, rep, D::ACL_FLOAT, tf.tensor, 161002),
+        ("range", tx.tensor, far, D::ACL_FLOAT, tf.tensor, 161002),
+        ("shape", tx.tensor, two, D::ACL_FLOAT, tf.tensor, 161002),
+        ("int", ti.tensor, last, D::ACL_FLOAT, tf.tensor, 161002),
+        (
+            "null",
+            tx.tensor,
+            std::ptr::null(),
+            D::ACL_FLOAT,
+            tf.tensor,
+            161001,
+        ),
+    ];
+    for (what, a, d, dt, o, want) in cases {
+        let (mut w, mut e) = (0u64, std::ptr::null_mut());
+        // SAFETY: live descriptors (or null where the case says so).
+        let st = unsafe { ws(a, d, false, dt, o, &mut w, &mut e) };
+        assert_eq!(st, want, "{what}");
+    }
+    // SAFETY: live handles made here.
+    unsafe {
+        (s.cann.nnop.aclDestroyTensor)(tt);
+        for a in [last, two, first, rep, far] {
+            (s.cann.nnop.aclDestroyIntArray)(a);
+        }
+    }
+    done(s, vec![tx, tf, tb, tt_out, ti]);
+}

@@ -29,6 +29,7 @@ fn cdylib_is_built_and_loads_through_ascend_sys() {
         "aclnnScatterPaKvCache",
         "aclnnMoeInitRoutingV2",
         "aclnnWeightQuantBatchMatmulV2",
+        "aclnnReduceSum",
     ] {
         assert!(!missing.contains(&want), "{want} not exported");
     }

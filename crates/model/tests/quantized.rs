@@ -151,6 +151,7 @@ fn moe_npu_fixtures_match_dequantized_reference() {
         "tiny-qwen3-moe-gptq-g32",
         "tiny-qwen3-moe-awq-pc",
         "tiny-qwen3-moe-gptq8",
+        "tiny-qwen3-moe-awq-g32",
     ] {
         check(model, 1);
         check(model, 2);
