@@ -527,7 +527,6 @@ fn awq_gptq_and_8bit_at_tp2_give_the_reference_tokens() {
 /// step the reference decides by more than twice [`TOL`] and whose routing is no near-tie.
 #[test]
 fn quantized_moe_at_tp2_gives_the_reference_tokens() {
-    use qwen3_model::build::LoadOptions;
     for model in [
         "tiny-qwen3-moe-gptq-g32",
         "tiny-qwen3-moe-awq-pc",
@@ -537,25 +536,7 @@ fn quantized_moe_at_tp2_gives_the_reference_tokens() {
         let emu = Emu::new();
         let mut checked = 0;
         {
-            let opts = LoadOptions {
-                dir: fixtures().join(model),
-                config: config(model, None),
-                dtype: WeightDType::F32,
-                tensor_parallel_size: 2,
-                block_size: BLOCK_SIZE,
-                num_blocks: 8,
-            };
-            let backend = AscendOptions {
-                kv_cache_f32: true,
-                ..AscendOptions::default()
-            };
-            let mut ex = qwen3_model::build_ascend::ascend_executor_resizable(
-                &opts,
-                Arc::clone(&emu.cann),
-                &[0, 1],
-                backend,
-            )
-            .expect("TP 2 executor");
+            let mut ex = tp2_executor(&emu, model);
             for (seq, case) in golden(model).cases.iter().enumerate() {
                 let seq = seq as u64 + 1;
                 let rec = recorded(case);
@@ -596,30 +577,34 @@ fn quantized_moe_at_tp2_gives_the_reference_tokens() {
     }
 }
 
+/// A fixture on two emulated devices, F32 weights and KV cache.
+fn tp2_executor(emu: &Emu, model: &str) -> qwen3_model::build_ascend::AscendExecutor {
+    let opts = qwen3_model::build::LoadOptions {
+        dir: fixtures().join(model),
+        config: config(model, None),
+        dtype: WeightDType::F32,
+        tensor_parallel_size: 2,
+        block_size: BLOCK_SIZE,
+        num_blocks: 8,
+    };
+    let backend = AscendOptions {
+        kv_cache_f32: true,
+        ..AscendOptions::default()
+    };
+    qwen3_model::build_ascend::ascend_executor_resizable(
+        &opts,
+        Arc::clone(&emu.cann),
+        &[0, 1],
+        backend,
+    )
+    .expect("TP 2 executor")
+}
+
 fn check_tp2(models: &[&str]) {
-    use qwen3_model::build::LoadOptions;
     for &model in models {
         let emu = Emu::new();
         {
-            let opts = LoadOptions {
-                dir: fixtures().join(model),
-                config: config(model, None),
-                dtype: WeightDType::F32,
-                tensor_parallel_size: 2,
-                block_size: BLOCK_SIZE,
-                num_blocks: 8,
-            };
-            let backend = AscendOptions {
-                kv_cache_f32: true,
-                ..AscendOptions::default()
-            };
-            let mut ex = qwen3_model::build_ascend::ascend_executor_resizable(
-                &opts,
-                Arc::clone(&emu.cann),
-                &[0, 1],
-                backend,
-            )
-            .expect("TP 2 executor");
+            let mut ex = tp2_executor(&emu, model);
             // Free-running decode diverges at the first near-tie: cases whose reference
             // margins are all above BF16's error only.
             let cases = golden(model).cases;
