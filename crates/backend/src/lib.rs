@@ -156,6 +156,13 @@ pub trait Backend: Send + Sync + 'static {
 
     fn prepare_step(&self, meta: &StepMeta<'_>) -> Result<Self::Step>;
 
+    /// Runs a whole step's host side, `f`, where this backend's ops start cheapest. The CPU
+    /// backend runs it on one of its pool's threads, so each parallel op is split among workers
+    /// already there instead of being handed in from outside the pool and waited for.
+    fn run_step<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     /// Rows of `table` for the step's token ids; with a vocab-parallel table holding ids
     /// `[vocab_start, vocab_start + rows)`, other ids give zero rows (summed across ranks).
     fn embedding(

@@ -251,10 +251,10 @@ impl<B: Backend> Executor for SingleExecutor<B> {
         if batch.seqs.is_empty() {
             return Ok(StepOutput::default());
         }
-        let logits = self
-            .worker
-            .step(batch, &mut self.arrays, &SingleRank)
-            .map_err(exec_err)?;
-        self.states.sample(&self.worker.backend, batch, &logits)
+        let (worker, arrays, states) = (&mut self.worker, &mut self.arrays, &mut self.states);
+        B::run_step(move || {
+            let logits = worker.step(batch, arrays, &SingleRank).map_err(exec_err)?;
+            states.sample(&worker.backend, batch, &logits)
+        })
     }
 }

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::simd::prefetch;
 use super::vector::Kernels;
 use super::with_scratch;
 use crate::AttnGeometry;
@@ -29,6 +30,12 @@ thread_local! {
     /// Scores of one (token, KV head) task, kept per thread so a step allocates nothing.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Keys ahead whose K (then V) rows are prefetched. A sequence's rows for one KV head are
+/// `num_kv_heads · head_dim` floats apart, a new 4 KiB page every key or two, where the hardware
+/// prefetcher starts over; at batch 8 (352 MB of K/V a step, 28 layers × 8 × 192 tokens) the
+/// step's attention took 25 ms without and 18.5 ms with 8 keys of prefetch (16: 22 ms).
+const PREFETCH_KEYS: usize = 8;
 
 /// Scratch grows in powers of two from this many floats, so contexts growing a token per
 /// step reallocate it a handful of times per thread, not every step.
@@ -79,6 +86,17 @@ pub fn paged_attention(
                 let (scores, inv) = scores.split_at_mut(group * len);
                 for (jj, j) in (start..end).enumerate() {
                     let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
+                    if j + PREFETCH_KEYS < end {
+                        let ahead = kv_offset(
+                            table,
+                            kv.block_size,
+                            j + PREFETCH_KEYS,
+                            g.num_kv_heads,
+                            kvh,
+                            d,
+                        );
+                        prefetch(&kv.k[ahead..ahead + d]);
+                    }
                     let kj = &kv.k[off..off + d];
                     for (gi, qh) in qg.chunks_exact(d).enumerate() {
                         scores[gi * len + jj] = (kern.dot)(qh, kj) * g.scale;
@@ -91,6 +109,17 @@ pub fn paged_attention(
                 o.fill(0.0);
                 for (jj, j) in (start..end).enumerate() {
                     let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
+                    if j + PREFETCH_KEYS < end {
+                        let ahead = kv_offset(
+                            table,
+                            kv.block_size,
+                            j + PREFETCH_KEYS,
+                            g.num_kv_heads,
+                            kvh,
+                            d,
+                        );
+                        prefetch(&kv.v[ahead..ahead + d]);
+                    }
                     let vj = &kv.v[off..off + d];
                     for (gi, oh) in o.chunks_exact_mut(d).enumerate() {
                         (kern.axpy)(scores[gi * len + jj], vj, oh);

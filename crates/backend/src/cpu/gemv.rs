@@ -20,6 +20,14 @@ use super::simd::{self, Level};
 
 /// Most rows of `x` handled per pass over the weights.
 pub const MAX_ROWS: usize = 8;
+/// How far ahead (in BF16 values, 6 KiB) the batched kernels prefetch each weight stream.
+/// Past batch 1 the FMAs, not the loads, pace the loop, and the hardware prefetcher alone
+/// then leaves DRAM idle between bursts: the 0.6B lm_head at batch 8 took 30 ms without it
+/// and 20 ms with it, decode at batch 8 went from 49 to 61–72 tokens/s (distances of 3–6 Ki
+/// values measured alike; 1–2 Ki less well). At batch 1 the loop is load-bound and streams
+/// at the memory's speed already; prefetching there cost 10 %.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 3072;
 /// Weight rows per rayon task.
 const ROWS_PER_TASK: usize = 16;
 /// Batches up to this size use `vdpbf16ps` where the CPU has it. At batch 1 it issues a
@@ -50,7 +58,7 @@ fn dots_scalar(x: &[f32], m: usize, ks: usize, k: usize, w: &[bf16], acc: &mut [
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::MAX_ROWS;
+    use super::{MAX_ROWS, PREFETCH_AHEAD};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -83,6 +91,10 @@ mod avx2 {
         let body = k / step * step;
         let mut j = 0;
         while j < body {
+            if M > 1 {
+                // Never dereferenced: a prefetch past the weights is dropped, not a fault.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(j + PREFETCH_AHEAD) as *const i8);
+            }
             for u in 0..U {
                 // 8 BF16 → 8 F32: zero-extend to 32 bits and shift into the high half.
                 let raw = _mm_loadu_si128(wp.add(j + 8 * u) as *const __m128i);
@@ -134,7 +146,7 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::MAX_ROWS;
+    use super::{MAX_ROWS, PREFETCH_AHEAD};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -242,6 +254,9 @@ mod avx512 {
         let body = k / 16 * 16;
         let mut j = 0;
         while j < body {
+            // Never dereferenced: a prefetch past the weights is dropped, not a fault.
+            _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(j + PREFETCH_AHEAD) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(j + PREFETCH_AHEAD) as *const i8);
             let a = widen(_mm256_loadu_si256(p0.add(j) as *const __m256i));
             let b = widen(_mm256_loadu_si256(p1.add(j) as *const __m256i));
             for i in 0..M {

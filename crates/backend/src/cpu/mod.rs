@@ -542,6 +542,13 @@ impl Backend for CpuBackend {
         (t.len() * elem) as u64
     }
 
+    fn run_step<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        // From outside the pool, `join` hands its first closure to a worker and waits; on
+        // 2 threads this measured +5 % decode (23.0 → 24.1 tokens/s at batch 1, 71 → 74.5 at
+        // batch 8, 7 and 2 interleaved pairs).
+        rayon::join(f, || ()).0
+    }
+
     fn prepare_step(&self, m: &StepMeta<'_>) -> Result<CpuStep> {
         warm_pool_threads();
         let n = m.token_ids.len();
