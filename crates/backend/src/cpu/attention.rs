@@ -5,7 +5,6 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::simd::prefetch;
 use super::vector::Kernels;
 use super::with_scratch;
 use crate::AttnGeometry;
@@ -29,13 +28,9 @@ pub struct PagedKv<'a> {
 thread_local! {
     /// Scores of one (token, KV head) task, kept per thread so a step allocates nothing.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Where each key's K/V row starts in the cache, for the same task.
+    static ROWS: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
-
-/// Keys ahead whose K (then V) rows are prefetched. A sequence's rows for one KV head are
-/// `num_kv_heads · head_dim` floats apart, a new 4 KiB page every key or two, where the hardware
-/// prefetcher starts over; at batch 8 (352 MB of K/V a step, 28 layers × 8 × 192 tokens) the
-/// step's attention took 25 ms without and 18.5 ms with 8 keys of prefetch (16: 22 ms).
-const PREFETCH_KEYS: usize = 8;
 
 /// Scratch grows in powers of two from this many floats, so contexts growing a token per
 /// step reallocate it a handful of times per thread, not every step.
@@ -44,6 +39,7 @@ const MIN_SCORES: usize = 1 << 12;
 /// Gives this thread's scratch its first size.
 pub(crate) fn reserve_scratch() {
     with_scratch(&SCORES, |s| s.reserve(MIN_SCORES));
+    with_scratch(&ROWS, |s| s.reserve(MIN_SCORES));
 }
 
 /// `q`: `[tokens, heads * head_dim]`; returns `[tokens, heads * head_dim]` through `out`.
@@ -84,47 +80,19 @@ pub fn paged_attention(
                 scores.clear();
                 scores.resize(need, 0.0);
                 let (scores, inv) = scores.split_at_mut(group * len);
-                for (jj, j) in (start..end).enumerate() {
-                    let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
-                    if j + PREFETCH_KEYS < end {
-                        let ahead = kv_offset(
-                            table,
-                            kv.block_size,
-                            j + PREFETCH_KEYS,
-                            g.num_kv_heads,
-                            kvh,
-                            d,
-                        );
-                        prefetch(&kv.k[ahead..ahead + d]);
+                with_scratch(&ROWS, |rows| {
+                    rows.clear();
+                    rows.extend(
+                        (start..end)
+                            .map(|j| kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d)),
+                    );
+                    (kern.scores)(qg, kv.k, rows, d, g.scale, scores);
+                    for (s, r) in scores.chunks_exact_mut(len).zip(inv.iter_mut()) {
+                        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        *r = 1.0 / (kern.exp_sub_sum)(s, max);
                     }
-                    let kj = &kv.k[off..off + d];
-                    for (gi, qh) in qg.chunks_exact(d).enumerate() {
-                        scores[gi * len + jj] = (kern.dot)(qh, kj) * g.scale;
-                    }
-                }
-                for (s, r) in scores.chunks_exact_mut(len).zip(inv.iter_mut()) {
-                    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    *r = 1.0 / (kern.exp_sub_sum)(s, max);
-                }
-                o.fill(0.0);
-                for (jj, j) in (start..end).enumerate() {
-                    let off = kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d);
-                    if j + PREFETCH_KEYS < end {
-                        let ahead = kv_offset(
-                            table,
-                            kv.block_size,
-                            j + PREFETCH_KEYS,
-                            g.num_kv_heads,
-                            kvh,
-                            d,
-                        );
-                        prefetch(&kv.v[ahead..ahead + d]);
-                    }
-                    let vj = &kv.v[off..off + d];
-                    for (gi, oh) in o.chunks_exact_mut(d).enumerate() {
-                        (kern.axpy)(scores[gi * len + jj], vj, oh);
-                    }
-                }
+                    (kern.weighted_sum)(scores, kv.v, rows, d, o);
+                });
                 for (oh, &r) in o.chunks_exact_mut(d).zip(inv.iter()) {
                     (kern.scale)(r, oh);
                 }
