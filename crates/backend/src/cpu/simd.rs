@@ -130,33 +130,33 @@ pub fn set_level(level: Option<Level>) -> Result<(), crate::BackendError> {
 /// where the architecture has no stable prefetch instruction.
 #[inline(always)]
 pub fn prefetch<T>(data: &[T]) {
+    let p = data.as_ptr() as *const u8;
+    let mut off = 0;
+    while off < std::mem::size_of_val(data) {
+        prefetch_line(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
+#[inline(always)]
+fn prefetch_line(p: *const u8) {
+    // SAFETY (each arm): a prefetch reads nothing architecturally and never faults, whatever
+    // the address; SSE is part of every x86_64 CPU.
     #[cfg(target_arch = "x86_64")]
-    {
+    unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = data.as_ptr() as *const i8;
-        let mut off = 0;
-        while off < std::mem::size_of_val(data) {
-            // SAFETY: SSE is part of every x86_64 CPU; a prefetch is a hint that never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-            off += 64;
-        }
-    }
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    };
     #[cfg(target_arch = "aarch64")]
-    {
-        let p = data.as_ptr() as *const u8;
-        let mut off = 0;
-        while off < std::mem::size_of_val(data) {
-            // SAFETY: PRFM is a hint; it reads no register but the address and never faults.
-            unsafe {
-                std::arch::asm!(
-                    "prfm pldl1keep, [{0}]",
-                    in(reg) p.wrapping_add(off),
-                    options(nostack, readonly, preserves_flags)
-                )
-            };
-            off += 64;
-        }
-    }
+    unsafe {
+        std::arch::asm!(
+            "prfm pldl1keep, [{0}]",
+            in(reg) p,
+            options(nostack, readonly, preserves_flags)
+        )
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
 }
 
 #[cfg(test)]

@@ -441,11 +441,10 @@ unsafe fn weighted_sum_g<S: Simd>(p: &[f32], v: &[f32], rows: &[usize], d: usize
     while h < g {
         let (ph, oh) = (&p[h * n..], &mut out[h * d..]);
         match ((g - h).min(4), narrow) {
-            (1, false) => weighted_sum_n::<S, 1, 8>(ph, v, rows, d, oh, n),
+            (1, _) => weighted_sum_n::<S, 1, 8>(ph, v, rows, d, oh, n),
             (2, false) => weighted_sum_n::<S, 2, 8>(ph, v, rows, d, oh, n),
             (3, false) => weighted_sum_n::<S, 3, 4>(ph, v, rows, d, oh, n),
             (_, false) => weighted_sum_n::<S, 4, 4>(ph, v, rows, d, oh, n),
-            (1, true) => weighted_sum_n::<S, 1, 8>(ph, v, rows, d, oh, n),
             (2, true) => weighted_sum_n::<S, 2, 4>(ph, v, rows, d, oh, n),
             (3, true) => weighted_sum_n::<S, 3, 2>(ph, v, rows, d, oh, n),
             (_, true) => weighted_sum_n::<S, 4, 2>(ph, v, rows, d, oh, n),
