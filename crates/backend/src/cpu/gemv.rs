@@ -30,11 +30,13 @@ pub const MAX_ROWS: usize = 8;
 const PREFETCH_AHEAD: usize = 3072;
 /// Weight rows per rayon task.
 const ROWS_PER_TASK: usize = 16;
-/// Batches up to this size use `vdpbf16ps` where the CPU has it. At batch 1 it issues a
-/// quarter of the F32 kernel's instructions per weight (no widening), which measured +15 %
-/// decode on Zen 4; from batch 2 the two-weight-row F32 kernel is as fast or faster (the split
-/// `x` doubles the activation loads).
-pub const BF16_DOT_MAX_ROWS: usize = 1;
+/// Batches up to this size use `vdpbf16ps` where the CPU has it: it issues a quarter of the
+/// F32 kernel's instructions per weight (no widening). With several lines of weights per pass
+/// it measured, on Zen 4 (0.6B lm_head from DRAM), 8.5 against 9.4 ms at batch 1, 9.3 against
+/// 12.3 at 2 and 11.3–12.3 against 12.5–12.8 at 4 (decode +13 % at batch 2); at batch 8 the
+/// two-weight-row F32 kernel wins (19 against 24 ms: the split `x` doubles the activation
+/// loads).
+pub const BF16_DOT_MAX_ROWS: usize = 4;
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -331,40 +333,70 @@ mod avx512 {
     }
 
     /// Dot products by `vdpbf16ps` (two BF16 products summed into each F32 lane) of the split
-    /// rows `xb` (`[M, 2, kp]` from [`split_bf16`]) with one BF16 weight row.
+    /// rows `xb` (`[M, 2, kp]` from [`split_bf16`]) with one BF16 weight row, `U` cache lines
+    /// of weights per pass.
     ///
     /// # Safety
     /// AVX-512 F/BW/VL + AVX512_BF16; `xb` holds `2 * M * kp` values, `w` holds `k ≤ kp`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn dots_bf16_n<const M: usize>(
+    unsafe fn dots_bf16_n<const M: usize, const U: usize>(
         xb: &[u16],
         kp: usize,
         k: usize,
         w: &[bf16],
         acc: &mut [f32; MAX_ROWS],
     ) {
-        // Separate chains for the two halves: one chain of two `vdpbf16ps` per step is
-        // latency-bound at batch 1.
-        let mut sums = [_mm512_setzero_ps(); M];
-        let mut lows = [_mm512_setzero_ps(); M];
+        // At batch 1 the loop is bound by how many weight lines the core has in flight, and
+        // that is the reorder window divided by the instructions per line: an unmasked body
+        // over `U` lines, with separate chains for the two halves, issues about 3 per line.
+        let mut sums = [[_mm512_setzero_ps(); U]; M];
+        let mut lows = [[_mm512_setzero_ps(); U]; M];
         let wp = w.as_ptr() as *const i16;
         let xp = xb.as_ptr();
+        let step = 32 * U;
+        let body = k / step * step;
         let mut j = 0;
+        while j < body {
+            for u in 0..U {
+                if M > 1 {
+                    // Never dereferenced: a prefetch past the weights is dropped, not a fault.
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        wp.wrapping_add(j + 32 * u + PREFETCH_AHEAD) as *const i8
+                    );
+                }
+                let wv: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(wp.add(j + 32 * u) as *const _));
+                for i in 0..M {
+                    let hi = xp.add(2 * i * kp + j + 32 * u);
+                    let xh: __m512bh = std::mem::transmute(_mm512_loadu_si512(hi as *const _));
+                    let xl: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(hi.add(kp) as *const _));
+                    sums[i][u] = _mm512_dpbf16_ps(sums[i][u], xh, wv);
+                    lows[i][u] = _mm512_dpbf16_ps(lows[i][u], xl, wv);
+                }
+            }
+            j += step;
+        }
         while j < k {
             let n = (k - j).min(32);
             let mk: __mmask32 = if n == 32 { !0 } else { (1u32 << n) - 1 };
             let wv: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi16(mk, wp.add(j)));
-            for (i, (s, l)) in sums.iter_mut().zip(lows.iter_mut()).enumerate() {
+            for i in 0..M {
+                // `xb` is zero-padded to kp, so whole lines of it are readable.
                 let hi = xp.add(2 * i * kp + j);
                 let xh: __m512bh = std::mem::transmute(_mm512_loadu_si512(hi as *const _));
                 let xl: __m512bh = std::mem::transmute(_mm512_loadu_si512(hi.add(kp) as *const _));
-                *s = _mm512_dpbf16_ps(*s, xh, wv);
-                *l = _mm512_dpbf16_ps(*l, xl, wv);
+                sums[i][0] = _mm512_dpbf16_ps(sums[i][0], xh, wv);
+                lows[i][0] = _mm512_dpbf16_ps(lows[i][0], xl, wv);
             }
             j += 32;
         }
-        for (i, (s, l)) in sums.iter().zip(&lows).enumerate() {
-            acc[i] = _mm512_reduce_add_ps(_mm512_add_ps(*s, *l));
+        for (i, a) in acc.iter_mut().enumerate().take(M) {
+            let mut v = _mm512_add_ps(sums[i][0], lows[i][0]);
+            for u in 1..U {
+                v = _mm512_add_ps(v, _mm512_add_ps(sums[i][u], lows[i][u]));
+            }
+            *a = _mm512_reduce_add_ps(v);
         }
     }
 
@@ -380,14 +412,14 @@ mod avx512 {
         acc: &mut [f32; MAX_ROWS],
     ) {
         match m {
-            1 => dots_bf16_n::<1>(xb, kp, k, w, acc),
-            2 => dots_bf16_n::<2>(xb, kp, k, w, acc),
-            3 => dots_bf16_n::<3>(xb, kp, k, w, acc),
-            4 => dots_bf16_n::<4>(xb, kp, k, w, acc),
-            5 => dots_bf16_n::<5>(xb, kp, k, w, acc),
-            6 => dots_bf16_n::<6>(xb, kp, k, w, acc),
-            7 => dots_bf16_n::<7>(xb, kp, k, w, acc),
-            _ => dots_bf16_n::<8>(xb, kp, k, w, acc),
+            1 => dots_bf16_n::<1, 4>(xb, kp, k, w, acc),
+            2 => dots_bf16_n::<2, 2>(xb, kp, k, w, acc),
+            3 => dots_bf16_n::<3, 2>(xb, kp, k, w, acc),
+            4 => dots_bf16_n::<4, 2>(xb, kp, k, w, acc),
+            5 => dots_bf16_n::<5, 1>(xb, kp, k, w, acc),
+            6 => dots_bf16_n::<6, 1>(xb, kp, k, w, acc),
+            7 => dots_bf16_n::<7, 1>(xb, kp, k, w, acc),
+            _ => dots_bf16_n::<8, 1>(xb, kp, k, w, acc),
         }
     }
 }
@@ -657,6 +689,10 @@ mod tests {
             (5, 1023, 129),
             (1, 8, 8),
             (1, 129, 33),
+            (1, 1000, 9),
+            (1, 256, 5),
+            (2, 200, 7),
+            (3, 130, 11),
             (2, 31, 5),
             (4, 97, 19),
             (7, 1000, 23),
