@@ -63,6 +63,11 @@ fn main() {
         })
         .collect();
     println!("threads: {}", rayon::current_num_threads());
+    let bw = qwen3_backend::cpu::bandwidth::measure(512 << 20, 5);
+    println!(
+        "bandwidth: read {:.1} GB/s, triad {:.1} GB/s",
+        bw.read_gb_s, bw.triad_gb_s
+    );
     for (name, n, k) in [
         ("gate_up", 6144, 1024),
         ("down", 1024, 3072),
