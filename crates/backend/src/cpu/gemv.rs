@@ -348,7 +348,8 @@ mod avx512 {
     ) {
         // At batch 1 the loop is bound by how many weight lines the core has in flight, and
         // that is the reorder window divided by the instructions per line: an unmasked body
-        // over `U` lines, with separate chains for the two halves, issues about 3 per line.
+        // over `U` lines, with separate chains for the two halves, issues about 6 per line
+        // (one line a pass with its mask took about 12).
         let mut sums = [[_mm512_setzero_ps(); U]; M];
         let mut lows = [[_mm512_setzero_ps(); U]; M];
         let wp = w.as_ptr() as *const i16;
