@@ -12,7 +12,11 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
 fi
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get install -y -q qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+        pkgs="qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+        # A fresh container may have no package lists yet; a failed install means a skip.
+        apt-get install -y -q $pkgs >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $pkgs >/dev/null 2>&1; } ||
+            true
     fi
 fi
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
