@@ -33,35 +33,6 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let (heads, kv_heads, d, block) = (16, 8, 128, 16);
-    let geo = AttnGeometry {
-        num_heads: heads,
-        num_kv_heads: kv_heads,
-        head_dim: d,
-        scale: 1.0 / (d as f32).sqrt(),
-        sliding_window: None,
-    };
-    // A decode step's attention at batch 8 as the engine meets it: 8 sequences of 192 tokens,
-    // over 28 layers' caches (352 MB, so K/V come from DRAM, not L3).
-    let (seqs, ctx, layers) = (8usize, 192usize, 28usize);
-    let per_seq = ctx.div_ceil(block);
-    let blocks = seqs * per_seq;
-    let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
-        .map(|l| {
-            (
-                pseudo(blocks * block * kv_heads * d, 10 + l as u32),
-                pseudo(blocks * block * kv_heads * d, 100 + l as u32),
-            )
-        })
-        .collect();
-    let table: Vec<u32> = (0..blocks as u32).collect();
-    let q = pseudo(seqs * heads * d, 5);
-    let places: Vec<TokenPlace> = (0..seqs as u32)
-        .map(|s| TokenPlace {
-            seq: s,
-            pos: ctx as u32 - 1,
-        })
-        .collect();
     println!("threads: {}", rayon::current_num_threads());
     let bw = qwen3_backend::cpu::bandwidth::measure(512 << 20, 5);
     println!(
@@ -88,6 +59,14 @@ fn main() {
             }
         }
     }
+    let (heads, kv_heads, d, block) = (16, 8, 128, 16);
+    let geo = AttnGeometry {
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim: d,
+        scale: 1.0 / (d as f32).sqrt(),
+        sliding_window: None,
+    };
     for ctx in [256usize, 512, 4096] {
         let blocks = ctx.div_ceil(block);
         let k = pseudo(blocks * block * kv_heads * d, 1);
@@ -119,6 +98,27 @@ fn main() {
         }
     }
 
+    // A decode step's attention at batch 8 as the engine meets it: 8 sequences of 192 tokens,
+    // over 28 layers' caches (352 MB, so K/V come from DRAM, not L3).
+    let (seqs, ctx, layers) = (8usize, 192usize, 28usize);
+    let per_seq = ctx.div_ceil(block);
+    let blocks = seqs * per_seq;
+    let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..layers)
+        .map(|l| {
+            (
+                pseudo(blocks * block * kv_heads * d, 10 + l as u32),
+                pseudo(blocks * block * kv_heads * d, 100 + l as u32),
+            )
+        })
+        .collect();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let q = pseudo(seqs * heads * d, 5);
+    let places: Vec<TokenPlace> = (0..seqs as u32)
+        .map(|s| TokenPlace {
+            seq: s,
+            pos: ctx as u32 - 1,
+        })
+        .collect();
     let mut out = vec![0.0; seqs * heads * d];
     for level in supported_levels().into_iter().skip(1) {
         let kern = kernels(level);

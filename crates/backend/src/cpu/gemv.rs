@@ -37,6 +37,8 @@ const ROWS_PER_TASK: usize = 16;
 /// two-weight-row F32 kernel wins (19 against 24 ms: the split `x` doubles the activation
 /// loads).
 pub const BF16_DOT_MAX_ROWS: usize = 4;
+// `avx512::dots_bf16` has kernels for 1–4 rows only.
+const _: () = assert!(BF16_DOT_MAX_ROWS <= 4);
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -402,7 +404,8 @@ mod avx512 {
     }
 
     /// # Safety
-    /// As [`dots_bf16_n`], with `1 <= m <= MAX_ROWS`.
+    /// As [`dots_bf16_n`], with `1 <= m <= BF16_DOT_MAX_ROWS` (what [`super::kernel_for`]
+    /// sends here).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub unsafe fn dots_bf16(
         xb: &[u16],
@@ -416,11 +419,7 @@ mod avx512 {
             1 => dots_bf16_n::<1, 4>(xb, kp, k, w, acc),
             2 => dots_bf16_n::<2, 2>(xb, kp, k, w, acc),
             3 => dots_bf16_n::<3, 2>(xb, kp, k, w, acc),
-            4 => dots_bf16_n::<4, 2>(xb, kp, k, w, acc),
-            5 => dots_bf16_n::<5, 1>(xb, kp, k, w, acc),
-            6 => dots_bf16_n::<6, 1>(xb, kp, k, w, acc),
-            7 => dots_bf16_n::<7, 1>(xb, kp, k, w, acc),
-            _ => dots_bf16_n::<8, 1>(xb, kp, k, w, acc),
+            _ => dots_bf16_n::<4, 2>(xb, kp, k, w, acc),
         }
     }
 }
@@ -566,8 +565,9 @@ fn run(kernel: Kernel<'_>, x: &[f32], m: usize, k: usize, w: &[bf16], n: usize, 
                     Kernel::Pair(_, f, ks) => f(x, m, ks, k, wr, &mut acc),
                     Kernel::F32(f, ks) => f(x, m, ks, k, wr, &mut acc),
                     #[cfg(target_arch = "x86_64")]
-                    // SAFETY: built only when AVX512_BF16 is supported; `xb` is `[m, kp]`
-                    // with kp ≥ k, and `wr` holds k values.
+                    // SAFETY: built only when AVX512_BF16 is supported and m ≤
+                    // BF16_DOT_MAX_ROWS (`kernel_for`); `xb` is `[m, kp]` with kp ≥ k, and
+                    // `wr` holds k values.
                     Kernel::Bf16 { xb, kp } => unsafe {
                         avx512::dots_bf16(xb, m, kp, k, wr, &mut acc)
                     },
