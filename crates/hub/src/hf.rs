@@ -86,14 +86,17 @@ pub(crate) fn hf_download(
     let info_url = format!("{endpoint}/api/{}", repo.api_url());
     let info = match http.get_json(&info_url) {
         Ok(info) => info,
-        Err(e) if e.is_transient() => {
-            if let Ok(dir) = hf_cached_snapshot(&repo_dir, &revision) {
-                tracing::warn!(
-                    "the Hugging Face hub at {endpoint} cannot be used ({e}); using the cached \
-                     {repo_id} in {}",
-                    dir.display()
-                );
-                return Ok(dir);
+        Err(e) => {
+            // A hub that cannot be used now: a complete cached snapshot still serves.
+            if e.is_transient() {
+                if let Ok(dir) = hf_cached_snapshot(&repo_dir, &revision) {
+                    tracing::warn!(
+                        "the Hugging Face hub at {endpoint} cannot be used ({e}); using the \
+                         cached {repo_id} in {}",
+                        dir.display()
+                    );
+                    return Ok(dir);
+                }
             }
             return Err(hf_error(
                 e,
@@ -103,16 +106,6 @@ pub(crate) fn hf_download(
                 token.is_some(),
                 None,
             ));
-        }
-        Err(e) => {
-            return Err(hf_error(
-                e,
-                repo_id,
-                &revision,
-                &endpoint,
-                token.is_some(),
-                None,
-            ))
         }
     };
     let commit = info
