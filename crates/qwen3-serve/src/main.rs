@@ -4,7 +4,6 @@ mod alloc;
 mod bench_client;
 mod bench_offline;
 mod cli;
-mod hub;
 mod model_dir;
 mod preset;
 mod runtime;

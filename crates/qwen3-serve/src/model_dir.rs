@@ -26,7 +26,7 @@ pub fn bundled_model() -> PathBuf {
 /// directory as is, else a hub id downloaded (Hugging Face, or ModelScope when asked).
 pub fn resolve(
     model: Option<&str>,
-    hub: &crate::hub::HubOptions,
+    hub: &qwen3_hub::HubOptions,
 ) -> anyhow::Result<(PathBuf, bool)> {
     let Some(model) = model else {
         let dir = bundled_model();
@@ -48,7 +48,7 @@ pub fn resolve(
     if path.exists() || model.starts_with('/') || model.starts_with('.') {
         bail!("{model} is not a model directory");
     }
-    let dir = crate::hub::download_model(model, hub)?;
+    let dir = qwen3_hub::download_model(model, hub)?;
     Ok((dir, false))
 }
 

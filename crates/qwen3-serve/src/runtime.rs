@@ -286,7 +286,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     let use_modelscope = args.use_modelscope
         || std::env::var("VLLM_USE_MODELSCOPE")
             .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    let hub = crate::hub::HubOptions {
+    let hub = qwen3_hub::HubOptions {
         download_dir: args.download_dir.clone(),
         use_modelscope,
         ..Default::default()

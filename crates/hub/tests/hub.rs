@@ -1,16 +1,14 @@
 //! Hub downloads against loopback fakes of Hugging Face (hub + CDN) and ModelScope (API + OSS):
 //! byte-identical results, resuming with `Range`, clear errors, credentials only to the hub.
 
-#[path = "../src/hub.rs"]
-#[allow(dead_code)]
-mod hub;
 mod hub_support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hub::{download_model_with_env, HubOptions};
 use hub_support::{env, fixtures, read_dir_files, read_tree, FakeHf, FakeModelScope, FakeRepo};
+use qwen3_hub as hub;
+use qwen3_hub::{download_model_with_env, HubOptions};
 
 const TINY: &str = "Qwen/Tiny-Qwen3";
 const MOE: &str = "Qwen/Tiny-Qwen3-MoE";
@@ -163,7 +161,7 @@ fn hf_interrupted_download_resumes_with_range_on_the_next_run() {
     let opts = hf_opts(&fake, tmp.path());
 
     let err = download_model_with_env(TINY, &opts, &no_retries()).expect_err("cut off");
-    let msg = format!("{err:#}");
+    let msg = err.full_message();
     assert!(
         msg.contains("model.safetensors") && msg.contains("resumes"),
         "{msg}"
@@ -236,7 +234,7 @@ fn hf_unknown_repo_names_the_repo_and_the_endpoint() {
         &env(&[]),
     )
     .expect_err("unknown repo");
-    let msg = format!("{err:#}");
+    let msg = err.full_message();
     assert!(msg.contains("nobody/no-such-model"), "{msg}");
     assert!(msg.contains(&fake.hub.base), "{msg}");
     assert!(
@@ -251,10 +249,9 @@ fn hf_unknown_revision_is_named() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut opts = hf_opts(&fake, tmp.path());
     opts.revision = Some("v9".into());
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(TINY, &opts, &env(&[])).expect_err("bad revision")
-    );
+    let msg = download_model_with_env(TINY, &opts, &env(&[]))
+        .expect_err("bad revision")
+        .full_message();
     assert!(
         msg.contains("revision \"v9\"") && msg.contains(TINY),
         "{msg}"
@@ -318,10 +315,9 @@ fn hf_missing_shard_is_named() {
     repo.missing.push("model-00002-of-00003.safetensors".into());
     let fake = FakeHf::start(vec![repo]);
     let tmp = tempfile::tempdir().expect("tmp");
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(MOE, &hf_opts(&fake, tmp.path()), &env(&[])).expect_err("shard")
-    );
+    let msg = download_model_with_env(MOE, &hf_opts(&fake, tmp.path()), &env(&[]))
+        .expect_err("shard")
+        .full_message();
     assert!(msg.contains("model-00002-of-00003.safetensors"), "{msg}");
     assert!(
         msg.contains(MOE) && msg.contains("model.safetensors.index.json"),
@@ -338,10 +334,9 @@ fn hf_index_naming_a_path_outside_the_repo_is_refused() {
     );
     let fake = FakeHf::start(vec![repo]);
     let tmp = tempfile::tempdir().expect("tmp");
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(MOE, &hf_opts(&fake, tmp.path()), &env(&[])).expect_err("evil")
-    );
+    let msg = download_model_with_env(MOE, &hf_opts(&fake, tmp.path()), &env(&[]))
+        .expect_err("evil")
+        .full_message();
     assert!(msg.contains("refusing the file name"), "{msg}");
     assert!(fake
         .hub
@@ -385,10 +380,9 @@ fn hf_unreachable_hub_says_so_and_suggests_alternatives() {
         endpoint_override: Some(endpoint.clone()),
         ..HubOptions::default()
     };
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(TINY, &opts, &env(&[])).expect_err("unreachable")
-    );
+    let msg = download_model_with_env(TINY, &opts, &env(&[]))
+        .expect_err("unreachable")
+        .full_message();
     assert!(
         msg.contains("cannot reach") && msg.contains(&endpoint),
         "{msg}"
@@ -404,10 +398,9 @@ fn hf_unreachable_hub_falls_back_to_a_complete_cache_and_offline_mode_uses_it() 
     let fake = FakeHf::start(vec![FakeRepo::from_fixture(TINY, "tiny-qwen3")]);
     let tmp = tempfile::tempdir().expect("tmp");
     let offline = env(&[("HF_HUB_OFFLINE", "1")]);
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(TINY, &hf_opts(&fake, tmp.path()), &offline).expect_err("empty")
-    );
+    let msg = download_model_with_env(TINY, &hf_opts(&fake, tmp.path()), &offline)
+        .expect_err("empty")
+        .full_message();
     assert!(msg.contains("HF_HUB_OFFLINE"), "{msg}");
     assert!(fake.hub.requests().is_empty());
 
@@ -465,10 +458,9 @@ fn not_a_hub_id_is_refused_before_any_request() {
             endpoint_override: Some(closed_port_endpoint()),
             ..HubOptions::default()
         };
-        let msg = format!(
-            "{:#}",
-            download_model_with_env(bad, &opts, &env(&[])).expect_err(bad)
-        );
+        let msg = download_model_with_env(bad, &opts, &env(&[]))
+            .expect_err(bad)
+            .full_message();
         assert!(msg.contains("not a local model directory"), "{bad}: {msg}");
     }
 }
@@ -527,10 +519,9 @@ fn ms_interrupted_download_resumes_with_range_on_the_next_run() {
     let tmp = tempfile::tempdir().expect("tmp");
     let opts = ms_opts(&fake, tmp.path());
 
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(TINY, &opts, &no_retries()).expect_err("cut off")
-    );
+    let msg = download_model_with_env(TINY, &opts, &no_retries())
+        .expect_err("cut off")
+        .full_message();
     assert!(
         msg.contains("model.safetensors") && msg.contains("resumes"),
         "{msg}"
@@ -592,15 +583,13 @@ fn ms_small_file_answered_without_range_support_restarts_cleanly() {
 fn ms_unknown_repo_names_the_repo_and_the_endpoint() {
     let fake = FakeModelScope::start(vec![]);
     let tmp = tempfile::tempdir().expect("tmp");
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(
-            "nobody/no-such-model",
-            &ms_opts(&fake, tmp.path()),
-            &env(&[])
-        )
-        .expect_err("unknown")
-    );
+    let msg = download_model_with_env(
+        "nobody/no-such-model",
+        &ms_opts(&fake, tmp.path()),
+        &env(&[]),
+    )
+    .expect_err("unknown")
+    .full_message();
     assert!(
         msg.contains("nobody/no-such-model") && msg.contains(&fake.hub.base),
         "{msg}"
@@ -614,10 +603,9 @@ fn ms_missing_shard_is_named() {
     repo.missing.push("model-00003-of-00003.safetensors".into());
     let fake = FakeModelScope::start(vec![repo]);
     let tmp = tempfile::tempdir().expect("tmp");
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(MOE, &ms_opts(&fake, tmp.path()), &env(&[])).expect_err("shard")
-    );
+    let msg = download_model_with_env(MOE, &ms_opts(&fake, tmp.path()), &env(&[]))
+        .expect_err("shard")
+        .full_message();
     assert!(msg.contains("model-00003-of-00003.safetensors"), "{msg}");
 }
 
@@ -653,10 +641,9 @@ fn ms_unreachable_endpoint_says_so() {
         endpoint_override: Some(endpoint.clone()),
         ..HubOptions::default()
     };
-    let msg = format!(
-        "{:#}",
-        download_model_with_env(TINY, &opts, &env(&[])).expect_err("unreachable")
-    );
+    let msg = download_model_with_env(TINY, &opts, &env(&[]))
+        .expect_err("unreachable")
+        .full_message();
     assert!(
         msg.contains("cannot reach ModelScope") && msg.contains(&endpoint),
         "{msg}"
