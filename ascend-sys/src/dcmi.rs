@@ -296,7 +296,7 @@ impl Dcmi {
 
     /// Every NPU chip of every card, with its logical id.
     pub fn chips(&self) -> Result<Vec<DcmiChip>, DcmiError> {
-        let mut cards = [0 as c_int; DCMI_MAX_CARDS];
+        let mut cards: [c_int; DCMI_MAX_CARDS] = [0; DCMI_MAX_CARDS];
         let mut n: c_int = 0;
         // SAFETY: `cards` holds `list_len` ints; `n` is writable.
         check(

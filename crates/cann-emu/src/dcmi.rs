@@ -42,7 +42,11 @@ fn n_chips() -> c_int {
 /// The logical id of chip `device_id` on card `card_id`, when both exist.
 fn logic_of(card_id: c_int, device_id: c_int) -> Option<c_int> {
     let n = n_chips();
-    ((0..n).contains(&card_id) && device_id == 0).then(|| n - 1 - card_id)
+    if (0..n).contains(&card_id) && device_id == 0 {
+        Some(n - 1 - card_id)
+    } else {
+        None
+    }
 }
 
 fn readings(logic: c_int) -> Readings {
