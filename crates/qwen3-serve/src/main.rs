@@ -6,6 +6,7 @@ mod bench_offline;
 mod cli;
 mod hub;
 mod model_dir;
+mod npu_metrics;
 mod preset;
 mod runtime;
 
