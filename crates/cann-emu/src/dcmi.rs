@@ -246,50 +246,26 @@ pub unsafe extern "C" fn dcmi_get_device_utilization_rate(
 }
 const _: ascend_sys::dcmi::dcmi_get_device_utilization_rate = dcmi_get_device_utilization_rate;
 
-/// # Safety
-/// `temperature` writable.
-#[no_mangle]
-pub unsafe extern "C" fn dcmi_get_device_temperature(
-    card_id: c_int,
-    device_id: c_int,
-    temperature: *mut c_int,
-) -> c_int {
-    if temperature.is_null() {
-        return DCMI_ERR_INVALID_PARAMETER;
-    }
-    // SAFETY: checked non-null.
-    with_chip(card_id, device_id, |r| unsafe { temperature.write(r.temp) })
+/// Exports `name(card_id, device_id, T *out)` writing one field of the chip's readings,
+/// checked against ascend-sys's declaration.
+macro_rules! scalar_reading {
+    ($($name:ident: $ty:ty = $field:ident;)*) => {$(
+        /// # Safety
+        /// `out` writable.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(card_id: c_int, device_id: c_int, out: *mut $ty) -> c_int {
+            if out.is_null() {
+                return DCMI_ERR_INVALID_PARAMETER;
+            }
+            // SAFETY: checked non-null.
+            with_chip(card_id, device_id, |r| unsafe { out.write(r.$field) })
+        }
+        const _: ascend_sys::dcmi::$name = $name;
+    )*};
 }
-const _: ascend_sys::dcmi::dcmi_get_device_temperature = dcmi_get_device_temperature;
 
-/// # Safety
-/// `power` writable.
-#[no_mangle]
-pub unsafe extern "C" fn dcmi_get_device_power_info(
-    card_id: c_int,
-    device_id: c_int,
-    power: *mut c_int,
-) -> c_int {
-    if power.is_null() {
-        return DCMI_ERR_INVALID_PARAMETER;
-    }
-    // SAFETY: checked non-null.
-    with_chip(card_id, device_id, |r| unsafe { power.write(r.power_dw) })
+scalar_reading! {
+    dcmi_get_device_temperature: c_int = temp;
+    dcmi_get_device_power_info: c_int = power_dw;
+    dcmi_get_device_health: u32 = health;
 }
-const _: ascend_sys::dcmi::dcmi_get_device_power_info = dcmi_get_device_power_info;
-
-/// # Safety
-/// `health` writable.
-#[no_mangle]
-pub unsafe extern "C" fn dcmi_get_device_health(
-    card_id: c_int,
-    device_id: c_int,
-    health: *mut u32,
-) -> c_int {
-    if health.is_null() {
-        return DCMI_ERR_INVALID_PARAMETER;
-    }
-    // SAFETY: checked non-null.
-    with_chip(card_id, device_id, |r| unsafe { health.write(r.health) })
-}
-const _: ascend_sys::dcmi::dcmi_get_device_health = dcmi_get_device_health;
