@@ -1,5 +1,6 @@
 //! OpenAI-compatible HTTP API: routes, request and response types, SSE, auth, chat
-//! templates, Qwen3 reasoning and hermes tool-call parsing, Prometheus metrics.
+//! templates, Qwen3 reasoning and hermes tool-call parsing, Prometheus metrics (the engine's
+//! and the NPUs').
 //!
 //! The binary builds an [`AppState`] (config, engine handle, tokenizer, chat template) and
 //! calls [`serve`]`(listener, `[`router`]`(state), shutdown)`.
@@ -7,6 +8,7 @@
 pub mod chat_template;
 pub mod error;
 pub mod metrics;
+pub mod npu;
 pub mod openai;
 pub mod reasoning;
 mod routes;
@@ -15,5 +17,6 @@ pub mod tool_parser;
 
 pub use chat_template::ChatTemplate;
 pub use error::ApiError;
+pub use npu::{NpuSample, NpuTelemetry, ProcessMemory};
 pub use openai::SamplingDefaults;
 pub use server::{router, serve, ApiConfig, AppState};

@@ -52,6 +52,9 @@ pub struct AppState {
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     /// None when the model has none: /v1/chat/completions then answers 400.
     pub template: Option<ChatTemplate>,
+    /// NPU readings for /metrics and the device-health half of /health (stays empty
+    /// without NPUs or DCMI).
+    pub npu: Arc<crate::npu::NpuTelemetry>,
 }
 
 pub(crate) type St = State<Arc<AppState>>;

@@ -255,6 +255,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// Seconds between NPU samples (DCMI: HBM, AI Core/AI CPU utilisation, temperature,
+    /// power, health) behind /metrics and /health; 0 turns the sampler off.
+    #[arg(long, default_value_t = 5)]
+    pub npu_metrics_interval_seconds: u64,
 }
 
 #[derive(Clone, Debug, Args)]

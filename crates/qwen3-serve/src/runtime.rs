@@ -27,6 +27,8 @@ pub struct Loaded {
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     pub engine_config: EngineConfig,
     pub executor: Box<dyn qwen3_engine::Executor>,
+    /// The NPUs serving (ACL device ids); empty on the CPU.
+    pub npus: Vec<i32>,
 }
 
 /// Engine limits that are not part of model loading.
@@ -441,6 +443,10 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         tokenizer: Arc::new(tokenizer),
         engine_config,
         executor,
+        npus: match &placement {
+            Placement::Cpu => Vec::new(),
+            Placement::Npu { devices, .. } => devices.clone(),
+        },
     })
 }
 
@@ -717,6 +723,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         tokenizer: loaded.tokenizer.clone(),
         template,
+        npu: crate::npu_metrics::start(
+            &loaded.npus,
+            std::time::Duration::from_secs(args.npu_metrics_interval_seconds),
+        ),
     });
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -37,12 +37,14 @@ pub async fn models(State(s): St) -> Json<ModelList> {
 }
 
 pub async fn health(State(s): St) -> Response {
-    if s.engine.is_alive() {
-        StatusCode::OK.into_response()
-    } else {
-        ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running")
-            .into_response()
+    if !s.engine.is_alive() {
+        return ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running")
+            .into_response();
     }
+    if let Some(why) = s.npu.fatal() {
+        return ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
+    StatusCode::OK.into_response()
 }
 
 pub async fn version() -> Json<Value> {
@@ -121,7 +123,9 @@ pub async fn detokenize(
 }
 
 pub async fn metrics(State(s): St) -> Response {
-    let text = crate::metrics::render(&s.engine.stats(), &s.config.served_model_names);
+    let names = &s.config.served_model_names;
+    let mut text = crate::metrics::render(&s.engine.stats(), names);
+    s.npu.render(&crate::metrics::model_label(names), &mut text);
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         text,

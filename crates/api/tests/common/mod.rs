@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use qwen3_api::{router, serve, ApiConfig, AppState, ChatTemplate, SamplingDefaults};
+use qwen3_api::{router, serve, ApiConfig, AppState, ChatTemplate, NpuTelemetry, SamplingDefaults};
 use qwen3_engine::fake_executor::{hash_token_fn, FakeControl, FakeExecutor, TokenFn};
 use qwen3_engine::{EngineConfig, EngineHandle};
 use serde_json::Value;
@@ -114,6 +114,8 @@ pub struct TestServer {
     pub addr: String,
     pub engine: EngineHandle,
     pub control: Arc<FakeControl>,
+    /// What the NPU sampler would publish; tests publish samples by hand.
+    pub npu: Arc<NpuTelemetry>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -148,6 +150,7 @@ pub async fn start(o: Opts) -> TestServer {
     let template = o.template.then(|| {
         ChatTemplate::from_model_dir(&fixtures()).unwrap_or_else(|e| panic!("template: {e}"))
     });
+    let npu = Arc::new(NpuTelemetry::default());
     let state = Arc::new(AppState {
         config: ApiConfig {
             served_model_names: vec!["qwen3-test".into(), "alias".into()],
@@ -164,6 +167,7 @@ pub async fn start(o: Opts) -> TestServer {
         engine: engine.clone(),
         tokenizer: tok,
         template,
+        npu: Arc::clone(&npu),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -180,6 +184,7 @@ pub async fn start(o: Opts) -> TestServer {
         addr,
         engine,
         control,
+        npu,
         stop: Some(stop),
     }
 }
