@@ -143,7 +143,7 @@ fn moe_gptq_act_order_matches_dequantized_reference() {
     check("tiny-qwen3-moe-gptq", 2);
 }
 
-/// The MoE fixtures the NPU takes (crates/cann-emu/tests/e2e_quant.rs), checked here on the
+/// The MoE fixtures the NPU takes (crates/backend-ascend/tests/e2e_quant.rs), checked here on the
 /// CPU in F32 first: the fixtures themselves against their references.
 #[test]
 fn moe_npu_fixtures_match_dequantized_reference() {
