@@ -162,7 +162,6 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             .map(|s| s.to_string())
             .collect(),
         hccl_unavailable: cann.hccl().err().map(|e| e.to_string()),
-        attention_api: cann.ops.attention_apis().first().map(|a| format!("{a:?}")),
         ..Default::default()
     };
     let cann = Arc::new(cann.clone());
@@ -174,6 +173,7 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             return r;
         }
     };
+    r.attention_api = Some(backend.attention_path().to_string());
     r.soc_name = cann.soc_name();
     let mut count = 0u32;
     // SAFETY: valid out-pointer.

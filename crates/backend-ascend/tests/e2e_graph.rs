@@ -326,14 +326,27 @@ fn decode_past_the_first_rope_table_after_a_captured_graph() {
         out
     };
     for dtype in [WeightDType::BF16, WeightDType::F32] {
-        let eager = steps(&mut executor_with_blocks(&emu, 0, dtype, false, &[], blocks));
+        let eager = steps(&mut executor_with_blocks(
+            &emu,
+            0,
+            dtype,
+            false,
+            &[],
+            blocks,
+        ));
         let mut ex = executor_with_blocks(&emu, 1, dtype, true, &[1], blocks);
         let graph = steps(&mut ex);
-        assert!(ex.worker().backend.captured_graphs() >= 1, "{dtype:?}: nothing captured");
+        assert!(
+            ex.worker().backend.captured_graphs() >= 1,
+            "{dtype:?}: nothing captured"
+        );
         drop(ex);
         for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
             let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{dtype:?}: step {i} differs between eager and graph decode");
+            assert!(
+                same,
+                "{dtype:?}: step {i} differs between eager and graph decode"
+            );
         }
     }
     emu.assert_clean();

@@ -111,7 +111,7 @@ fn fia_phase1(
             )));
         }
         need_float(&q, "query")?;
-        // Rule TND-dtype (RULES-shapes.md): op-plugin docs
+        // Rule TND-dtype (README rule table): op-plugin docs
         // torch_npu-npu_fused_infer_attention_score.md, "TND、TND_NTD、NTD_TND场景下…数据类型
         // 仅支持BFLOAT16"; a dtype the op does not take is ACLNN_ERR_PARAM_INVALID (161002)
         // in the FIA docs' return-code table.
@@ -128,7 +128,7 @@ fn fia_phase1(
             )));
         }
         let (t, n, d) = (q.dims[0], q.dims[1], q.dims[2]);
-        // Rule TND-head-dim (RULES-shapes.md): CANN 8.3's tiling check
+        // Rule TND-head-dim (README rule table): CANN 8.3's tiling check
         // (CheckInputShapeWhenLayoutIsTND, prompt_flash_attention_tiling.cpp) as quoted in
         // vllm-ascend PR 9632 and issue 4020, returned as error code 561002
         // (ACLNN_ERR_INNER_TILING_ERROR). The 192/128 split (MLA) is not emulated: the
@@ -208,7 +208,7 @@ fn fia_phase1(
             .unwrap_or(0);
         let table = opt_tensor(a.block_table, "blockTable")?;
         if table.is_some() {
-            // Rule TND-paged-version (RULES-shapes.md): TND with a paged KV cache failed on
+            // Rule TND-paged-version (README rule table): TND with a paged KV cache failed on
             // releases before the ones vllm-ascend requires (vllm-ascend issue 4373, "When
             // layout is TND, not support Page Attention"; vllm-ascend needs CANN 8.3.RC1+).
             if !crate::rt::cann_at_least(8, 3) {
@@ -217,7 +217,7 @@ fn fia_phase1(
                     crate::rt::cann_version()
                 )));
             }
-            // Rule TND-block-size (RULES-shapes.md): TND with paged KV takes blockSize 128,
+            // Rule TND-block-size (README rule table): TND with paged KV takes blockSize 128,
             // 512 or 1024 (/work/shared/ASCEND.md from the ops-transformer FIA docs; the
             // op-plugin doc's general page-attention rule is "最小为128…要求是128的倍数").
             // A value the tiling refuses is 561002.

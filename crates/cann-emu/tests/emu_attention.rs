@@ -404,13 +404,22 @@ fn fia_rejects_what_the_real_op_rejects() {
 /// Replaces the fixture's query and output by ones of another dtype or head dim, runs
 /// phase 1 (and phase 2 when it passes) and puts the fixture's back; returns the status
 /// and the emulator's message.
-fn fia_with_query(s: &Session, fx: &mut Fx, dtype: aclDataType, d: usize, bs: i64) -> (i32, String) {
+fn fia_with_query(
+    s: &Session,
+    fx: &mut Fx,
+    dtype: aclDataType,
+    d: usize,
+    bs: i64,
+) -> (i32, String) {
     let t = 4;
     let elem = if dtype == D::ACL_FLOAT { 4 } else { 2 };
     let dims = [t as i64, N as i64, d as i64];
     let q = s.upload(dtype, &dims, &vec![0; t * N * d * elem]).unwrap();
     let out = s.upload(dtype, &dims, &vec![0; t * N * d * elem]).unwrap();
-    let (q0, out0) = (std::mem::replace(&mut fx.q, q), std::mem::replace(&mut fx.out, out));
+    let (q0, out0) = (
+        std::mem::replace(&mut fx.q, q),
+        std::mem::replace(&mut fx.out, out),
+    );
     let (aq, akv) = (int_array(s, &[3, 4]), int_array(s, &[5, 130]));
     let (st, ex) = fia(s, 4, fx, aq, akv, "TND", bs, 0.25);
     let msg = s.cann.acl.recent_error_message();
