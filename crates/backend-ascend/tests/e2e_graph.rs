@@ -114,6 +114,18 @@ fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
     all
 }
 
+/// Every step's logits of the eager and the graph run are equal bit for bit.
+fn assert_same_logits(dtype: WeightDType, eager: &[Vec<f32>], graph: &[Vec<f32>]) {
+    assert_eq!(eager.len(), graph.len());
+    for (i, (a, b)) in eager.iter().zip(graph).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "{dtype:?}: step {i} differs between eager and graph decode"
+        );
+    }
+}
+
 /// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
 fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
     let emu = Emu::new();
@@ -138,14 +150,7 @@ fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
     };
     let s = emu.stats();
     assert!(s.live_graphs == 0, "graphs freed with the backend: {s:?}");
-    assert_eq!(eager.len(), graph.len());
-    for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
-        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(
-            same,
-            "{dtype:?}: step {i} differs between eager and graph decode"
-        );
-    }
+    assert_same_logits(dtype, &eager, &graph);
     emu.assert_clean();
 }
 
@@ -341,13 +346,7 @@ fn decode_past_the_first_rope_table_after_a_captured_graph() {
             "{dtype:?}: nothing captured"
         );
         drop(ex);
-        for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
-            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(
-                same,
-                "{dtype:?}: step {i} differs between eager and graph decode"
-            );
-        }
+        assert_same_logits(dtype, &eager, &graph);
     }
     emu.assert_clean();
 }
