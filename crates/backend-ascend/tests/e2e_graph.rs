@@ -19,7 +19,7 @@ fn executor(
     graph: bool,
     sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
-    executor_with_blocks(emu, device, dtype, graph, sizes, 4)
+    executor_with_blocks(emu, device, dtype, graph, sizes, 4, None)
 }
 
 fn executor_with_blocks(
@@ -29,6 +29,7 @@ fn executor_with_blocks(
     graph: bool,
     sizes: &[usize],
     blocks: usize,
+    overrides: Option<&serde_json::Value>,
 ) -> SingleExecutor<AscendBackend> {
     let opts = AscendOptions {
         kv_cache_f32: dtype == WeightDType::F32,
@@ -41,7 +42,7 @@ fn executor_with_blocks(
     let m = Qwen3::load(
         &backend,
         &fixtures().join(model),
-        config(model, None),
+        config(model, overrides),
         dtype,
         Shard::WHOLE,
     )
@@ -310,11 +311,14 @@ fn long_seq_batch(ids: &[u32], past: usize, max_blocks: usize) -> Batch {
 /// Issue 18 point 8: a decode graph captured while the RoPE table had 4,096 rows, then an
 /// eager step past position 4,096 (which rebuilds the table larger), then a decode step
 /// there: the replay must not read the old table ("index 5041 out of range [0, 4096)"
-/// when served). The logits must equal eager decode's bit for bit.
+/// when served, with YaRN factor 4 over 4,096 original positions, as here). The logits
+/// must equal eager decode's bit for bit.
 #[test]
 fn decode_past_the_first_rope_table_after_a_captured_graph() {
     let emu = Emu::new();
     let blocks = 5200usize.div_ceil(BLOCK_SIZE);
+    let yarn = serde_json::json!({"rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}});
     let steps = |ex: &mut SingleExecutor<AscendBackend>| -> Vec<Vec<f32>> {
         let mut out = Vec::new();
         // Warm-up traffic: two decode steps at small positions (the first one captures).
@@ -338,8 +342,9 @@ fn decode_past_the_first_rope_table_after_a_captured_graph() {
             false,
             &[],
             blocks,
+            Some(&yarn),
         ));
-        let mut ex = executor_with_blocks(&emu, 1, dtype, true, &[1], blocks);
+        let mut ex = executor_with_blocks(&emu, 1, dtype, true, &[1], blocks, Some(&yarn));
         let graph = steps(&mut ex);
         assert!(
             ex.worker().backend.captured_graphs() >= 1,
