@@ -8,6 +8,7 @@ use ascend_sys::{AttentionApi, Cann};
 use half::bf16;
 use qwen3_backend::{Backend, BackendError, HostData, Result};
 
+use crate::attn_rules::{self, AttentionPath};
 use crate::desc::Dt;
 use crate::mem::{self, dev_err, Device, PoolStats};
 use crate::rope::RopeTable;
@@ -18,6 +19,8 @@ pub struct AscendBackend {
     pub(crate) dev: Arc<Device>,
     pub(crate) opts: AscendOptions,
     pub(crate) attention_api: Option<AttentionApi>,
+    /// How attention runs and why (the KV cache's dtype follows it).
+    pub(crate) attention_path: AttentionPath,
     pub(crate) rope: Mutex<Option<RopeTable>>,
     pub(crate) mask: Mutex<Option<AscendTensor>>,
     /// Captured decode steps by token count.
@@ -37,7 +40,7 @@ impl AscendBackend {
         Self::with_options(cann, device, AscendOptions::default())
     }
 
-    pub fn with_options(cann: Arc<Cann>, device: i32, opts: AscendOptions) -> Result<Self> {
+    pub fn with_options(cann: Arc<Cann>, device: i32, mut opts: AscendOptions) -> Result<Self> {
         // FIA V4 gained `learnableSink` after the 8.3.RC1 alpha builds: there, the V4
         // symbol has another signature, so V3 is used.
         let pre_release_v4 = cann
@@ -52,11 +55,37 @@ impl AscendBackend {
                 *a != AttentionApi::IfaV4PfaV3 && !(pre_release_v4 && *a == AttentionApi::FiaV4)
             }),
         };
+        let version = cann.cann_version();
+        let attention_path = if opts.kv_cache_f32 {
+            AttentionPath::EagerF32 {
+                why: "F32 KV cache asked for; fused attention takes no F32".into(),
+            }
+        } else if !attn_rules::release_has_tnd_paged(version.as_deref()) {
+            // Older releases refuse TND with a paged cache: attend as matmul + softmax.
+            opts.kv_cache_f32 = true;
+            let why = format!(
+                "CANN {} predates fused attention in layout TND with a paged KV cache (8.3.RC1+, vllm-ascend issue 4373)",
+                version.as_deref().unwrap_or("of unknown version")
+            );
+            tracing::warn!(
+                "attention: {why}; the KV cache is F32 and attention is matmul + softmax"
+            );
+            AttentionPath::EagerF32 { why }
+        } else {
+            match attention_api {
+                Some(api) => AttentionPath::Fused {
+                    api,
+                    cann: version.unwrap_or_default(),
+                },
+                None => AttentionPath::Unavailable,
+            }
+        };
         let dev = Device::open(cann, device)?;
         Ok(Self {
             dev,
             opts,
             attention_api,
+            attention_path,
             rope: Mutex::new(None),
             mask: Mutex::new(None),
             graphs: Mutex::new(std::collections::HashMap::new()),
@@ -91,6 +120,11 @@ impl AscendBackend {
     /// The attention operator in use (the newest fused-infer-attention version exported).
     pub fn attention_api(&self) -> Option<AttentionApi> {
         self.attention_api
+    }
+
+    /// How attention runs (fused, or matmul + softmax over an F32 cache) and why.
+    pub fn attention_path(&self) -> &AttentionPath {
+        &self.attention_path
     }
 
     pub(crate) fn device(&self) -> &Arc<Device> {

@@ -162,7 +162,6 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             .map(|s| s.to_string())
             .collect(),
         hccl_unavailable: cann.hccl().err().map(|e| e.to_string()),
-        attention_api: cann.ops.attention_apis().first().map(|a| format!("{a:?}")),
         ..Default::default()
     };
     let cann = Arc::new(cann.clone());
@@ -174,6 +173,7 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             return r;
         }
     };
+    r.attention_api = Some(backend.attention_path().to_string());
     r.soc_name = cann.soc_name();
     let mut count = 0u32;
     // SAFETY: valid out-pointer.
@@ -284,7 +284,9 @@ struct StepData {
 }
 
 const BS: usize = 128;
-const HEAD_DIM: usize = 16;
+/// Real Qwen3's head dim: fused attention in layout TND takes 64, 128 or 192 only, so a
+/// smaller one would fail here on hardware where real models run.
+const HEAD_DIM: usize = 128;
 
 fn step_data() -> StepData {
     StepData {
@@ -378,7 +380,7 @@ fn norms<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
     let mut res = up(b, &data(4 * 32, 7), &[4, 32])?;
     let a = b.rms_norm(&x, &w, 1e-6)?;
     let c = b.add_rms_norm(&y, &mut res, &w, 1e-6)?;
-    let mut h = up(b, &data(4 * 32, 8), &[4, 32])?;
+    let mut h = up(b, &data(4 * 2 * HEAD_DIM, 8), &[4, 2 * HEAD_DIM])?;
     let hw = up(b, &data(HEAD_DIM, 9), &[HEAD_DIM])?;
     b.head_rms_norm(&mut h, &hw, HEAD_DIM, 1e-6)?;
     let mut out = b.to_host_f32(&a)?;

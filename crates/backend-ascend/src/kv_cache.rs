@@ -30,6 +30,12 @@ impl AscendBackend {
     }
 
     pub(crate) fn alloc_kv_cache_impl(&self, s: KvCacheShape) -> Result<AscendKvCache> {
+        if !self.opts.kv_cache_f32 {
+            // A 910B's fused attention refuses these in layout TND: say so at start-up.
+            if let Some(why) = crate::attn_rules::tnd_refusal(s.head_dim, s.block_size) {
+                return Err(unsupported(&why));
+            }
+        }
         // Captured steps write into the old cache's addresses.
         self.drop_graphs()?;
         let shape = [s.num_blocks, s.block_size, s.num_kv_heads, s.head_dim];

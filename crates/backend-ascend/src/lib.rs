@@ -13,6 +13,7 @@
 mod aclnn_macro;
 
 mod attention;
+pub mod attn_rules;
 mod backend;
 pub mod comm;
 pub mod desc;
@@ -37,6 +38,7 @@ use qwen3_backend::{
     StepMeta,
 };
 
+pub use attn_rules::AttentionPath;
 pub use backend::AscendBackend;
 pub use kv_cache::AscendKvCache;
 pub use mem::PoolStats;

@@ -49,7 +49,11 @@ impl AscendBackend {
     ) -> Result<(AscendTensor, AscendTensor, AscendTensor)> {
         let d = 2 * spec.inv_freq.len();
         let n = positions.len();
-        self.refresh_rope(spec, positions)?;
+        // An eager step past the table (a long prompt after warm-up traffic) rebuilds it:
+        // graphs captured earlier gather from the old, shorter one and must go.
+        if self.refresh_rope(spec, positions)? {
+            self.drop_graphs()?;
+        }
         let g = self.rope.lock().unwrap_or_else(|p| p.into_inner());
         let table = g
             .as_ref()

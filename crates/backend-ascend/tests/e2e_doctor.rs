@@ -25,6 +25,12 @@ fn doctor_passes_every_op_check_on_the_emulator() {
             c.op, c.error, c.max_error
         );
     }
+    // The attention API in use, and why (CANN 8.3+: fused attention, TND, paged).
+    let line = report.attention_api.clone().unwrap_or_default();
+    assert!(
+        line.contains("layout TND") && line.contains("8.3.RC1"),
+        "{line}"
+    );
     assert!(report.ok(), "{report}");
     assert!(report.to_string().ends_with("doctor: OK"));
     emu.assert_clean();

@@ -49,7 +49,7 @@ fn batched_and_chunked_prefill_match_goldens_tp1() {
     for chunk in [7, 64, 256] {
         run_goldens(
             &emu,
-            "tiny-qwen3",
+            DENSE,
             &Setup {
                 max_num_batched_tokens: chunk,
                 ..Setup::default()
@@ -64,7 +64,7 @@ fn tensor_parallel_2_matches_goldens() {
     let emu = Emu::new();
     run_goldens(
         &emu,
-        "tiny-qwen3",
+        DENSE,
         &Setup {
             tp: 2,
             max_num_batched_tokens: 7,
@@ -94,7 +94,7 @@ fn moe_matches_goldens_tp1_and_tp2() {
 
 /// A prompt longer than one KV block (128 tokens), from the golden prompts.
 fn long_prompt(len: usize) -> Vec<u32> {
-    let g = golden("tiny-qwen3");
+    let g = golden(DENSE);
     g.cases
         .iter()
         .flat_map(|c| c.prompt_ids.iter().copied())
@@ -107,7 +107,7 @@ fn long_prompt(len: usize) -> Vec<u32> {
 fn prefix_cache_hit_gives_the_same_tokens() {
     let emu = Emu::new();
     let prompt = long_prompt(150);
-    let e = engine(&emu, "tiny-qwen3", &Setup::default());
+    let e = engine(&emu, DENSE, &Setup::default());
     let a = rt().block_on(async {
         let (a, cached_a) = collect(e.submit(request("a", &prompt, 12)).expect("a")).await;
         let (b, cached_b) = collect(e.submit(request("b", &prompt, 12)).expect("b")).await;
@@ -122,7 +122,7 @@ fn prefix_cache_hit_gives_the_same_tokens() {
     // Without prefix caching and in chunks of 50: the same tokens again.
     let e = engine(
         &emu,
-        "tiny-qwen3",
+        DENSE,
         &Setup {
             prefix_caching: false,
             max_num_batched_tokens: 50,
@@ -144,7 +144,7 @@ fn two_hundred_requests_leave_no_leaks() {
     let base = long_prompt(300);
     let e = engine(
         &emu,
-        "tiny-qwen3",
+        DENSE,
         &Setup {
             max_num_seqs: 16,
             max_num_batched_tokens: 96,
@@ -186,7 +186,7 @@ fn two_hundred_requests_leave_no_leaks() {
 #[test]
 fn bf16_tp1_and_tp2_first_tokens_match_goldens() {
     let emu = Emu::new();
-    let golden = golden("tiny-qwen3");
+    let golden = golden(DENSE);
     let cases: Vec<&Case> = golden
         .cases
         .iter()
@@ -196,7 +196,7 @@ fn bf16_tp1_and_tp2_first_tokens_match_goldens() {
     for tp in [1, 2] {
         let e = engine(
             &emu,
-            "tiny-qwen3",
+            DENSE,
             &Setup {
                 tp,
                 dtype: WeightDType::BF16,

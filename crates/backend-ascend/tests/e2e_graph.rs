@@ -19,6 +19,18 @@ fn executor(
     graph: bool,
     sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
+    executor_with_blocks(emu, device, dtype, graph, sizes, 4, None)
+}
+
+fn executor_with_blocks(
+    emu: &Emu,
+    device: i32,
+    dtype: WeightDType,
+    graph: bool,
+    sizes: &[usize],
+    blocks: usize,
+    overrides: Option<&serde_json::Value>,
+) -> SingleExecutor<AscendBackend> {
     let opts = AscendOptions {
         kv_cache_f32: dtype == WeightDType::F32,
         graph_capture: graph,
@@ -26,17 +38,17 @@ fn executor(
         ..AscendOptions::default()
     };
     let backend = AscendBackend::with_options(Arc::clone(&emu.cann), device, opts).expect("device");
-    let model = "tiny-qwen3";
+    let model = DENSE;
     let m = Qwen3::load(
         &backend,
         &fixtures().join(model),
-        config(model, None),
+        config(model, overrides),
         dtype,
         Shard::WHOLE,
     )
     .expect("model loads");
     let kv = backend
-        .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
+        .alloc_kv_cache(m.kv_shape(blocks, BLOCK_SIZE))
         .expect("kv");
     SingleExecutor::new(Worker {
         backend,
@@ -82,7 +94,7 @@ fn two_seq_batch(ids: [&[u32]; 2], past: [usize; 2]) -> Batch {
 
 /// Prefill two golden prompts, then decode `steps` steps greedily; every step's logits.
 fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
-    let g = golden("tiny-qwen3");
+    let g = golden(DENSE);
     let (p0, p1) = (&g.cases[0].prompt_ids, &g.cases[1].prompt_ids);
     let vocab = ex.worker().model.config.vocab_size;
     let b = two_seq_batch([p0, p1], [0, 0]);
@@ -101,6 +113,18 @@ fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
         past = [past[0] + 1, past[1] + 1];
     }
     all
+}
+
+/// Every step's logits of the eager and the graph run are equal bit for bit.
+fn assert_same_logits(dtype: WeightDType, eager: &[Vec<f32>], graph: &[Vec<f32>]) {
+    assert_eq!(eager.len(), graph.len());
+    for (i, (a, b)) in eager.iter().zip(graph).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "{dtype:?}: step {i} differs between eager and graph decode"
+        );
+    }
 }
 
 /// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
@@ -127,14 +151,7 @@ fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
     };
     let s = emu.stats();
     assert!(s.live_graphs == 0, "graphs freed with the backend: {s:?}");
-    assert_eq!(eager.len(), graph.len());
-    for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
-        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(
-            same,
-            "{dtype:?}: step {i} differs between eager and graph decode"
-        );
-    }
+    assert_same_logits(dtype, &eager, &graph);
     emu.assert_clean();
 }
 
@@ -157,10 +174,10 @@ fn padded_graph_decode_equals_eager() {
 #[test]
 fn engine_with_graph_capture_matches_goldens() {
     let emu = Emu::new();
-    let golden = golden("tiny-qwen3");
+    let golden = golden(DENSE);
     let e = engine_with(
         &emu,
-        "tiny-qwen3",
+        DENSE,
         &Setup::default(),
         AscendOptions {
             graph_capture: true,
@@ -215,7 +232,7 @@ fn kv_resize_drops_captured_graphs() {
 #[test]
 fn padded_graphs_follow_the_real_batch_size() {
     let emu = Emu::new();
-    let g = golden("tiny-qwen3");
+    let g = golden(DENSE);
     let (p0, p1) = (g.cases[0].prompt_ids.clone(), g.cases[1].prompt_ids.clone());
     let drive = |ex: &mut SingleExecutor<AscendBackend>| -> Vec<Vec<f32>> {
         let vocab = ex.worker().model.config.vocab_size;
@@ -264,6 +281,77 @@ fn padded_graphs_follow_the_real_batch_size() {
             a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
             "step {i} differs"
         );
+    }
+    emu.assert_clean();
+}
+
+/// One sequence computing `ids` after `past` tokens, its blocks 0, 1, 2... in order.
+fn long_seq_batch(ids: &[u32], past: usize, max_blocks: usize) -> Batch {
+    let positions: Vec<u32> = (past..past + ids.len()).map(|p| p as u32).collect();
+    Batch {
+        new_seqs: Vec::new(),
+        finished: Vec::new(),
+        seqs: vec![ScheduledSeq {
+            seq_id: 1,
+            query_start: 0,
+            query_len: ids.len() as u32,
+            context_len: (past + ids.len()) as u32,
+            sample: true,
+            suppressed: Vec::new(),
+        }],
+        token_ids: ids.to_vec(),
+        slot_mapping: positions.clone(),
+        positions,
+        block_tables: (0..max_blocks as u32).collect(),
+        max_blocks_per_seq: max_blocks,
+        block_size: BLOCK_SIZE,
+    }
+}
+
+/// Issue 18 point 8: a decode graph captured while the RoPE table had 4,096 rows, then an
+/// eager step past position 4,096 (which rebuilds the table larger), then a decode step
+/// there: the replay must not read the old table ("index 5041 out of range [0, 4096)"
+/// when served, with YaRN factor 4 over 4,096 original positions, as here). The logits
+/// must equal eager decode's bit for bit.
+#[test]
+fn decode_past_the_first_rope_table_after_a_captured_graph() {
+    let emu = Emu::new();
+    let blocks = 5200usize.div_ceil(BLOCK_SIZE);
+    let yarn = serde_json::json!({"rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}});
+    let steps = |ex: &mut SingleExecutor<AscendBackend>| -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        // Warm-up traffic: two decode steps at small positions (the first one captures).
+        for pos in [8usize, 9] {
+            let b = long_seq_batch(&[17], pos, blocks);
+            out.push(ex.logits(&b, &[0]).expect("warm-up decode"));
+        }
+        // A chunk of a long prompt past 4,096 positions (eager: query longer than one).
+        let b = long_seq_batch(&[40, 41], 5039, blocks);
+        out.push(ex.logits(&b, &[1]).expect("long prefill chunk"));
+        // Decode there: replays the graph captured at the start.
+        let b = long_seq_batch(&[42], 5041, blocks);
+        out.push(ex.logits(&b, &[0]).expect("decode at position 5041"));
+        out
+    };
+    for dtype in [WeightDType::BF16, WeightDType::F32] {
+        let eager = steps(&mut executor_with_blocks(
+            &emu,
+            0,
+            dtype,
+            false,
+            &[],
+            blocks,
+            Some(&yarn),
+        ));
+        let mut ex = executor_with_blocks(&emu, 1, dtype, true, &[1], blocks, Some(&yarn));
+        let graph = steps(&mut ex);
+        assert!(
+            ex.worker().backend.captured_graphs() >= 1,
+            "{dtype:?}: nothing captured"
+        );
+        drop(ex);
+        assert_same_logits(dtype, &eager, &graph);
     }
     emu.assert_clean();
 }

@@ -89,12 +89,12 @@ fn check_model(model: &str, dtype: WeightDType, tol: f32, greedy: bool) -> f32 {
 
 #[test]
 fn dense_f32_matches_transformers_greedy() {
-    check_model("tiny-qwen3", WeightDType::F32, TOL_F32, true);
+    check_model(DENSE, WeightDType::F32, TOL_F32, true);
 }
 
 #[test]
 fn dense_bf16_logits_close_to_transformers() {
-    check_model("tiny-qwen3", WeightDType::BF16, TOL_BF16, false);
+    check_model(DENSE, WeightDType::BF16, TOL_BF16, false);
 }
 
 #[test]
@@ -107,7 +107,7 @@ fn moe_f32_matches_transformers_greedy() {
 #[test]
 fn decode_reuses_pooled_memory_and_kv_resizes() {
     let emu = Emu::new();
-    let model = "tiny-qwen3";
+    let model = DENSE;
     let case = &golden(model).cases[0];
     let rec = recorded(case);
     let mut ex = executor(&emu, model, WeightDType::BF16);

@@ -19,6 +19,11 @@ use serde::Deserialize;
 /// Fused attention wants KV blocks of 128 tokens whenever a query is longer than one.
 pub const BLOCK_SIZE: usize = 128;
 
+/// The dense fixture the NPU end-to-end tests run: real Qwen3's head_dim 128 with GQA 8:1,
+/// shapes fused attention in layout TND accepts (head_dim 64/128/192 only). The head_dim 16/32
+/// fixtures stay only where attention is the F32 matmul + softmax path (any head_dim).
+pub const DENSE: &str = "tiny-qwen3-hd128";
+
 /// The emulator, fresh, for one test at a time (its counters are process-wide).
 pub struct Emu {
     pub cann: Arc<Cann>,
