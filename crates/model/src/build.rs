@@ -7,7 +7,7 @@ use qwen3_backend::comm::Communicator;
 use qwen3_backend::cpu::comm::InProcessGroup;
 use qwen3_backend::cpu::CpuBackend;
 use qwen3_backend::{Backend, KvCacheShape};
-use qwen3_engine::Executor;
+use qwen3_step::Executor;
 
 use crate::config::ModelConfig;
 use crate::executor::{SingleExecutor, Worker};
@@ -98,8 +98,8 @@ pub fn single_seq_batch(
     start: usize,
     new: bool,
     block_size: usize,
-) -> qwen3_engine::Batch {
-    use qwen3_engine::{Batch, NewSeq, ScheduledSeq};
+) -> qwen3_step::Batch {
+    use qwen3_step::{Batch, NewSeq, ScheduledSeq};
     let ctx = start + ids.len();
     let blocks = ctx.div_ceil(block_size);
     Batch {
@@ -108,7 +108,7 @@ pub fn single_seq_batch(
                 seq_id,
                 token_ids: ids.into(),
                 num_prompt_tokens: ids.len(),
-                sampling: Arc::new(qwen3_backend::sampling::SamplingParams::greedy()),
+                sampling: Arc::new(qwen3_step::SamplingParams::greedy()),
             }]
         } else {
             Vec::new()
@@ -134,7 +134,7 @@ pub fn single_seq_batch(
 }
 
 /// The batch of a profiling pass: `num_tokens` prompt tokens of one sequence.
-pub fn profile_batch(num_tokens: usize, block_size: usize, token_id: u32) -> qwen3_engine::Batch {
+pub fn profile_batch(num_tokens: usize, block_size: usize, token_id: u32) -> qwen3_step::Batch {
     single_seq_batch(u64::MAX, &vec![token_id; num_tokens], 0, true, block_size)
 }
 

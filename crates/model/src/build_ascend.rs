@@ -8,7 +8,7 @@ use qwen3_backend::comm::Communicator;
 use qwen3_backend::Backend;
 use qwen3_backend_ascend::comm::{root_info, HcclCommunicator};
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
-use qwen3_engine::Executor;
+use qwen3_step::Executor;
 
 use crate::build::{rank_kv_shape, LoadOptions};
 use crate::executor::{SingleExecutor, Worker};

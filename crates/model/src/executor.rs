@@ -10,7 +10,7 @@ use std::sync::Arc;
 use qwen3_backend::comm::{Communicator, SingleRank};
 use qwen3_backend::sampling::{draw_seed, SampleRow, SamplingParams};
 use qwen3_backend::{Backend, StepMeta};
-use qwen3_engine::{Batch, Executor, ExecutorError, SeqId, SeqOutput, StepOutput};
+use qwen3_step::{Batch, Executor, ExecutorError, SeqId, SeqOutput, StepOutput};
 
 use crate::qwen3::{ModelError, Qwen3};
 

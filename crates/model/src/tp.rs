@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use qwen3_backend::comm::Communicator;
 use qwen3_backend::Backend;
-use qwen3_engine::{Batch, Executor, ExecutorError, StepOutput};
+use qwen3_step::{Batch, Executor, ExecutorError, StepOutput};
 
 use crate::executor::{exec_err, SeqStates, StepArrays, Worker};
 use crate::qwen3::ModelError;
