@@ -8,6 +8,7 @@
 
 pub mod comm;
 pub mod desc;
+pub mod device_query;
 pub mod doctor;
 mod graph;
 pub mod mem;

@@ -10,7 +10,7 @@ use qwen3_backend::cpu::comm::InProcessGroup;
 use qwen3_backend::cpu::CpuBackend;
 use qwen3_backend::Backend;
 use qwen3_model::executor::StepArrays;
-use qwen3_model::quant::QuantConfig;
+use qwen3_model::quant_config::QuantConfig;
 use qwen3_model::{Qwen3, Shard, WeightDType, Worker};
 
 /// Our F32 arithmetic against transformers' F32 on identical (dequantized) weights.

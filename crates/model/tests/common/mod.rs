@@ -82,7 +82,7 @@ pub const BLOCK_SIZE: usize = 16;
 
 /// A step of one sequence (id 1) computing `ids` at positions `start..`.
 pub fn single_seq_batch(ids: &[u32], start: usize, new: bool) -> Batch {
-    qwen3_model::build::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
+    qwen3_model::profile::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
 }
 
 /// Largest |ours - theirs| over the recorded columns.
