@@ -3,7 +3,7 @@
 //! resizable, see [`ResizableExecutor`]). The device-specific halves are `load_cpu` and
 //! `load_ascend`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ascend_sys::Cann;
@@ -15,7 +15,7 @@ use crate::error::ModelError;
 use crate::executor::{ResizableExecutor, Worker};
 use crate::qwen3::{HeadPlan, Qwen3, Shard, WeightDType};
 
-pub use crate::load_ascend::{ascend_executor, ascend_executor_resizable};
+pub use crate::load_ascend::ascend_executor_resizable;
 pub use crate::load_cpu::{cpu_executor, cpu_executor_resizable};
 
 /// Everything that decides how a model is laid out on its devices.
@@ -94,18 +94,4 @@ pub(crate) fn load_worker<B: Backend>(
     let model = Qwen3::load(&backend, &opts.dir, opts.config.clone(), opts.dtype, shard)?;
     let kv = backend.alloc_kv_cache(kv_shape)?;
     Ok(Worker { backend, model, kv })
-}
-
-/// Bytes of weight files in a model directory (what loading will roughly take).
-pub fn weight_file_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }

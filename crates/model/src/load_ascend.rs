@@ -7,7 +7,6 @@ use ascend_sys::Cann;
 use qwen3_backend::comm::Communicator;
 use qwen3_backend_ascend::comm::{root_info, HcclCommunicator};
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
-use qwen3_step::Executor;
 
 use crate::error::ModelError;
 use crate::executor::{ResizableExecutor, SingleExecutor};
@@ -15,22 +14,8 @@ use crate::load::{load_worker, rank_kv_shape, LoadOptions};
 use crate::qwen3::{Shard, WeightDType};
 use crate::tp::{RankInit, TpExecutor};
 
-/// Loads the model on the NPUs `devices` (one per rank; `opts.tensor_parallel_size` of them).
-pub fn ascend_executor(
-    opts: &LoadOptions,
-    cann: Arc<Cann>,
-    devices: &[i32],
-) -> Result<Box<dyn Executor>, ModelError> {
-    Ok(ascend_executor_resizable(
-        opts,
-        cann,
-        devices,
-        AscendOptions::default(),
-    )?)
-}
-
-/// Like [`ascend_executor`], with backend options, and the KV cache can still be resized after
-/// profiling.
+/// Loads the model on the NPUs `devices` (one per rank; `opts.tensor_parallel_size` of them)
+/// with backend options; the KV cache can still be resized after profiling.
 pub fn ascend_executor_resizable(
     opts: &LoadOptions,
     cann: Arc<Cann>,

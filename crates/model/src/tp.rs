@@ -159,10 +159,6 @@ impl TpExecutor {
             None => Ok(ex),
         }
     }
-
-    pub fn world_size(&self) -> usize {
-        self.ranks.len()
-    }
 }
 
 impl ResizableExecutor for TpExecutor {

@@ -329,6 +329,14 @@ impl Profile {
     fn scale(&self, measured: u64) -> u64 {
         measured * self.max_num_batched_tokens.div_ceil(self.profile_tokens) as u64
     }
+
+    /// How the activations figure was found, for the profiling log lines.
+    fn describe(&self) -> String {
+        format!(
+            "at {} batched tokens (measured at {})",
+            self.max_num_batched_tokens, self.profile_tokens
+        )
+    }
 }
 
 /// Loads the model where `placement` says, runs the profiling pass, and returns the executor
@@ -372,12 +380,8 @@ fn size_cpu_kv(
     loaded_bytes: u64,
     profile: &Profile,
 ) -> anyhow::Result<usize> {
-    let Profile {
-        max_num_batched_tokens,
-        profile_tokens,
-    } = *profile;
     let base = crate::alloc::reset_peak();
-    profile_step(executor, profile_tokens, opts.block_size)?;
+    profile_step(executor, profile.profile_tokens, opts.block_size)?;
     let measured = crate::alloc::peak().saturating_sub(base) as u64;
     let peak = profile.scale(measured);
     let block_bytes = executor.kv_block_bytes(opts.block_size)?;
@@ -394,9 +398,10 @@ fn size_cpu_kv(
         }
     };
     info!(
-        "memory profiling: weights {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), KV budget {:.2} GiB",
+        "memory profiling: weights {:.2} GiB, peak activations {:.1} MiB {}, KV budget {:.2} GiB",
         loaded_bytes as f64 / GIB,
         peak as f64 / (1u64 << 20) as f64,
+        profile.describe(),
         budget as f64 / GIB
     );
     Ok((budget / block_bytes.max(1)) as usize)
@@ -413,12 +418,8 @@ fn size_npu_kv(
     limits: &Limits,
     profile: &Profile,
 ) -> anyhow::Result<usize> {
-    let Profile {
-        max_num_batched_tokens,
-        profile_tokens,
-    } = *profile;
     let before = device_query::device_memory(cann, devices)?;
-    profile_step(executor, profile_tokens, opts.block_size)?;
+    profile_step(executor, profile.profile_tokens, opts.block_size)?;
     let after = device_query::device_memory(cann, devices)?;
     // Per rank; every rank holds the same KV geometry.
     let block_bytes = executor.kv_block_bytes(opts.block_size)? / devices.len().max(1) as u64;
@@ -430,9 +431,10 @@ fn size_npu_kv(
         let used = total.saturating_sub(free0) + activations;
         let rank_budget = ((total as f64 * limits.memory_utilization) as u64).saturating_sub(used);
         info!(
-            "memory profiling on NPU {d}: weights and runtime {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), {:.2} GiB total, KV budget {:.2} GiB",
+            "memory profiling on NPU {d}: weights and runtime {:.2} GiB, peak activations {:.1} MiB {}, {:.2} GiB total, KV budget {:.2} GiB",
             total.saturating_sub(free0) as f64 / GIB,
             activations as f64 / (1u64 << 20) as f64,
+            profile.describe(),
             total as f64 / GIB,
             rank_budget as f64 / GIB
         );

@@ -1,6 +1,8 @@
-//! Shared helpers for the fixture parity tests: the goldens transformers recorded, and
-//! hand-built batches for one sequence at a time.
+//! Shared helpers for the fixture parity tests: the goldens transformers recorded,
+//! hand-built batches for one sequence at a time, and the model run rank by rank (`ranks`).
 #![allow(dead_code)]
+
+pub mod ranks;
 
 use std::path::{Path, PathBuf};
 
