@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ascend_sys::Cann;
 use qwen3_backend::{Backend, KvCacheShape};
+use qwen3_backend_ascend::device_query::Cann;
 use qwen3_backend_ascend::AscendOptions;
 
 use crate::config::ModelConfig;

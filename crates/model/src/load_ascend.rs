@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use ascend_sys::Cann;
 use qwen3_backend::comm::Communicator;
 use qwen3_backend_ascend::comm::{root_info, HcclCommunicator};
+use qwen3_backend_ascend::device_query::Cann;
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
 
 use crate::error::ModelError;

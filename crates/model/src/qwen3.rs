@@ -15,7 +15,8 @@ use crate::quant_unpack::{load_packed, Unpacked, Window};
 use crate::rope::rope_spec;
 use crate::weights::WeightStore;
 
-/// How weights are kept on the device.
+/// How weights are kept on the device (`--dtype`). Not the element type a checkpoint stores
+/// ([`crate::weights::DType`], converted from at load) nor a device's own descriptor types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightDType {
     BF16,
