@@ -5,6 +5,8 @@
 //! The binary builds an [`AppState`] (config, engine handle, tokenizer, chat template) and
 //! calls [`serve`]`(listener, `[`router`]`(state), shutdown)`.
 
+#![forbid(unsafe_code)]
+
 pub mod chat_template;
 pub mod error;
 pub mod metrics;

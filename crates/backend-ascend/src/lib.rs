@@ -17,6 +17,7 @@ pub mod attn_rules;
 mod backend;
 pub mod comm;
 pub mod desc;
+pub mod device_query;
 pub mod doctor;
 mod graph;
 mod kv_cache;

@@ -10,7 +10,7 @@ use common::*;
 use qwen3_backend::Backend;
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
 use qwen3_engine::{Batch, ScheduledSeq};
-use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
+use qwen3_model::{Qwen3, ResizableExecutor, Shard, SingleExecutor, WeightDType, Worker};
 
 fn executor(
     emu: &Emu,

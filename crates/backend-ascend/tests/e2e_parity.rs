@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::*;
 use qwen3_backend::Backend;
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
-use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
+use qwen3_model::{Qwen3, ResizableExecutor, Shard, SingleExecutor, WeightDType, Worker};
 
 /// F32 weights, activations and KV cache (attention by matmul + softmax), as the CPU
 /// backend's parity test.

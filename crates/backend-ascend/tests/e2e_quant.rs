@@ -544,14 +544,14 @@ fn quantized_moe_at_tp2_gives_the_reference_tokens() {
                 let mut next = case.prompt_ids.clone();
                 let mut start = 0;
                 for (i, &want) in case.greedy_ids.iter().enumerate() {
-                    let b = qwen3_model::build::single_seq_batch(
+                    let b = qwen3_model::profile::single_seq_batch(
                         seq,
                         &next,
                         start,
                         start == 0,
                         BLOCK_SIZE,
                     );
-                    let out = ex.as_executor().execute(&b).expect("step");
+                    let out = ex.execute(&b).expect("step");
                     let ours = out.outputs[0].sampled.token;
                     let row = &rec.decode[i];
                     let mut top: Vec<f32> = row.clone();
@@ -568,7 +568,7 @@ fn quantized_moe_at_tp2_gives_the_reference_tokens() {
                     block_size: BLOCK_SIZE,
                     ..Default::default()
                 };
-                ex.as_executor().execute(&done).expect("finish");
+                ex.execute(&done).expect("finish");
             }
         }
         eprintln!("{model} at TP 2: {checked} greedy tokens checked");
@@ -578,8 +578,8 @@ fn quantized_moe_at_tp2_gives_the_reference_tokens() {
 }
 
 /// A fixture on two emulated devices, F32 weights and KV cache.
-fn tp2_executor(emu: &Emu, model: &str) -> qwen3_model::build_ascend::AscendExecutor {
-    let opts = qwen3_model::build::LoadOptions {
+fn tp2_executor(emu: &Emu, model: &str) -> Box<dyn qwen3_model::ResizableExecutor> {
+    let opts = qwen3_model::load::LoadOptions {
         dir: fixtures().join(model),
         config: config(model, None),
         dtype: WeightDType::F32,
@@ -591,13 +591,8 @@ fn tp2_executor(emu: &Emu, model: &str) -> qwen3_model::build_ascend::AscendExec
         kv_cache_f32: true,
         ..AscendOptions::default()
     };
-    qwen3_model::build_ascend::ascend_executor_resizable(
-        &opts,
-        Arc::clone(&emu.cann),
-        &[0, 1],
-        backend,
-    )
-    .expect("TP 2 executor")
+    qwen3_model::load::ascend_executor_resizable(&opts, Arc::clone(&emu.cann), &[0, 1], backend)
+        .expect("TP 2 executor")
 }
 
 fn check_tp2(models: &[&str]) {
@@ -617,14 +612,14 @@ fn check_tp2(models: &[&str]) {
                 let mut next = case.prompt_ids.clone();
                 let mut start = 0;
                 for _ in 0..case.greedy_ids.len() {
-                    let b = qwen3_model::build::single_seq_batch(
+                    let b = qwen3_model::profile::single_seq_batch(
                         seq,
                         &next,
                         start,
                         start == 0,
                         BLOCK_SIZE,
                     );
-                    let out = ex.as_executor().execute(&b).expect("step");
+                    let out = ex.execute(&b).expect("step");
                     let tok = out.outputs[0].sampled.token;
                     toks.push(tok);
                     start += next.len();
@@ -640,7 +635,7 @@ fn check_tp2(models: &[&str]) {
                     block_size: BLOCK_SIZE,
                     ..Default::default()
                 };
-                ex.as_executor().execute(&done).expect("finish");
+                ex.execute(&done).expect("finish");
             }
         }
         emu.assert_clean();

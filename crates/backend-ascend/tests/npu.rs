@@ -123,7 +123,7 @@ fn check(model: &str, dtype: WeightDType, tol: f32, greedy: bool) {
         let mut ex = executor(&cann, model, dtype);
         let vocab = ex.worker().model.config.vocab_size;
         let n = case.prompt.len();
-        let b = qwen3_model::build::single_seq_batch(1, &case.prompt, 0, true, BLOCK_SIZE);
+        let b = qwen3_model::profile::single_seq_batch(1, &case.prompt, 0, true, BLOCK_SIZE);
         let rows: Vec<u32> = (0..n as u32).collect();
         let logits = ex.logits(&b, &rows).unwrap();
         let diff = |ours: &[f32], want: &[f32]| {
@@ -149,7 +149,7 @@ fn check(model: &str, dtype: WeightDType, tol: f32, greedy: bool) {
                     case.name
                 );
             }
-            let b = qwen3_model::build::single_seq_batch(1, &[tok], n + i, false, BLOCK_SIZE);
+            let b = qwen3_model::profile::single_seq_batch(1, &[tok], n + i, false, BLOCK_SIZE);
             last = ex.logits(&b, &[0]).unwrap();
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
-use qwen3_model::build::{cpu_executor, LoadOptions};
+use qwen3_model::load::{cpu_executor, LoadOptions};
 use qwen3_model::WeightDType;
 
 struct Setup {

@@ -15,6 +15,7 @@ use clap::Parser;
 static GLOBAL: alloc::Counting = alloc::Counting;
 
 use cli::{BenchCommand, Cli, Command};
+use qwen3_backend_ascend::device_query::Cann;
 
 fn main() -> anyhow::Result<()> {
     let args = preset::expand(std::env::args_os().collect())?;
@@ -41,9 +42,9 @@ fn main() -> anyhow::Result<()> {
 /// Prints what CANN and the NPUs report; fails when CANN is missing or a check fails.
 fn doctor(args: &cli::DoctorArgs) -> anyhow::Result<()> {
     let cann = if args.cann_dir.is_empty() {
-        ascend_sys::Cann::load()
+        Cann::load()
     } else {
-        ascend_sys::Cann::load_from(&args.cann_dir)
+        Cann::load_from(&args.cann_dir)
     };
     let cann = match cann {
         Ok(c) => c,

@@ -10,9 +10,8 @@ use cann_emu::harness;
 use cann_emu::CannEmuStats;
 use qwen3_backend_ascend::AscendOptions;
 use qwen3_engine::{Batch, EngineConfig, EngineHandle, EngineRequest};
-use qwen3_model::build::LoadOptions;
-use qwen3_model::build_ascend::ascend_executor_resizable;
 use qwen3_model::config::ModelConfig;
+use qwen3_model::load::{ascend_executor_resizable, LoadOptions};
 use qwen3_model::WeightDType;
 use serde::Deserialize;
 
@@ -135,7 +134,7 @@ pub fn config(model: &str, overrides: Option<&serde_json::Value>) -> ModelConfig
 
 /// A step of one sequence (id 1) computing `ids` at positions `start..`.
 pub fn single_seq_batch(ids: &[u32], start: usize, new: bool) -> Batch {
-    qwen3_model::build::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
+    qwen3_model::profile::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
 }
 
 /// Largest |ours - theirs| over the recorded columns.
@@ -184,9 +183,9 @@ pub fn engine_with(emu: &Emu, model: &str, s: &Setup, backend: AscendOptions) ->
         num_blocks: s.num_blocks,
     };
     let devices: Vec<i32> = (0..s.tp as i32).collect();
-    let executor = ascend_executor_resizable(&opts, Arc::clone(&emu.cann), &devices, backend)
-        .expect("executor")
-        .into_boxed();
+    let executor: Box<dyn qwen3_engine::Executor> =
+        ascend_executor_resizable(&opts, Arc::clone(&emu.cann), &devices, backend)
+            .expect("executor");
     let tok = tokenizers::Tokenizer::from_file(fixtures().join(model).join("tokenizer.json"))
         .expect("tokenizer");
     let cfg = EngineConfig {

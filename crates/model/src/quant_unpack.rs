@@ -12,8 +12,8 @@
 
 use qwen3_backend::QuantizedHost;
 
-use crate::quant::{QuantConfig, QuantMethod};
-use crate::qwen3::ModelError;
+use crate::error::ModelError;
+use crate::quant_config::{QuantConfig, QuantMethod};
 use crate::weights::{DType, WeightStore};
 
 /// AWQ's GEMM packing: nibble `p` of a word holds output column `8c + AWQ_ORDER[p]`.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-pub use qwen3_backend::sampling::{Sampled, SamplingParams};
+use crate::sampling::{Sampled, SamplingParams};
 
 /// Engine-internal request id (the API's string id maps onto it).
 pub type SeqId = u64;
