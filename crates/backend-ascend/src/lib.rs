@@ -31,6 +31,7 @@ mod rope;
 pub mod sample;
 mod sample_device;
 mod step;
+pub mod telemetry;
 mod tensor;
 
 use qwen3_backend::sampling::{SampleRow, Sampled};

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ascend_sys::dcmi::{Dcmi, DcmiChip, DcmiHealth};
+use qwen3_backend_ascend::telemetry::{Dcmi, DcmiChip, DcmiHealth};
 use qwen3_api::{NpuSample, NpuTelemetry, ProcessMemory};
 use tracing::{info, warn};
 
