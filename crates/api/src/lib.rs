@@ -5,6 +5,7 @@
 //! calls [`serve`]`(listener, `[`router`]`(state), shutdown)`.
 
 pub mod chat_template;
+pub mod conn;
 pub mod error;
 pub mod metrics;
 pub mod openai;
@@ -14,6 +15,7 @@ pub mod server;
 pub mod tool_parser;
 
 pub use chat_template::ChatTemplate;
+pub use conn::{serve_with, ConnLimits};
 pub use error::ApiError;
 pub use openai::SamplingDefaults;
 pub use server::{router, serve, ApiConfig, AppState};

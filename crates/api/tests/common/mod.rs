@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use qwen3_api::{router, serve, ApiConfig, AppState, ChatTemplate, SamplingDefaults};
+use qwen3_api::{
+    router, serve_with, ApiConfig, AppState, ChatTemplate, ConnLimits, SamplingDefaults,
+};
 use qwen3_engine::fake_executor::{hash_token_fn, FakeControl, FakeExecutor, TokenFn};
 use qwen3_engine::{EngineConfig, EngineHandle};
 use serde_json::Value;
@@ -91,6 +93,7 @@ pub struct Opts {
     pub max_body_bytes: usize,
     pub defaults: SamplingDefaults,
     pub template: bool,
+    pub limits: ConnLimits,
 }
 
 impl Default for Opts {
@@ -106,6 +109,7 @@ impl Default for Opts {
             max_body_bytes: 32 << 20,
             defaults: SamplingDefaults::default(),
             template: true,
+            limits: ConnLimits::default(),
         }
     }
 }
@@ -173,7 +177,7 @@ pub async fn start(o: Opts) -> TestServer {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, router(state), async move {
+    tokio::spawn(serve_with(listener, router(state), o.limits, async move {
         let _ = stopped.await;
     }));
     TestServer {

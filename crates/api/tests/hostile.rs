@@ -1,0 +1,140 @@
+//! A hostile client against the real server: sockets held open idle or half-sent, more
+//! connections than allowed, non-JSON bodies, odd Authorization headers, requests that can
+//! never be admitted, prompts too long to be worth tokenizing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use qwen3_api::ConnLimits;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn short_limits() -> ConnLimits {
+    ConnLimits {
+        header_read_timeout: Duration::from_millis(800),
+        body_read_timeout: Duration::from_millis(800),
+        keep_alive_timeout: Duration::from_millis(800),
+        max_connections: 512,
+    }
+}
+
+/// Reads until the server closes the socket; returns what it sent and how long that took,
+/// or panics if it stays open past `within`.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, s.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "socket still open after {within:?}; got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    (String::from_utf8_lossy(&got).to_string(), start.elapsed())
+}
+
+async fn connect(addr: &str) -> TcpStream {
+    TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_half_sent_connections_are_closed_while_others_are_served() {
+    let server = start(Opts {
+        limits: short_limits(),
+        ..Opts::default()
+    })
+    .await;
+    let addr = server.addr.clone();
+    let body_less = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\":";
+    let sends: [&[u8]; 4] = [
+        b"",
+        b"POST /v1/compl",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le",
+        body_less.as_bytes(),
+    ];
+    // Many of each, so a server that held them would also be seen answering around them.
+    let mut socks = Vec::new();
+    for round in 0..25 {
+        for (kind, bytes) in sends.iter().enumerate() {
+            let mut s = connect(&addr).await;
+            s.write_all(bytes)
+                .await
+                .unwrap_or_else(|e| panic!("write: {e}"));
+            socks.push((round, kind, s));
+        }
+    }
+    // The server still answers while all of them are open.
+    let r = get(&addr, "/health").await;
+    assert_eq!(r.status, 200);
+    for (round, kind, mut s) in socks {
+        let (got, took) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        if kind == 3 {
+            // Headers without their body: a 408 in OpenAI's shape, then close.
+            assert!(got.starts_with("HTTP/1.1 408"), "{round}/{kind}: {got}");
+            assert!(got.contains("\"error\""), "{got}");
+        }
+        assert!(took < Duration::from_secs(5), "{round}/{kind}: {took:?}");
+    }
+    // An idle keep-alive connection is closed too, after its request was answered.
+    let mut s = connect(&addr).await;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let (got, took) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_request_is_not_cut_by_the_idle_timeout() {
+    let server = start(Opts {
+        limits: short_limits(),
+        ..Opts::default()
+    })
+    .await;
+    // The fake model sleeps per step: 40 tokens at 50 ms outlast the 800 ms idle limit.
+    server
+        .control
+        .step_delay_us
+        .store(50_000, std::sync::atomic::Ordering::Relaxed);
+    let r = post(
+        &server.addr,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 40, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_limit_are_refused_clearly() {
+    let server = start(Opts {
+        limits: ConnLimits {
+            max_connections: 4,
+            keep_alive_timeout: Duration::from_secs(30),
+            ..short_limits()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(&server.addr).await);
+    }
+    // Let the server accept them all before the fifth.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = connect(&server.addr).await;
+    let (got, _) = read_until_closed(&mut extra, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.contains("open connections"), "{got}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(&server.addr, "/health").await.status, 200);
+}
