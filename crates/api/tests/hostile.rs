@@ -138,3 +138,89 @@ async fn connections_beyond_the_limit_are_refused_clearly() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(get(&server.addr, "/health").await.status, 200);
 }
+
+/// Waits (up to 10 s) until the engine's stats satisfy `f`.
+async fn wait_for_stats(server: &TestServer, f: impl Fn(&qwen3_engine::EngineStats) -> bool) {
+    let start = Instant::now();
+    while !f(&server.engine.stats()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            server.engine.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admission_is_all_or_nothing_and_checked_before_queueing() {
+    let server = start(Opts {
+        max_num_seqs: 1,
+        max_waiting: 4,
+        ..Opts::default()
+    })
+    .await;
+    // Alone, a request beyond the queue's limit can never be admitted: 400 naming it.
+    for body in [
+        json!({"prompt": "x", "n": 5, "max_tokens": 1}),
+        json!({"prompt": ["x", "y", "z"], "n": 2, "max_tokens": 1}),
+    ] {
+        let e = post(&server.addr, "/v1/completions", &body)
+            .await
+            .error(400);
+        assert_eq!(e["param"], "n", "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--max-waiting-requests (4)")),
+            "{e}"
+        );
+    }
+    let e = post(
+        &server.addr,
+        "/v1/chat/completions",
+        &json!({"messages": user("x"), "n": 5, "max_tokens": 1}),
+    )
+    .await
+    .error(400);
+    assert_eq!(e["param"], "n", "{e}");
+
+    // One running, two waiting: a request for three more gets 429 and queues nothing.
+    server
+        .control
+        .step_delay_us
+        .store(5_000, std::sync::atomic::Ordering::Relaxed);
+    let long = json!({"prompt": "x", "max_tokens": 150, "ignore_eos": true});
+    let mut bg = Vec::new();
+    for _ in 0..3 {
+        let addr = server.addr.clone();
+        let body = long.clone();
+        bg.push(tokio::spawn(async move {
+            post(&addr, "/v1/completions", &body).await.status
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_stats(&server, |s| s.num_running == 1 && s.num_waiting == 2).await;
+    let r = post(
+        &server.addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "n": 3, "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(r.error(429)["type"], "RateLimitError");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stats = server.engine.stats();
+    assert_eq!(stats.request_success_total.abort, 0, "{stats:?}");
+    assert_eq!(stats.num_waiting, 2, "{stats:?}");
+    // Two places are free, and a request for two gets them.
+    let r = post(
+        &server.addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "n": 2, "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for h in bg {
+        assert_eq!(h.await.unwrap_or_else(|e| panic!("{e}")), 200);
+    }
+}

@@ -28,7 +28,7 @@ pub use engine::{
     RequestOutput, StopReason, TokenLogprob,
 };
 pub use error::{EngineError, ErrorKind};
-pub use handle::{EngineHandle, RequestStream};
+pub use handle::{EngineHandle, RequestStream, Reservation};
 pub use kv_cache_manager::KvCacheManager;
 pub use metrics::{EngineStats, FinishCounts, Histogram};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqParams};

@@ -12,7 +12,7 @@ use qwen3_engine::FinishReason;
 
 use super::{
     chat_logprobs, collect, finish_str, logged_json, merge_streams, sse, stop_reason_json,
-    submit_n, Collected, GenLog,
+    submit_all, Collected, GenLog,
 };
 use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
@@ -163,7 +163,13 @@ pub async fn chat_completions(
     base.sampling.seed = s.seed(base.sampling.seed);
     let id = new_id("chatcmpl");
     let n = req.sampling.n as usize;
-    let streams = submit_n(&s, &base, ids, req.sampling.n, &id, "messages")?;
+    let streams = submit_all(
+        &s,
+        &base,
+        vec![(id.clone(), ids)],
+        req.sampling.n,
+        "messages",
+    )?;
     let reasoning = s.config.reasoning_parser;
     let prompt_opens = reasoning && prompt_opens_think(&prompt);
     let created = now_secs();
