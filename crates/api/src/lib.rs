@@ -12,6 +12,7 @@ pub mod openai;
 pub mod reasoning;
 mod routes;
 pub mod server;
+mod tokenize;
 pub mod tool_parser;
 
 pub use chat_template::ChatTemplate;

@@ -224,3 +224,104 @@ async fn admission_is_all_or_nothing_and_checked_before_queueing() {
         assert_eq!(h.await.unwrap_or_else(|e| panic!("{e}")), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prompt_that_cannot_fit_is_refused_without_tokenizing_it_all() {
+    let server = start(Opts {
+        max_model_len: 512,
+        ..Opts::default()
+    })
+    .await;
+    let huge = "lorem ipsum dolor sit amet ".repeat(600_000); // 16 MB
+    for (path, body) in [
+        ("/v1/completions", json!({"prompt": huge, "max_tokens": 1})),
+        ("/v1/chat/completions", json!({"messages": user(&huge), "max_tokens": 1})),
+        ("/tokenize", json!({"prompt": huge})),
+    ] {
+        let start = Instant::now();
+        let e = post(&server.addr, path, &body).await.error(400);
+        assert_eq!(e["code"], "context_length_exceeded", "{path}: {e}");
+        // Tokenizing all 16 MB takes tens of seconds; a context's worth, milliseconds (the
+        // bound is generous for a loaded machine and an unoptimised build).
+        assert!(start.elapsed() < Duration::from_secs(5), "{path}: {:?}", start.elapsed());
+    }
+    // /tokenize still answers what fits.
+    let r = post(&server.addr, "/tokenize", &json!({"prompt": "hello world"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_must_be_json_and_the_bearer_scheme_is_case_insensitive() {
+    let server = start(Opts {
+        api_key: Some("sekrit".into()),
+        ..Opts::default()
+    })
+    .await;
+    let auth = ("Authorization", "Bearer sekrit");
+    let body = json!({"prompt": "x", "max_tokens": 1}).to_string();
+    // A browser's simple POSTs: text/plain, a form, multipart; and no content type at all.
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut s = connect(&server.addr).await;
+        let mut head = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer sekrit\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(ct) = ct {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str("\r\n");
+        head.push_str(&body);
+        s.write_all(head.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (got, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(got.starts_with("HTTP/1.1 415"), "{ct:?}: {got}");
+        assert!(got.contains("\"error\""), "{got}");
+    }
+    let ok = request(
+        &server.addr,
+        "POST",
+        "/v1/completions",
+        &[("Content-Type", "application/json; charset=utf-8")][..],
+        body.as_bytes(),
+    )
+    .await;
+    // (The helper sends its own JSON content type; the key is missing, so 401 first.)
+    assert_eq!(ok.status, 401, "{}", ok.body);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} sekrit");
+        let r = request(
+            &server.addr,
+            "POST",
+            "/v1/completions",
+            &[("Authorization", value.as_str())][..],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+    }
+    // Two Authorization headers: refused, whichever holds the key.
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/completions",
+        &[auth, ("Authorization", "Bearer wrong")][..],
+        body.as_bytes(),
+    )
+    .await;
+    r.error(401);
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/completions",
+        &[("Authorization", "Basic sekrit")][..],
+        body.as_bytes(),
+    )
+    .await;
+    r.error(401);
+}

@@ -16,12 +16,12 @@ use super::{
 use crate::error::ApiError;
 use crate::openai::{CompletionChoice, CompletionRequest, CompletionResponse, Prompt, Usage};
 use crate::server::{body_bytes, new_id, now_secs, AppState, RequestId, St};
+use crate::tokenize::encode_bounded;
 
 fn encode(s: &AppState, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ApiError> {
-    s.tokenizer
-        .encode(text, add_special_tokens)
+    let max_len = s.config.max_model_len;
+    encode_bounded(&s.tokenizer, text, add_special_tokens, max_len, "prompt")
         .map(|e| e.get_ids().to_vec())
-        .map_err(|e| ApiError::invalid("prompt", format!("cannot tokenize the prompt: {e}")))
 }
 
 /// Distinct finish reasons, for the log line.

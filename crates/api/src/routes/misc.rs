@@ -12,6 +12,7 @@ use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
 use crate::openai::{Fields, ModelCard, ModelList};
 use crate::server::{body_bytes, now_secs, St};
+use crate::tokenize::{encode_bounded, prompt_too_long};
 
 pub async fn models(State(s): St) -> Json<ModelList> {
     let created = now_secs();
@@ -84,10 +85,13 @@ pub async fn tokenize(
     let add_special = f
         .opt::<bool>("add_special_tokens")?
         .unwrap_or(add_special_default);
-    let enc = s
-        .tokenizer
-        .encode(text.as_str(), add_special)
-        .map_err(|e| ApiError::bad_request(format!("cannot tokenize: {e}")))?;
+    // Capped as generation is (vLLM's /tokenize also refuses more than max_model_len): it is
+    // open without an API key, so its work must stay bounded.
+    let max_len = s.config.max_model_len;
+    let enc = encode_bounded(&s.tokenizer, &text, add_special, max_len, "prompt")?;
+    if enc.len() > max_len {
+        return Err(prompt_too_long("prompt", max_len, enc.len()));
+    }
     let ids = enc.get_ids().to_vec();
     let token_strs = return_token_strs.then(|| enc.get_tokens().to_vec());
     Ok(Json(json!({

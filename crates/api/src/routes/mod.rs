@@ -26,6 +26,7 @@ use crate::openai::{
     finite_logprob, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob,
 };
 use crate::server::{AppState, LoggedByHandler};
+use crate::tokenize::prompt_too_long;
 
 /// Checks that a prompt of `prompt_len` tokens leaves room to generate.
 fn check_context(
@@ -40,9 +41,7 @@ fn check_context(
         ..ApiError::invalid(param, msg)
     };
     if prompt_len >= max_len {
-        return Err(context_error(format!(
-            "This model's maximum context length is {max_len} tokens. However, your request has {prompt_len} input tokens. Please reduce the length of the input."
-        )));
+        return Err(prompt_too_long(param, max_len, prompt_len));
     }
     if let Some(max_tokens) = base.max_tokens {
         if prompt_len + max_tokens as usize > max_len {
