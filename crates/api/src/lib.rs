@@ -7,6 +7,7 @@
 pub mod chat_template;
 pub mod conn;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod openai;
 pub mod reasoning;
@@ -18,5 +19,6 @@ pub mod tool_parser;
 pub use chat_template::ChatTemplate;
 pub use conn::{serve_with, ConnLimits};
 pub use error::ApiError;
+pub use health::Health;
 pub use openai::SamplingDefaults;
 pub use server::{router, serve, ApiConfig, AppState};

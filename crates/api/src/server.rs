@@ -52,6 +52,8 @@ pub struct AppState {
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     /// None when the model has none: /v1/chat/completions then answers 400.
     pub template: Option<ChatTemplate>,
+    /// What /health reports beyond the engine's own state.
+    pub health: Arc<crate::health::Health>,
 }
 
 pub(crate) type St = State<Arc<AppState>>;
@@ -190,7 +192,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
             .extensions()
             .get::<ApiError>()
             .map(|e| e.message.as_str());
-        if (path == "/health" || path == "/metrics") && status < 400 {
+        if (path.starts_with("/health") || path == "/metrics") && status < 400 {
             debug!(request_id = %id, %method, path, status, elapsed_ms, "request");
         } else {
             info!(request_id = %id, %method, path, status, elapsed_ms, error, "request");
@@ -226,7 +228,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/models", get(routes::misc::models))
-        .route("/health", get(routes::misc::health))
+        .route("/health", get(routes::misc::health_live))
+        .route("/health/live", get(routes::misc::health_live))
+        .route("/health/ready", get(routes::misc::health_ready))
         .route("/version", get(routes::misc::version))
         .route("/tokenize", post(routes::misc::tokenize))
         .route("/detokenize", post(routes::misc::detokenize))

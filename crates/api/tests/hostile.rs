@@ -235,7 +235,10 @@ async fn a_prompt_that_cannot_fit_is_refused_without_tokenizing_it_all() {
     let huge = "lorem ipsum dolor sit amet ".repeat(600_000); // 16 MB
     for (path, body) in [
         ("/v1/completions", json!({"prompt": huge, "max_tokens": 1})),
-        ("/v1/chat/completions", json!({"messages": user(&huge), "max_tokens": 1})),
+        (
+            "/v1/chat/completions",
+            json!({"messages": user(&huge), "max_tokens": 1}),
+        ),
         ("/tokenize", json!({"prompt": huge})),
     ] {
         let start = Instant::now();
@@ -243,7 +246,11 @@ async fn a_prompt_that_cannot_fit_is_refused_without_tokenizing_it_all() {
         assert_eq!(e["code"], "context_length_exceeded", "{path}: {e}");
         // Tokenizing all 16 MB takes tens of seconds; a context's worth, milliseconds (the
         // bound is generous for a loaded machine and an unoptimised build).
-        assert!(start.elapsed() < Duration::from_secs(5), "{path}: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{path}: {:?}",
+            start.elapsed()
+        );
     }
     // /tokenize still answers what fits.
     let r = post(&server.addr, "/tokenize", &json!({"prompt": "hello world"})).await;
@@ -324,4 +331,71 @@ async fn bodies_must_be_json_and_the_bearer_scheme_is_case_insensitive() {
     )
     .await;
     r.error(401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_live_and_ready_and_a_broken_executor_turns_it_503() {
+    let server = start(Opts::default()).await;
+    for path in ["/health", "/health/live", "/health/ready"] {
+        assert_eq!(get(&server.addr, path).await.status, 200, "{path}");
+    }
+    // A fault only a restart clears (as a device monitor would report it).
+    server.health.set_fatal("NPU 0 lost");
+    for path in ["/health", "/health/live", "/health/ready"] {
+        let e = get(&server.addr, path).await.error(503);
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("NPU 0 lost")),
+            "{e}"
+        );
+    }
+
+    // A tensor-parallel rank fault: the request fails, the engine stops, /health says so.
+    let server = start(Opts::default()).await;
+    server
+        .control
+        .break_next
+        .store(true, std::sync::atomic::Ordering::Release);
+    let r = post(
+        &server.addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 3}),
+    )
+    .await;
+    assert!(r.status >= 500, "{} {}", r.status, r.body);
+    let since = Instant::now();
+    while get(&server.addr, "/health").await.status != 503 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "/health stayed 200"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    get(&server.addr, "/health/live").await.error(503);
+
+    // Draining for shutdown: not ready, still live, until the engine stops.
+    let server = start(Opts::default()).await;
+    server
+        .control
+        .step_delay_us
+        .store(5_000, std::sync::atomic::Ordering::Relaxed);
+    let addr = server.addr.clone();
+    let long = tokio::spawn(async move {
+        post(
+            &addr,
+            "/v1/completions",
+            &json!({"prompt": "x", "max_tokens": 200, "ignore_eos": true}),
+        )
+        .await
+        .status
+    });
+    wait_for_stats(&server, |s| s.num_running == 1).await;
+    let engine = server.engine.clone();
+    let stopping = tokio::task::spawn_blocking(move || engine.shutdown(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    get(&server.addr, "/health/ready").await.error(503);
+    assert_eq!(get(&server.addr, "/health/live").await.status, 200);
+    assert_eq!(long.await.unwrap_or_else(|e| panic!("{e}")), 200);
+    stopping.await.unwrap_or_else(|e| panic!("{e}"));
 }

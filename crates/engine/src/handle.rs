@@ -200,6 +200,11 @@ impl EngineHandle {
         self.inner.shared.alive.load(Ordering::Acquire)
     }
 
+    /// Whether new requests are taken (false once shutdown has begun).
+    pub fn is_accepting(&self) -> bool {
+        self.is_alive() && self.inner.shared.accepting.load(Ordering::Acquire)
+    }
+
     /// Stops accepting requests, lets those in flight finish within `grace`, aborts the rest
     /// and waits for the engine thread to end (at most a step beyond `grace`, or 30 s more
     /// if a step hangs).
@@ -308,6 +313,14 @@ fn engine_loop(mut core: EngineCore, rx: Receiver<Command>) {
         }
         if core.has_work() {
             core.step();
+            if core.executor_broken() {
+                tracing::error!(
+                    "the executor cannot run again (a tensor-parallel rank faulted and the \
+                     group is aborted); stopping the engine: /health answers 503, restart \
+                     the process"
+                );
+                break;
+            }
         }
     }
     core.abort_all();

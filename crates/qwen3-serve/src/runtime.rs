@@ -717,6 +717,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         tokenizer: loaded.tokenizer.clone(),
         template,
+        health: Default::default(),
     });
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -37,13 +37,21 @@ pub async fn models(State(s): St) -> Json<ModelList> {
     })
 }
 
-pub async fn health(State(s): St) -> Response {
-    if s.engine.is_alive() {
-        StatusCode::OK.into_response()
-    } else {
-        ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running")
-            .into_response()
+fn health_response(state: Result<(), String>) -> Response {
+    match state {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(why) => ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
+}
+
+/// `/health` (vLLM's) and `/health/live`: 503 once only a restart can help.
+pub async fn health_live(State(s): St) -> Response {
+    health_response(s.health.live(&s.engine))
+}
+
+/// `/health/ready`: also 503 while draining for shutdown.
+pub async fn health_ready(State(s): St) -> Response {
+    health_response(s.health.ready(&s.engine))
 }
 
 pub async fn version() -> Json<Value> {

@@ -116,6 +116,7 @@ impl Default for Opts {
 
 pub struct TestServer {
     pub addr: String,
+    pub health: Arc<qwen3_api::Health>,
     pub engine: EngineHandle,
     pub control: Arc<FakeControl>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -152,6 +153,7 @@ pub async fn start(o: Opts) -> TestServer {
     let template = o.template.then(|| {
         ChatTemplate::from_model_dir(&fixtures()).unwrap_or_else(|e| panic!("template: {e}"))
     });
+    let health = Arc::new(qwen3_api::Health::default());
     let state = Arc::new(AppState {
         config: ApiConfig {
             served_model_names: vec!["qwen3-test".into(), "alias".into()],
@@ -168,6 +170,7 @@ pub async fn start(o: Opts) -> TestServer {
         engine: engine.clone(),
         tokenizer: tok,
         template,
+        health: health.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -182,6 +185,7 @@ pub async fn start(o: Opts) -> TestServer {
     }));
     TestServer {
         addr,
+        health,
         engine,
         control,
         stop: Some(stop),
