@@ -24,6 +24,9 @@ use tracing::{debug, warn};
 
 use crate::error::ApiError;
 
+/// Largest request head (request line and headers) read.
+const MAX_HEAD_BYTES: usize = 128 << 10;
+
 /// How long a connection may take, and how many may be open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnLimits {
@@ -146,10 +149,66 @@ impl Drop for InFlight {
     }
 }
 
-/// A TCP stream that counts the bytes it receives.
+/// A TCP stream that counts the bytes it receives, and gives hyper's own error responses
+/// (a request it could not parse: 400, 414, 431, written with an empty body) a body in
+/// OpenAI's shape.
 struct CountingStream {
     inner: TcpStream,
     activity: Arc<Activity>,
+    /// A replacement response being written: its bytes, how many are written, and the
+    /// length of hyper's response it stands for.
+    replacing: Option<(Vec<u8>, usize, usize)>,
+}
+
+/// The OpenAI-shaped replacement of `head` when it is one of hyper's own bodiless error
+/// responses (no request was handed to the router, which always answers errors with a
+/// body).
+fn replace_parse_error(head: &[u8], in_flight: usize) -> Option<Vec<u8>> {
+    if in_flight > 0 || !head.starts_with(b"HTTP/1.1 4") {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?;
+    if !text
+        .to_ascii_lowercase()
+        .contains("\r\ncontent-length: 0\r\n")
+    {
+        return None;
+    }
+    let status = axum::http::StatusCode::from_bytes(head.get(9..12)?).ok()?;
+    let message = match status.as_u16() {
+        414 => "the request URI is too long",
+        431 => "the request headers are too large",
+        _ => "the request is not valid HTTP/1.1",
+    };
+    let body = ApiError::with_status(status, message).to_json_string();
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl CountingStream {
+    fn poll_replacing(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        while let Some((bytes, written, stands_for)) = self.replacing.as_mut() {
+            if *written == bytes.len() {
+                let n = *stands_for;
+                self.replacing = None;
+                return Poll::Ready(Ok(n));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(0))
+    }
 }
 
 impl AsyncRead for CountingStream {
@@ -174,7 +233,14 @@ impl AsyncWrite for CountingStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.replacing.is_none() {
+            let in_flight = self.activity.in_flight.load(Ordering::Acquire);
+            match replace_parse_error(buf, in_flight) {
+                Some(r) => self.replacing = Some((r, 0, buf.len())),
+                None => return Pin::new(&mut self.inner).poll_write(cx, buf),
+            }
+        }
+        self.poll_replacing(cx)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -190,6 +256,18 @@ impl AsyncWrite for CountingStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // hyper writes its own error responses whole, in the first slice.
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if self.replacing.is_some()
+            || first.is_some_and(|b| {
+                replace_parse_error(b, self.activity.in_flight.load(Ordering::Acquire)).is_some()
+            })
+        {
+            let Some(first) = first else {
+                return self.poll_replacing(cx);
+            };
+            return self.poll_write(cx, first);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -237,6 +315,7 @@ async fn serve_one(
     let io = TokioIo::new(CountingStream {
         inner: stream,
         activity: activity.clone(),
+        replacing: None,
     });
     let act = activity.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -269,6 +348,8 @@ async fn serve_one(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // Headers beyond this are a 431 (a connection's read buffer is bounded by it too).
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);

@@ -399,3 +399,45 @@ async fn health_live_and_ready_and_a_broken_executor_turns_it_503() {
     assert_eq!(long.await.unwrap_or_else(|e| panic!("{e}")), 200);
     stopping.await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_of_the_http_layer_have_openai_shaped_bodies() {
+    let server = start(Opts::default()).await;
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let big_header = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(200_000)
+    );
+    for (raw, status) in [
+        ("GARBAGE\r\n\r\n".to_string(), "400"),
+        (
+            "GET /health HTTP/1.1\r\nBad Header\r\n\r\n".to_string(),
+            "400",
+        ),
+        (long_uri, "414"),
+        (big_header, "431"),
+    ] {
+        let mut s = connect(&server.addr).await;
+        // The server may answer and close before reading everything.
+        let _ = s.write_all(raw.as_bytes()).await;
+        let (got, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(
+            got.starts_with(&format!("HTTP/1.1 {status}")),
+            "{status}: {got}"
+        );
+        let body = got.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{status}: {e}: {got}"));
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert_eq!(
+            v["error"]["code"],
+            status.parse::<u16>().unwrap_or(0),
+            "{v}"
+        );
+    }
+    // Errors the router writes are left as they are.
+    let r = get(&server.addr, "/nope").await;
+    assert_eq!(r.error(404)["type"], "NotFoundError");
+    let r = post(&server.addr, "/v1/completions", &json!({"prompt": 5})).await;
+    r.error(400);
+}
