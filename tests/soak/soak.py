@@ -34,6 +34,14 @@ def note(kind, outcome, latency=None):
             LAT.append(latency)
 
 
+def read_all(s):
+    """Everything the server sends until it closes the socket."""
+    raw = b""
+    while chunk := s.recv(65536):
+        raw += chunk
+    return raw
+
+
 def http(addr, method, path, body=b"", headers=None, timeout=60.0):
     """One request on its own connection; returns (status, body bytes)."""
     hdrs = {"Host": "x", "Connection": "close", "Content-Length": str(len(body))}
@@ -43,12 +51,7 @@ def http(addr, method, path, body=b"", headers=None, timeout=60.0):
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
     with socket.create_connection(addr, timeout=timeout) as s:
         s.sendall(head.encode() + b"\r\n" + body)
-        raw = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
+        raw = read_all(s)
     m = re.match(rb"HTTP/1\.1 (\d+)", raw)
     return (int(m.group(1)) if m else 0), raw
 
@@ -104,12 +107,7 @@ def hostile(addr, rng):
         with socket.create_connection(addr, timeout=120) as s:
             s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
                       b"Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{")
-            raw = b""
-            while True:
-                c = s.recv(4096)
-                if not c:
-                    break
-                raw += c
+            raw = read_all(s)
         note("body-never-sent", raw[9:12].decode() or "closed")
     else:
         st, _ = post_json(addr, "/v1/chat/completions",
