@@ -175,6 +175,7 @@ def main():
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--sample-every", type=float, default=30, help="seconds between RSS samples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--server-log", help="write the server's stderr here")
     ap.add_argument("server_args", nargs="*", help="extra flags for the server")
     a = ap.parse_args()
 
@@ -190,7 +191,14 @@ def main():
             break
     if addr is None:
         sys.exit("the server did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    def drain():
+        log = open(a.server_log, "w") if a.server_log else None
+        for line in proc.stderr:
+            if log:
+                log.write(line)
+                log.flush()
+
+    threading.Thread(target=drain, daemon=True).start()
     time.sleep(1)
     base_fds, base_rss = fds(proc.pid), rss_kib(proc.pid)
     print(f"server pid {proc.pid} on {addr}; baseline fds {base_fds}, RSS {base_rss} KiB", flush=True)
