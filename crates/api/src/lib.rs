@@ -8,17 +8,22 @@
 #![forbid(unsafe_code)]
 
 pub mod chat_template;
+pub mod conn;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod npu;
 pub mod openai;
 pub mod reasoning;
 mod routes;
 pub mod server;
+mod tokenize;
 pub mod tool_parser;
 
 pub use chat_template::ChatTemplate;
+pub use conn::{serve_with, ConnLimits};
 pub use error::ApiError;
 pub use npu::{NpuSample, NpuTelemetry, ProcessMemory};
+pub use health::Health;
 pub use openai::SamplingDefaults;
 pub use server::{router, serve, ApiConfig, AppState};

@@ -26,7 +26,7 @@ pub use engine::{
     RequestOutput, StopReason, TokenLogprob,
 };
 pub use error::{EngineError, ErrorKind};
-pub use handle::{EngineHandle, RequestStream};
+pub use handle::{EngineHandle, RequestStream, Reservation};
 pub use kv_cache_manager::KvCacheManager;
 pub use metrics::{EngineStats, FinishCounts, Histogram};
 /// The step contract lives in `qwen3-step`; `qwen3_engine::batch::…` keeps naming it.

@@ -43,6 +43,8 @@ pub struct TpExecutor {
     ranks: Vec<Rank>,
     /// Called when a rank fails, so peers blocked in a collective are released.
     abort: Arc<dyn Fn() + Send + Sync>,
+    /// Set when a rank failed: its collectives are aborted for good, so no step can run.
+    broken: bool,
 }
 
 fn rank_loop<B: Backend>(
@@ -153,7 +155,11 @@ impl TpExecutor {
                 first_err.get_or_insert(ModelError::Invalid(format!("rank {rank}: {e}")));
             }
         }
-        let ex = Self { ranks, abort };
+        let ex = Self {
+            ranks,
+            abort,
+            broken: false,
+        };
         match first_err {
             Some(e) => Err(e),
             None => Ok(ex),
@@ -209,6 +215,7 @@ impl Executor for TpExecutor {
         for (i, r) in self.ranks.iter().enumerate() {
             if r.tx.send(Job::Step(batch.clone())).is_err() {
                 (self.abort)();
+                self.broken = true;
                 return Err(ExecutorError(format!(
                     "tensor-parallel rank {i} has stopped"
                 )));
@@ -231,9 +238,16 @@ impl Executor for TpExecutor {
             }
         }
         match failure {
-            Some(e) => Err(e),
+            Some(e) => {
+                self.broken = true;
+                Err(e)
+            }
             None => out,
         }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken
     }
 }
 

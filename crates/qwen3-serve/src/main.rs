@@ -17,7 +17,19 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 use cli::{BenchCommand, Cli, Command};
 use qwen3_backend_ascend::device_query::Cann;
 
-fn main() -> anyhow::Result<()> {
+/// Errors reach the user as one line (`Error: outer: cause: cause`), never with anyhow's
+/// backtrace, which `RUST_BACKTRACE=1` would otherwise attach to every start-up error.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = preset::expand(std::env::args_os().collect())?;
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()

@@ -450,6 +450,7 @@ fn size_npu_kv(
 }
 
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    args.model.validate()?;
     let limits = Limits {
         max_num_seqs: 1,
         max_num_batched_tokens: None,
@@ -565,9 +566,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         enable_chunked_prefill: !args.no_enable_chunked_prefill,
         max_waiting_requests: args.max_waiting_requests,
     };
-    if !(0.0..=1.0).contains(&args.gpu_memory_utilization) || args.gpu_memory_utilization == 0.0 {
-        bail!("--gpu-memory-utilization must be in (0, 1]");
-    }
+    args.validate()?;
+    let conn_limits = args.conn_limits()?;
     match args.reasoning_parser.as_deref() {
         None | Some("qwen3") | Some("deepseek_r1") => {}
         Some(other) => bail!("unknown --reasoning-parser {other:?}; supported: qwen3"),
@@ -626,6 +626,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &loaded.npus,
             std::time::Duration::from_secs(args.npu_metrics_interval_seconds),
         ),
+        health: Default::default(),
     });
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -649,9 +650,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stop_tx.send(());
             let _ = tokio::task::spawn_blocking(move || eng.shutdown(grace)).await;
         });
-        qwen3_api::serve(listener, qwen3_api::router(state), async move {
-            let _ = stop_rx.await;
-        })
+        qwen3_api::serve_with(
+            listener,
+            qwen3_api::router(state),
+            conn_limits,
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
         .await?;
         info!("stopped");
         anyhow::Ok(())

@@ -100,4 +100,11 @@ pub struct ExecutorError(pub String);
 /// What runs a step: the model on one or more devices, or a fake in scheduler tests.
 pub trait Executor: Send {
     fn execute(&mut self, batch: &Batch) -> Result<StepOutput, ExecutorError>;
+
+    /// True once a fault has left the executor unable to run any further step (a
+    /// tensor-parallel group whose collectives were aborted); the engine then stops, so
+    /// `/health` turns 503 and an orchestrator restarts the process.
+    fn is_broken(&self) -> bool {
+        false
+    }
 }
