@@ -24,7 +24,10 @@ use tracing::{debug, warn};
 
 use crate::error::ApiError;
 
-/// Largest request head (request line and headers) read.
+/// Largest request head (request line and headers) read. hyper checks it against its read
+/// buffer after each read that leaves the head incomplete, so a head that arrives whole in
+/// one read can pass up to the buffer's capacity (below twice this); one that streams in
+/// past it is a 431.
 const MAX_HEAD_BYTES: usize = 128 << 10;
 
 /// How long a connection may take, and how many may be open.

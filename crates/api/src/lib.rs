@@ -23,7 +23,7 @@ pub mod tool_parser;
 pub use chat_template::ChatTemplate;
 pub use conn::{serve_with, ConnLimits};
 pub use error::ApiError;
-pub use npu::{NpuSample, NpuTelemetry, ProcessMemory};
 pub use health::Health;
+pub use npu::{NpuSample, NpuTelemetry, ProcessMemory};
 pub use openai::SamplingDefaults;
 pub use server::{router, serve, ApiConfig, AppState};

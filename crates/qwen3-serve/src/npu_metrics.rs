@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qwen3_backend_ascend::telemetry::{Dcmi, DcmiChip, DcmiHealth};
 use qwen3_api::{NpuSample, NpuTelemetry, ProcessMemory};
+use qwen3_backend_ascend::telemetry::{Dcmi, DcmiChip, DcmiHealth};
 use tracing::{info, warn};
 
 /// ACL device id → logical id: ACL numbers only the devices ASCEND_RT_VISIBLE_DEVICES
