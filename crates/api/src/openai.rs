@@ -4,7 +4,7 @@
 //!
 //! Unknown request fields are ignored, as the OpenAI SDKs send fields a server may not know;
 //! `null` counts as absent. Fields that would change the output but that this server does
-//! not implement (structured output, beam search, prompt logprobs, ...) are refused with a
+//! not implement (structured output, beam search, ...) are refused with a
 //! clear 400 instead of being silently ignored.
 
 use serde::de::DeserializeOwned;
@@ -148,6 +148,8 @@ pub struct SamplingRequest {
     pub skip_special_tokens: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// vLLM's `prompt_logprobs`: top logprobs per prompt token besides its own.
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl Default for SamplingRequest {
@@ -171,6 +173,7 @@ impl Default for SamplingRequest {
             skip_special_tokens: true,
             stream: false,
             include_usage: false,
+            prompt_logprobs: None,
         }
     }
 }
@@ -276,7 +279,20 @@ impl SamplingRequest {
         };
         // vLLM extras that need machinery this server does not have.
         f.refuse("use_beam_search", "beam search", &[Json::Bool(false)])?;
-        f.refuse("prompt_logprobs", "`prompt_logprobs`", &[])?;
+        let prompt_logprobs = f.opt::<u32>("prompt_logprobs")?;
+        if prompt_logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
+            return Err(ApiError::invalid(
+                "prompt_logprobs",
+                format!("`prompt_logprobs` must be at most {MAX_LOGPROBS}"),
+            ));
+        }
+        if prompt_logprobs.is_some() && stream {
+            // As vLLM: prompt logprobs are only returned whole.
+            return Err(ApiError::invalid(
+                "prompt_logprobs",
+                "`prompt_logprobs` are not available when `stream` is true",
+            ));
+        }
         for key in [
             "guided_json",
             "guided_regex",
@@ -306,6 +322,7 @@ impl SamplingRequest {
             skip_special_tokens: f.opt("skip_special_tokens")?.unwrap_or(true),
             stream,
             include_usage,
+            prompt_logprobs,
         })
     }
 
@@ -346,6 +363,7 @@ impl SamplingRequest {
                 logit_bias: self.logit_bias.clone(),
                 seed: self.seed,
                 logprobs,
+                prompt_logprobs: self.prompt_logprobs,
             },
             max_tokens,
             min_tokens: self.min_tokens,
@@ -440,6 +458,7 @@ impl Prompt {
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Prompt,
+    /// 0 only with `echo`: return the prompt alone.
     pub max_tokens: u32,
     pub logprobs: Option<u32>,
     pub echo: bool,
@@ -456,7 +475,8 @@ impl CompletionRequest {
             f.raw("prompt")
                 .ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?,
         )?;
-        let max_tokens = parse_max_tokens(&mut f, "max_tokens")?.unwrap_or(16);
+        // 0 is allowed with `echo`: the prompt alone (with its logprobs), as vLLM does.
+        let max_tokens = f.opt::<u32>("max_tokens")?.unwrap_or(16);
         let logprobs = f.opt::<u32>("logprobs")?;
         if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
             return Err(ApiError::invalid(
@@ -465,10 +485,10 @@ impl CompletionRequest {
             ));
         }
         let echo = f.opt::<bool>("echo")?.unwrap_or(false);
-        if echo && logprobs.is_some() {
-            return Err(ApiError::unsupported(
-                "echo",
-                "`echo` together with `logprobs` (prompt logprobs)",
+        if max_tokens == 0 && !echo {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                "`max_tokens` must be at least 1 (0 only with `echo`)",
             ));
         }
         match f.opt::<u32>("best_of")? {
@@ -481,6 +501,12 @@ impl CompletionRequest {
         parse_response_format(&mut f)?;
         let add_special_tokens = f.opt::<bool>("add_special_tokens")?.unwrap_or(true);
         let sampling = SamplingRequest::parse(&mut f)?;
+        if echo && logprobs.is_some() && sampling.stream {
+            return Err(ApiError::unsupported(
+                "echo",
+                "`echo` with `logprobs` when `stream` is true",
+            ));
+        }
         Ok(Self {
             model,
             prompt,
@@ -699,7 +725,22 @@ pub struct CompletionChoice {
     pub finish_reason: Option<&'static str>,
     /// vLLM's extra: the stop string or token id that ended the choice.
     pub stop_reason: Json,
+    /// vLLM's extra, when asked for: see [`PromptLogprobs`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
+
+/// vLLM's `Logprob`: a token's logprob, its rank in the vocabulary and its text.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RankedLogprob {
+    pub logprob: f32,
+    pub rank: u32,
+    pub decoded_token: String,
+}
+
+/// vLLM's `prompt_logprobs`: `null` for the first prompt token, then per token a map from
+/// token id to its [`RankedLogprob`] (the prompt token's own, and the top N).
+pub type PromptLogprobs = Vec<Option<std::collections::BTreeMap<u32, RankedLogprob>>>;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CompletionResponse {
@@ -777,6 +818,9 @@ pub struct ChatCompletionResponse {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// vLLM's extra, when asked for (of the templated prompt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

@@ -26,6 +26,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Number of top logprobs to return besides the chosen token's (None: no logprobs).
     pub logprobs: Option<u32>,
+    /// vLLM's `prompt_logprobs`: top logprobs per prompt position besides the prompt token's
+    /// own (None: none, and the prompt's logits are never computed).
+    #[serde(default)]
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +45,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -212,7 +217,7 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-fn log_sum_exp(v: &[f32]) -> f32 {
+pub(crate) fn log_sum_exp(v: &[f32]) -> f32 {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return max;
@@ -227,7 +232,7 @@ thread_local! {
 }
 
 /// The `n` largest (index, value) pairs, best first, ties by lower index.
-fn top_n(v: &[f32], n: usize) -> Vec<(u32, f32)> {
+pub(crate) fn top_n(v: &[f32], n: usize) -> Vec<(u32, f32)> {
     let n = n.min(v.len());
     if n == 0 {
         return Vec::new();

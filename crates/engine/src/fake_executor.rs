@@ -345,7 +345,10 @@ impl Executor for FakeExecutor {
                 },
             });
         }
-        Ok(StepOutput { outputs })
+        Ok(StepOutput {
+            outputs,
+            ..StepOutput::default()
+        })
     }
 }
 

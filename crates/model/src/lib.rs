@@ -5,6 +5,7 @@ pub mod build_ascend;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod prompt_logprobs;
 pub mod quant;
 pub mod quantized;
 pub mod qwen3;

@@ -11,7 +11,7 @@ use axum::Extension;
 use qwen3_engine::FinishReason;
 
 use super::{
-    chat_logprobs, collect, finish_str, logged_json, merge_streams, sse, stop_reason_json,
+    chat_logprobs, collect, prompt_logprobs_json, finish_str, logged_json, merge_streams, sse, stop_reason_json,
     submit_n, Collected, GenLog,
 };
 use crate::chat_template::{RenderOptions, TemplateError};
@@ -164,6 +164,7 @@ pub async fn chat_completions(
     let id = new_id("chatcmpl");
     let n = req.sampling.n as usize;
     let streams = submit_n(&s, &base, ids, req.sampling.n, &id, "messages")?;
+    let want_prompt_logprobs = base.sampling.prompt_logprobs.is_some();
     let reasoning = s.config.reasoning_parser;
     let prompt_opens = reasoning && prompt_opens_think(&prompt);
     let created = now_secs();
@@ -214,8 +215,12 @@ pub async fn chat_completions(
             object: "chat.completion",
             created,
             model,
-            choices,
             usage: Usage::new(log.prompt_tokens, log.output_tokens, log.cached_tokens),
+            prompt_logprobs: want_prompt_logprobs.then(|| {
+                let lps = collected.first().and_then(|c| c.prompt_logprobs.as_deref());
+                prompt_logprobs_json(&s, lps.unwrap_or_default())
+            }),
+            choices,
         }));
     }
     let include_usage = req.sampling.include_usage;

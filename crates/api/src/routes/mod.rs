@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use qwen3_engine::batch::PromptLogprob;
 use qwen3_engine::{
     EngineRequest, FinishReason, RequestOutput, RequestStream, StopReason, TokenLogprob,
 };
@@ -22,7 +23,8 @@ use tracing::info;
 
 use crate::error::ApiError;
 use crate::openai::{
-    finite_logprob, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob,
+    finite_logprob, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, PromptLogprobs,
+    RankedLogprob, TopLogprob,
 };
 use crate::server::{AppState, LoggedByHandler};
 
@@ -76,6 +78,8 @@ pub(crate) fn submit_n(
 pub(crate) struct Collected {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
+    /// Set when prompt logprobs were asked for.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
     pub finish: Option<FinishReason>,
     pub stop_reason: Option<StopReason>,
     pub prompt_tokens: usize,
@@ -91,6 +95,9 @@ impl Collected {
         }
         self.text.push_str(&o.text);
         self.logprobs.extend(o.logprobs);
+        if o.prompt_logprobs.is_some() {
+            self.prompt_logprobs = o.prompt_logprobs;
+        }
         self.prompt_tokens = self.prompt_tokens.max(o.num_prompt_tokens);
         self.output_tokens = self.output_tokens.max(o.num_output_tokens);
         self.cached_tokens = self.cached_tokens.max(o.num_cached_tokens);
@@ -175,6 +182,61 @@ pub(crate) fn completion_logprobs(
         out.top_logprobs.push(Some(top));
     }
     out
+}
+
+/// The echoed prompt's logprobs in completions' shape: the first token has none (`null`), as
+/// OpenAI and vLLM return it; `offset` advances past the prompt's tokens.
+pub(crate) fn echo_logprobs(
+    s: &AppState,
+    prompt: &[u32],
+    lps: &[PromptLogprob],
+    offset: &mut usize,
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs {
+        text_offset: Vec::with_capacity(prompt.len()),
+        token_logprobs: Vec::with_capacity(prompt.len()),
+        tokens: Vec::with_capacity(prompt.len()),
+        top_logprobs: Vec::with_capacity(prompt.len()),
+    };
+    for (i, &id) in prompt.iter().enumerate() {
+        let t = token_str(s, id);
+        out.text_offset.push(*offset);
+        *offset += t.chars().count();
+        let lp = i.checked_sub(1).and_then(|j| lps.get(j));
+        out.token_logprobs
+            .push(lp.map(|lp| finite_logprob(lp.logprob)));
+        out.top_logprobs.push(lp.map(|lp| {
+            let mut top = Map::new();
+            top.insert(t.clone(), Json::from(finite_logprob(lp.logprob)));
+            for (id, l) in &lp.top {
+                top.entry(token_str(s, *id))
+                    .or_insert_with(|| Json::from(finite_logprob(*l)));
+            }
+            top
+        }));
+        out.tokens.push(t);
+    }
+    out
+}
+
+/// vLLM's `prompt_logprobs`: `null` first, then per prompt token its own logprob and rank
+/// and the top N (ranks 1..N), keyed by token id.
+pub(crate) fn prompt_logprobs_json(s: &AppState, lps: &[PromptLogprob]) -> PromptLogprobs {
+    let entry = |id: u32, l: f32, rank: u32| RankedLogprob {
+        logprob: finite_logprob(l),
+        rank,
+        decoded_token: token_str(s, id),
+    };
+    std::iter::once(None)
+        .chain(lps.iter().map(|lp| {
+            let mut m = std::collections::BTreeMap::new();
+            for (r, &(id, l)) in lp.top.iter().enumerate() {
+                m.insert(id, entry(id, l, r as u32 + 1));
+            }
+            m.insert(lp.token_id, entry(lp.token_id, lp.logprob, lp.rank));
+            Some(m)
+        }))
+        .collect()
 }
 
 pub(crate) fn chat_logprobs(s: &AppState, lps: &[TokenLogprob]) -> ChatLogprobs {
