@@ -115,10 +115,10 @@ mod tests {
         let prompt: Vec<u32> = (100..110).collect(); // 10 tokens
         let batch = Batch {
             seqs: vec![
-                seq(1, 0, 4, 4),  // positions 0..4 score tokens 1..5
-                seq(2, 4, 6, 10), // positions 4..10: 4..9 score 5..10, 9 samples
+                seq(1, 0, 4, 4),   // positions 0..4 score tokens 1..5
+                seq(2, 4, 6, 10),  // positions 4..10: 4..9 score 5..10, 9 samples
                 seq(3, 10, 1, 11), // a decode: nothing
-                seq(4, 11, 3, 3), // no prompt logprobs asked
+                seq(4, 11, 3, 3),  // no prompt logprobs asked
             ],
             ..Batch::default()
         };
