@@ -18,8 +18,22 @@ use qwen3_engine::EngineRequest;
 
 /// Most choices one request may ask for (each is a sequence in the engine).
 pub const MAX_N: u32 = 128;
-/// Most top logprobs per token (vLLM's default `--max-logprobs`).
+/// Most top logprobs per token: vLLM's default `--max-logprobs`.
 pub const MAX_LOGPROBS: u32 = 20;
+
+/// A logprobs count against `--max-logprobs`, with vLLM's wording.
+fn check_logprobs(key: &str, what: &str, n: Option<u32>, max: u32) -> Result<(), ApiError> {
+    match n {
+        Some(n) if n > max => Err(ApiError::invalid(
+            key,
+            format!(
+                "Requested {what} logprobs of {n}, which is greater than max allowed: {max} \
+                 (`{key}`; the server's --max-logprobs)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Request parsing
@@ -280,12 +294,6 @@ impl SamplingRequest {
         // vLLM extras that need machinery this server does not have.
         f.refuse("use_beam_search", "beam search", &[Json::Bool(false)])?;
         let prompt_logprobs = f.opt::<u32>("prompt_logprobs")?;
-        if prompt_logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
-            return Err(ApiError::invalid(
-                "prompt_logprobs",
-                format!("`prompt_logprobs` must be at most {MAX_LOGPROBS}"),
-            ));
-        }
         if prompt_logprobs.is_some() && stream {
             // As vLLM: prompt logprobs are only returned whole.
             return Err(ApiError::invalid(
@@ -478,12 +486,6 @@ impl CompletionRequest {
         // 0 is allowed with `echo`: the prompt alone (with its logprobs), as vLLM does.
         let max_tokens = f.opt::<u32>("max_tokens")?.unwrap_or(16);
         let logprobs = f.opt::<u32>("logprobs")?;
-        if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
-            return Err(ApiError::invalid(
-                "logprobs",
-                format!("`logprobs` must be at most {MAX_LOGPROBS}"),
-            ));
-        }
         let echo = f.opt::<bool>("echo")?.unwrap_or(false);
         if max_tokens == 0 && !echo {
             return Err(ApiError::invalid(
@@ -516,6 +518,19 @@ impl CompletionRequest {
             add_special_tokens,
             sampling,
         })
+    }
+}
+
+impl CompletionRequest {
+    /// The logprobs counts against the server's `--max-logprobs`.
+    pub fn check_limits(&self, max_logprobs: u32) -> Result<(), ApiError> {
+        check_logprobs("logprobs", "sample", self.logprobs, max_logprobs)?;
+        check_logprobs(
+            "prompt_logprobs",
+            "prompt",
+            self.sampling.prompt_logprobs,
+            max_logprobs,
+        )
     }
 }
 
@@ -569,12 +584,6 @@ impl ChatRequest {
         };
         let logprobs = f.opt::<bool>("logprobs")?.unwrap_or(false);
         let top_logprobs = f.opt::<u32>("top_logprobs")?;
-        if top_logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
-            return Err(ApiError::invalid(
-                "top_logprobs",
-                format!("`top_logprobs` must be at most {MAX_LOGPROBS}"),
-            ));
-        }
         if top_logprobs.is_some() && !logprobs {
             return Err(ApiError::invalid(
                 "top_logprobs",
@@ -664,6 +673,19 @@ impl ChatRequest {
             continue_final_message,
             sampling,
         })
+    }
+}
+
+impl ChatRequest {
+    /// The logprobs counts against the server's `--max-logprobs`.
+    pub fn check_limits(&self, max_logprobs: u32) -> Result<(), ApiError> {
+        check_logprobs("top_logprobs", "sample", self.logprobs, max_logprobs)?;
+        check_logprobs(
+            "prompt_logprobs",
+            "prompt",
+            self.sampling.prompt_logprobs,
+            max_logprobs,
+        )
     }
 }
 
@@ -910,12 +932,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Parsed and checked against the default `--max-logprobs`, as the route does.
     fn completion(v: Json) -> Result<CompletionRequest, ApiError> {
-        CompletionRequest::parse(v.to_string().as_bytes())
+        let r = CompletionRequest::parse(v.to_string().as_bytes())?;
+        r.check_limits(MAX_LOGPROBS).map(|()| r)
     }
 
     fn chat(v: Json) -> Result<ChatRequest, ApiError> {
-        ChatRequest::parse(v.to_string().as_bytes())
+        let r = ChatRequest::parse(v.to_string().as_bytes())?;
+        r.check_limits(MAX_LOGPROBS).map(|()| r)
     }
 
     fn param_of(r: Result<impl std::fmt::Debug, ApiError>) -> Option<String> {
@@ -993,7 +1018,12 @@ mod tests {
             ),
             (json!({"suffix": "x"}), "suffix"),
             (json!({"best_of": 2}), "best_of"),
-            (json!({"echo": true, "logprobs": 1}), "echo"),
+            (json!({"echo": true, "logprobs": 1, "stream": true}), "echo"),
+            (json!({"prompt_logprobs": 21}), "prompt_logprobs"),
+            (
+                json!({"prompt_logprobs": 1, "stream": true}),
+                "prompt_logprobs",
+            ),
             (json!({"use_beam_search": true}), "use_beam_search"),
             (json!({"guided_json": {}}), "guided_json"),
             (
@@ -1041,6 +1071,39 @@ mod tests {
         assert_eq!(e.min_tokens, 2);
         let bad = s.engine_request(&SamplingDefaults::default(), Some(1), None);
         assert_eq!(param_of(bad).as_deref(), Some("min_tokens"));
+    }
+
+    #[test]
+    fn echo_logprobs_max_tokens_zero_and_prompt_logprobs() {
+        // What lm-evaluation-harness sends for loglikelihoods, and the prompt-only form.
+        for max_tokens in [0, 1] {
+            let r = completion(json!({
+                "prompt": [[1, 2, 3]], "echo": true, "logprobs": 1, "max_tokens": max_tokens,
+                "temperature": 0
+            }))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(
+                (r.max_tokens, r.logprobs, r.echo),
+                (max_tokens, Some(1), true)
+            );
+        }
+        let r = completion(json!({"prompt": "x", "prompt_logprobs": 20}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.sampling.prompt_logprobs, Some(20));
+        let e = r
+            .sampling
+            .engine_request(&SamplingDefaults::default(), Some(1), None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(e.sampling.prompt_logprobs, Some(20));
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let r = chat(json!({"messages": msgs, "prompt_logprobs": 0}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.sampling.prompt_logprobs, Some(0));
+        // `max_tokens: 0` means the prompt alone, which only `echo` returns.
+        assert_eq!(
+            param_of(completion(json!({"prompt": "x", "max_tokens": 0}))).as_deref(),
+            Some("max_tokens")
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub mod logprobs;
 pub mod quant;
 pub mod sampling;
 
-pub use quant::QuantizedHost;
 use logprobs::PromptLogprob;
+pub use quant::QuantizedHost;
 use sampling::{SampleRow, Sampled};
 
 #[derive(Debug, thiserror::Error)]

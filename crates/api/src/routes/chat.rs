@@ -11,8 +11,8 @@ use axum::Extension;
 use qwen3_engine::FinishReason;
 
 use super::{
-    chat_logprobs, collect, prompt_logprobs_json, finish_str, logged_json, merge_streams, sse, stop_reason_json,
-    submit_n, Collected, GenLog,
+    chat_logprobs, collect, finish_str, logged_json, merge_streams, prompt_logprobs_json, sse,
+    stop_reason_json, submit_n, Collected, GenLog,
 };
 use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
@@ -131,6 +131,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let req = ChatRequest::parse(&body_bytes(body)?)?;
+    req.check_limits(s.config.max_logprobs)?;
     let model = s.check_model(req.model.as_deref())?;
     let tools = parse_tools(&s, &req.tool_choice)?;
     let template = s.template.as_ref().ok_or_else(|| {

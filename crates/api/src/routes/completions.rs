@@ -71,12 +71,15 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let req = CompletionRequest::parse(&body_bytes(body)?)?;
+    req.check_limits(s.config.max_logprobs)?;
     let model = s.check_model(req.model.as_deref())?;
     // `max_tokens: 0` (echo only) runs as 1, its token dropped, as vLLM does.
     let echo_only = req.max_tokens == 0;
-    let mut base =
-        req.sampling
-            .engine_request(&s.config.defaults, Some(req.max_tokens.max(1)), req.logprobs)?;
+    let mut base = req.sampling.engine_request(
+        &s.config.defaults,
+        Some(req.max_tokens.max(1)),
+        req.logprobs,
+    )?;
     if req.echo && req.logprobs.is_some() {
         // As vLLM: the echoed prompt's logprobs are prompt logprobs of the same count.
         base.sampling.prompt_logprobs = base.sampling.prompt_logprobs.max(req.logprobs);
