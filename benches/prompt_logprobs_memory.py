@@ -4,9 +4,9 @@
     cargo build --release -p qwen3-serve
     python3 benches/prompt_logprobs_memory.py target/release/qwen3-serve [TOKENS]
 
-Each mode gets a fresh server on the fixture model (F32) so its VmHWM (the kernel's peak RSS
-of the process) is that request's alone; the figure is the growth over the idle server's.
-Standard library only.
+Each mode gets a fresh server on the fixture model (F32); its peak RSS (VmHWM) is reset once
+the server is idle, so the figure is the request's growth over the idle server's RSS. Linux,
+standard library only.
 """
 import json
 import re
@@ -20,9 +20,15 @@ BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/qwen3-serve"
 TOKENS = int(sys.argv[2]) if len(sys.argv) > 2 else 8192
 
 
-def hwm_kib(pid):
+def status_kib(pid, key):
     with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+        return int(re.search(key + r":\s+(\d+)", f.read()).group(1))
+
+
+def reset_peak(pid):
+    # Linux >= 4.0: writing 5 resets VmHWM to the current RSS (the load's peak is not ours).
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
 
 
 def run(body):
@@ -37,14 +43,15 @@ def run(body):
             addr = m.group(1)
             break
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    idle = hwm_kib(proc.pid)
+    reset_peak(proc.pid)
+    idle = status_kib(proc.pid, "VmRSS")
     req = urllib.request.Request(f"http://{addr}/v1/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     t = time.time()
     with urllib.request.urlopen(req, timeout=3600) as r:
         size = len(r.read())
     secs = time.time() - t
-    peak = hwm_kib(proc.pid)
+    peak = status_kib(proc.pid, "VmHWM")
     proc.terminate()
     proc.wait(timeout=30)
     return (peak - idle) / 1024, idle / 1024, size / 2**20, secs

@@ -16,8 +16,11 @@ const TOL_F32: f32 = 1e-4;
 /// The emulated BF16 path's logits bound (0.25, e2e_parity.rs), twice.
 const TOL_BF16: f32 = 0.5;
 
-/// (prompt ids, logprob of each token after the first, top-5 logprobs) per prompt.
-fn goldens(model: &str) -> Vec<(String, Vec<u32>, Vec<f32>, Vec<Vec<f32>>)> {
+/// One golden prompt: its name, ids, the logprob of each token after the first, and the
+/// top-5 logprobs at each of those positions.
+type PromptGolden = (String, Vec<u32>, Vec<f32>, Vec<Vec<f32>>);
+
+fn goldens(model: &str) -> Vec<PromptGolden> {
     let path = fixtures().join("goldens/prompt_logprobs.json");
     let g: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("goldens"))
         .expect("goldens json");
