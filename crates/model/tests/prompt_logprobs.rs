@@ -8,15 +8,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use common::*;
 use qwen3_engine::batch::PromptLogprob;
-use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
-use qwen3_model::build::{cpu_executor, LoadOptions};
+use qwen3_engine::{EngineHandle, EngineRequest};
 use qwen3_model::WeightDType;
 use serde::Deserialize;
+use std::collections::HashMap;
 
 const TOL: f32 = 1e-4;
 const TOP: u32 = 5;
@@ -44,47 +41,12 @@ fn goldens() -> Goldens {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-struct Setup {
-    tp: usize,
-    num_blocks: usize,
-    chunk: usize,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Self {
-            tp: 1,
-            num_blocks: 64,
-            chunk: 256,
-        }
-    }
-}
-
-fn engine(model: &str, s: &Setup) -> EngineHandle {
-    let block_size = 16;
-    let opts = LoadOptions {
-        dir: fixtures().join(model),
-        config: config(model, None),
+/// F32 weights: the goldens are F32 and the bound is 1e-4.
+fn f32_setup() -> Setup {
+    Setup {
         dtype: WeightDType::F32,
-        tensor_parallel_size: s.tp,
-        block_size,
-        num_blocks: s.num_blocks,
-    };
-    let executor = cpu_executor(&opts).expect("executor");
-    let tok = tokenizers::Tokenizer::from_file(fixtures().join(model).join("tokenizer.json"))
-        .expect("tokenizer");
-    let cfg = EngineConfig {
-        block_size,
-        num_blocks: s.num_blocks,
-        max_num_seqs: 8,
-        max_num_batched_tokens: s.chunk,
-        max_model_len: 256,
-        enable_prefix_caching: true,
-        enable_chunked_prefill: true,
-        max_waiting_requests: 64,
-        eos_token_ids: vec![151645, 151643],
-    };
-    EngineHandle::start(cfg, executor, Arc::new(tok)).expect("engine starts")
+        ..Setup::default()
+    }
 }
 
 fn request(
@@ -205,7 +167,10 @@ fn check_all(model: &str, s: &Setup) -> EngineHandle {
     rt().block_on(async {
         for (name, stream) in streams {
             let (lps, _) = drain(stream).await;
-            let label = format!("{model}/{name} tp{} chunk {}", s.tp, s.chunk);
+            let label = format!(
+                "{model}/{name} tp{} chunk {}",
+                s.tp, s.max_num_batched_tokens
+            );
             check(&label, &lps.expect("prompt logprobs"), &cases[name]);
         }
     });
@@ -215,7 +180,7 @@ fn check_all(model: &str, s: &Setup) -> EngineHandle {
 #[test]
 fn dense_and_moe_match_transformers() {
     for model in ["tiny-qwen3", "tiny-qwen3-moe"] {
-        check_all(model, &Setup::default());
+        check_all(model, &f32_setup());
     }
 }
 
@@ -225,8 +190,8 @@ fn chunked_prefill_at_1_and_7_matches() {
         check_all(
             "tiny-qwen3",
             &Setup {
-                chunk,
-                ..Setup::default()
+                max_num_batched_tokens: chunk,
+                ..f32_setup()
             },
         );
     }
@@ -239,8 +204,8 @@ fn tensor_parallel_2_matches_dense_and_moe() {
             model,
             &Setup {
                 tp: 2,
-                chunk: 7,
-                ..Setup::default()
+                max_num_batched_tokens: 7,
+                ..f32_setup()
             },
         );
     }
@@ -248,23 +213,51 @@ fn tensor_parallel_2_matches_dense_and_moe() {
 
 #[test]
 fn preemption_under_a_tiny_cache_keeps_prompt_logprobs() {
-    // 5 usable blocks of 16: the three prompts (5, 4 and 47 tokens) cannot all stay.
-    let e = check_all(
-        "tiny-qwen3",
-        &Setup {
-            num_blocks: 6,
-            chunk: 16,
-            ..Setup::default()
-        },
+    // 5 usable blocks of 16; the three prompts (5, 4 and 47 tokens) with 30 tokens each need
+    // 3 + 3 + 5: stepped on this thread, the scheduling (and so the preemption) is fixed.
+    let g = goldens();
+    let cases = &g.models["tiny-qwen3"];
+    let s = Setup {
+        num_blocks: 6,
+        max_num_batched_tokens: 16,
+        ..f32_setup()
+    };
+    let mut core = engine_core("tiny-qwen3", &s);
+    let mut names: Vec<&String> = cases.keys().collect();
+    names.sort();
+    let mut sinks = Vec::new();
+    for name in names {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let r = request(name, &cases[name].prompt_ids, Some(TOP), 30);
+        core.add_request(r, tx).expect("add");
+        sinks.push((name, rx));
+    }
+    while core.has_work() {
+        core.step();
+    }
+    assert!(
+        core.stats().num_preemptions_total > 0,
+        "expected preemptions"
     );
-    assert!(e.stats().num_preemptions_total > 0, "expected preemptions");
+    for (name, mut rx) in sinks {
+        let mut lps = None;
+        while let Ok(o) = rx.try_recv() {
+            assert!(o.finish_reason != Some(qwen3_engine::FinishReason::Abort));
+            lps = lps.or(o.prompt_logprobs);
+        }
+        check(
+            &format!("tiny-qwen3/{name} preempted"),
+            &lps.expect("prompt logprobs"),
+            &cases[name],
+        );
+    }
 }
 
 #[test]
 fn a_prefix_cache_hit_is_recomputed_for_prompt_logprobs() {
     let g = goldens();
     let long = &g.models["tiny-qwen3"]["long"];
-    let e = engine("tiny-qwen3", &Setup::default());
+    let e = engine("tiny-qwen3", &f32_setup());
     rt().block_on(async {
         let (none, cached) = run(&e, request("a", &long.prompt_ids, None, 2)).await;
         assert!(none.is_none(), "not asked for");
@@ -288,7 +281,7 @@ fn a_prefix_cache_hit_is_recomputed_for_prompt_logprobs() {
 
 #[test]
 fn a_one_token_prompt_has_no_prompt_logprobs() {
-    let e = engine("tiny-qwen3", &Setup::default());
+    let e = engine("tiny-qwen3", &f32_setup());
     rt().block_on(async {
         let (lps, _) = run(&e, request("a", &[9707], Some(0), 1)).await;
         assert_eq!(lps, Some(Vec::new()));

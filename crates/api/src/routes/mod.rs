@@ -153,6 +153,42 @@ pub(crate) fn token_str(s: &AppState, id: u32) -> String {
     s.tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
+fn empty_completion_logprobs(n: usize) -> CompletionLogprobs {
+    CompletionLogprobs {
+        text_offset: Vec::with_capacity(n),
+        token_logprobs: Vec::with_capacity(n),
+        tokens: Vec::with_capacity(n),
+        top_logprobs: Vec::with_capacity(n),
+    }
+}
+
+/// Appends token `id` at `offset` (advanced past its text), with its logprob and top
+/// alternatives when it has them (`null` for both otherwise).
+fn push_completion_token(
+    s: &AppState,
+    out: &mut CompletionLogprobs,
+    id: u32,
+    scored: Option<(f32, &[(u32, f32)])>,
+    offset: &mut usize,
+) {
+    let t = token_str(s, id);
+    out.text_offset.push(*offset);
+    *offset += t.chars().count();
+    out.token_logprobs
+        .push(scored.map(|(l, _)| finite_logprob(l)));
+    out.top_logprobs.push(scored.map(|(l, alts)| {
+        // As vLLM: the chosen token is among its top logprobs.
+        let mut top = Map::new();
+        top.insert(t.clone(), Json::from(finite_logprob(l)));
+        for (id, l) in alts {
+            top.entry(token_str(s, *id))
+                .or_insert_with(|| Json::from(finite_logprob(*l)));
+        }
+        top
+    }));
+    out.tokens.push(t);
+}
+
 /// Completions' logprobs for some tokens; `offset` is the text offset of the first, advanced
 /// past them.
 pub(crate) fn completion_logprobs(
@@ -160,26 +196,10 @@ pub(crate) fn completion_logprobs(
     lps: &[TokenLogprob],
     offset: &mut usize,
 ) -> CompletionLogprobs {
-    let mut out = CompletionLogprobs {
-        text_offset: Vec::with_capacity(lps.len()),
-        token_logprobs: Vec::with_capacity(lps.len()),
-        tokens: Vec::with_capacity(lps.len()),
-        top_logprobs: Vec::with_capacity(lps.len()),
-    };
+    let mut out = empty_completion_logprobs(lps.len());
     for lp in lps {
-        let t = token_str(s, lp.token_id);
-        out.text_offset.push(*offset);
-        *offset += t.chars().count();
-        // As vLLM: the chosen token is among its top logprobs.
-        let mut top = Map::new();
-        top.insert(t.clone(), Json::from(finite_logprob(lp.logprob)));
-        for (id, l) in &lp.top {
-            top.entry(token_str(s, *id))
-                .or_insert_with(|| Json::from(finite_logprob(*l)));
-        }
-        out.tokens.push(t);
-        out.token_logprobs.push(Some(finite_logprob(lp.logprob)));
-        out.top_logprobs.push(Some(top));
+        let scored = Some((lp.logprob, &lp.top[..]));
+        push_completion_token(s, &mut out, lp.token_id, scored, offset);
     }
     out
 }
@@ -192,29 +212,11 @@ pub(crate) fn echo_logprobs(
     lps: &[PromptLogprob],
     offset: &mut usize,
 ) -> CompletionLogprobs {
-    let mut out = CompletionLogprobs {
-        text_offset: Vec::with_capacity(prompt.len()),
-        token_logprobs: Vec::with_capacity(prompt.len()),
-        tokens: Vec::with_capacity(prompt.len()),
-        top_logprobs: Vec::with_capacity(prompt.len()),
-    };
+    let mut out = empty_completion_logprobs(prompt.len());
     for (i, &id) in prompt.iter().enumerate() {
-        let t = token_str(s, id);
-        out.text_offset.push(*offset);
-        *offset += t.chars().count();
         let lp = i.checked_sub(1).and_then(|j| lps.get(j));
-        out.token_logprobs
-            .push(lp.map(|lp| finite_logprob(lp.logprob)));
-        out.top_logprobs.push(lp.map(|lp| {
-            let mut top = Map::new();
-            top.insert(t.clone(), Json::from(finite_logprob(lp.logprob)));
-            for (id, l) in &lp.top {
-                top.entry(token_str(s, *id))
-                    .or_insert_with(|| Json::from(finite_logprob(*l)));
-            }
-            top
-        }));
-        out.tokens.push(t);
+        let scored = lp.map(|lp| (lp.logprob, &lp.top[..]));
+        push_completion_token(s, &mut out, id, scored, offset);
     }
     out
 }
