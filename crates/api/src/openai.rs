@@ -503,12 +503,6 @@ impl CompletionRequest {
         parse_response_format(&mut f)?;
         let add_special_tokens = f.opt::<bool>("add_special_tokens")?.unwrap_or(true);
         let sampling = SamplingRequest::parse(&mut f)?;
-        if echo && logprobs.is_some() && sampling.stream {
-            return Err(ApiError::unsupported(
-                "echo",
-                "`echo` with `logprobs` when `stream` is true",
-            ));
-        }
         Ok(Self {
             model,
             prompt,
@@ -1018,7 +1012,6 @@ mod tests {
             ),
             (json!({"suffix": "x"}), "suffix"),
             (json!({"best_of": 2}), "best_of"),
-            (json!({"echo": true, "logprobs": 1, "stream": true}), "echo"),
             (json!({"prompt_logprobs": 21}), "prompt_logprobs"),
             (
                 json!({"prompt_logprobs": 1, "stream": true}),

@@ -798,6 +798,40 @@ fn echo_logprobs_and_prompt_logprobs_match_transformers() {
         assert_eq!(gen, Some(2 * max_tokens as u64));
     }
 
+    // Streamed: the echo chunk carries the prompt's logprobs, then the generated token's.
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": english, "echo": true, "logprobs": 1, "max_tokens": 1,
+                "stream": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk"))
+        .collect();
+    let echo = &chunks[0]["choices"][0]["logprobs"];
+    assert_eq!(
+        echo["token_logprobs"].as_array().map(Vec::len),
+        Some(english.len())
+    );
+    assert!(echo["token_logprobs"][0].is_null());
+    for (p, w) in english_lp.iter().enumerate() {
+        close(
+            &echo["token_logprobs"][p + 1],
+            *w,
+            &format!("streamed token {}", p + 1),
+        );
+    }
+    let gen: usize = chunks[1..]
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(gen, 1, "{chunks:?}");
+
     // vLLM's prompt_logprobs: null first, then token id -> {logprob, rank, decoded_token}.
     let r = post(
         a,

@@ -176,7 +176,7 @@ pub async fn completions(
         }));
     }
     let include_usage = req.sampling.include_usage;
-    let logprobs = req.logprobs;
+    let (logprobs, echo) = (req.logprobs, req.echo);
     Ok(sse(move |tx| async move {
         let chunk = |choice: CompletionChoice| CompletionResponse {
             id: id.clone(),
@@ -186,21 +186,29 @@ pub async fn completions(
             choices: vec![choice],
             usage: include_usage.then_some(None),
         };
-        for (i, e) in echoes.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
-            let c = CompletionChoice {
-                index: i,
-                text: e.clone(),
-                logprobs: None,
-                finish_reason: None,
-                stop_reason: serde_json::Value::Null,
-                prompt_logprobs: None,
-            };
-            if !tx.json(&chunk(c)).await {
-                return log.done("client disconnected");
+        let echo_chunk = |i: usize, logprobs: Option<CompletionLogprobs>| CompletionChoice {
+            index: i,
+            text: echoes[i].clone(),
+            logprobs,
+            finish_reason: None,
+            stop_reason: serde_json::Value::Null,
+            prompt_logprobs: None,
+        };
+        // With logprobs, a choice's echo waits for its prompt logprobs (its first output).
+        let echo_scored = echo && logprobs.is_some();
+        if !echo_scored {
+            for i in (0..echoes.len()).filter(|&i| !echoes[i].is_empty()) {
+                if !tx.json(&chunk(echo_chunk(i, None))).await {
+                    return log.done("client disconnected");
+                }
             }
         }
         let k = echoes.len();
-        let mut offsets: Vec<usize> = echoes.iter().map(|e| e.chars().count()).collect();
+        let mut offsets: Vec<usize> = if echo_scored {
+            vec![0; k]
+        } else {
+            echoes.iter().map(|e| e.chars().count()).collect()
+        };
         let (mut prompt, mut output, mut cached) = (vec![0; k], vec![0; k], vec![0; k]);
         let mut finishes = vec![None; k];
         let mut merged = merge_streams(streams);
@@ -211,6 +219,13 @@ pub async fn completions(
                 Ok(Some(x)) => x,
             };
             prompt[i] = o.num_prompt_tokens.max(prompt[i]);
+            if let (true, Some(lps)) = (echo_scored, &o.prompt_logprobs) {
+                let scored = echo_logprobs(&s, &prompt_ids[i], lps, &mut offsets[i]);
+                offsets[i] = offsets[i].max(echoes[i].chars().count());
+                if !tx.json(&chunk(echo_chunk(i, Some(scored)))).await {
+                    return log.done("client disconnected");
+                }
+            }
             if !echo_only {
                 output[i] = o.num_output_tokens.max(output[i]);
             }
