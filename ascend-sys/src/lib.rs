@@ -10,6 +10,7 @@
 //!   backend picks e.g. the fused-attention version by what the library exports.
 //! * `check` helpers turn status codes into [`AclError`] / [`AclnnError`] / [`HcclError`]
 //!   with the runtime's own message.
+//! * [`dcmi`]: the optional device-management library (`libdcmi.so`) `npu-smi` uses.
 //!
 //! The declarations are written by hand from CANN's documented signatures: the headers
 //! are under a licence that forbids vendoring them. `cargo test --features bindgen` (see
@@ -27,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dcmi;
 pub mod error;
 pub mod fns;
 mod loader;

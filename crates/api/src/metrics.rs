@@ -37,9 +37,14 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(s: &EngineStats, names: &[String]) -> String {
+/// The `model_name="..."` label every series carries: the first served name.
+pub(crate) fn model_label(names: &[String]) -> String {
     let model = escape_label(names.first().map_or("", String::as_str));
-    let l = format!("model_name=\"{model}\"");
+    format!("model_name=\"{model}\"")
+}
+
+pub fn render(s: &EngineStats, names: &[String]) -> String {
+    let l = model_label(names);
     let mut o = String::new();
     gauge(
         &mut o,

@@ -60,9 +60,19 @@ impl Fields {
         Self { obj }
     }
 
-    /// The raw value of a field; `null` is absent.
+    /// The raw value of a field; `null` is absent. A float with no fractional part becomes
+    /// an integer, as pydantic's lax mode (and so vLLM) takes `"max_tokens": 4.0` for 4;
+    /// float fields read integers unchanged.
     pub fn raw(&mut self, key: &str) -> Option<Json> {
-        self.obj.remove(key).filter(|v| !v.is_null())
+        self.obj
+            .remove(key)
+            .filter(|v| !v.is_null())
+            .map(|v| match v.as_f64() {
+                Some(x) if v.is_f64() && x.fract() == 0.0 && x.abs() < 9.007e15 => {
+                    Json::from(x as i64)
+                }
+                _ => v,
+            })
     }
 
     pub fn opt<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ApiError> {
@@ -384,6 +394,15 @@ impl SamplingRequest {
     }
 }
 
+/// vLLM's `best_of`: only 1 (beam-less sampling of several and keeping the best is not
+/// implemented).
+fn parse_best_of(f: &mut Fields) -> Result<(), ApiError> {
+    match f.opt::<u32>("best_of")? {
+        None | Some(1) => Ok(()),
+        Some(_) => Err(ApiError::unsupported("best_of", "`best_of` other than 1")),
+    }
+}
+
 fn parse_max_tokens(f: &mut Fields, key: &str) -> Result<Option<u32>, ApiError> {
     match f.opt::<u32>(key)? {
         Some(0) => Err(ApiError::invalid(
@@ -493,10 +512,7 @@ impl CompletionRequest {
                 "`max_tokens` must be at least 1 (0 only with `echo`)",
             ));
         }
-        match f.opt::<u32>("best_of")? {
-            None | Some(1) => {}
-            Some(_) => return Err(ApiError::unsupported("best_of", "`best_of` other than 1")),
-        }
+        parse_best_of(&mut f)?;
         if f.raw("suffix").is_some() {
             return Err(ApiError::unsupported("suffix", "`suffix` (insertion)"));
         }
@@ -586,6 +602,13 @@ impl ChatRequest {
         }
         let mut tools = f.opt::<Vec<Json>>("tools")?;
         for t in tools.iter().flatten() {
+            let parameters = t.get("function").and_then(|f| f.get("parameters"));
+            if parameters.is_some_and(|p| !p.is_object() && !p.is_null()) {
+                return Err(ApiError::invalid(
+                    "tools",
+                    "a tool's `function.parameters` must be a JSON Schema object",
+                ));
+            }
             if tool_name(t).is_none() {
                 return Err(ApiError::invalid(
                     "tools",
@@ -642,7 +665,22 @@ impl ChatRequest {
             }
         };
         let parallel_tool_calls = f.opt::<bool>("parallel_tool_calls")?.unwrap_or(true);
-        let chat_template_kwargs = f.opt("chat_template_kwargs")?.unwrap_or_default();
+        let chat_template_kwargs: Map<String, Json> =
+            f.opt("chat_template_kwargs")?.unwrap_or_default();
+        if chat_template_kwargs
+            .get("enable_thinking")
+            .is_some_and(|v| !v.is_boolean() && !v.is_null())
+        {
+            return Err(ApiError::invalid(
+                "chat_template_kwargs",
+                "`chat_template_kwargs.enable_thinking` must be true or false",
+            ));
+        }
+        // As completions: `echo` must be a boolean; echoing the last message is not done.
+        if f.opt::<bool>("echo")?.unwrap_or(false) {
+            return Err(ApiError::unsupported("echo", "`echo` in chat"));
+        }
+        parse_best_of(&mut f)?;
         let add_generation_prompt = f.opt::<bool>("add_generation_prompt")?.unwrap_or(true);
         let continue_final_message = f.opt::<bool>("continue_final_message")?.unwrap_or(false);
         if add_generation_prompt && continue_final_message {
@@ -981,6 +1019,53 @@ mod tests {
             );
         }
         assert_eq!(param_of(completion(json!({}))).as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn chat_validates_as_completions_and_integral_floats_are_integers() {
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let with = |extra: Json| {
+            let mut v = json!({"messages": msgs});
+            if let (Some(o), Json::Object(e)) = (v.as_object_mut(), extra) {
+                o.extend(e);
+            }
+            chat(v)
+        };
+        for (extra, param) in [
+            (json!({"echo": "yes"}), "echo"),
+            (json!({"echo": true}), "echo"),
+            (json!({"best_of": 1000000}), "best_of"),
+            (json!({"best_of": "x"}), "best_of"),
+            (
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}),
+                "tools",
+            ),
+            (
+                json!({"chat_template_kwargs": {"enable_thinking": "x"}}),
+                "chat_template_kwargs",
+            ),
+            (json!({"max_tokens": 4.5}), "max_tokens"),
+        ] {
+            assert_eq!(
+                param_of(with(extra.clone())).as_deref(),
+                Some(param),
+                "{extra}"
+            );
+        }
+        let r = with(
+            json!({"max_tokens": 4.0, "n": 2.0, "echo": false, "best_of": 1,
+            "chat_template_kwargs": {"enable_thinking": false}}),
+        );
+        assert_eq!(
+            r.as_ref().map(|r| (r.max_tokens, r.sampling.n)),
+            Ok((Some(4), 2))
+        );
+        assert_eq!(
+            completion(json!({"prompt": "x", "max_tokens": 4.0})).map(|r| r.max_tokens),
+            Ok(4)
+        );
+        // A float field still takes an integral value as a float.
+        assert!(completion(json!({"prompt": "x", "temperature": 1.0})).is_ok());
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub struct AppState {
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     /// None when the model has none: /v1/chat/completions then answers 400.
     pub template: Option<ChatTemplate>,
+    /// NPU readings for /metrics and the device-health half of /health (stays empty
+    /// without NPUs or DCMI).
+    pub npu: Arc<crate::npu::NpuTelemetry>,
+    /// What /health reports beyond the engine's own state.
+    pub health: Arc<crate::health::Health>,
 }
 
 pub(crate) type St = State<Arc<AppState>>;
@@ -119,22 +124,52 @@ pub(crate) struct RequestId(pub String);
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LoggedByHandler;
 
+/// The token of `Authorization: Bearer <token>`: the scheme compared case-insensitively
+/// (RFC 9110 11.1); none when the header is absent, repeated, or of another scheme.
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let (value, None) = (values.next()?, values.next()) else {
+        return None;
+    };
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 async fn auth(State(s): St, req: Request, next: Next) -> Response {
     // As vLLM: only the OpenAI routes need the key; health, metrics, tokenize stay open.
     if let Some(key) = &s.config.api_key {
         if req.uri().path().starts_with("/v1") {
-            let given = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .unwrap_or("");
-            if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+            let given = bearer_token(req.headers()).unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
                 return ApiError::unauthorized().into_response();
             }
+        }
+    }
+    next.run(req).await
+}
+
+/// POST bodies must be declared JSON (415 otherwise, as FastAPI): a browser's "simple"
+/// cross-origin POST (text/plain, form, multipart) then cannot drive the server.
+async fn require_json(req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                let m = m.trim();
+                m.eq_ignore_ascii_case("application/json")
+                    || (m.len() > 5 && m[..m.len() - 5].contains('/') && m.ends_with("+json"))
+            });
+        if !json {
+            return ApiError::with_status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the request body must be JSON, sent with `Content-Type: application/json`",
+            )
+            .into_response();
         }
     }
     next.run(req).await
@@ -163,7 +198,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
             .extensions()
             .get::<ApiError>()
             .map(|e| e.message.as_str());
-        if (path == "/health" || path == "/metrics") && status < 400 {
+        if (path.starts_with("/health") || path == "/metrics") && status < 400 {
             debug!(request_id = %id, %method, path, status, elapsed_ms, "request");
         } else {
             info!(request_id = %id, %method, path, status, elapsed_ms, error, "request");
@@ -172,14 +207,24 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// A request body, or the error its reading met (413 beyond the limit).
+/// A request body, or the error its reading met (413 beyond the limit, 408 past the body
+/// deadline the connection layer sets).
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::with_status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is larger than the server accepts",
-        ),
-        status => ApiError::with_status(status, e.body_text()),
+    body.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(err) = source {
+            if let Some(t) = err.downcast_ref::<crate::conn::BodyTimeout>() {
+                return ApiError::with_status(StatusCode::REQUEST_TIMEOUT, t.to_string());
+            }
+            source = err.source();
+        }
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::with_status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than the server accepts",
+            ),
+            status => ApiError::with_status(status, e.body_text()),
+        }
     })
 }
 
@@ -189,7 +234,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/models", get(routes::misc::models))
-        .route("/health", get(routes::misc::health))
+        .route("/health", get(routes::misc::health_live))
+        .route("/health/live", get(routes::misc::health_live))
+        .route("/health/ready", get(routes::misc::health_ready))
         .route("/version", get(routes::misc::version))
         .route("/tokenize", post(routes::misc::tokenize))
         .route("/detokenize", post(routes::misc::detokenize))
@@ -201,22 +248,21 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "this method is not allowed on this route",
             )
         })
+        .layer(middleware::from_fn(require_json))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting connections and
-/// lets open responses (streams included) finish.
+/// Serves `app` on `listener` with the default [`crate::conn::ConnLimits`] until `shutdown` resolves;
+/// then stops accepting connections and lets open responses (streams included) finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::conn::serve_with(listener, app, crate::conn::ConnLimits::default(), shutdown).await
 }
 
 #[cfg(test)]

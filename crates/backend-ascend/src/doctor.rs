@@ -4,7 +4,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ascend_sys::types::aclrtMemAttr;
 use ascend_sys::{AttentionApi, Cann};
 use half::bf16;
 use qwen3_backend::cpu::CpuBackend;
@@ -13,15 +12,9 @@ use qwen3_backend::{
     AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, Result, RopeSpec, StepMeta,
 };
 
+pub use crate::device_query::DeviceMemory;
+use crate::device_query::{device_count, device_memory};
 use crate::{AscendBackend, AscendOptions};
-
-/// One device's memory.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeviceMemory {
-    pub device: i32,
-    pub free_bytes: u64,
-    pub total_bytes: u64,
-}
 
 /// One op compared with the CPU backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -162,7 +155,6 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             .map(|s| s.to_string())
             .collect(),
         hccl_unavailable: cann.hccl().err().map(|e| e.to_string()),
-        attention_api: cann.ops.attention_apis().first().map(|a| format!("{a:?}")),
         ..Default::default()
     };
     let cann = Arc::new(cann.clone());
@@ -174,16 +166,14 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             return r;
         }
     };
+    r.attention_api = Some(backend.attention_path().to_string());
     r.soc_name = cann.soc_name();
-    let mut count = 0u32;
-    // SAFETY: valid out-pointer.
-    let rc = unsafe { (cann.acl.aclrtGetDeviceCount)(&mut count) };
-    if let Err(e) = cann.check(rc, "aclrtGetDeviceCount") {
-        r.errors.push(e.to_string());
+    match device_count(&cann) {
+        Ok(n) => r.device_count = n,
+        Err(e) => r.errors.push(e.to_string()),
     }
-    r.device_count = count;
-    for d in 0..count as i32 {
-        match device_memory(&cann, d, &backend) {
+    for d in 0..r.device_count as i32 {
+        match memory_of(&cann, d, &backend) {
             Ok(m) => r.devices.push(m),
             Err(e) => r.errors.push(format!("device {d}: {e}")),
         }
@@ -193,11 +183,7 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
     r
 }
 
-fn device_memory(
-    cann: &Cann,
-    d: i32,
-    b0: &AscendBackend,
-) -> std::result::Result<DeviceMemory, String> {
+fn memory_of(cann: &Cann, d: i32, b0: &AscendBackend) -> std::result::Result<DeviceMemory, String> {
     if d == b0.device_id() {
         let (free, total) = b0.memory_info().map_err(|e| e.to_string())?;
         return Ok(DeviceMemory {
@@ -206,34 +192,10 @@ fn device_memory(
             total_bytes: total,
         });
     }
-    // On a thread of its own: setting another device must not change this thread's.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: plain calls with a device id below the count and valid out-pointers.
-                unsafe {
-                    cann.check((cann.acl.aclrtSetDevice)(d), "aclrtSetDevice")
-                        .map_err(|e| e.to_string())?;
-                    let (mut free, mut total) = (0usize, 0usize);
-                    cann.check(
-                        (cann.acl.aclrtGetMemInfo)(
-                            aclrtMemAttr::ACL_HBM_MEM,
-                            &mut free,
-                            &mut total,
-                        ),
-                        "aclrtGetMemInfo",
-                    )
-                    .map_err(|e| e.to_string())?;
-                    Ok(DeviceMemory {
-                        device: d,
-                        free_bytes: free as u64,
-                        total_bytes: total as u64,
-                    })
-                }
-            })
-            .join()
-            .unwrap_or_else(|_| Err("memory query thread panicked".into()))
-    })
+    // Queried on a thread of its own: this thread's device must stay device 0's.
+    let mut m = device_memory(cann, &[d]).map_err(|e| e.to_string())?;
+    m.pop()
+        .ok_or_else(|| format!("no memory reported for device {d}"))
 }
 
 /// Deterministic values in [-1, 1).
@@ -284,7 +246,9 @@ struct StepData {
 }
 
 const BS: usize = 128;
-const HEAD_DIM: usize = 16;
+/// Real Qwen3's head dim: fused attention in layout TND takes 64, 128 or 192 only, so a
+/// smaller one would fail here on hardware where real models run.
+const HEAD_DIM: usize = 128;
 
 fn step_data() -> StepData {
     StepData {
@@ -378,7 +342,7 @@ fn norms<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
     let mut res = up(b, &data(4 * 32, 7), &[4, 32])?;
     let a = b.rms_norm(&x, &w, 1e-6)?;
     let c = b.add_rms_norm(&y, &mut res, &w, 1e-6)?;
-    let mut h = up(b, &data(4 * 32, 8), &[4, 32])?;
+    let mut h = up(b, &data(4 * 2 * HEAD_DIM, 8), &[4, 2 * HEAD_DIM])?;
     let hw = up(b, &data(HEAD_DIM, 9), &[HEAD_DIM])?;
     b.head_rms_norm(&mut h, &hw, HEAD_DIM, 1e-6)?;
     let mut out = b.to_host_f32(&a)?;

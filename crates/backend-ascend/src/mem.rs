@@ -157,6 +157,20 @@ fn acl_init(cann: &Cann) -> Result<()> {
     }
 }
 
+/// Devices this process has open (weak: registering keeps none alive), so that telemetry
+/// can read their pools without a handle through the engine.
+static OPEN: Mutex<Vec<std::sync::Weak<Device>>> = Mutex::new(Vec::new());
+
+/// (device id, pool counters) of every device this process has open, in opening order
+/// (several entries for one id when several backends opened it).
+pub fn open_pool_stats() -> Vec<(i32, PoolStats)> {
+    let open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    open.iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .map(|d| (d.id, d.stats()))
+        .collect()
+}
+
 impl Device {
     /// Opens device `id`: sets it, creates a context (bound to this thread) and a stream.
     pub fn open(cann: Arc<Cann>, id: i32) -> Result<Arc<Self>> {
@@ -195,7 +209,7 @@ impl Device {
             BOUND.with(|c| c.set(0));
             return Err(dev_err(e));
         }
-        Ok(Arc::new(Self {
+        let dev = Arc::new(Self {
             cann,
             id,
             ctx: DevPtr(ctx),
@@ -204,7 +218,11 @@ impl Device {
             pool: Mutex::new(PoolState::default()),
             staging: Mutex::new(Vec::new()),
             graph: Mutex::new(GraphMode::Off),
-        }))
+        });
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Arc::downgrade(&dev));
+        Ok(dev)
     }
 
     /// Makes this device's context current on the calling thread (a no-op when it already

@@ -22,7 +22,7 @@
 use half::bf16;
 use qwen3_backend::{BackendError, QuantizedHost, Result};
 
-use crate::desc::{launch, Dt, IntArrayDesc, ScalarDesc};
+use crate::desc::{Dt, IntArrayDesc, ScalarDesc};
 use crate::{shape_err, unsupported, AscendBackend, AscendTensor};
 
 /// How to read a quantized weight; its tensor's buffer holds the codes, `[K, N/8]` INT32

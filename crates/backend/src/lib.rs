@@ -32,22 +32,6 @@ pub enum BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
-/// Element types a weight can be stored in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    BF16,
-}
-
-impl DType {
-    pub fn size(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::BF16 => 2,
-        }
-    }
-}
-
 /// Host data handed to a backend to become a device weight.
 #[derive(Clone, Copy, Debug)]
 pub enum HostData<'a> {

@@ -2,21 +2,9 @@
 //! its rank and the row's top alternatives (what vLLM's `prompt_logprobs` and `echo` return).
 //! The host reference here is the CPU path and every device's fallback.
 
-use serde::Serialize;
+pub use qwen3_step::PromptLogprob;
 
 use crate::sampling::{log_sum_exp, top_n};
-
-/// One prompt position's logprobs: the actual next token's, and the row's best `top_n`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PromptLogprob {
-    /// The prompt token these logprobs score.
-    pub token_id: u32,
-    pub logprob: f32,
-    /// 1 + how many tokens score strictly higher (vLLM's rank, 1-based).
-    pub rank: u32,
-    /// Top (token, logprob), best first; rank `i + 1` for entry `i`.
-    pub top: Vec<(u32, f32)>,
-}
 
 /// Logprobs of `target` under the raw distribution `logits`, with its rank and the top `n`.
 /// A target outside the row scores `-inf` with the last rank.

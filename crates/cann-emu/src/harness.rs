@@ -12,6 +12,7 @@ pub const LIB_NAMES: &[&str] = &[
     "libnnopbase.so",
     "libopapi.so",
     "libhccl.so",
+    "libdcmi.so",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -80,8 +81,8 @@ pub fn library_path() -> Result<PathBuf, HarnessError> {
 static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// A directory (one per process) holding a copy of the emulator and `libascendcl.so`,
-/// `libnnopbase.so`, `libopapi.so` and `libhccl.so` as symlinks to it, for
-/// `ascend_sys::Cann::load_from([dir])`.
+/// `libnnopbase.so`, `libopapi.so`, `libhccl.so` and `libdcmi.so` as symlinks to it, for
+/// `ascend_sys::Cann::load_from([dir])` and `ascend_sys::dcmi::Dcmi::load_from(&[dir])`.
 pub fn lib_dir() -> Result<PathBuf, HarnessError> {
     // Held while the directory is made: test threads start concurrently.
     let mut cached = DIR.lock().unwrap_or_else(|p| p.into_inner());

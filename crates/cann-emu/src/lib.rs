@@ -1,7 +1,8 @@
 //! An emulated CANN for tests: the ACL runtime, nnopbase, the aclnn operators the
 //! backend uses and HCCL, exported as C symbols with CANN's signatures from a cdylib and
 //! implemented on the CPU with memory checks (out-of-bounds, use-after-free, double free,
-//! leaks, wrong copy directions).
+//! leaks, wrong copy directions); also DCMI, the device-management library (`libdcmi.so`)
+//! `npu-smi` reads, with settable readings (see `dcmi`).
 //!
 //! Never shipped and never loaded unless pointed at: [`harness`] finds the built
 //! `libcann_emu.so`, makes a directory of symlinks named as CANN's libraries and hands it
@@ -29,6 +30,7 @@ macro_rules! phase2_exports {
 
 pub mod harness;
 
+mod dcmi;
 mod dtype;
 mod hccl;
 mod mem;

@@ -325,6 +325,28 @@ impl TensorDesc {
         })
     }
 
+    /// The view with dimension `ax` narrowed to the single `index` (rank kept).
+    pub fn narrow1(&self, ax: usize, index: i64) -> TensorDesc {
+        let mut dims = self.dims.clone();
+        dims[ax] = 1;
+        TensorDesc {
+            dims,
+            strides: self.strides.clone(),
+            offset: self.offset + index * self.strides[ax],
+            dtype: self.dtype,
+            format: self.format,
+            storage: self.storage.clone(),
+            addr: self.addr,
+        }
+    }
+
+    /// Checks at execution that the whole view still lies in one live allocation, for ops
+    /// that read only part of it (the same check and counters as a read of all of it).
+    pub fn check_live_at_run(&self, what: &str) -> Res<()> {
+        let (start, len) = self.byte_extent();
+        mem::check(start, len as u64, what)
+    }
+
     /// The sub-view at `index` of dimension 0.
     pub fn index0(&self, index: i64) -> TensorDesc {
         TensorDesc {

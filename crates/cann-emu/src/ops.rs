@@ -456,21 +456,25 @@ pub unsafe extern "C" fn aclnnIndexSelectGetWorkspaceSize(
         need_shape(&o, &od, "out")?;
         Ok(Box::new(move || {
             let idx = i.read_i64("index")?;
-            let v = s.read_f64("self")?;
+            // Reads only the selected slices (a gather from a whole KV cache must cost the
+            // rows it touches, not the cache), after checking all of `self` is still live.
+            s.check_live_at_run("self")?;
             let outer: usize = s.dims[..ax].iter().map(|&d| d as usize).product();
             let inner: usize = s.dims[ax + 1..].iter().map(|&d| d as usize).product();
             let n = s.dims[ax];
-            let mut r = Vec::with_capacity(o.numel());
-            for ou in 0..outer {
-                for &j in &idx {
-                    if j < 0 || j >= n {
-                        return Err(crate::state::Fail::new(
-                            ACLNN_ERR_RUNTIME_ERROR,
-                            format!("index {j} out of range [0, {n})"),
-                        ));
-                    }
-                    let base = (ou * n as usize + j as usize) * inner;
-                    r.extend_from_slice(&v[base..base + inner]);
+            let mut r = vec![0f64; o.numel()];
+            for (k, &j) in idx.iter().enumerate() {
+                if j < 0 || j >= n {
+                    return Err(crate::state::Fail::new(
+                        ACLNN_ERR_RUNTIME_ERROR,
+                        format!("index {j} out of range [0, {n})"),
+                    ));
+                }
+                // `[outer, 1, inner]` values of slice `j`, placed at `[ou, k, ..]` of out.
+                let v = s.narrow1(ax, j).read_f64("self")?;
+                for ou in 0..outer {
+                    let dst = (ou * idx.len() + k) * inner;
+                    r[dst..dst + inner].copy_from_slice(&v[ou * inner..(ou + 1) * inner]);
                 }
             }
             o.write_f64(&r, "out")

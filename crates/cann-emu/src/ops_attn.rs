@@ -33,6 +33,12 @@ fn c_str(p: *const c_char) -> Option<String> {
     Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
+/// A value the op's tiling refuses: ACLNN_ERR_INNER_TILING_ERROR (561002) in the FIA docs'
+/// return-code table, as the real op returns for TND shape rules (vllm-ascend PR 9632).
+fn tiling(msg: String) -> Fail {
+    Fail::new(ACLNN_ERR_INNER_TILING_ERROR, msg)
+}
+
 fn exec_err(msg: String) -> Fail {
     Fail::new(ACL_ERROR_RT_AICORE_EXCEPTION, msg)
 }
@@ -105,8 +111,15 @@ fn fia_phase1(
             )));
         }
         need_float(&q, "query")?;
-        if q.dtype == D::ACL_FLOAT {
-            return Err(invalid("query FLOAT is not supported (FLOAT16, BFLOAT16)"));
+        // Rule TND-dtype (README rule table): op-plugin docs
+        // torch_npu-npu_fused_infer_attention_score.md, "TND、TND_NTD、NTD_TND场景下…数据类型
+        // 仅支持BFLOAT16"; a dtype the op does not take is ACLNN_ERR_PARAM_INVALID (161002)
+        // in the FIA docs' return-code table.
+        if q.dtype != D::ACL_BF16 {
+            return Err(invalid(format!(
+                "When layout is TND, query dtype {:?} is not supported (BFLOAT16 only)",
+                q.dtype
+            )));
         }
         if q.rank() != 3 {
             return Err(invalid(format!(
@@ -115,6 +128,16 @@ fn fia_phase1(
             )));
         }
         let (t, n, d) = (q.dims[0], q.dims[1], q.dims[2]);
+        // Rule TND-head-dim (README rule table): CANN 8.3's tiling check
+        // (CheckInputShapeWhenLayoutIsTND, prompt_flash_attention_tiling.cpp) as quoted in
+        // vllm-ascend PR 9632 and issue 4020, returned as error code 561002
+        // (ACLNN_ERR_INNER_TILING_ERROR). The 192/128 split (MLA) is not emulated: the
+        // emulator takes one D for query, key and value.
+        if !matches!(d, 64 | 128 | 192) {
+            return Err(tiling(format!(
+                "When layout is TND, queryD({d}), keyD({d}) and valueD({d}) must be same equal 192/128/64, or queryD and keyD equal 192 and valueD equal 128."
+            )));
+        }
         if a.num_heads != n {
             return Err(invalid(format!(
                 "numHeads {} differs from query's N {n}",
@@ -130,9 +153,6 @@ fn fia_phase1(
             return Err(invalid(format!(
                 "numHeads {n} is not a multiple of numKeyValueHeads {nkv}"
             )));
-        }
-        if d <= 0 || d > 512 {
-            return Err(invalid(format!("head dim {d} out of range (1..=512)")));
         }
         if ks.len() != 1 || vs.len() != 1 {
             return Err(invalid(format!(
@@ -187,6 +207,27 @@ fn fia_phase1(
             .max()
             .unwrap_or(0);
         let table = opt_tensor(a.block_table, "blockTable")?;
+        if table.is_some() {
+            // Rule TND-paged-version (README rule table): TND with a paged KV cache failed on
+            // releases before the ones vllm-ascend requires (vllm-ascend issue 4373, "When
+            // layout is TND, not support Page Attention"; vllm-ascend needs CANN 8.3.RC1+).
+            if !crate::rt::cann_at_least(8, 3) {
+                return Err(tiling(format!(
+                    "When layout is TND, not support Page Attention (emulated CANN {})",
+                    crate::rt::cann_version()
+                )));
+            }
+            // Rule TND-block-size (README rule table): TND with paged KV takes blockSize 128,
+            // 512 or 1024 (/work/shared/ASCEND.md from the ops-transformer FIA docs; the
+            // op-plugin doc's general page-attention rule is "最小为128…要求是128的倍数").
+            // A value the tiling refuses is 561002.
+            if !matches!(a.block_size, 128 | 512 | 1024) {
+                return Err(tiling(format!(
+                    "When layout is TND with page attention, blockSize {} must be 128, 512 or 1024",
+                    a.block_size
+                )));
+            }
+        }
         let row = nkv * d;
         if table.is_some() && row > 65535 {
             return Err(invalid(format!(

@@ -878,17 +878,37 @@ fn fill(buf: &mut [c_char], s: &str) {
     }
 }
 
+/// The CANN release the emulator claims to be: `CANN_EMU_VERSION` (e.g. `8.2.RC1`, to test
+/// how the backend meets older releases) or 8.3.RC1, the oldest release vllm-ascend
+/// supports. Operators whose behaviour depends on the release ask [`cann_at_least`].
+pub fn cann_version() -> String {
+    std::env::var("CANN_EMU_VERSION").unwrap_or_else(|_| "8.3.RC1".to_owned())
+}
+
+/// Whether the emulated release is `major.minor` or newer (pre-release builds of a
+/// release, e.g. `8.3.RC1.alpha001`, count as that release).
+pub fn cann_at_least(major: u32, minor: u32) -> bool {
+    let v = cann_version();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclsysGetCANNVersion(
     _name: aclCANNPackageName,
     v: *mut aclCANNPackageVersion,
 ) -> aclError {
+    let full = cann_version();
+    let mut parts = full.splitn(4, '.');
     let mut ver = aclCANNPackageVersion::default();
-    fill(&mut ver.version, "8.3.RC1");
-    fill(&mut ver.majorVersion, "8");
-    fill(&mut ver.minorVersion, "3");
-    fill(&mut ver.releaseVersion, "RC1");
-    fill(&mut ver.patchVersion, "0");
+    fill(&mut ver.version, &full);
+    fill(&mut ver.majorVersion, parts.next().unwrap_or(""));
+    fill(&mut ver.minorVersion, parts.next().unwrap_or(""));
+    fill(&mut ver.releaseVersion, parts.next().unwrap_or(""));
+    fill(&mut ver.patchVersion, parts.next().unwrap_or("0"));
     code_of(out(v, ver))
 }
 

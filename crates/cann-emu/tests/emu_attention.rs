@@ -21,7 +21,8 @@ fn rnd(n: usize, seed: u64) -> Vec<f32> {
 
 const N: usize = 4;
 const NKV: usize = 2;
-const DH: usize = 16;
+/// Real Qwen3's head dim; FIA in layout TND takes 64, 128 or 192 only.
+const DH: usize = 128;
 const BS: usize = 128;
 const BLOCKS: usize = 4;
 
@@ -391,21 +392,117 @@ fn fia_rejects_what_the_real_op_rejects() {
     // Wrong layout string.
     let (st, _) = fia(&s, 4, &fx, aq, akv, "BSH", BS as i64, 0.25);
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
-    // A block size that is not a multiple of 128 while a query is longer than 1.
-    let (st, _) = fia(&s, 4, &fx, aq, akv, "TND", 64, 0.25);
-    assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
-    assert!(s
-        .cann
-        .acl
-        .recent_error_message()
-        .contains("multiple of 128"));
     // actualSeqLengths that are not cumulative up to T.
     let bad = int_array(&s, &[3, 3]);
     let (st, _) = fia(&s, 4, &fx, bad, akv, "TND", BS as i64, 0.25);
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
     let st = teardown(s, fx, &[aq, akv, bad]);
     assert_eq!(st.leaks(), 0);
-    assert_eq!(st.ops_rejected, 3);
+    assert_eq!(st.ops_rejected, 2);
+}
+
+/// Replaces the fixture's query and output by ones of another dtype or head dim, runs
+/// phase 1 (and phase 2 when it passes) and puts the fixture's back; returns the status
+/// and the emulator's message.
+fn fia_with_query(
+    s: &Session,
+    fx: &mut Fx,
+    dtype: aclDataType,
+    d: usize,
+    bs: i64,
+) -> (i32, String) {
+    let t = 4;
+    let elem = if dtype == D::ACL_FLOAT { 4 } else { 2 };
+    let dims = [t as i64, N as i64, d as i64];
+    let q = s.upload(dtype, &dims, &vec![0; t * N * d * elem]).unwrap();
+    let out = s.upload(dtype, &dims, &vec![0; t * N * d * elem]).unwrap();
+    let (q0, out0) = (
+        std::mem::replace(&mut fx.q, q),
+        std::mem::replace(&mut fx.out, out),
+    );
+    let (aq, akv) = (int_array(s, &[3, 4]), int_array(s, &[5, 130]));
+    let (st, ex) = fia(s, 4, fx, aq, akv, "TND", bs, 0.25);
+    let msg = s.cann.acl.recent_error_message();
+    if st == 0 {
+        let run = s.cann.ops.aclnnFusedInferAttentionScoreV4.unwrap();
+        // SAFETY: an executor from phase 1 and the session's stream.
+        assert_eq!(unsafe { run(std::ptr::null_mut(), 0, ex, s.stream) }, 0);
+        s.sync().unwrap();
+    }
+    // SAFETY: arrays made above.
+    unsafe {
+        (s.cann.nnop.aclDestroyIntArray)(aq);
+        (s.cann.nnop.aclDestroyIntArray)(akv);
+    }
+    s.release(std::mem::replace(&mut fx.q, q0)).unwrap();
+    s.release(std::mem::replace(&mut fx.out, out0)).unwrap();
+    (st, msg)
+}
+
+/// Rule TND-head-dim: head dims other than 64/128/192 are refused with the tiling error
+/// (561002) and the message CANN 8.3 prints (vllm-ascend PR 9632); 128 passes.
+#[test]
+fn fia_tnd_refuses_head_dims_other_than_64_128_192() {
+    let s = Session::new().unwrap();
+    let mut fx = setup(&s, 4, &[2, 0, 1, 3], false);
+    for d in [16, 32, 96, 256] {
+        let (st, msg) = fia_with_query(&s, &mut fx, D::ACL_BF16, d, BS as i64);
+        assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR, "head dim {d}: {msg}");
+        assert!(msg.contains("When layout is TND, queryD"), "{msg}");
+    }
+    let (st, msg) = fia_with_query(&s, &mut fx, D::ACL_BF16, DH, BS as i64);
+    assert_eq!(st, 0, "{msg}");
+    let st = teardown(s, fx, &[]);
+    assert_eq!((st.ops_rejected, st.leaks()), (4, 0), "{st:?}");
+}
+
+/// Rule TND-dtype: FLOAT16 and FLOAT queries are refused as invalid parameters (161002).
+#[test]
+fn fia_tnd_refuses_dtypes_other_than_bf16() {
+    let s = Session::new().unwrap();
+    let mut fx = setup(&s, 4, &[2, 0, 1, 3], false);
+    for dt in [D::ACL_FLOAT16, D::ACL_FLOAT] {
+        let (st, msg) = fia_with_query(&s, &mut fx, dt, DH, BS as i64);
+        assert_eq!(st, ACLNN_ERR_PARAM_INVALID, "{dt:?}: {msg}");
+        assert!(msg.contains("BFLOAT16 only"), "{msg}");
+    }
+    let st = teardown(s, fx, &[]);
+    assert_eq!((st.ops_rejected, st.leaks()), (2, 0), "{st:?}");
+}
+
+/// Rule TND-block-size: paged blocks other than 128/512/1024 are refused with 561002,
+/// including sizes the general page-attention rule would take (16-aligned for D 128).
+#[test]
+fn fia_tnd_refuses_block_sizes_other_than_128_512_1024() {
+    let s = Session::new().unwrap();
+    let mut fx = setup(&s, 4, &[2, 0, 1, 3], false);
+    for bs in [16, 64, 256, 384] {
+        let (st, msg) = fia_with_query(&s, &mut fx, D::ACL_BF16, DH, bs);
+        assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR, "blockSize {bs}: {msg}");
+        assert!(msg.contains("blockSize"), "{msg}");
+    }
+    let st = teardown(s, fx, &[]);
+    assert_eq!((st.ops_rejected, st.leaks()), (4, 0), "{st:?}");
+}
+
+/// Rule TND-paged-version: an emulated CANN older than 8.3 reports its version and
+/// refuses TND with a paged cache (vllm-ascend issue 4373) with 561002.
+#[test]
+fn fia_tnd_paged_refused_before_cann_8_3() {
+    let s = Session::new().unwrap();
+    let mut fx = setup(&s, 4, &[2, 0, 1, 3], false);
+    std::env::set_var("CANN_EMU_VERSION", "8.2.RC1");
+    let version = s.cann.cann_version();
+    let (st, msg) = fia_with_query(&s, &mut fx, D::ACL_BF16, DH, BS as i64);
+    std::env::remove_var("CANN_EMU_VERSION");
+    assert_eq!(version.as_deref(), Some("8.2.RC1"));
+    assert_eq!(st, ACLNN_ERR_INNER_TILING_ERROR, "{msg}");
+    assert!(msg.contains("not support Page Attention"), "{msg}");
+    assert_eq!(s.cann.cann_version().as_deref(), Some("8.3.RC1"));
+    let (st, msg) = fia_with_query(&s, &mut fx, D::ACL_BF16, DH, BS as i64);
+    assert_eq!(st, 0, "{msg}");
+    let st = teardown(s, fx, &[]);
+    assert_eq!((st.ops_rejected, st.leaks()), (1, 0), "{st:?}");
 }
 
 #[test]

@@ -568,6 +568,11 @@ impl EngineCore {
         summary
     }
 
+    /// Whether the executor can never run another step (see [`Executor::is_broken`]).
+    pub(crate) fn executor_broken(&self) -> bool {
+        self.executor.is_broken()
+    }
+
     /// An executor fault: every running request fails; waiting ones stay queued. The
     /// blocks written by the failed step cannot be trusted, so the prefix cache is reset.
     fn fail_running(&mut self, msg: &str) {

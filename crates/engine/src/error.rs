@@ -48,6 +48,12 @@ pub enum EngineError {
     },
     #[error("too many requests are waiting (limit {limit}); retry later")]
     QueueFull { limit: usize },
+    /// One request asks for more sequences than the waiting queue can ever hold.
+    #[error(
+        "this request needs {count} sequences (prompts × n), more than the server's \
+         --max-waiting-requests ({limit}) allows at once; send fewer prompts or a smaller n"
+    )]
+    TooManySequences { count: usize, limit: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("the engine is not running")]
@@ -62,7 +68,8 @@ impl EngineError {
             EngineError::InvalidRequest(_)
             | EngineError::ContextLengthExceeded { .. }
             | EngineError::ExceedsKvCache { .. }
-            | EngineError::PromptExceedsBatch { .. } => ErrorKind::InvalidRequest,
+            | EngineError::PromptExceedsBatch { .. }
+            | EngineError::TooManySequences { .. } => ErrorKind::InvalidRequest,
             EngineError::QueueFull { .. } => ErrorKind::Overloaded,
             EngineError::ShuttingDown | EngineError::EngineDead => ErrorKind::Unavailable,
             EngineError::InvalidConfig(_) | EngineError::Spawn(_) => ErrorKind::Internal,

@@ -52,6 +52,9 @@ pub fn script_token_fn(script: Vec<u32>) -> TokenFn {
 pub struct FakeControl {
     /// Fail the next step (then reset).
     pub fail_next: AtomicBool,
+    /// Fail the next step and every one after, reporting itself broken (as a tensor-parallel
+    /// group with a faulted rank).
+    pub break_next: AtomicBool,
     /// Panic in the next step (then reset).
     pub panic_next: AtomicBool,
     /// Sleep this many microseconds per step (to keep requests in flight).
@@ -275,6 +278,10 @@ impl FakeExecutor {
 }
 
 impl Executor for FakeExecutor {
+    fn is_broken(&self) -> bool {
+        self.control.break_next.load(Ordering::Acquire)
+    }
+
     fn execute(&mut self, batch: &Batch) -> Result<StepOutput, ExecutorError> {
         for id in &batch.finished {
             if self.seqs.remove(id).is_none() {
@@ -315,6 +322,11 @@ impl Executor for FakeExecutor {
         }
         if c.fail_next.swap(false, Ordering::AcqRel) {
             return Err(ExecutorError("injected device fault".into()));
+        }
+        if c.break_next.load(Ordering::Acquire) {
+            return Err(ExecutorError(
+                "injected fault of a tensor-parallel rank".into(),
+            ));
         }
         if c.panic_next.swap(false, Ordering::AcqRel) {
             panic!("injected executor panic");

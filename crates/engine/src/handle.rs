@@ -149,6 +149,13 @@ impl EngineHandle {
     /// Queues a request. Errors: the request can never fit (InvalidRequest kind), the
     /// waiting queue is full (QueueFull), the engine is shutting down or dead.
     pub fn submit(&self, req: EngineRequest) -> Result<RequestStream, EngineError> {
+        self.check(&req)?;
+        self.reserve(1)?.submit(req)
+    }
+
+    /// Whether the engine would take `req` (running, accepting, and the request able to
+    /// fit), without queueing it.
+    pub fn check(&self, req: &EngineRequest) -> Result<(), EngineError> {
         let inner = &self.inner;
         if !inner.shared.alive.load(Ordering::Acquire) {
             return Err(EngineError::EngineDead);
@@ -156,33 +163,27 @@ impl EngineHandle {
         if !inner.shared.accepting.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
-        validate_request(&inner.config, inner.vocab_size, &req)?;
+        validate_request(&inner.config, inner.vocab_size, req).map(drop)
+    }
+
+    /// Holds `count` places in the waiting queue, all or none, so that the sequences of one
+    /// API request are queued together or not at all. More than the queue's limit is an
+    /// invalid request (retrying cannot help); more than its free places, QueueFull.
+    pub fn reserve(&self, count: usize) -> Result<Reservation, EngineError> {
+        let inner = &self.inner;
         let limit = inner.config.max_waiting_requests;
+        if count > limit {
+            return Err(EngineError::TooManySequences { count, limit });
+        }
         inner
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < limit).then_some(q + 1)
+                (q + count <= limit).then_some(q + count)
             })
             .map_err(|_| EngineError::QueueFull { limit })?;
-        let seq_id = inner.next_seq_id.fetch_add(1, Ordering::Relaxed);
-        let (sink, rx) = unbounded_channel();
-        let request_id = req.request_id.clone();
-        let cmd = Command::Submit {
-            seq_id,
-            req: Box::new(req),
-            sink,
-            arrival: Instant::now(),
-        };
-        if inner.tx.send(cmd).is_err() {
-            inner.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(EngineError::EngineDead);
-        }
-        Ok(RequestStream {
-            rx,
-            seq_id,
-            request_id,
-            tx: inner.tx.clone(),
-            done: false,
+        Ok(Reservation {
+            handle: self.clone(),
+            left: count,
         })
     }
 
@@ -197,6 +198,11 @@ impl EngineHandle {
 
     pub fn is_alive(&self) -> bool {
         self.inner.shared.alive.load(Ordering::Acquire)
+    }
+
+    /// Whether new requests are taken (false once shutdown has begun).
+    pub fn is_accepting(&self) -> bool {
+        self.is_alive() && self.inner.shared.accepting.load(Ordering::Acquire)
     }
 
     /// Stops accepting requests, lets those in flight finish within `grace`, aborts the rest
@@ -220,6 +226,59 @@ impl EngineHandle {
             if t.join().is_err() {
                 tracing::error!("engine thread panicked");
             }
+        }
+    }
+}
+
+/// Places held in the waiting queue by [`EngineHandle::reserve`]; each [`Reservation::submit`]
+/// uses one, and those left unused are given back when it is dropped.
+pub struct Reservation {
+    handle: EngineHandle,
+    left: usize,
+}
+
+impl Reservation {
+    /// Queues a request in one of the held places.
+    pub fn submit(&mut self, req: EngineRequest) -> Result<RequestStream, EngineError> {
+        if self.left == 0 {
+            return Err(EngineError::InvalidRequest(
+                "more requests submitted than places reserved".into(),
+            ));
+        }
+        let inner = &self.handle.inner;
+        self.handle.check(&req)?;
+        // From here the engine owns the place: it frees it when the request is admitted.
+        self.left -= 1;
+        let seq_id = inner.next_seq_id.fetch_add(1, Ordering::Relaxed);
+        let (sink, rx) = unbounded_channel();
+        let request_id = req.request_id.clone();
+        let cmd = Command::Submit {
+            seq_id,
+            req: Box::new(req),
+            sink,
+            arrival: Instant::now(),
+        };
+        if inner.tx.send(cmd).is_err() {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::EngineDead);
+        }
+        Ok(RequestStream {
+            rx,
+            seq_id,
+            request_id,
+            tx: inner.tx.clone(),
+            done: false,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            self.handle
+                .inner
+                .queued
+                .fetch_sub(self.left, Ordering::AcqRel);
         }
     }
 }
@@ -254,6 +313,14 @@ fn engine_loop(mut core: EngineCore, rx: Receiver<Command>) {
         }
         if core.has_work() {
             core.step();
+            if core.executor_broken() {
+                tracing::error!(
+                    "the executor cannot run again (a tensor-parallel rank faulted and the \
+                     group is aborted); stopping the engine: /health answers 503, restart \
+                     the process"
+                );
+                break;
+            }
         }
     }
     core.abort_all();

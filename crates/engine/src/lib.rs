@@ -8,7 +8,8 @@
 //!   and for anyone who wants to drive them directly.
 //! - [`fake_executor::FakeExecutor`] is a deterministic fake model that checks every batch.
 
-pub mod batch;
+#![forbid(unsafe_code)]
+
 pub mod block_pool;
 pub mod detokenizer;
 pub mod engine;
@@ -19,18 +20,20 @@ pub mod kv_cache_manager;
 pub mod metrics;
 pub mod scheduler;
 
-pub use batch::{
-    Batch, Executor, ExecutorError, NewSeq, ScheduledSeq, SeqId, SeqOutput, StepOutput,
-};
 pub use block_pool::{BlockPool, NULL_BLOCK};
 pub use engine::{
     validate_request, EngineConfig, EngineCore, EngineRequest, FinishReason, OutputSink,
     RequestOutput, StopReason, TokenLogprob,
 };
 pub use error::{EngineError, ErrorKind};
-pub use handle::{EngineHandle, RequestStream};
+pub use handle::{EngineHandle, RequestStream, Reservation};
 pub use kv_cache_manager::KvCacheManager;
 pub use metrics::{EngineStats, FinishCounts, Histogram};
+/// The step contract lives in `qwen3-step`; `qwen3_engine::batch::…` keeps naming it.
+pub use qwen3_step as batch;
+pub use qwen3_step::{
+    Batch, Executor, ExecutorError, NewSeq, ScheduledSeq, SeqId, SeqOutput, StepOutput,
+};
 pub use scheduler::{Scheduler, SchedulerConfig, SeqParams};
 
 #[cfg(test)]

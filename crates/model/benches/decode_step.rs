@@ -9,8 +9,9 @@
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qwen3_model::build::{cpu_executor, single_seq_batch, LoadOptions};
 use qwen3_model::config::ModelConfig;
+use qwen3_model::load::{cpu_executor, LoadOptions};
+use qwen3_model::profile::single_seq_batch;
 use qwen3_model::synthetic::{write_model, Shape};
 use qwen3_model::WeightDType;
 

@@ -1,9 +1,28 @@
-//! Errors of config parsing and weight loading. Every message names the file, field or
-//! tensor at fault, since the user fixing it usually has only the message to go on.
+//! The model crate's errors: config parsing, weight loading, and [`ModelError`], which any
+//! step of loading or running a model returns. Every message names the file, field or tensor
+//! at fault, since the user fixing it usually has only the message to go on.
 
 use std::path::PathBuf;
 
+use qwen3_backend::BackendError;
+
+use crate::quant_config::QuantError;
 use crate::weights::DType;
+
+/// Anything that stops a model from loading or a step from running.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// A `config.json` that cannot be used for a Qwen3 model.
 #[derive(Debug, thiserror::Error)]

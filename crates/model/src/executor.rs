@@ -10,11 +10,12 @@ use std::sync::Arc;
 use qwen3_backend::comm::{Communicator, SingleRank};
 use qwen3_backend::sampling::{draw_seed, SampleRow, SamplingParams};
 use qwen3_backend::{Backend, StepMeta};
-use qwen3_engine::batch::SeqPromptLogprobs;
-use qwen3_engine::{Batch, Executor, ExecutorError, SeqId, SeqOutput, StepOutput};
+use qwen3_step::batch::SeqPromptLogprobs;
+use qwen3_step::{Batch, Executor, ExecutorError, SeqId, SeqOutput, StepOutput};
 
+use crate::error::ModelError;
 use crate::prompt_logprobs::{self, PromptSpan};
-use crate::qwen3::{ModelError, Qwen3};
+use crate::qwen3::Qwen3;
 
 struct SeqState {
     tokens: Vec<u32>,
@@ -194,6 +195,13 @@ impl<B: Backend> Worker<B> {
         Ok(())
     }
 
+    /// Device bytes of one KV block of `block_size` tokens on this rank (K and V, every layer),
+    /// as the backend lays it out.
+    pub fn kv_block_bytes(&self, block_size: usize) -> u64 {
+        self.backend
+            .kv_block_bytes(self.model.kv_shape(1, block_size))
+    }
+
     /// Runs the step; returns the gathered logits of the sampling rows, and the prompt
     /// logprobs of `spans` (read out only where `emit`: the rank that samples). `arrays` is
     /// refilled for the batch (kept by the caller so steps reuse its capacity).
@@ -232,6 +240,15 @@ impl<B: Backend> Worker<B> {
     }
 }
 
+/// An executor as start-up holds it: its KV cache can still be resized once the profiling
+/// pass has measured what activations need. Boxed for the engine, it is a plain [`Executor`].
+pub trait ResizableExecutor: Executor {
+    /// Gives every rank a KV cache of `num_blocks` blocks of `block_size` tokens.
+    fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ModelError>;
+    /// Device bytes of one KV block of `block_size` tokens, all ranks together.
+    fn kv_block_bytes(&self, block_size: usize) -> Result<u64, ModelError>;
+}
+
 /// Tensor parallel size 1: the model on one device, stepped on the engine's thread.
 pub struct SingleExecutor<B: Backend> {
     worker: Worker<B>,
@@ -252,10 +269,6 @@ impl<B: Backend> SingleExecutor<B> {
         &self.worker
     }
 
-    pub fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ModelError> {
-        self.worker.resize_kv(num_blocks, block_size)
-    }
-
     /// Logits of the given flattened token rows of a step, without sampling (parity tests).
     pub fn logits(&mut self, batch: &Batch, rows: &[u32]) -> Result<Vec<f32>, ExecutorError> {
         let arrays = StepArrays::new(batch);
@@ -272,6 +285,16 @@ impl<B: Backend> SingleExecutor<B> {
 
 pub(crate) fn exec_err(e: ModelError) -> ExecutorError {
     ExecutorError(e.to_string())
+}
+
+impl<B: Backend> ResizableExecutor for SingleExecutor<B> {
+    fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ModelError> {
+        self.worker.resize_kv(num_blocks, block_size)
+    }
+
+    fn kv_block_bytes(&self, block_size: usize) -> Result<u64, ModelError> {
+        Ok(self.worker.kv_block_bytes(block_size))
+    }
 }
 
 impl<B: Backend> Executor for SingleExecutor<B> {

@@ -1,18 +1,24 @@
-//! Qwen3 model: config, weights, forward pass, executor.
+//! Qwen3 model: config, weights, forward pass, executor, and loading it onto devices.
 
-pub mod build;
-pub mod build_ascend;
+// The one unsafe call is the weights' mmap (`weights.rs`), allowed where it is made.
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod load;
+mod load_ascend;
+mod load_cpu;
+pub mod profile;
 pub mod prompt_logprobs;
-pub mod quant;
-pub mod quantized;
+pub mod quant_config;
+pub mod quant_unpack;
 pub mod qwen3;
 pub mod rope;
 pub mod synthetic;
 pub mod tp;
 pub mod weights;
 
-pub use executor::{SingleExecutor, Worker};
-pub use qwen3::{ModelError, Qwen3, Shard, WeightDType};
+pub use error::ModelError;
+pub use executor::{ResizableExecutor, SingleExecutor, Worker};
+pub use qwen3::{Qwen3, Shard, WeightDType};

@@ -4,10 +4,11 @@
 
 use qwen3_backend::comm::Communicator;
 use qwen3_backend::Backend;
-use qwen3_engine::batch::SeqPromptLogprobs;
-use qwen3_engine::{Batch, SeqId};
+use qwen3_step::batch::SeqPromptLogprobs;
+use qwen3_step::{Batch, SeqId};
 
-use crate::qwen3::{ModelError, Qwen3};
+use crate::error::ModelError;
+use crate::qwen3::Qwen3;
 
 /// Most bytes of F32 logits one chunk of prompt rows may take (on the device and, where a
 /// backend reads rows back, on the host): about 110 rows of a 151,936-token vocabulary.
@@ -97,7 +98,7 @@ pub fn compute<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qwen3_engine::ScheduledSeq;
+    use qwen3_step::ScheduledSeq;
 
     fn seq(id: SeqId, query_start: u32, query_len: u32, context_len: u32) -> ScheduledSeq {
         ScheduledSeq {

@@ -5,31 +5,18 @@ use std::path::Path;
 
 use qwen3_backend::comm::Communicator;
 use qwen3_backend::{
-    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, RopeSpec, StepMeta,
+    AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, RopeSpec, StepMeta,
 };
 
 use crate::config::ModelConfig;
-use crate::error::{ConfigError, WeightError};
-use crate::quant::{QuantConfig, QuantError};
-use crate::quantized::{load_packed, Unpacked, Window};
+use crate::error::ModelError;
+use crate::quant_config::QuantConfig;
+use crate::quant_unpack::{load_packed, Unpacked, Window};
 use crate::rope::rope_spec;
 use crate::weights::WeightStore;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Weights(#[from] WeightError),
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    #[error(transparent)]
-    Quant(#[from] QuantError),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// How weights are kept on the device.
+/// How weights are kept on the device (`--dtype`). Not the element type a checkpoint stores
+/// ([`crate::weights::DType`], converted from at load) nor a device's own descriptor types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightDType {
     BF16,
@@ -56,6 +43,44 @@ impl Shard {
     }
 }
 
+/// Tensor parallelism over `world` ranks must split the attention heads, the key/value heads
+/// (or replicate them, with more ranks than KV heads) and the MLP widths the model uses
+/// evenly. Checked when a rank's heads are planned, and by start-up before anything loads.
+pub fn check_tp_split(cfg: &ModelConfig, world: usize) -> Result<(), ModelError> {
+    let (hq, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+    let refuse = |what: String| {
+        Err(ModelError::Invalid(format!(
+            "tensor parallel size {world} must {what}"
+        )))
+    };
+    if world == 0 || !hq.is_multiple_of(world) {
+        return refuse(format!("divide the {hq} attention heads"));
+    }
+    if (hkv >= world && !hkv.is_multiple_of(world))
+        || (hkv < world && (hkv == 0 || !world.is_multiple_of(hkv)))
+    {
+        return refuse(format!(
+            "divide, or be a multiple of, the {hkv} key/value heads"
+        ));
+    }
+    let layers = 0..cfg.num_hidden_layers;
+    let i = cfg.intermediate_size;
+    if layers.clone().any(|l| !cfg.is_moe_layer(l)) && !i.is_multiple_of(world) {
+        return refuse(format!("divide intermediate_size {i}"));
+    }
+    if let Some(moe) = cfg
+        .moe
+        .as_ref()
+        .filter(|_| layers.clone().any(|l| cfg.is_moe_layer(l)))
+    {
+        let im = moe.moe_intermediate_size;
+        if !im.is_multiple_of(world) {
+            return refuse(format!("divide moe_intermediate_size {im}"));
+        }
+    }
+    Ok(())
+}
+
 /// Attention heads of one rank: its query heads, and the KV heads those need (replicated
 /// across ranks when there are more ranks than KV heads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,26 +98,12 @@ impl HeadPlan {
             cfg.num_key_value_heads,
             shard.world,
         );
-        if w == 0 || !hq.is_multiple_of(w) {
-            return Err(ModelError::Invalid(format!(
-                "tensor parallel size {w} must divide the {hq} attention heads"
-            )));
-        }
         if hkv == 0 || !hq.is_multiple_of(hkv) {
             return Err(ModelError::Invalid(format!(
                 "{hq} attention heads are not a multiple of {hkv} key/value heads"
             )));
         }
-        if hkv >= w && !hkv.is_multiple_of(w) {
-            return Err(ModelError::Invalid(format!(
-                "tensor parallel size {w} must divide the {hkv} key/value heads"
-            )));
-        }
-        if hkv < w && !w.is_multiple_of(hkv) {
-            return Err(ModelError::Invalid(format!(
-                "tensor parallel size {w} must be a multiple of the {hkv} key/value heads"
-            )));
-        }
+        check_tp_split(cfg, w)?;
         let q_heads = hq / w;
         let q_start = shard.rank * q_heads;
         let (kv_start, kv_heads) = if hkv >= w {
@@ -338,12 +349,6 @@ impl<B: Backend> Qwen3<B> {
                     ModelError::Invalid(format!("layer {l} is MoE but the config has no experts"))
                 })?;
                 let (ne, im) = (moe.num_experts, moe.moe_intermediate_size);
-                if !im.is_multiple_of(shard.world) {
-                    return Err(ModelError::Invalid(format!(
-                        "tensor parallel size {} must divide moe_intermediate_size {im}",
-                        shard.world
-                    )));
-                }
                 let cols = shard.range(im);
                 let m = format!("{p}.mlp");
                 Mlp::Moe {
@@ -359,12 +364,6 @@ impl<B: Backend> Qwen3<B> {
                 }
             } else {
                 let i = cfg.intermediate_size;
-                if !i.is_multiple_of(shard.world) {
-                    return Err(ModelError::Invalid(format!(
-                        "tensor parallel size {} must divide intermediate_size {i}",
-                        shard.world
-                    )));
-                }
                 let (is, il) = shard.range(i);
                 Mlp::Dense {
                     gate: ld.linear(&format!("{p}.mlp.gate_proj"), &[i, h], 0, is, il)?,

@@ -7,10 +7,10 @@ use std::thread::JoinHandle;
 
 use qwen3_backend::comm::Communicator;
 use qwen3_backend::Backend;
-use qwen3_engine::{Batch, Executor, ExecutorError, StepOutput};
+use qwen3_step::{Batch, Executor, ExecutorError, StepOutput};
 
-use crate::executor::{exec_err, SeqStates, StepArrays, Worker};
-use crate::qwen3::ModelError;
+use crate::error::ModelError;
+use crate::executor::{exec_err, ResizableExecutor, SeqStates, StepArrays, Worker};
 
 /// What a rank thread is given to build itself on its own thread (devices bind per thread).
 pub type RankInit<B> =
@@ -22,11 +22,15 @@ enum Job {
         num_blocks: usize,
         block_size: usize,
     },
+    KvBlockBytes {
+        block_size: usize,
+    },
 }
 
 enum Reply {
     Sampled(Result<StepOutput, ExecutorError>),
     Done(Result<(), ExecutorError>),
+    Bytes(u64),
 }
 
 struct Rank {
@@ -39,6 +43,8 @@ pub struct TpExecutor {
     ranks: Vec<Rank>,
     /// Called when a rank fails, so peers blocked in a collective are released.
     abort: Arc<dyn Fn() + Send + Sync>,
+    /// Set when a rank failed: its collectives are aborted for good, so no step can run.
+    broken: bool,
 }
 
 fn rank_loop<B: Backend>(
@@ -71,6 +77,15 @@ fn rank_loop<B: Backend>(
             } => {
                 let r = worker.resize_kv(num_blocks, block_size).map_err(exec_err);
                 if replies.send(Reply::Done(r)).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Job::KvBlockBytes { block_size } => {
+                if replies
+                    .send(Reply::Bytes(worker.kv_block_bytes(block_size)))
+                    .is_err()
+                {
                     return;
                 }
                 continue;
@@ -145,38 +160,57 @@ impl TpExecutor {
                 first_err.get_or_insert(ModelError::Invalid(format!("rank {rank}: {e}")));
             }
         }
-        let ex = Self { ranks, abort };
+        let ex = Self {
+            ranks,
+            abort,
+            broken: false,
+        };
         match first_err {
             Some(e) => Err(e),
             None => Ok(ex),
         }
     }
+}
 
-    pub fn world_size(&self) -> usize {
-        self.ranks.len()
-    }
-
-    /// Gives every rank a KV cache of `num_blocks` blocks.
-    pub fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ExecutorError> {
+impl ResizableExecutor for TpExecutor {
+    fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> Result<(), ModelError> {
         for r in &self.ranks {
             r.tx.send(Job::ResizeKv {
                 num_blocks,
                 block_size,
             })
-            .map_err(|_| ExecutorError("a tensor-parallel rank has stopped".into()))?;
+            .map_err(|_| ModelError::Invalid("a tensor-parallel rank has stopped".into()))?;
         }
         let mut result = Ok(());
         for (i, r) in self.ranks.iter().enumerate() {
             match r.rx.recv() {
                 Ok(Reply::Done(Ok(()))) => {}
                 Ok(Reply::Done(Err(e))) | Ok(Reply::Sampled(Err(e))) => {
-                    result = Err(ExecutorError(format!("rank {i}: {}", e.0)))
+                    result = Err(ModelError::Invalid(format!("rank {i}: {}", e.0)))
                 }
-                Ok(Reply::Sampled(Ok(_))) => {}
-                Err(_) => result = Err(ExecutorError(format!("rank {i} has stopped"))),
+                Ok(Reply::Sampled(Ok(_)) | Reply::Bytes(_)) => {}
+                Err(_) => result = Err(ModelError::Invalid(format!("rank {i} has stopped"))),
             }
         }
         result
+    }
+
+    fn kv_block_bytes(&self, block_size: usize) -> Result<u64, ModelError> {
+        let stopped = |i| ModelError::Invalid(format!("tensor-parallel rank {i} has stopped"));
+        for (i, r) in self.ranks.iter().enumerate() {
+            r.tx.send(Job::KvBlockBytes { block_size })
+                .map_err(|_| stopped(i))?;
+        }
+        // Every rank's reply is read, so none is left for the next step to mistake.
+        let mut total = Ok(0);
+        for (i, r) in self.ranks.iter().enumerate() {
+            match (r.rx.recv(), &mut total) {
+                (Ok(Reply::Bytes(b)), Ok(sum)) => *sum += b,
+                (Ok(Reply::Bytes(_)), Err(_)) => {}
+                (_, t) => *t = Err(stopped(i)),
+            }
+        }
+        total
     }
 }
 
@@ -186,6 +220,7 @@ impl Executor for TpExecutor {
         for (i, r) in self.ranks.iter().enumerate() {
             if r.tx.send(Job::Step(batch.clone())).is_err() {
                 (self.abort)();
+                self.broken = true;
                 return Err(ExecutorError(format!(
                     "tensor-parallel rank {i} has stopped"
                 )));
@@ -196,7 +231,7 @@ impl Executor for TpExecutor {
         for (i, r) in self.ranks.iter().enumerate() {
             match r.rx.recv() {
                 Ok(Reply::Sampled(res)) => out = res,
-                Ok(Reply::Done(Ok(()))) => {}
+                Ok(Reply::Done(Ok(())) | Reply::Bytes(_)) => {}
                 Ok(Reply::Done(Err(e))) => {
                     failure.get_or_insert(ExecutorError(format!("rank {i}: {}", e.0)));
                 }
@@ -208,9 +243,16 @@ impl Executor for TpExecutor {
             }
         }
         match failure {
-            Some(e) => Err(e),
+            Some(e) => {
+                self.broken = true;
+                Err(e)
+            }
             None => out,
         }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken
     }
 }
 

@@ -298,6 +298,7 @@ impl WeightStore {
         // SAFETY: the map is read-only and lives as long as the store that hands out copies
         // of it. A file changed on disk while mapped can change or fault the bytes we read;
         // every mmap-based loader (safetensors, vLLM) accepts that for model files.
+        #[allow(unsafe_code)]
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let (header_len, meta) =
             SafeTensors::read_metadata(&mmap).map_err(|e| corrupt(path, explain(&e, &mmap)))?;

@@ -5,85 +5,21 @@
 mod common;
 
 use common::*;
-use qwen3_backend::comm::Communicator;
-use qwen3_backend::cpu::comm::InProcessGroup;
 use qwen3_backend::cpu::CpuBackend;
 use qwen3_backend::Backend;
-use qwen3_model::executor::StepArrays;
-use qwen3_model::quant::QuantConfig;
+use qwen3_model::quant_config::QuantConfig;
 use qwen3_model::{Qwen3, Shard, WeightDType, Worker};
 
 /// Our F32 arithmetic against transformers' F32 on identical (dequantized) weights.
 const TOL: f32 = 1e-3;
-
-/// Prefill + recorded greedy decode on `world` ranks; rank 0's logits rows (every prompt
-/// position, then each decode step).
-fn run_case(model: &str, case: &Case, world: usize) -> Vec<Vec<f32>> {
-    let groups = InProcessGroup::new(world);
-    let handles: Vec<_> = groups
-        .into_iter()
-        .enumerate()
-        .map(|(rank, group)| {
-            let model = model.to_string();
-            let prompt = case.prompt_ids.clone();
-            let greedy = case.greedy_ids.clone();
-            std::thread::spawn(move || {
-                let backend = CpuBackend::new();
-                let cfg = config(&model, None);
-                let m = Qwen3::load(
-                    &backend,
-                    &fixtures().join(&model),
-                    cfg,
-                    WeightDType::BF16,
-                    Shard { rank, world },
-                )
-                .expect("quantized shard loads");
-                let kv = backend
-                    .alloc_kv_cache(m.kv_shape(8, BLOCK_SIZE))
-                    .expect("kv");
-                let mut w = Worker {
-                    backend,
-                    model: m,
-                    kv,
-                };
-                let vocab = w.model.config.vocab_size;
-                let comm: &dyn Communicator<CpuBackend> = &group;
-                let b = single_seq_batch(&prompt, 0, true);
-                let all: Vec<u32> = (0..prompt.len() as u32).collect();
-                let l = w
-                    .forward_rows(&b, &StepArrays::new(&b), &all, comm)
-                    .expect("prefill");
-                let l = w.backend.to_host_f32(&l).expect("host");
-                let mut rows: Vec<Vec<f32>> = l.chunks(vocab).map(|r| r.to_vec()).collect();
-                // The last decode's logits are not recorded, so stop one step short.
-                for (i, &tok) in greedy.iter().enumerate().take(greedy.len() - 1) {
-                    let b = single_seq_batch(&[tok], prompt.len() + i, false);
-                    let l = w
-                        .forward_rows(&b, &StepArrays::new(&b), &[0], comm)
-                        .expect("decode");
-                    rows.push(w.backend.to_host_f32(&l).expect("host"));
-                }
-                rows
-            })
-        })
-        .collect();
-    let mut results: Vec<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("rank"))
-        .collect();
-    let first = results.remove(0);
-    for other in &results {
-        assert_eq!(&first, other, "ranks disagree after the gather");
-    }
-    first
-}
 
 fn check(model: &str, world: usize) {
     let golden = golden(model);
     assert_eq!(golden.cases.len(), 2);
     for case in &golden.cases {
         let rec = recorded(case);
-        let rows = run_case(model, case, world);
+        // The last decode's logits are not recorded, so stop one step short.
+        let rows = ranks::rank_logits(model, case, None, world, case.greedy_ids.len() - 1);
         let n = case.prompt_ids.len();
         let mut worst = 0.0f32;
         for (p, want) in rec.prefill.iter().enumerate() {
@@ -143,7 +79,7 @@ fn moe_gptq_act_order_matches_dequantized_reference() {
     check("tiny-qwen3-moe-gptq", 2);
 }
 
-/// The MoE fixtures the NPU takes (crates/cann-emu/tests/e2e_quant.rs), checked here on the
+/// The MoE fixtures the NPU takes (crates/backend-ascend/tests/e2e_quant.rs), checked here on the
 /// CPU in F32 first: the fixtures themselves against their references.
 #[test]
 fn moe_npu_fixtures_match_dequantized_reference() {

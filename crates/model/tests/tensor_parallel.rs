@@ -4,86 +4,21 @@
 mod common;
 
 use common::*;
-use qwen3_backend::comm::Communicator;
-use qwen3_backend::cpu::comm::InProcessGroup;
 use qwen3_backend::cpu::CpuBackend;
-use qwen3_backend::Backend;
-use qwen3_model::executor::StepArrays;
 use qwen3_model::weights::WeightStore;
-use qwen3_model::{Qwen3, Shard, WeightDType, Worker};
-
-/// Runs prefill + recorded greedy decode of `case` on `world` ranks; returns rank 0's logits
-/// rows (prefill positions, then each decode step's).
-fn run_case(model: &str, case: &Case, world: usize) -> Vec<Vec<f32>> {
-    let groups = InProcessGroup::new(world);
-    let handles: Vec<_> = groups
-        .into_iter()
-        .enumerate()
-        .map(|(rank, group)| {
-            let model = model.to_string();
-            let prompt = case.prompt_ids.clone();
-            let greedy = case.greedy_ids.clone();
-            let overrides = case.config_overrides.clone();
-            std::thread::spawn(move || {
-                let backend = CpuBackend::new();
-                let cfg = config(&model, overrides.as_ref());
-                let shard = Shard { rank, world };
-                let m = Qwen3::load(
-                    &backend,
-                    &fixtures().join(&model),
-                    cfg,
-                    WeightDType::BF16,
-                    shard,
-                )
-                .expect("shard loads");
-                let kv = backend
-                    .alloc_kv_cache(m.kv_shape(16, BLOCK_SIZE))
-                    .expect("kv");
-                let mut w = Worker {
-                    backend,
-                    model: m,
-                    kv,
-                };
-                let vocab = w.model.config.vocab_size;
-                let comm: &dyn Communicator<CpuBackend> = &group;
-                let mut rows = Vec::new();
-                let b = single_seq_batch(&prompt, 0, true);
-                let all: Vec<u32> = (0..prompt.len() as u32).collect();
-                let l = w
-                    .forward_rows(&b, &StepArrays::new(&b), &all, comm)
-                    .expect("prefill");
-                let l = w.backend.to_host_f32(&l).expect("host");
-                rows.extend(l.chunks(vocab).map(|r| r.to_vec()));
-                for (i, &tok) in greedy.iter().enumerate() {
-                    let b = single_seq_batch(&[tok], prompt.len() + i, false);
-                    let l = w
-                        .forward_rows(&b, &StepArrays::new(&b), &[0], comm)
-                        .expect("decode");
-                    rows.push(w.backend.to_host_f32(&l).expect("host"));
-                }
-                rows
-            })
-        })
-        .collect();
-    let mut results: Vec<_> = handles
-        .into_iter()
-        .map(|h| h.join().expect("rank"))
-        .collect();
-    let first = results.remove(0);
-    for other in &results {
-        assert_eq!(other.len(), first.len());
-        for (a, b) in first.iter().zip(other) {
-            assert_eq!(a, b, "ranks disagree after the gather");
-        }
-    }
-    first
-}
+use qwen3_model::{Qwen3, Shard, WeightDType};
 
 fn check(model: &str, world: usize) {
     let golden = golden(model);
     for case in golden.cases.iter().take(3) {
         let rec = recorded(case);
-        let rows = run_case(model, case, world);
+        let rows = ranks::rank_logits(
+            model,
+            case,
+            case.config_overrides.as_ref(),
+            world,
+            case.greedy_ids.len(),
+        );
         let n = case.prompt_ids.len();
         for (p, want) in rec.prefill.iter().enumerate() {
             let d = max_diff(&rows[p], want, &rec.columns);

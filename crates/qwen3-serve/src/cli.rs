@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -259,6 +260,24 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
+    /// Seconds between NPU samples (DCMI: HBM, AI Core/AI CPU utilisation, temperature,
+    /// power, health) behind /metrics and /health; 0 turns the sampler off.
+    #[arg(long, default_value_t = 5)]
+    pub npu_metrics_interval_seconds: u64,
+    /// Seconds a client has to send a request's headers; then the connection is closed.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_read_timeout: f64,
+    /// Seconds a client has to send a request's body after its headers; then 408.
+    #[arg(long, default_value_t = 30.0)]
+    pub body_read_timeout: f64,
+    /// Seconds an open connection may wait for its next request (uvicorn's
+    /// --timeout-keep-alive, 5 as there).
+    #[arg(long, visible_alias = "timeout-keep-alive", default_value_t = 5.0)]
+    pub keep_alive_timeout: f64,
+    /// Open connections at most; one more is answered 503 and closed. Keep it under the
+    /// process's file-descriptor limit (`ulimit -n`).
+    #[arg(long, default_value_t = 2048)]
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -288,4 +307,128 @@ pub struct GenerateArgs {
     /// Keep generating past EOS.
     #[arg(long)]
     pub ignore_eos: bool,
+}
+
+/// Seconds from a timeout flag: finite, positive, at most a day.
+fn seconds(flag: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+        bail!("--{flag} must be a number of seconds in (0, 86400], not {v}");
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
+}
+
+/// A count flag that must be at least 1 when given.
+fn positive(flag: &str, v: Option<usize>) -> anyhow::Result<()> {
+    if v == Some(0) {
+        bail!("--{flag} must be at least 1");
+    }
+    Ok(())
+}
+
+impl ModelArgs {
+    /// The numeric flags, checked before anything is loaded.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        positive("tensor-parallel-size", Some(self.tensor_parallel_size))?;
+        positive("max-model-len", self.max_model_len)?;
+        positive("cpu-threads", self.cpu_threads)?;
+        if let Some(g) = self.cpu_kv_cache_space {
+            if !(g.is_finite() && g > 0.0) {
+                bail!("--cpu-kv-cache-space (VLLM_CPU_KVCACHE_SPACE) must be a positive number of GiB, not {g}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    /// Every numeric flag, checked before anything is loaded (a zero block size would
+    /// otherwise divide by zero deep in the KV sizing).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.model.validate()?;
+        positive("max-num-seqs", Some(self.max_num_seqs))?;
+        positive("max-num-batched-tokens", self.max_num_batched_tokens)?;
+        positive("block-size", self.block_size)?;
+        if self.block_size.is_some_and(|b| b > 4096) {
+            bail!("--block-size must be at most 4096");
+        }
+        positive("max-waiting-requests", Some(self.max_waiting_requests))?;
+        positive("max-connections", Some(self.max_connections))?;
+        if self.max_connections > u32::MAX as usize {
+            bail!("--max-connections must be at most {}", u32::MAX);
+        }
+        let u = self.gpu_memory_utilization;
+        if !(u.is_finite() && u > 0.0 && u <= 1.0) {
+            bail!("--gpu-memory-utilization must be in (0, 1], not {u}");
+        }
+        self.conn_limits().map(drop)
+    }
+
+    /// The connection timeouts and bound from their flags.
+    pub fn conn_limits(&self) -> anyhow::Result<qwen3_api::ConnLimits> {
+        Ok(qwen3_api::ConnLimits {
+            header_read_timeout: seconds("header-read-timeout", self.header_read_timeout)?,
+            body_read_timeout: seconds("body-read-timeout", self.body_read_timeout)?,
+            keep_alive_timeout: seconds("keep-alive-timeout", self.keep_alive_timeout)?,
+            max_connections: self.max_connections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let mut argv = vec!["qwen3-serve"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .serve
+    }
+
+    #[test]
+    fn numeric_flags_are_checked_up_front() {
+        assert!(serve_args(&[]).validate().is_ok());
+        for (flags, names) in [
+            (&["--block-size", "0"][..], "--block-size"),
+            (&["--max-model-len", "0"], "--max-model-len"),
+            (&["--max-num-seqs", "0"], "--max-num-seqs"),
+            (
+                &["--max-num-batched-tokens", "0"],
+                "--max-num-batched-tokens",
+            ),
+            (&["--max-waiting-requests", "0"], "--max-waiting-requests"),
+            (&["--tensor-parallel-size", "0"], "--tensor-parallel-size"),
+            (&["--cpu-threads", "0"], "--cpu-threads"),
+            (&["--cpu-kv-cache-space=-1"], "--cpu-kv-cache-space"),
+            (
+                &["--gpu-memory-utilization", "0"],
+                "--gpu-memory-utilization",
+            ),
+            (
+                &["--gpu-memory-utilization", "NaN"],
+                "--gpu-memory-utilization",
+            ),
+            (&["--max-connections", "0"], "--max-connections"),
+            (&["--keep-alive-timeout", "0"], "--keep-alive-timeout"),
+            (&["--header-read-timeout", "inf"], "--header-read-timeout"),
+            (&["--body-read-timeout=-3"], "--body-read-timeout"),
+        ] {
+            let e = serve_args(flags).validate().expect_err(names);
+            assert!(e.to_string().contains(names), "{flags:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn connection_flags_reach_the_limits() {
+        let l = serve_args(&["--timeout-keep-alive", "2.5", "--max-connections", "7"])
+            .conn_limits()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.keep_alive_timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(l.max_connections, 7);
+        let d = serve_args(&[])
+            .conn_limits()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(d.header_read_timeout.as_secs() <= 30 && d.body_read_timeout.as_secs() <= 30);
+    }
 }

@@ -4,8 +4,8 @@ mod alloc;
 mod bench_client;
 mod bench_offline;
 mod cli;
-mod hub;
 mod model_dir;
+mod npu_metrics;
 mod preset;
 mod runtime;
 
@@ -15,8 +15,21 @@ use clap::Parser;
 static GLOBAL: alloc::Counting = alloc::Counting;
 
 use cli::{BenchCommand, Cli, Command};
+use qwen3_backend_ascend::device_query::Cann;
 
-fn main() -> anyhow::Result<()> {
+/// Errors reach the user as one line (`Error: outer: cause: cause`), never with anyhow's
+/// backtrace, which `RUST_BACKTRACE=1` would otherwise attach to every start-up error.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = preset::expand(std::env::args_os().collect())?;
     let cli = Cli::parse_from(args);
     tracing_subscriber::fmt()
@@ -41,9 +54,9 @@ fn main() -> anyhow::Result<()> {
 /// Prints what CANN and the NPUs report; fails when CANN is missing or a check fails.
 fn doctor(args: &cli::DoctorArgs) -> anyhow::Result<()> {
     let cann = if args.cann_dir.is_empty() {
-        ascend_sys::Cann::load()
+        Cann::load()
     } else {
-        ascend_sys::Cann::load_from(&args.cann_dir)
+        Cann::load_from(&args.cann_dir)
     };
     let cann = match cann {
         Ok(c) => c,

@@ -26,7 +26,7 @@ pub fn bundled_model() -> PathBuf {
 /// directory as is, else a hub id downloaded (Hugging Face, or ModelScope when asked).
 pub fn resolve(
     model: Option<&str>,
-    hub: &crate::hub::HubOptions,
+    hub: &qwen3_hub::HubOptions,
 ) -> anyhow::Result<(PathBuf, bool)> {
     let Some(model) = model else {
         let dir = bundled_model();
@@ -43,13 +43,40 @@ pub fn resolve(
         if !path.join("config.json").is_file() {
             bail!("{} is a directory but has no config.json", path.display());
         }
+        check_complete(path)?;
         return Ok((path.to_path_buf(), false));
     }
     if path.exists() || model.starts_with('/') || model.starts_with('.') {
         bail!("{model} is not a model directory");
     }
-    let dir = crate::hub::download_model(model, hub)?;
+    let dir = qwen3_hub::download_model(model, hub)?;
+    check_complete(&dir)?;
     Ok((dir, false))
+}
+
+/// Fails, naming every missing file, unless `dir` holds config.json, tokenizer.json and
+/// safetensors weights: found here rather than after the weights are loaded and the KV
+/// cache allocated.
+pub fn check_complete(dir: &Path) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = ["config.json", "tokenizer.json"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    let has_weights = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"));
+    if !has_weights {
+        missing.push("*.safetensors weights");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} is not a complete model directory: no {}",
+            dir.display(),
+            missing.join(", no ")
+        );
+    }
+    Ok(())
 }
 
 /// The tokenizer file of a model directory.
@@ -60,5 +87,26 @@ pub fn tokenizer_path(dir: &Path) -> anyhow::Result<PathBuf> {
     } else {
         Err(anyhow::anyhow!("{} has no tokenizer.json", dir.display()))
             .context("loading the tokenizer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incomplete_directory_is_refused_naming_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let src = bundled_model();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let e = check_complete(dir.path()).expect_err("no tokenizer");
+        assert!(e.to_string().contains("no tokenizer.json"), "{e}");
+        std::fs::remove_file(dir.path().join("model.safetensors"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = check_complete(dir.path()).expect_err("no weights");
+        assert!(e.to_string().contains("weights"), "{e}");
+        assert!(check_complete(&src).is_ok());
     }
 }

@@ -4,12 +4,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use qwen3_backend::sampling::SamplingParams;
 use qwen3_backend::Backend;
+use qwen3_backend_ascend::device_query::{self, Cann};
+use qwen3_backend_ascend::AscendOptions;
+use qwen3_engine::batch::SamplingParams;
 use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
-use qwen3_model::build::{cpu_executor_resizable, profile_batch, rank_kv_shape, LoadOptions};
 use qwen3_model::config::ModelConfig;
-use qwen3_model::WeightDType;
+use qwen3_model::load::{load_executor, LoadOptions, Placement};
+use qwen3_model::profile::profile_step;
+use qwen3_model::qwen3::check_tp_split;
+use qwen3_model::{ResizableExecutor, WeightDType};
 use tracing::info;
 
 use crate::cli::{DTypeArg, DeviceArg, GenerateArgs, ModelArgs, ServeArgs};
@@ -19,6 +23,9 @@ use crate::model_dir;
 const DEFAULT_CPU_KV_SPACE: u64 = 4 << 30;
 /// Tokens of the profiling pass (scaled up to max-num-batched-tokens).
 const PROFILE_TOKENS: usize = 512;
+/// Tokens per step with chunked prefill when --max-num-batched-tokens is not given (vLLM V1's
+/// default for online serving).
+const CHUNKED_PREFILL_TOKENS: usize = 8192;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// A loaded model, ready for an engine.
@@ -27,6 +34,8 @@ pub struct Loaded {
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     pub engine_config: EngineConfig,
     pub executor: Box<dyn qwen3_engine::Executor>,
+    /// The NPUs serving (ACL device ids); empty on the CPU.
+    pub npus: Vec<i32>,
 }
 
 /// Engine limits that are not part of model loading.
@@ -81,36 +90,10 @@ fn eos_ids(dir: &std::path::Path, config: &ModelConfig) -> Vec<u32> {
     ids
 }
 
-/// TP must split attention heads, KV heads and MLP widths evenly; checked before loading.
-fn validate_tp(config: &ModelConfig, world: usize) -> anyhow::Result<()> {
-    let (hq, hkv) = (config.num_attention_heads, config.num_key_value_heads);
-    if world == 0 || !hq.is_multiple_of(world) {
-        bail!("--tensor-parallel-size {world} must divide the model's {hq} attention heads");
-    }
-    if (hkv >= world && !hkv.is_multiple_of(world)) || (hkv < world && !world.is_multiple_of(hkv)) {
-        bail!("--tensor-parallel-size {world} must divide, or be a multiple of, the model's {hkv} key/value heads");
-    }
-    if !config.intermediate_size.is_multiple_of(world) {
-        bail!(
-            "--tensor-parallel-size {world} must divide the model's intermediate_size {}",
-            config.intermediate_size
-        );
-    }
-    if let Some(moe) = &config.moe {
-        if !moe.moe_intermediate_size.is_multiple_of(world) {
-            bail!(
-                "--tensor-parallel-size {world} must divide the model's moe_intermediate_size {}",
-                moe.moe_intermediate_size
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Quantized (AWQ / GPTQ) checkpoints are recognised and checked against --quantization; the
 /// loader unpacks them (the backend must support weight-only quantized weights).
 fn check_quantization(config: &ModelConfig, flag: Option<&str>) -> anyhow::Result<()> {
-    use qwen3_model::quant::QuantConfig;
+    use qwen3_model::quant_config::QuantConfig;
     let q = QuantConfig::from_json(config.quantization_config.as_ref())?;
     QuantConfig::check_flag(q.as_ref(), flag)?;
     if let Some(q) = q {
@@ -133,35 +116,14 @@ fn visible_npus() -> Option<usize> {
     Some(v.split(',').filter(|s| !s.trim().is_empty()).count())
 }
 
-/// Where the model runs.
-pub enum Placement {
-    Cpu,
-    /// One NPU per tensor-parallel rank (logical ids, after ASCEND_RT_VISIBLE_DEVICES).
-    Npu {
-        cann: Arc<ascend_sys::Cann>,
-        devices: Vec<i32>,
-    },
-}
-
-/// NPUs the loaded CANN reports (initialising ACL if needed).
-fn npu_count(cann: &ascend_sys::Cann) -> anyhow::Result<u32> {
-    // SAFETY: a null config path is allowed; a repeated init is reported and tolerated.
-    let rc = unsafe { (cann.acl.aclInit)(std::ptr::null()) };
-    if rc != 0 && rc != ascend_sys::types::ACL_ERROR_REPEAT_INITIALIZE {
-        cann.check(rc, "aclInit")?;
-    }
-    let mut n = 0u32;
-    // SAFETY: valid out-pointer.
-    cann.check(
-        unsafe { (cann.acl.aclrtGetDeviceCount)(&mut n) },
-        "aclrtGetDeviceCount",
-    )?;
-    Ok(n)
-}
-
 /// Resolves --device: `npu` needs CANN and `world` devices; `auto` takes the NPU when both are
 /// there and says why not otherwise.
-pub fn pick_device(device: DeviceArg, world: usize) -> anyhow::Result<Placement> {
+/// On the NPU, decode graphs are captured unless `enforce_eager`.
+pub fn pick_device(
+    device: DeviceArg,
+    world: usize,
+    enforce_eager: bool,
+) -> anyhow::Result<Placement> {
     if device == DeviceArg::Npu {
         if let Some(n) = visible_npus() {
             if n < world {
@@ -175,9 +137,9 @@ pub fn pick_device(device: DeviceArg, world: usize) -> anyhow::Result<Placement>
         info!("device: cpu (as asked)");
         return Ok(Placement::Cpu);
     }
-    let npus = ascend_sys::Cann::load()
+    let npus = Cann::load()
         .map_err(anyhow::Error::from)
-        .and_then(|cann| Ok((npu_count(&cann)?, cann)));
+        .and_then(|cann| Ok((device_query::device_count(&cann)?, cann)));
     match (device, npus) {
         (DeviceArg::Npu | DeviceArg::Cpu, Err(e)) => {
             bail!("--device npu: CANN could not be used: {e:#}")
@@ -205,74 +167,21 @@ pub fn pick_device(device: DeviceArg, world: usize) -> anyhow::Result<Placement>
                 cann.cann_version()
                     .unwrap_or_else(|| "version unknown".into())
             );
+            if enforce_eager {
+                info!("--enforce-eager: decode graphs off");
+            }
             Ok(Placement::Npu {
                 cann: Arc::new(cann),
                 devices,
+                // Decode graphs cut the host time between launches; the backend captures only
+                // single-rank decode steps and falls back to eager where CANN cannot capture.
+                options: AscendOptions {
+                    graph_capture: !enforce_eager,
+                    ..Default::default()
+                },
             })
         }
     }
-}
-
-/// An executor whose KV cache can still be resized after the profiling pass.
-enum Resizable {
-    Cpu(qwen3_model::build::CpuExecutor),
-    Npu(qwen3_model::build_ascend::AscendExecutor),
-}
-
-impl Resizable {
-    fn as_executor(&mut self) -> &mut dyn qwen3_engine::Executor {
-        match self {
-            Resizable::Cpu(e) => e.as_executor(),
-            Resizable::Npu(e) => e.as_executor(),
-        }
-    }
-
-    fn resize_kv(&mut self, num_blocks: usize, block_size: usize) -> anyhow::Result<()> {
-        match self {
-            Resizable::Cpu(e) => e.resize_kv(num_blocks, block_size)?,
-            Resizable::Npu(e) => e.resize_kv(num_blocks, block_size)?,
-        }
-        Ok(())
-    }
-
-    fn into_boxed(self) -> Box<dyn qwen3_engine::Executor> {
-        match self {
-            Resizable::Cpu(e) => e.into_boxed(),
-            Resizable::Npu(e) => e.into_boxed(),
-        }
-    }
-}
-
-/// (free, total) HBM bytes of each device, as the driver sees them (pool caches count as used).
-///
-/// Runs on a thread of its own: setting a device changes the calling thread's current
-/// context, which must stay the backend's on threads that launch work.
-fn npu_memory(cann: &ascend_sys::Cann, devices: &[i32]) -> anyhow::Result<Vec<(u64, u64)>> {
-    std::thread::scope(|s| {
-        s.spawn(|| npu_memory_here(cann, devices))
-            .join()
-            .map_err(|_| anyhow::anyhow!("querying NPU memory panicked"))?
-    })
-}
-
-fn npu_memory_here(cann: &ascend_sys::Cann, devices: &[i32]) -> anyhow::Result<Vec<(u64, u64)>> {
-    use ascend_sys::types::aclrtMemAttr;
-    devices
-        .iter()
-        .map(|&d| {
-            // SAFETY: a device id CANN reported.
-            cann.check(unsafe { (cann.acl.aclrtSetDevice)(d) }, "aclrtSetDevice")?;
-            let (mut free, mut total) = (0usize, 0usize);
-            // SAFETY: valid out-pointers.
-            cann.check(
-                unsafe {
-                    (cann.acl.aclrtGetMemInfo)(aclrtMemAttr::ACL_HBM_MEM, &mut free, &mut total)
-                },
-                "aclrtGetMemInfo",
-            )?;
-            Ok((free as u64, total as u64))
-        })
-        .collect()
 }
 
 pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
@@ -286,7 +195,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     let use_modelscope = args.use_modelscope
         || std::env::var("VLLM_USE_MODELSCOPE")
             .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    let hub = crate::hub::HubOptions {
+    let hub = qwen3_hub::HubOptions {
         download_dir: args.download_dir.clone(),
         use_modelscope,
         ..Default::default()
@@ -300,41 +209,19 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     }
     let config = model_config(&dir, args)?;
     let world = args.tensor_parallel_size;
-    validate_tp(&config, world)?;
+    check_tp_split(&config, world)?;
     check_quantization(&config, args.quantization.as_deref())?;
-    let placement = pick_device(args.device, world)?;
-    let supported = config.max_context_len();
-    let max_model_len = args.max_model_len.unwrap_or(supported);
-    if max_model_len > supported {
-        bail!(
-            "--max-model-len {max_model_len} exceeds the model's {supported} positions; add rope scaling to extend it, e.g. --rope-scaling '{{\"rope_type\":\"yarn\",\"factor\":{:.1},\"original_max_position_embeddings\":{}}}'",
-            (max_model_len as f64 / config.max_position_embeddings as f64).ceil(),
-            config.max_position_embeddings
-        );
-    }
+    let placement = pick_device(args.device, world, args.enforce_eager)?;
+    let max_model_len = max_model_len(&config, args.max_model_len)?;
     let dtype = match args.dtype {
         DTypeArg::Float32 => WeightDType::F32,
         DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => WeightDType::BF16,
     };
-    // Ascend's fused attention wants blocks of 128; 16 keeps the CPU's blocks small.
-    let block_size = limits.block_size.unwrap_or(match placement {
-        Placement::Cpu => 16,
-        Placement::Npu { .. } => 128,
-    });
-    if matches!(placement, Placement::Npu { .. })
-        && dtype != WeightDType::F32
-        && !matches!(block_size, 128 | 512)
-    {
-        // Fused infer attention with paged KV in TND layout takes BF16 blocks of 128 or 512
-        // only (aclnnFusedInferAttentionScoreV4 docs); the device would fail the first step.
-        bail!("--block-size {block_size}: the NPU's fused attention takes KV blocks of 128 or 512 tokens");
-    }
+    let block_size = block_size(limits.block_size, &placement, dtype)?;
     let chunked = limits.enable_chunked_prefill;
-    let max_num_batched_tokens = limits.max_num_batched_tokens.unwrap_or(if chunked {
-        8192.min(max_model_len)
-    } else {
-        max_model_len
-    });
+    let max_num_batched_tokens = limits
+        .max_num_batched_tokens
+        .unwrap_or_else(|| default_max_num_batched_tokens(chunked, max_model_len));
     // Load with a KV cache just big enough for the profiling pass; resize it after.
     let profile_tokens = max_num_batched_tokens.min(PROFILE_TOKENS);
     let opts = LoadOptions {
@@ -345,60 +232,11 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         block_size,
         num_blocks: profile_tokens.div_ceil(block_size) + 1,
     };
-    let t0 = std::time::Instant::now();
-    let (executor, num_blocks) = match &placement {
-        Placement::Cpu => {
-            let heap_before = crate::alloc::current();
-            let executor = Resizable::Cpu(cpu_executor_resizable(&opts)?);
-            let loaded_bytes = crate::alloc::current().saturating_sub(heap_before) as u64;
-            info!(
-                "loaded {} on the CPU (tensor parallel {world}) in {:.2}s: {:.2} GiB",
-                dir.display(),
-                t0.elapsed().as_secs_f64(),
-                loaded_bytes as f64 / GIB
-            );
-            size_cpu_kv(
-                executor,
-                &opts,
-                args,
-                limits,
-                loaded_bytes,
-                max_num_batched_tokens,
-                profile_tokens,
-            )?
-        }
-        Placement::Npu { cann, devices } => {
-            // Decode graphs cut the host time between launches; the backend captures only
-            // single-rank decode steps and falls back to eager where CANN cannot capture.
-            let backend_opts = qwen3_backend_ascend::AscendOptions {
-                graph_capture: !args.enforce_eager,
-                ..Default::default()
-            };
-            if args.enforce_eager {
-                info!("--enforce-eager: decode graphs off");
-            }
-            let executor = Resizable::Npu(qwen3_model::build_ascend::ascend_executor_resizable(
-                &opts,
-                Arc::clone(cann),
-                devices,
-                backend_opts,
-            )?);
-            info!(
-                "loaded {} on NPU {devices:?} (tensor parallel {world}) in {:.2}s",
-                dir.display(),
-                t0.elapsed().as_secs_f64()
-            );
-            size_npu_kv(
-                executor,
-                &opts,
-                cann,
-                devices,
-                limits,
-                max_num_batched_tokens,
-                profile_tokens,
-            )?
-        }
+    let profile = Profile {
+        max_num_batched_tokens,
+        profile_tokens,
     };
+    let (mut executor, num_blocks) = load_and_profile(&opts, &placement, args, limits, &profile)?;
     let fits = num_blocks.saturating_sub(1) * block_size;
     if fits < max_model_len {
         let more = match placement {
@@ -409,27 +247,20 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
             "the KV cache holds {fits} tokens ({num_blocks} blocks of {block_size}), less than one --max-model-len {max_model_len} sequence; lower --max-model-len to at most {fits} or give it more memory ({more})"
         );
     }
-    let mut executor = executor;
     executor.resize_kv(num_blocks, block_size)?;
-    let block_bytes = kv_block_bytes(&opts)? * world as u64;
+    let block_bytes = executor.kv_block_bytes(block_size)?;
     info!(
         "KV cache: {num_blocks} blocks of {block_size} tokens ({:.2} GiB over {world} rank(s)); maximum concurrency for {max_model_len} tokens per request: {:.2}x",
         (num_blocks as u64 * block_bytes) as f64 / GIB,
         fits as f64 / max_model_len as f64
     );
-    let executor = executor.into_boxed();
     let tokenizer = tokenizers::Tokenizer::from_file(model_dir::tokenizer_path(&dir)?)
         .map_err(|e| anyhow::anyhow!("loading the tokenizer: {e}"))?;
-    let chunked = limits.enable_chunked_prefill;
     let engine_config = EngineConfig {
         block_size,
         num_blocks,
         max_num_seqs: limits.max_num_seqs,
-        max_num_batched_tokens: limits.max_num_batched_tokens.unwrap_or(if chunked {
-            8192.min(max_model_len)
-        } else {
-            max_model_len
-        }),
+        max_num_batched_tokens,
         max_model_len,
         enable_prefix_caching: limits.enable_prefix_caching,
         enable_chunked_prefill: chunked,
@@ -441,52 +272,125 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         tokenizer: Arc::new(tokenizer),
         engine_config,
         executor,
+        npus: match &placement {
+            Placement::Cpu => Vec::new(),
+            Placement::Npu { devices, .. } => devices.clone(),
+        },
     })
 }
 
-/// Bytes of one KV block on one rank (K and V, every layer): BF16, or F32 for F32 models.
-fn kv_block_bytes(opts: &LoadOptions) -> anyhow::Result<u64> {
-    let s = rank_kv_shape(opts)?;
-    let elem = if opts.dtype == WeightDType::F32 { 4 } else { 2 };
-    Ok((2 * s.num_layers * s.block_size * s.num_kv_heads * s.head_dim * elem) as u64)
+/// --max-model-len, or the model's own context; more than the model's positions needs rope
+/// scaling.
+fn max_model_len(config: &ModelConfig, asked: Option<usize>) -> anyhow::Result<usize> {
+    let supported = config.max_context_len();
+    let max_model_len = asked.unwrap_or(supported);
+    if max_model_len > supported {
+        bail!(
+            "--max-model-len {max_model_len} exceeds the model's {supported} positions; add rope scaling to extend it, e.g. --rope-scaling '{{\"rope_type\":\"yarn\",\"factor\":{:.1},\"original_max_position_embeddings\":{}}}'",
+            (max_model_len as f64 / config.max_position_embeddings as f64).ceil(),
+            config.max_position_embeddings
+        );
+    }
+    Ok(max_model_len)
 }
 
-/// One profiling step of `tokens` prompt tokens, then its sequence freed.
-fn profile_step(executor: &mut Resizable, tokens: usize, block_size: usize) -> anyhow::Result<()> {
-    executor
-        .as_executor()
-        .execute(&profile_batch(tokens, block_size, 0))
-        .map_err(|e| anyhow::anyhow!("profiling forward pass failed: {e}"))?;
-    let cleanup = qwen3_engine::Batch {
-        finished: vec![u64::MAX],
-        block_size,
-        ..Default::default()
+/// --block-size, or the device's default; checked against what the NPU's attention takes.
+fn block_size(
+    asked: Option<usize>,
+    placement: &Placement,
+    dtype: WeightDType,
+) -> anyhow::Result<usize> {
+    let block_size = asked.unwrap_or(placement.default_block_size());
+    if matches!(placement, Placement::Npu { .. })
+        && dtype != WeightDType::F32
+        && !matches!(block_size, 128 | 512)
+    {
+        // Fused infer attention with paged KV in TND layout takes BF16 blocks of 128 or 512
+        // only (aclnnFusedInferAttentionScoreV4 docs); the device would fail the first step.
+        bail!("--block-size {block_size}: the NPU's fused attention takes KV blocks of 128 or 512 tokens");
+    }
+    Ok(block_size)
+}
+
+/// Tokens one step may compute when --max-num-batched-tokens is not given, as vLLM V1: a
+/// chunk of 8192 with chunked prefill, else a whole sequence.
+fn default_max_num_batched_tokens(chunked_prefill: bool, max_model_len: usize) -> usize {
+    if chunked_prefill {
+        CHUNKED_PREFILL_TOKENS.min(max_model_len)
+    } else {
+        max_model_len
+    }
+}
+
+/// The profiling pass: one step of `profile_tokens`, its activations scaled linearly to
+/// `max_num_batched_tokens` (activations grow linearly with tokens; the full length is not
+/// run, as a long causal prefill would slow start-up).
+struct Profile {
+    max_num_batched_tokens: usize,
+    profile_tokens: usize,
+}
+
+impl Profile {
+    /// What a step of max_num_batched_tokens takes, from what the profiling step took.
+    fn scale(&self, measured: u64) -> u64 {
+        measured * self.max_num_batched_tokens.div_ceil(self.profile_tokens) as u64
+    }
+
+    /// How the activations figure was found, for the profiling log lines.
+    fn describe(&self) -> String {
+        format!(
+            "at {} batched tokens (measured at {})",
+            self.max_num_batched_tokens, self.profile_tokens
+        )
+    }
+}
+
+/// Loads the model where `placement` says, runs the profiling pass, and returns the executor
+/// with the number of KV blocks the memory left allows.
+fn load_and_profile(
+    opts: &LoadOptions,
+    placement: &Placement,
+    args: &ModelArgs,
+    limits: &Limits,
+    profile: &Profile,
+) -> anyhow::Result<(Box<dyn ResizableExecutor>, usize)> {
+    let (dir, world) = (opts.dir.display(), opts.tensor_parallel_size);
+    let t0 = std::time::Instant::now();
+    let heap_before = crate::alloc::current();
+    let mut executor = load_executor(opts, placement)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let num_blocks = match placement {
+        Placement::Cpu => {
+            let loaded_bytes = crate::alloc::current().saturating_sub(heap_before) as u64;
+            info!(
+                "loaded {dir} on the CPU (tensor parallel {world}) in {secs:.2}s: {:.2} GiB",
+                loaded_bytes as f64 / GIB
+            );
+            size_cpu_kv(executor.as_mut(), opts, args, limits, loaded_bytes, profile)?
+        }
+        Placement::Npu { cann, devices, .. } => {
+            info!("loaded {dir} on NPU {devices:?} (tensor parallel {world}) in {secs:.2}s");
+            size_npu_kv(executor.as_mut(), opts, cann, devices, limits, profile)?
+        }
     };
-    executor
-        .as_executor()
-        .execute(&cleanup)
-        .map_err(|e| anyhow::anyhow!("profiling cleanup failed: {e}"))?;
-    Ok(())
+    Ok((executor, num_blocks))
 }
 
-/// CPU: peak heap above the loaded weights while a step of `profile_tokens` runs, scaled
-/// linearly to max_num_batched_tokens (activations grow linearly with tokens; the full length
-/// is not run, as a long causal prefill would slow start-up); the KV cache gets what is left.
+/// CPU: peak heap above the loaded weights while the profiling step runs, scaled to
+/// max_num_batched_tokens; the KV cache gets what is left (or --cpu-kv-cache-space).
 fn size_cpu_kv(
-    mut executor: Resizable,
+    executor: &mut dyn ResizableExecutor,
     opts: &LoadOptions,
     args: &ModelArgs,
     limits: &Limits,
     loaded_bytes: u64,
-    max_num_batched_tokens: usize,
-    profile_tokens: usize,
-) -> anyhow::Result<(Resizable, usize)> {
+    profile: &Profile,
+) -> anyhow::Result<usize> {
     let base = crate::alloc::reset_peak();
-    profile_step(&mut executor, profile_tokens, opts.block_size)?;
+    profile_step(executor, profile.profile_tokens, opts.block_size)?;
     let measured = crate::alloc::peak().saturating_sub(base) as u64;
-    let peak = measured * max_num_batched_tokens.div_ceil(profile_tokens) as u64;
-    let block_bytes = qwen3_backend::cpu::CpuBackend::new().kv_block_bytes(rank_kv_shape(opts)?)
-        * opts.tensor_parallel_size as u64;
+    let peak = profile.scale(measured);
+    let block_bytes = executor.kv_block_bytes(opts.block_size)?;
     let (avail, total) = qwen3_backend::cpu::CpuBackend::new().memory_info()?;
     let budget = match args.cpu_kv_cache_space {
         Some(gib) => (gib * GIB) as u64,
@@ -500,51 +404,53 @@ fn size_cpu_kv(
         }
     };
     info!(
-        "memory profiling: weights {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), KV budget {:.2} GiB",
+        "memory profiling: weights {:.2} GiB, peak activations {:.1} MiB {}, KV budget {:.2} GiB",
         loaded_bytes as f64 / GIB,
         peak as f64 / (1u64 << 20) as f64,
+        profile.describe(),
         budget as f64 / GIB
     );
-    Ok((executor, (budget / block_bytes.max(1)) as usize))
+    Ok((budget / block_bytes.max(1)) as usize)
 }
 
 /// NPU, as vLLM does: the KV cache of each rank gets `total · utilisation − used`, where used
-/// is what the weights and runtime hold plus a profiling step's activations (measured at
-/// `profile_tokens` and scaled to max_num_batched_tokens, as on the CPU); the tightest rank
-/// decides.
+/// is what the weights and runtime hold plus the profiling step's activations (scaled to
+/// max_num_batched_tokens, as on the CPU); the tightest rank decides.
 fn size_npu_kv(
-    mut executor: Resizable,
+    executor: &mut dyn ResizableExecutor,
     opts: &LoadOptions,
-    cann: &ascend_sys::Cann,
+    cann: &Cann,
     devices: &[i32],
     limits: &Limits,
-    max_num_batched_tokens: usize,
-    profile_tokens: usize,
-) -> anyhow::Result<(Resizable, usize)> {
-    let before = npu_memory(cann, devices)?;
-    profile_step(&mut executor, profile_tokens, opts.block_size)?;
-    let after = npu_memory(cann, devices)?;
-    let scale = max_num_batched_tokens.div_ceil(profile_tokens) as u64;
-    let block_bytes = kv_block_bytes(opts)?;
+    profile: &Profile,
+) -> anyhow::Result<usize> {
+    let before = device_query::device_memory(cann, devices)?;
+    profile_step(executor, profile.profile_tokens, opts.block_size)?;
+    let after = device_query::device_memory(cann, devices)?;
+    // Per rank; every rank holds the same KV geometry.
+    let block_bytes = executor.kv_block_bytes(opts.block_size)? / devices.len().max(1) as u64;
     let mut budget = u64::MAX;
-    for ((&d, (free0, _)), (free1, total)) in devices.iter().zip(before).zip(after) {
+    for (m0, m1) in before.iter().zip(after) {
+        let (d, free0, free1, total) = (m0.device, m0.free_bytes, m1.free_bytes, m1.total_bytes);
         // The pool keeps the step's buffers cached: what the step took is still "used".
-        let activations = free0.saturating_sub(free1) * scale;
+        let activations = profile.scale(free0.saturating_sub(free1));
         let used = total.saturating_sub(free0) + activations;
         let rank_budget = ((total as f64 * limits.memory_utilization) as u64).saturating_sub(used);
         info!(
-            "memory profiling on NPU {d}: weights and runtime {:.2} GiB, peak activations {:.1} MiB at {max_num_batched_tokens} batched tokens (measured at {profile_tokens}), {:.2} GiB total, KV budget {:.2} GiB",
+            "memory profiling on NPU {d}: weights and runtime {:.2} GiB, peak activations {:.1} MiB {}, {:.2} GiB total, KV budget {:.2} GiB",
             total.saturating_sub(free0) as f64 / GIB,
             activations as f64 / (1u64 << 20) as f64,
+            profile.describe(),
             total as f64 / GIB,
             rank_budget as f64 / GIB
         );
         budget = budget.min(rank_budget);
     }
-    Ok((executor, (budget / block_bytes.max(1)) as usize))
+    Ok((budget / block_bytes.max(1)) as usize)
 }
 
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    args.model.validate()?;
     let limits = Limits {
         max_num_seqs: 1,
         max_num_batched_tokens: None,
@@ -660,9 +566,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         enable_chunked_prefill: !args.no_enable_chunked_prefill,
         max_waiting_requests: args.max_waiting_requests,
     };
-    if !(0.0..=1.0).contains(&args.gpu_memory_utilization) || args.gpu_memory_utilization == 0.0 {
-        bail!("--gpu-memory-utilization must be in (0, 1]");
-    }
+    args.validate()?;
+    let conn_limits = args.conn_limits()?;
     match args.reasoning_parser.as_deref() {
         None | Some("qwen3") | Some("deepseek_r1") => {}
         Some(other) => bail!("unknown --reasoning-parser {other:?}; supported: qwen3"),
@@ -718,6 +623,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engine: engine.clone(),
         tokenizer: loaded.tokenizer.clone(),
         template,
+        npu: crate::npu_metrics::start(
+            &loaded.npus,
+            std::time::Duration::from_secs(args.npu_metrics_interval_seconds),
+        ),
+        health: Default::default(),
     });
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -741,9 +651,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = stop_tx.send(());
             let _ = tokio::task::spawn_blocking(move || eng.shutdown(grace)).await;
         });
-        qwen3_api::serve(listener, qwen3_api::router(state), async move {
-            let _ = stop_rx.await;
-        })
+        qwen3_api::serve_with(
+            listener,
+            qwen3_api::router(state),
+            conn_limits,
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
         .await?;
         info!("stopped");
         anyhow::Ok(())

@@ -12,7 +12,7 @@ use qwen3_engine::FinishReason;
 
 use super::{
     chat_logprobs, collect, finish_str, logged_json, merge_streams, prompt_logprobs_json, sse,
-    stop_reason_json, submit_n, Collected, GenLog,
+    stop_reason_json, submit_all, Collected, GenLog,
 };
 use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
@@ -22,6 +22,7 @@ use crate::openai::{
 };
 use crate::reasoning::{prompt_opens_think, split_reasoning, ReasoningParser};
 use crate::server::{body_bytes, new_id, now_secs, AppState, RequestId, St};
+use crate::tokenize::encode_bounded;
 use crate::tool_parser::{parse_tool_calls, ToolStreamParser};
 
 /// Whether tool calls are parsed out of the output, per `tool_choice` and the server's flags
@@ -152,10 +153,8 @@ pub async fn chat_completions(
             other => ApiError::bad_request(other.to_string()),
         })?;
     // The template wrote the special tokens; vLLM adds none for chat.
-    let ids = s
-        .tokenizer
-        .encode(prompt.as_str(), false)
-        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the prompt: {e}")))?
+    let max_len = s.config.max_model_len;
+    let ids = encode_bounded(&s.tokenizer, &prompt, false, max_len, "messages")?
         .get_ids()
         .to_vec();
     let mut base = req
@@ -164,7 +163,13 @@ pub async fn chat_completions(
     base.sampling.seed = s.seed(base.sampling.seed);
     let id = new_id("chatcmpl");
     let n = req.sampling.n as usize;
-    let streams = submit_n(&s, &base, ids, req.sampling.n, &id, "messages")?;
+    let streams = submit_all(
+        &s,
+        &base,
+        vec![(id.clone(), ids)],
+        req.sampling.n,
+        "messages",
+    )?;
     let want_prompt_logprobs = base.sampling.prompt_logprobs.is_some();
     let reasoning = s.config.reasoning_parser;
     let prompt_opens = reasoning && prompt_opens_think(&prompt);

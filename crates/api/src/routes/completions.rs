@@ -11,19 +11,19 @@ use qwen3_engine::FinishReason;
 
 use super::{
     collect, completion_logprobs, echo_logprobs, finish_str, logged_json, merge_streams,
-    prompt_logprobs_json, sse, stop_reason_json, submit_n, Collected, GenLog,
+    prompt_logprobs_json, sse, stop_reason_json, submit_all, Collected, GenLog,
 };
 use crate::error::ApiError;
 use crate::openai::{
     CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, Usage,
 };
 use crate::server::{body_bytes, new_id, now_secs, AppState, RequestId, St};
+use crate::tokenize::encode_bounded;
 
 fn encode(s: &AppState, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, ApiError> {
-    s.tokenizer
-        .encode(text, add_special_tokens)
+    let max_len = s.config.max_model_len;
+    encode_bounded(&s.tokenizer, text, add_special_tokens, max_len, "prompt")
         .map(|e| e.get_ids().to_vec())
-        .map_err(|e| ApiError::invalid("prompt", format!("cannot tokenize the prompt: {e}")))
 }
 
 /// Distinct finish reasons, for the log line.
@@ -102,6 +102,7 @@ pub async fn completions(
     let mut echoes = Vec::new();
     // Per choice, its prompt ids where prompt logprobs will be shown.
     let mut prompt_ids = Vec::new();
+    let mut queued = Vec::with_capacity(prompts.len());
     for (p, (ids, text)) in prompts.into_iter().enumerate() {
         let echo = match (req.echo, text.is_empty()) {
             (false, _) => String::new(),
@@ -109,12 +110,11 @@ pub async fn completions(
             (true, true) => s.tokenizer.decode(&ids, false).unwrap_or_default(),
         };
         let kept = if keep_prompt { ids.clone() } else { Vec::new() };
-        for st in submit_n(&s, &base, ids, n, &format!("{id}-{p}"), "prompt")? {
-            streams.push(st);
-            echoes.push(echo.clone());
-            prompt_ids.push(kept.clone());
-        }
+        prompt_ids.extend(std::iter::repeat_n(kept, n as usize));
+        echoes.extend(std::iter::repeat_n(echo, n as usize));
+        queued.push((format!("{id}-{p}"), ids));
     }
+    streams.extend(submit_all(&s, &base, queued, n, "prompt")?);
     let created = now_secs();
     let mut log = GenLog::new(
         &rid.0,

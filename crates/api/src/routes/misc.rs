@@ -11,7 +11,8 @@ use serde_json::{json, Map, Value};
 use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
 use crate::openai::{Fields, ModelCard, ModelList};
-use crate::server::{body_bytes, now_secs, St};
+use crate::server::{body_bytes, now_secs, AppState, St};
+use crate::tokenize::{encode_bounded, prompt_too_long};
 
 pub async fn models(State(s): St) -> Json<ModelList> {
     let created = now_secs();
@@ -36,13 +37,28 @@ pub async fn models(State(s): St) -> Json<ModelList> {
     })
 }
 
-pub async fn health(State(s): St) -> Response {
-    if s.engine.is_alive() {
-        StatusCode::OK.into_response()
-    } else {
-        ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, "the engine is not running")
-            .into_response()
+fn health_response(state: Result<(), String>) -> Response {
+    match state {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(why) => ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
+}
+
+/// Live unless a restart is needed: the engine's own state, a fault marked fatal, or a
+/// serving NPU in a fatal health state (DCMI, sampled in the background).
+fn live(s: &AppState) -> Result<(), String> {
+    s.health.live(&s.engine)?;
+    s.npu.fatal().map_or(Ok(()), Err)
+}
+
+/// `/health` (vLLM's) and `/health/live`: 503 once only a restart can help.
+pub async fn health_live(State(s): St) -> Response {
+    health_response(live(&s))
+}
+
+/// `/health/ready`: also 503 while draining for shutdown.
+pub async fn health_ready(State(s): St) -> Response {
+    health_response(live(&s).and_then(|()| s.health.ready(&s.engine)))
 }
 
 pub async fn version() -> Json<Value> {
@@ -84,10 +100,13 @@ pub async fn tokenize(
     let add_special = f
         .opt::<bool>("add_special_tokens")?
         .unwrap_or(add_special_default);
-    let enc = s
-        .tokenizer
-        .encode(text.as_str(), add_special)
-        .map_err(|e| ApiError::bad_request(format!("cannot tokenize: {e}")))?;
+    // Capped as generation is (vLLM's /tokenize also refuses more than max_model_len): it is
+    // open without an API key, so its work must stay bounded.
+    let max_len = s.config.max_model_len;
+    let enc = encode_bounded(&s.tokenizer, &text, add_special, max_len, "prompt")?;
+    if enc.len() > max_len {
+        return Err(prompt_too_long("prompt", max_len, enc.len()));
+    }
     let ids = enc.get_ids().to_vec();
     let token_strs = return_token_strs.then(|| enc.get_tokens().to_vec());
     Ok(Json(json!({
@@ -121,7 +140,9 @@ pub async fn detokenize(
 }
 
 pub async fn metrics(State(s): St) -> Response {
-    let text = crate::metrics::render(&s.engine.stats(), &s.config.served_model_names);
+    let names = &s.config.served_model_names;
+    let mut text = crate::metrics::render(&s.engine.stats(), names);
+    s.npu.render(&crate::metrics::model_label(names), &mut text);
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use qwen3_engine::batch::PromptLogprob;
 use qwen3_engine::{
-    EngineRequest, FinishReason, RequestOutput, RequestStream, StopReason, TokenLogprob,
+    EngineError, EngineRequest, FinishReason, RequestOutput, RequestStream, StopReason,
+    TokenLogprob,
 };
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
@@ -27,50 +28,78 @@ use crate::openai::{
     RankedLogprob, TopLogprob,
 };
 use crate::server::{AppState, LoggedByHandler};
+use crate::tokenize::prompt_too_long;
 
-/// Checks that a prompt leaves room to generate, then submits `n` choices of it (seeds
-/// `seed + i` when seeded). On an error the choices already submitted are dropped, which
-/// aborts them.
-pub(crate) fn submit_n(
+/// Checks that a prompt of `prompt_len` tokens leaves room to generate.
+fn check_context(
     s: &AppState,
     base: &EngineRequest,
-    ids: Vec<u32>,
-    n: u32,
-    id_prefix: &str,
+    prompt_len: usize,
     param: &str,
-) -> Result<Vec<RequestStream>, ApiError> {
+) -> Result<(), ApiError> {
     let max_len = s.config.max_model_len;
     let context_error = |msg: String| ApiError {
         code: Some("context_length_exceeded"),
         ..ApiError::invalid(param, msg)
     };
-    if ids.len() >= max_len {
-        return Err(context_error(format!(
-            "This model's maximum context length is {max_len} tokens. However, your request has {} input tokens. Please reduce the length of the input.",
-            ids.len()
-        )));
+    if prompt_len >= max_len {
+        return Err(prompt_too_long(param, max_len, prompt_len));
     }
     if let Some(max_tokens) = base.max_tokens {
-        if ids.len() + max_tokens as usize > max_len {
+        if prompt_len + max_tokens as usize > max_len {
             return Err(ApiError {
                 param: Some("max_tokens".into()),
                 ..context_error(format!(
-                    "This model's maximum context length is {max_len} tokens. However, you requested {} tokens ({} in the input, {max_tokens} in the completion). Please reduce the length of the input or the completion.",
-                    ids.len() + max_tokens as usize,
-                    ids.len()
+                    "This model's maximum context length is {max_len} tokens. However, you requested {} tokens ({prompt_len} in the input, {max_tokens} in the completion). Please reduce the length of the input or the completion.",
+                    prompt_len + max_tokens as usize,
                 ))
             });
         }
     }
-    let mut out = Vec::with_capacity(n as usize);
-    for i in 0..n {
+    Ok(())
+}
+
+/// Submits `n` choices of each prompt (`(request-id prefix, token ids)`; seeds `seed + i`
+/// when seeded), all or none: every prompt is checked, then places for all the sequences
+/// are reserved in the waiting queue, and only then is anything queued. A request that
+/// could never fit the queue is a 400 naming the limit; one that does not fit now, a 429.
+pub(crate) fn submit_all(
+    s: &AppState,
+    base: &EngineRequest,
+    prompts: Vec<(String, Vec<u32>)>,
+    n: u32,
+    param: &str,
+) -> Result<Vec<RequestStream>, ApiError> {
+    let mut requests = Vec::with_capacity(prompts.len() * n as usize);
+    for (prefix, ids) in prompts {
+        check_context(s, base, ids.len(), param)?;
         let mut r = base.clone();
-        r.request_id = format!("{id_prefix}-{i}");
-        r.prompt_token_ids = ids.clone();
-        r.sampling.seed = base.sampling.seed.map(|x| x.wrapping_add(u64::from(i)));
-        out.push(s.engine.submit(r)?);
+        r.prompt_token_ids = ids;
+        s.engine.check(&r)?;
+        for i in 0..n {
+            let mut c = r.clone();
+            c.request_id = format!("{prefix}-{i}");
+            c.sampling.seed = base.sampling.seed.map(|x| x.wrapping_add(u64::from(i)));
+            requests.push(c);
+        }
     }
-    Ok(out)
+    let mut places = s.engine.reserve(requests.len()).map_err(|e| {
+        let too_many = matches!(e, EngineError::TooManySequences { .. });
+        let e = ApiError::from(e);
+        if too_many {
+            ApiError {
+                param: Some("n".into()),
+                ..e
+            }
+        } else {
+            e
+        }
+    })?;
+    // On an error the streams already queued are dropped, which aborts them.
+    requests
+        .into_iter()
+        .map(|r| places.submit(r).map_err(ApiError::from))
+        .collect()
 }
 
 /// Everything one choice produced (non-streaming).

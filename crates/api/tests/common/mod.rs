@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use qwen3_api::{router, serve, ApiConfig, AppState, ChatTemplate, SamplingDefaults};
+use qwen3_api::{
+    router, serve_with, ApiConfig, AppState, ChatTemplate, ConnLimits, NpuTelemetry,
+    SamplingDefaults,
+};
 use qwen3_engine::fake_executor::{hash_token_fn, FakeControl, FakeExecutor, TokenFn};
 use qwen3_engine::{EngineConfig, EngineHandle};
 use serde_json::Value;
@@ -91,6 +94,7 @@ pub struct Opts {
     pub max_body_bytes: usize,
     pub defaults: SamplingDefaults,
     pub template: bool,
+    pub limits: ConnLimits,
 }
 
 impl Default for Opts {
@@ -106,14 +110,18 @@ impl Default for Opts {
             max_body_bytes: 32 << 20,
             defaults: SamplingDefaults::default(),
             template: true,
+            limits: ConnLimits::default(),
         }
     }
 }
 
 pub struct TestServer {
     pub addr: String,
+    pub health: Arc<qwen3_api::Health>,
     pub engine: EngineHandle,
     pub control: Arc<FakeControl>,
+    /// What the NPU sampler would publish; tests publish samples by hand.
+    pub npu: Arc<NpuTelemetry>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -148,6 +156,8 @@ pub async fn start(o: Opts) -> TestServer {
     let template = o.template.then(|| {
         ChatTemplate::from_model_dir(&fixtures()).unwrap_or_else(|e| panic!("template: {e}"))
     });
+    let npu = Arc::new(NpuTelemetry::default());
+    let health = Arc::new(qwen3_api::Health::default());
     let state = Arc::new(AppState {
         config: ApiConfig {
             served_model_names: vec!["qwen3-test".into(), "alias".into()],
@@ -165,6 +175,8 @@ pub async fn start(o: Opts) -> TestServer {
         engine: engine.clone(),
         tokenizer: tok,
         template,
+        npu: Arc::clone(&npu),
+        health: health.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -174,13 +186,15 @@ pub async fn start(o: Opts) -> TestServer {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, router(state), async move {
+    tokio::spawn(serve_with(listener, router(state), o.limits, async move {
         let _ = stopped.await;
     }));
     TestServer {
         addr,
+        health,
         engine,
         control,
+        npu,
         stop: Some(stop),
     }
 }

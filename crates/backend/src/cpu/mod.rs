@@ -46,6 +46,9 @@ pub enum CpuData {
 
 /// Most dimensions a CPU tensor has (stacked expert weights have 3).
 pub const MAX_RANK: usize = 4;
+/// The KV block size when none is asked for: small blocks waste little of each sequence's
+/// last block and keep prefix caching fine-grained.
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
 /// A shape held inline, so making a tensor allocates nothing besides (at most) its data.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]

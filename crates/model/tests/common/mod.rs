@@ -1,14 +1,16 @@
-//! Shared helpers for the fixture parity tests: the goldens transformers recorded, and
-//! hand-built batches for one sequence at a time.
+//! Shared helpers for the fixture parity tests: the goldens transformers recorded,
+//! hand-built batches for one sequence at a time, and the model run rank by rank (`ranks`).
 #![allow(dead_code)]
+
+pub mod ranks;
 
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
 use qwen3_engine::{Batch, EngineConfig, EngineCore, EngineHandle, Executor};
-use qwen3_model::build::{cpu_executor, LoadOptions};
 use qwen3_model::config::ModelConfig;
+use qwen3_model::load::{cpu_executor, LoadOptions};
 use qwen3_model::WeightDType;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
@@ -87,7 +89,7 @@ pub const BLOCK_SIZE: usize = 16;
 
 /// A step of one sequence (id 1) computing `ids` at positions `start..`.
 pub fn single_seq_batch(ids: &[u32], start: usize, new: bool) -> Batch {
-    qwen3_model::build::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
+    qwen3_model::profile::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
 }
 
 /// Largest |ours - theirs| over the recorded columns.

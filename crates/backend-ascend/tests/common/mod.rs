@@ -1,0 +1,243 @@
+//! Shared helpers of the end-to-end tests: the emulated CANN, the fixtures and their
+//! goldens (as crates/model/tests/common reads them), and an engine on the Ascend backend.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, MutexGuard};
+
+use ascend_sys::Cann;
+use cann_emu::harness;
+use cann_emu::CannEmuStats;
+use qwen3_backend_ascend::AscendOptions;
+use qwen3_engine::{Batch, EngineConfig, EngineHandle, EngineRequest};
+use qwen3_model::config::ModelConfig;
+use qwen3_model::load::{ascend_executor_resizable, LoadOptions};
+use qwen3_model::WeightDType;
+use serde::Deserialize;
+
+/// Fused attention wants KV blocks of 128 tokens whenever a query is longer than one.
+pub const BLOCK_SIZE: usize = 128;
+
+/// The dense fixture the NPU end-to-end tests run: real Qwen3's head_dim 128 with GQA 8:1,
+/// shapes fused attention in layout TND accepts (head_dim 64/128/192 only). The head_dim 16/32
+/// fixtures stay only where attention is the F32 matmul + softmax path (any head_dim).
+pub const DENSE: &str = "tiny-qwen3-hd128";
+
+/// The emulator, fresh, for one test at a time (its counters are process-wide).
+pub struct Emu {
+    pub cann: Arc<Cann>,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl Emu {
+    pub fn new() -> Self {
+        let guard = harness::exclusive();
+        harness::reset().expect("emulator reset");
+        let dir = harness::lib_dir().expect("emulator built");
+        let cann = Cann::load_from([dir]).expect("CANN symbols from the emulator");
+        Self {
+            cann: Arc::new(cann),
+            _guard: guard,
+        }
+    }
+
+    pub fn stats(&self) -> CannEmuStats {
+        harness::stats().expect("emulator stats")
+    }
+
+    /// No violation was caught and nothing is left alive (call once everything is dropped).
+    pub fn assert_clean(&self) {
+        let s = self.stats();
+        assert_eq!(s.violations(), 0, "memory violations: {s:?}");
+        assert_eq!(s.leaks(), 0, "leaked resources: {s:?}");
+        assert_eq!(s.exec_errors, 0, "execution errors: {s:?}");
+        assert!(s.ops_executed > 0, "nothing ran on the emulator: {s:?}");
+    }
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub model: String,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    pub logits_file: String,
+    #[serde(default)]
+    pub config_overrides: Option<serde_json::Value>,
+    /// Smallest top-1/top-2 logit margin along the greedy path (quantized goldens).
+    #[serde(default)]
+    pub min_top2_gap: f32,
+    /// MoE goldens: per prefill / decode position, the smallest gap over the MoE layers
+    /// between the k-th and (k+1)-th router logit of the reference.
+    #[serde(default)]
+    pub router_margins: Option<RouterMargins>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RouterMargins {
+    pub prefill: Vec<f32>,
+    pub decode: Vec<f32>,
+}
+
+/// Logits transformers recorded, at a subset of vocabulary columns.
+pub struct RecordedLogits {
+    pub columns: Vec<usize>,
+    pub prefill: Vec<Vec<f32>>,
+    pub decode: Vec<Vec<f32>>,
+}
+
+pub fn golden(model: &str) -> Golden {
+    let path = fixtures().join(format!("goldens/{model}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn recorded(case: &Case) -> RecordedLogits {
+    let path = fixtures().join("goldens").join(&case.logits_file);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden safetensors");
+    let rows = |name: &str| -> Vec<Vec<f32>> {
+        let t = st.tensor(name).expect(name);
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        v.chunks(t.shape()[1]).map(|r| r.to_vec()).collect()
+    };
+    let cols = st.tensor("columns").expect("columns");
+    let columns = cols
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+        .collect();
+    RecordedLogits {
+        columns,
+        prefill: rows("prefill_logits"),
+        decode: rows("decode_logits"),
+    }
+}
+
+pub fn config(model: &str, overrides: Option<&serde_json::Value>) -> ModelConfig {
+    let text = std::fs::read_to_string(fixtures().join(model).join("config.json")).expect("config");
+    ModelConfig::from_json_str_with_overrides(&text, overrides).expect("config parses")
+}
+
+/// A step of one sequence (id 1) computing `ids` at positions `start..`.
+pub fn single_seq_batch(ids: &[u32], start: usize, new: bool) -> Batch {
+    qwen3_model::profile::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
+}
+
+/// Largest |ours - theirs| over the recorded columns.
+pub fn max_diff(ours: &[f32], theirs: &[f32], columns: &[usize]) -> f32 {
+    columns
+        .iter()
+        .zip(theirs)
+        .map(|(&c, t)| (ours[c] - t).abs())
+        .fold(0.0, f32::max)
+}
+
+/// How the engine is set up in a test.
+pub struct Setup {
+    pub tp: usize,
+    pub num_blocks: usize,
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub prefix_caching: bool,
+    pub dtype: WeightDType,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            tp: 1,
+            num_blocks: 16,
+            max_num_batched_tokens: 256,
+            max_num_seqs: 8,
+            prefix_caching: true,
+            dtype: WeightDType::F32,
+        }
+    }
+}
+
+pub fn engine(emu: &Emu, model: &str, s: &Setup) -> EngineHandle {
+    engine_with(emu, model, s, AscendOptions::default())
+}
+
+pub fn engine_with(emu: &Emu, model: &str, s: &Setup, backend: AscendOptions) -> EngineHandle {
+    let opts = LoadOptions {
+        dir: fixtures().join(model),
+        config: config(model, None),
+        dtype: s.dtype,
+        tensor_parallel_size: s.tp,
+        block_size: BLOCK_SIZE,
+        num_blocks: s.num_blocks,
+    };
+    let devices: Vec<i32> = (0..s.tp as i32).collect();
+    let executor: Box<dyn qwen3_engine::Executor> =
+        ascend_executor_resizable(&opts, Arc::clone(&emu.cann), &devices, backend)
+            .expect("executor");
+    let tok = tokenizers::Tokenizer::from_file(fixtures().join(model).join("tokenizer.json"))
+        .expect("tokenizer");
+    let cfg = EngineConfig {
+        block_size: BLOCK_SIZE,
+        num_blocks: s.num_blocks,
+        max_num_seqs: s.max_num_seqs,
+        max_num_batched_tokens: s.max_num_batched_tokens,
+        max_model_len: 512,
+        enable_prefix_caching: s.prefix_caching,
+        enable_chunked_prefill: true,
+        max_waiting_requests: 512,
+        eos_token_ids: vec![151645, 151643],
+    };
+    EngineHandle::start(cfg, executor, Arc::new(tok)).expect("engine starts")
+}
+
+pub fn request(id: &str, prompt: &[u32], max_tokens: usize) -> EngineRequest {
+    let mut r = EngineRequest::new(id, prompt.to_vec());
+    r.max_tokens = Some(max_tokens as u32);
+    r.ignore_eos = true;
+    r
+}
+
+/// Every token of a stream, and the prompt tokens served from the prefix cache.
+pub async fn collect(mut s: qwen3_engine::RequestStream) -> (Vec<u32>, usize) {
+    let mut toks = Vec::new();
+    let mut cached = 0;
+    while let Some(o) = s.next().await {
+        toks.extend(o.token_ids);
+        cached = o.num_cached_tokens;
+        if let Some(r) = o.finish_reason {
+            // Every test request ignores EOS and runs to its max_tokens.
+            assert_eq!(
+                r,
+                qwen3_engine::FinishReason::Length,
+                "after {} tokens",
+                toks.len()
+            );
+        }
+    }
+    (toks, cached)
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Stops the engine and waits for its thread (which drops the executor and its devices).
+pub fn stop(e: EngineHandle) {
+    e.shutdown(std::time::Duration::from_secs(5));
+    drop(e);
+}

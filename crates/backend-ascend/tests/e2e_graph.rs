@@ -1,0 +1,357 @@
+//! Graph-captured decode equals eager decode on the emulated CANN: the same logits bit for
+//! bit for a two-sequence batch over several steps (the first captures, the rest replay),
+//! with both attention paths, and the engine with graph capture on gives the goldens.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use qwen3_backend::Backend;
+use qwen3_backend_ascend::{AscendBackend, AscendOptions};
+use qwen3_engine::{Batch, ScheduledSeq};
+use qwen3_model::{Qwen3, ResizableExecutor, Shard, SingleExecutor, WeightDType, Worker};
+
+fn executor(
+    emu: &Emu,
+    device: i32,
+    dtype: WeightDType,
+    graph: bool,
+    sizes: &[usize],
+) -> SingleExecutor<AscendBackend> {
+    executor_with_blocks(emu, device, dtype, graph, sizes, 4, None)
+}
+
+fn executor_with_blocks(
+    emu: &Emu,
+    device: i32,
+    dtype: WeightDType,
+    graph: bool,
+    sizes: &[usize],
+    blocks: usize,
+    overrides: Option<&serde_json::Value>,
+) -> SingleExecutor<AscendBackend> {
+    let opts = AscendOptions {
+        kv_cache_f32: dtype == WeightDType::F32,
+        graph_capture: graph,
+        capture_batch_sizes: sizes.to_vec(),
+        ..AscendOptions::default()
+    };
+    let backend = AscendBackend::with_options(Arc::clone(&emu.cann), device, opts).expect("device");
+    let model = DENSE;
+    let m = Qwen3::load(
+        &backend,
+        &fixtures().join(model),
+        config(model, overrides),
+        dtype,
+        Shard::WHOLE,
+    )
+    .expect("model loads");
+    let kv = backend
+        .alloc_kv_cache(m.kv_shape(blocks, BLOCK_SIZE))
+        .expect("kv");
+    SingleExecutor::new(Worker {
+        backend,
+        model: m,
+        kv,
+    })
+}
+
+/// One step of two sequences: sequence 0 in block 1, sequence 1 in block 2, each computing
+/// `ids[i]` (a prompt or one decode token) after `past[i]` tokens.
+fn two_seq_batch(ids: [&[u32]; 2], past: [usize; 2]) -> Batch {
+    let mut b = Batch {
+        new_seqs: Vec::new(),
+        finished: Vec::new(),
+        seqs: Vec::new(),
+        token_ids: Vec::new(),
+        positions: Vec::new(),
+        slot_mapping: Vec::new(),
+        block_tables: vec![1, 2],
+        max_blocks_per_seq: 1,
+        block_size: BLOCK_SIZE,
+    };
+    for s in 0..2 {
+        let start = b.token_ids.len() as u32;
+        for (i, &t) in ids[s].iter().enumerate() {
+            let pos = (past[s] + i) as u32;
+            b.token_ids.push(t);
+            b.positions.push(pos);
+            b.slot_mapping
+                .push((s as u32 + 1) * BLOCK_SIZE as u32 + pos);
+        }
+        b.seqs.push(ScheduledSeq {
+            seq_id: s as u64 + 1,
+            query_start: start,
+            query_len: ids[s].len() as u32,
+            context_len: (past[s] + ids[s].len()) as u32,
+            sample: true,
+            suppressed: Vec::new(),
+        });
+    }
+    b
+}
+
+/// Prefill two golden prompts, then decode `steps` steps greedily; every step's logits.
+fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
+    let g = golden(DENSE);
+    let (p0, p1) = (&g.cases[0].prompt_ids, &g.cases[1].prompt_ids);
+    let vocab = ex.worker().model.config.vocab_size;
+    let b = two_seq_batch([p0, p1], [0, 0]);
+    let last = [p0.len() as u32 - 1, (p0.len() + p1.len()) as u32 - 1];
+    let mut logits = ex.logits(&b, &last).expect("prefill");
+    let mut all = vec![logits.clone()];
+    let mut past = [p0.len(), p1.len()];
+    for _ in 0..steps {
+        let next = [
+            qwen3_backend::sampling::argmax(&logits[..vocab]),
+            qwen3_backend::sampling::argmax(&logits[vocab..]),
+        ];
+        let b = two_seq_batch([&next[..1], &next[1..]], past);
+        logits = ex.logits(&b, &[0, 1]).expect("decode");
+        all.push(logits.clone());
+        past = [past[0] + 1, past[1] + 1];
+    }
+    all
+}
+
+/// Every step's logits of the eager and the graph run are equal bit for bit.
+fn assert_same_logits(dtype: WeightDType, eager: &[Vec<f32>], graph: &[Vec<f32>]) {
+    assert_eq!(eager.len(), graph.len());
+    for (i, (a, b)) in eager.iter().zip(graph).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "{dtype:?}: step {i} differs between eager and graph decode"
+        );
+    }
+}
+
+/// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
+fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
+    let emu = Emu::new();
+    let eager = {
+        let mut ex = executor(&emu, 0, dtype, false, &[]);
+        run(&mut ex, 6)
+    };
+    let graph = {
+        let mut ex = executor(&emu, 1, dtype, true, sizes);
+        let out = run(&mut ex, 6);
+        assert_eq!(
+            ex.worker().backend.captured_graphs(),
+            1,
+            "one decode shape captured"
+        );
+        assert_eq!(
+            ex.worker().backend.graph_replays(),
+            5,
+            "later decode steps replay it"
+        );
+        out
+    };
+    let s = emu.stats();
+    assert!(s.live_graphs == 0, "graphs freed with the backend: {s:?}");
+    assert_same_logits(dtype, &eager, &graph);
+    emu.assert_clean();
+}
+
+#[test]
+fn graph_decode_equals_eager_fused_attention() {
+    graph_equals_eager(WeightDType::BF16, &[2]);
+}
+
+#[test]
+fn graph_decode_equals_eager_f32_attention() {
+    graph_equals_eager(WeightDType::F32, &[2]);
+}
+
+#[test]
+fn padded_graph_decode_equals_eager() {
+    graph_equals_eager(WeightDType::BF16, &[1, 4]);
+    graph_equals_eager(WeightDType::F32, &[4]);
+}
+
+#[test]
+fn engine_with_graph_capture_matches_goldens() {
+    let emu = Emu::new();
+    let golden = golden(DENSE);
+    let e = engine_with(
+        &emu,
+        DENSE,
+        &Setup::default(),
+        AscendOptions {
+            graph_capture: true,
+            capture_batch_sizes: vec![1, 2, 4],
+            ..AscendOptions::default()
+        },
+    );
+    rt().block_on(async {
+        let mut tasks = Vec::new();
+        for (i, c) in golden
+            .cases
+            .iter()
+            .filter(|c| c.config_overrides.is_none())
+            .enumerate()
+        {
+            let s = e
+                .submit(request(&format!("r{i}"), &c.prompt_ids, c.greedy_ids.len()))
+                .expect("submit");
+            let want = c.greedy_ids.clone();
+            tasks.push(tokio::spawn(async move {
+                assert_eq!(collect(s).await.0, want);
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    stop(e);
+    emu.assert_clean();
+}
+
+/// Graphs write into the KV cache's addresses: a resize drops them, and the next decode
+/// steps capture again and give the same results.
+#[test]
+fn kv_resize_drops_captured_graphs() {
+    let emu = Emu::new();
+    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[2]);
+    let first = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    ex.resize_kv(4, BLOCK_SIZE).expect("resize");
+    assert_eq!(ex.worker().backend.captured_graphs(), 0);
+    let second = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    assert_eq!(ex.worker().backend.graph_replays(), 4);
+    assert_eq!(first, second);
+    drop(ex);
+    emu.assert_clean();
+}
+
+/// Decode batches of changing size under one padded capture size: 2 sequences, then only
+/// the first, then both again (a replay), each padded to 4; the same logits as eager.
+#[test]
+fn padded_graphs_follow_the_real_batch_size() {
+    let emu = Emu::new();
+    let g = golden(DENSE);
+    let (p0, p1) = (g.cases[0].prompt_ids.clone(), g.cases[1].prompt_ids.clone());
+    let drive = |ex: &mut SingleExecutor<AscendBackend>| -> Vec<Vec<f32>> {
+        let vocab = ex.worker().model.config.vocab_size;
+        let b = two_seq_batch([&p0, &p1], [0, 0]);
+        let last = [p0.len() as u32 - 1, (p0.len() + p1.len()) as u32 - 1];
+        let mut out = vec![ex.logits(&b, &last).expect("prefill")];
+        let mut past = [p0.len(), p1.len()];
+        for round in 0..3 {
+            let prev = out.last().expect("logits");
+            let t0 = qwen3_backend::sampling::argmax(&prev[..vocab]);
+            if round == 1 {
+                // Only sequence 0 this step.
+                let mut b = two_seq_batch([&[t0], &[0]], past);
+                b.seqs.truncate(1);
+                b.token_ids.truncate(1);
+                b.positions.truncate(1);
+                b.slot_mapping.truncate(1);
+                b.block_tables.truncate(1);
+                let l = ex.logits(&b, &[0]).expect("decode one");
+                // Keep two rows so the next step's argmax reads the same layout.
+                let mut l2 = l.clone();
+                l2.extend_from_slice(&prev[vocab..]);
+                out.push(l2);
+                past[0] += 1;
+            } else {
+                let t1 = qwen3_backend::sampling::argmax(&prev[vocab..]);
+                let b = two_seq_batch([&[t0], &[t1]], past);
+                out.push(ex.logits(&b, &[0, 1]).expect("decode two"));
+                past = [past[0] + 1, past[1] + 1];
+            }
+        }
+        out
+    };
+    let eager = drive(&mut executor(&emu, 0, WeightDType::BF16, false, &[]));
+    let mut ex = executor(&emu, 1, WeightDType::BF16, true, &[4]);
+    let graph = drive(&mut ex);
+    assert_eq!(
+        ex.worker().backend.captured_graphs(),
+        2,
+        "(4, 2) and (4, 1)"
+    );
+    assert_eq!(ex.worker().backend.graph_replays(), 1);
+    drop(ex);
+    for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {i} differs"
+        );
+    }
+    emu.assert_clean();
+}
+
+/// One sequence computing `ids` after `past` tokens, its blocks 0, 1, 2... in order.
+fn long_seq_batch(ids: &[u32], past: usize, max_blocks: usize) -> Batch {
+    let positions: Vec<u32> = (past..past + ids.len()).map(|p| p as u32).collect();
+    Batch {
+        new_seqs: Vec::new(),
+        finished: Vec::new(),
+        seqs: vec![ScheduledSeq {
+            seq_id: 1,
+            query_start: 0,
+            query_len: ids.len() as u32,
+            context_len: (past + ids.len()) as u32,
+            sample: true,
+            suppressed: Vec::new(),
+        }],
+        token_ids: ids.to_vec(),
+        slot_mapping: positions.clone(),
+        positions,
+        block_tables: (0..max_blocks as u32).collect(),
+        max_blocks_per_seq: max_blocks,
+        block_size: BLOCK_SIZE,
+    }
+}
+
+/// Issue 18 point 8: a decode graph captured while the RoPE table had 4,096 rows, then an
+/// eager step past position 4,096 (which rebuilds the table larger), then a decode step
+/// there: the replay must not read the old table ("index 5041 out of range [0, 4096)"
+/// when served, with YaRN factor 4 over 4,096 original positions, as here). The logits
+/// must equal eager decode's bit for bit.
+#[test]
+fn decode_past_the_first_rope_table_after_a_captured_graph() {
+    let emu = Emu::new();
+    let blocks = 5200usize.div_ceil(BLOCK_SIZE);
+    let yarn = serde_json::json!({"rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}});
+    let steps = |ex: &mut SingleExecutor<AscendBackend>| -> Vec<Vec<f32>> {
+        let mut out = Vec::new();
+        // Warm-up traffic: two decode steps at small positions (the first one captures).
+        for pos in [8usize, 9] {
+            let b = long_seq_batch(&[17], pos, blocks);
+            out.push(ex.logits(&b, &[0]).expect("warm-up decode"));
+        }
+        // A chunk of a long prompt past 4,096 positions (eager: query longer than one).
+        let b = long_seq_batch(&[40, 41], 5039, blocks);
+        out.push(ex.logits(&b, &[1]).expect("long prefill chunk"));
+        // Decode there: replays the graph captured at the start.
+        let b = long_seq_batch(&[42], 5041, blocks);
+        out.push(ex.logits(&b, &[0]).expect("decode at position 5041"));
+        out
+    };
+    for dtype in [WeightDType::BF16, WeightDType::F32] {
+        let eager = steps(&mut executor_with_blocks(
+            &emu,
+            0,
+            dtype,
+            false,
+            &[],
+            blocks,
+            Some(&yarn),
+        ));
+        let mut ex = executor_with_blocks(&emu, 1, dtype, true, &[1], blocks, Some(&yarn));
+        let graph = steps(&mut ex);
+        assert!(
+            ex.worker().backend.captured_graphs() >= 1,
+            "{dtype:?}: nothing captured"
+        );
+        drop(ex);
+        assert_same_logits(dtype, &eager, &graph);
+    }
+    emu.assert_clean();
+}

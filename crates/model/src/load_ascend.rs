@@ -1,0 +1,65 @@
+//! Loading a model on Ascend NPUs: one rank per device, tensor parallelism over HCCL with one
+//! thread per rank (each binds its device's context).
+
+use std::sync::Arc;
+
+use qwen3_backend::comm::Communicator;
+use qwen3_backend_ascend::comm::{root_info, HcclCommunicator};
+use qwen3_backend_ascend::device_query::Cann;
+use qwen3_backend_ascend::{AscendBackend, AscendOptions};
+
+use crate::error::ModelError;
+use crate::executor::{ResizableExecutor, SingleExecutor};
+use crate::load::{load_worker, rank_kv_shape, LoadOptions};
+use crate::qwen3::{Shard, WeightDType};
+use crate::tp::{RankInit, TpExecutor};
+
+/// Loads the model on the NPUs `devices` (one per rank; `opts.tensor_parallel_size` of them)
+/// with backend options; the KV cache can still be resized after profiling.
+pub fn ascend_executor_resizable(
+    opts: &LoadOptions,
+    cann: Arc<Cann>,
+    devices: &[i32],
+    backend_opts: AscendOptions,
+) -> Result<Box<dyn ResizableExecutor>, ModelError> {
+    let world = opts.tensor_parallel_size;
+    if devices.len() != world || world == 0 {
+        return Err(ModelError::Invalid(format!(
+            "tensor parallel size {world} needs as many devices, got {devices:?}"
+        )));
+    }
+    let kv_shape = rank_kv_shape(opts)?;
+    // An F32 model asks for precision: keep K/V in F32 too.
+    let backend_opts = AscendOptions {
+        kv_cache_f32: backend_opts.kv_cache_f32 || opts.dtype == WeightDType::F32,
+        ..backend_opts
+    };
+    if world == 1 {
+        let backend = AscendBackend::with_options(cann, devices[0], backend_opts)?;
+        let worker = load_worker(backend, opts, Shard::WHOLE, kv_shape)?;
+        return Ok(Box::new(SingleExecutor::new(worker)));
+    }
+    let hccl_root = root_info(&cann)?;
+    let inits: Vec<RankInit<AscendBackend>> = devices
+        .iter()
+        .enumerate()
+        .map(|(rank, &device)| {
+            let opts = opts.clone();
+            let cann = Arc::clone(&cann);
+            let backend_opts = backend_opts.clone();
+            let init: RankInit<AscendBackend> = Box::new(move || {
+                let backend = AscendBackend::with_options(cann, device, backend_opts)?;
+                // Collective: every rank thread joins here at the same time.
+                let comm = HcclCommunicator::init(&backend, &hccl_root, rank, world)?;
+                let worker = load_worker(backend, &opts, Shard { rank, world }, kv_shape)?;
+                let comm: Box<dyn Communicator<AscendBackend>> = Box::new(comm);
+                Ok((worker, comm))
+            });
+            init
+        })
+        .collect();
+    // HCCL has no abort from another thread: a rank that fails makes its peers' collectives
+    // fail with HCCL's own timeout.
+    let ex = TpExecutor::start(inits, Arc::new(|| {}))?;
+    Ok(Box::new(ex))
+}
