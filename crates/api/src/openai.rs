@@ -4,7 +4,7 @@
 //!
 //! Unknown request fields are ignored, as the OpenAI SDKs send fields a server may not know;
 //! `null` counts as absent. Fields that would change the output but that this server does
-//! not implement (structured output, beam search, prompt logprobs, ...) are refused with a
+//! not implement (structured output, beam search, ...) are refused with a
 //! clear 400 instead of being silently ignored.
 
 use serde::de::DeserializeOwned;
@@ -18,8 +18,22 @@ use qwen3_engine::EngineRequest;
 
 /// Most choices one request may ask for (each is a sequence in the engine).
 pub const MAX_N: u32 = 128;
-/// Most top logprobs per token (vLLM's default `--max-logprobs`).
+/// Most top logprobs per token: vLLM's default `--max-logprobs`.
 pub const MAX_LOGPROBS: u32 = 20;
+
+/// A logprobs count against `--max-logprobs`, with vLLM's wording.
+fn check_logprobs(key: &str, what: &str, n: Option<u32>, max: u32) -> Result<(), ApiError> {
+    match n {
+        Some(n) if n > max => Err(ApiError::invalid(
+            key,
+            format!(
+                "Requested {what} logprobs of {n}, which is greater than max allowed: {max} \
+                 (`{key}`; the server's --max-logprobs)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Request parsing
@@ -158,6 +172,8 @@ pub struct SamplingRequest {
     pub skip_special_tokens: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// vLLM's `prompt_logprobs`: top logprobs per prompt token besides its own.
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl Default for SamplingRequest {
@@ -181,6 +197,7 @@ impl Default for SamplingRequest {
             skip_special_tokens: true,
             stream: false,
             include_usage: false,
+            prompt_logprobs: None,
         }
     }
 }
@@ -286,7 +303,14 @@ impl SamplingRequest {
         };
         // vLLM extras that need machinery this server does not have.
         f.refuse("use_beam_search", "beam search", &[Json::Bool(false)])?;
-        f.refuse("prompt_logprobs", "`prompt_logprobs`", &[])?;
+        let prompt_logprobs = f.opt::<u32>("prompt_logprobs")?;
+        if prompt_logprobs.is_some() && stream {
+            // As vLLM: prompt logprobs are only returned whole.
+            return Err(ApiError::invalid(
+                "prompt_logprobs",
+                "`prompt_logprobs` are not available when `stream` is true",
+            ));
+        }
         for key in [
             "guided_json",
             "guided_regex",
@@ -316,6 +340,7 @@ impl SamplingRequest {
             skip_special_tokens: f.opt("skip_special_tokens")?.unwrap_or(true),
             stream,
             include_usage,
+            prompt_logprobs,
         })
     }
 
@@ -356,6 +381,7 @@ impl SamplingRequest {
                 logit_bias: self.logit_bias.clone(),
                 seed: self.seed,
                 logprobs,
+                prompt_logprobs: self.prompt_logprobs,
             },
             max_tokens,
             min_tokens: self.min_tokens,
@@ -459,6 +485,7 @@ impl Prompt {
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Prompt,
+    /// 0 only with `echo`: return the prompt alone.
     pub max_tokens: u32,
     pub logprobs: Option<u32>,
     pub echo: bool,
@@ -475,19 +502,14 @@ impl CompletionRequest {
             f.raw("prompt")
                 .ok_or_else(|| ApiError::invalid("prompt", "`prompt` is required"))?,
         )?;
-        let max_tokens = parse_max_tokens(&mut f, "max_tokens")?.unwrap_or(16);
+        // 0 is allowed with `echo`: the prompt alone (with its logprobs), as vLLM does.
+        let max_tokens = f.opt::<u32>("max_tokens")?.unwrap_or(16);
         let logprobs = f.opt::<u32>("logprobs")?;
-        if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
-            return Err(ApiError::invalid(
-                "logprobs",
-                format!("`logprobs` must be at most {MAX_LOGPROBS}"),
-            ));
-        }
         let echo = f.opt::<bool>("echo")?.unwrap_or(false);
-        if echo && logprobs.is_some() {
-            return Err(ApiError::unsupported(
-                "echo",
-                "`echo` together with `logprobs` (prompt logprobs)",
+        if max_tokens == 0 && !echo {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                "`max_tokens` must be at least 1 (0 only with `echo`)",
             ));
         }
         parse_best_of(&mut f)?;
@@ -506,6 +528,19 @@ impl CompletionRequest {
             add_special_tokens,
             sampling,
         })
+    }
+}
+
+impl CompletionRequest {
+    /// The logprobs counts against the server's `--max-logprobs`.
+    pub fn check_limits(&self, max_logprobs: u32) -> Result<(), ApiError> {
+        check_logprobs("logprobs", "sample", self.logprobs, max_logprobs)?;
+        check_logprobs(
+            "prompt_logprobs",
+            "prompt",
+            self.sampling.prompt_logprobs,
+            max_logprobs,
+        )
     }
 }
 
@@ -559,12 +594,6 @@ impl ChatRequest {
         };
         let logprobs = f.opt::<bool>("logprobs")?.unwrap_or(false);
         let top_logprobs = f.opt::<u32>("top_logprobs")?;
-        if top_logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
-            return Err(ApiError::invalid(
-                "top_logprobs",
-                format!("`top_logprobs` must be at most {MAX_LOGPROBS}"),
-            ));
-        }
         if top_logprobs.is_some() && !logprobs {
             return Err(ApiError::invalid(
                 "top_logprobs",
@@ -679,6 +708,19 @@ impl ChatRequest {
     }
 }
 
+impl ChatRequest {
+    /// The logprobs counts against the server's `--max-logprobs`.
+    pub fn check_limits(&self, max_logprobs: u32) -> Result<(), ApiError> {
+        check_logprobs("top_logprobs", "sample", self.logprobs, max_logprobs)?;
+        check_logprobs(
+            "prompt_logprobs",
+            "prompt",
+            self.sampling.prompt_logprobs,
+            max_logprobs,
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Responses
 
@@ -737,7 +779,22 @@ pub struct CompletionChoice {
     pub finish_reason: Option<&'static str>,
     /// vLLM's extra: the stop string or token id that ended the choice.
     pub stop_reason: Json,
+    /// vLLM's extra, when asked for: see [`PromptLogprobs`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
+
+/// vLLM's `Logprob`: a token's logprob, its rank in the vocabulary and its text.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RankedLogprob {
+    pub logprob: f32,
+    pub rank: u32,
+    pub decoded_token: String,
+}
+
+/// vLLM's `prompt_logprobs`: `null` for the first prompt token, then per token a map from
+/// token id to its [`RankedLogprob`] (the prompt token's own, and the top N).
+pub type PromptLogprobs = Vec<Option<std::collections::BTreeMap<u32, RankedLogprob>>>;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CompletionResponse {
@@ -815,6 +872,9 @@ pub struct ChatCompletionResponse {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    /// vLLM's extra, when asked for (of the templated prompt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -904,12 +964,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Parsed and checked against the default `--max-logprobs`, as the route does.
     fn completion(v: Json) -> Result<CompletionRequest, ApiError> {
-        CompletionRequest::parse(v.to_string().as_bytes())
+        let r = CompletionRequest::parse(v.to_string().as_bytes())?;
+        r.check_limits(MAX_LOGPROBS).map(|()| r)
     }
 
     fn chat(v: Json) -> Result<ChatRequest, ApiError> {
-        ChatRequest::parse(v.to_string().as_bytes())
+        let r = ChatRequest::parse(v.to_string().as_bytes())?;
+        r.check_limits(MAX_LOGPROBS).map(|()| r)
     }
 
     fn param_of(r: Result<impl std::fmt::Debug, ApiError>) -> Option<String> {
@@ -1034,7 +1097,11 @@ mod tests {
             ),
             (json!({"suffix": "x"}), "suffix"),
             (json!({"best_of": 2}), "best_of"),
-            (json!({"echo": true, "logprobs": 1}), "echo"),
+            (json!({"prompt_logprobs": 21}), "prompt_logprobs"),
+            (
+                json!({"prompt_logprobs": 1, "stream": true}),
+                "prompt_logprobs",
+            ),
             (json!({"use_beam_search": true}), "use_beam_search"),
             (json!({"guided_json": {}}), "guided_json"),
             (
@@ -1082,6 +1149,39 @@ mod tests {
         assert_eq!(e.min_tokens, 2);
         let bad = s.engine_request(&SamplingDefaults::default(), Some(1), None);
         assert_eq!(param_of(bad).as_deref(), Some("min_tokens"));
+    }
+
+    #[test]
+    fn echo_logprobs_max_tokens_zero_and_prompt_logprobs() {
+        // What lm-evaluation-harness sends for loglikelihoods, and the prompt-only form.
+        for max_tokens in [0, 1] {
+            let r = completion(json!({
+                "prompt": [[1, 2, 3]], "echo": true, "logprobs": 1, "max_tokens": max_tokens,
+                "temperature": 0
+            }))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(
+                (r.max_tokens, r.logprobs, r.echo),
+                (max_tokens, Some(1), true)
+            );
+        }
+        let r = completion(json!({"prompt": "x", "prompt_logprobs": 20}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.sampling.prompt_logprobs, Some(20));
+        let e = r
+            .sampling
+            .engine_request(&SamplingDefaults::default(), Some(1), None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(e.sampling.prompt_logprobs, Some(20));
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let r = chat(json!({"messages": msgs, "prompt_logprobs": 0}))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(r.sampling.prompt_logprobs, Some(0));
+        // `max_tokens: 0` means the prompt alone, which only `echo` returns.
+        assert_eq!(
+            param_of(completion(json!({"prompt": "x", "max_tokens": 0}))).as_deref(),
+            Some("max_tokens")
+        );
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct ApiConfig {
     /// `--seed`: requests without a seed get `seed + n` for the n-th such request, so a
     /// server started with the same seed and fed the same requests gives the same outputs.
     pub default_seed: Option<u64>,
+    /// `--max-logprobs`: the most `logprobs` / `top_logprobs` / `prompt_logprobs` a request
+    /// may ask for.
+    pub max_logprobs: u32,
 }
 
 /// Everything a request handler needs.

@@ -8,9 +8,11 @@
 
 pub mod comm;
 pub mod cpu;
+pub mod logprobs;
 pub mod quant;
 pub mod sampling;
 
+use logprobs::PromptLogprob;
 pub use quant::QuantizedHost;
 use sampling::{SampleRow, Sampled};
 
@@ -216,4 +218,25 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Samples one token per row of `logits` `[rows.len(), vocab]`.
     fn sample(&self, logits: &Self::Tensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>>;
+
+    /// Prompt logprobs of each row of `logits` `[targets.len(), vocab]`: the log-softmax read at
+    /// `targets[i]`, its rank, and the top `top_n`. Only these numbers need leave the device;
+    /// this default reads the rows back and computes them on the host.
+    fn prompt_logprobs(
+        &self,
+        logits: &Self::Tensor,
+        targets: &[u32],
+        top_n: usize,
+    ) -> Result<Vec<PromptLogprob>> {
+        let shape = self.shape(logits);
+        let vocab = shape.last().copied().unwrap_or(0);
+        if shape.len() != 2 || shape[0] != targets.len() {
+            return Err(BackendError::Shape {
+                op: "prompt_logprobs",
+                detail: format!("logits {shape:?} for {} targets", targets.len()),
+            });
+        }
+        let host = self.to_host_f32(logits)?;
+        Ok(logprobs::host_prompt_logprobs(&host, vocab, targets, top_n))
+    }
 }

@@ -144,7 +144,7 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-fn log_sum_exp(v: &[f32]) -> f32 {
+pub(crate) fn log_sum_exp(v: &[f32]) -> f32 {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return max;
@@ -159,7 +159,7 @@ thread_local! {
 }
 
 /// The `n` largest (index, value) pairs, best first, ties by lower index.
-fn top_n(v: &[f32], n: usize) -> Vec<(u32, f32)> {
+pub(crate) fn top_n(v: &[f32], n: usize) -> Vec<(u32, f32)> {
     let n = n.min(v.len());
     if n == 0 {
         return Vec::new();

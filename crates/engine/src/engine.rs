@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::batch::{Batch, Executor, ExecutorError, SamplingParams, SeqId, StepOutput};
+use crate::batch::{
+    Batch, Executor, ExecutorError, PromptLogprob, SamplingParams, SeqId, StepOutput,
+};
 use crate::detokenizer::{IncrementalDetokenizer, StopStrings};
 use crate::error::EngineError;
 use crate::metrics::EngineStats;
@@ -196,6 +198,9 @@ pub struct RequestOutput {
     pub num_output_tokens: usize,
     /// Prompt tokens served from the prefix cache.
     pub num_cached_tokens: usize,
+    /// With `prompt_logprobs` asked for, on the first output only: one entry per prompt token
+    /// after the first (which has no logprob), in order.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
 }
 
 impl RequestOutput {
@@ -210,6 +215,7 @@ impl RequestOutput {
             num_prompt_tokens: 0,
             num_output_tokens: 0,
             num_cached_tokens: 0,
+            prompt_logprobs: None,
         }
     }
 }
@@ -307,6 +313,9 @@ struct ReqState {
     sink: OutputSink,
     detok: IncrementalDetokenizer,
     want_logprobs: bool,
+    /// Prompt logprobs gathered chunk by chunk until the first output carries them; None when
+    /// not asked for or already sent.
+    prompt_logprobs: Option<Vec<PromptLogprob>>,
     arrival: Instant,
     last_token: Option<Instant>,
     /// Counted in the handle's waiting-request counter until admitted or dropped.
@@ -437,6 +446,10 @@ impl EngineCore {
             sink,
             detok,
             want_logprobs: req.sampling.logprobs.is_some(),
+            prompt_logprobs: req
+                .sampling
+                .prompt_logprobs
+                .map(|_| Vec::with_capacity(req.prompt_token_ids.len().saturating_sub(1))),
             arrival,
             last_token: None,
             counted,
@@ -543,7 +556,10 @@ impl EngineCore {
             });
         match result {
             Ok(mut out) => match self.scheduler.update_from_output(&out) {
-                Ok(()) => self.process_outputs(&mut out),
+                Ok(()) => {
+                    self.gather_prompt_logprobs(&mut out);
+                    self.process_outputs(&mut out)
+                }
                 Err(e) => self.fail_running(&e.to_string()),
             },
             Err(e) => self.fail_running(&e.to_string()),
@@ -570,6 +586,27 @@ impl EngineCore {
             );
         }
         self.scheduler.reset_prefix_cache();
+    }
+
+    /// Appends each sequence's new prompt logprobs to what it has gathered. A recomputation
+    /// after preemption repeats positions already gathered (or sent): those are skipped.
+    fn gather_prompt_logprobs(&mut self, out: &mut StepOutput) {
+        for p in out.prompt_logprobs.drain(..) {
+            let Some(slot) = self.scheduler.slot_of(p.seq_id) else {
+                continue;
+            };
+            let Some(seq) = self.scheduler.seq_mut(slot) else {
+                continue;
+            };
+            let Some(have) = seq.payload.prompt_logprobs.as_mut() else {
+                continue;
+            };
+            // `have[i]` scores prompt token `i + 1`.
+            let skip = (have.len() + 1).saturating_sub(p.first_index);
+            if p.first_index <= have.len() + 1 {
+                have.extend(p.entries.into_iter().skip(skip));
+            }
+        }
     }
 
     fn process_outputs(&mut self, out: &mut StepOutput) {
@@ -650,6 +687,7 @@ impl EngineCore {
                 num_prompt_tokens,
                 num_output_tokens,
                 num_cached_tokens,
+                prompt_logprobs: st.prompt_logprobs.take(),
             };
             match finish {
                 Some((reason, stop)) => {

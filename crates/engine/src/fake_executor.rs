@@ -357,7 +357,10 @@ impl Executor for FakeExecutor {
                 },
             });
         }
-        Ok(StepOutput { outputs })
+        Ok(StepOutput {
+            outputs,
+            ..StepOutput::default()
+        })
     }
 }
 

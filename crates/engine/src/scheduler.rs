@@ -406,7 +406,14 @@ impl<P> Scheduler<P> {
                     self.waiting.pop_front();
                     continue;
                 };
-                let hit = self.kv.find_cached_prefix(&mut seq.blocks, &seq.tokens);
+                // A request for prompt logprobs needs the logits of every prompt position, so
+                // it recomputes its prompt instead of reading cached blocks (as vLLM does);
+                // the blocks it computes are still cached for others.
+                let hit = if seq.sampling.prompt_logprobs.is_some() {
+                    0
+                } else {
+                    self.kv.find_cached_prefix(&mut seq.blocks, &seq.tokens)
+                };
                 let remaining = seq.tokens.len() - hit;
                 let n = if self.cfg.enable_chunked_prefill
                     || remaining > self.cfg.max_num_batched_tokens
@@ -667,6 +674,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            ..StepOutput::default()
         }
     }
 

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use qwen3_backend::comm::{Communicator, SingleRank};
 use qwen3_backend::sampling::{draw_seed, SampleRow, SamplingParams};
 use qwen3_backend::{Backend, StepMeta};
+use qwen3_step::batch::SeqPromptLogprobs;
 use qwen3_step::{Batch, Executor, ExecutorError, SeqId, SeqOutput, StepOutput};
 
 use crate::error::ModelError;
+use crate::prompt_logprobs::{self, PromptSpan};
 use crate::qwen3::Qwen3;
 
 struct SeqState {
@@ -94,7 +96,22 @@ impl SeqStates {
                 sampled,
             });
         }
-        Ok(StepOutput { outputs })
+        Ok(StepOutput {
+            outputs,
+            ..StepOutput::default()
+        })
+    }
+
+    /// A sequence's prompt and `prompt_logprobs` count, when it asked for prompt logprobs.
+    pub fn prompt_logprobs_of(&self, id: SeqId) -> Option<(&[u32], u32)> {
+        let st = self.seqs.get(&id)?;
+        let n = st.params.prompt_logprobs?;
+        Some((&st.tokens[..st.num_prompt.min(st.tokens.len())], n))
+    }
+
+    /// The step's prompt-logprob rows (none unless a sequence in it asked).
+    pub fn prompt_spans(&self, batch: &Batch) -> Vec<PromptSpan> {
+        prompt_logprobs::plan(batch, |id| self.prompt_logprobs_of(id))
     }
 
     pub fn len(&self) -> usize {
@@ -185,16 +202,28 @@ impl<B: Backend> Worker<B> {
             .kv_block_bytes(self.model.kv_shape(1, block_size))
     }
 
-    /// Runs the step; returns the gathered logits of the sampling rows. `arrays` is refilled
-    /// for the batch (kept by the caller so steps reuse its capacity).
+    /// Runs the step; returns the gathered logits of the sampling rows, and the prompt
+    /// logprobs of `spans` (read out only where `emit`: the rank that samples). `arrays` is
+    /// refilled for the batch (kept by the caller so steps reuse its capacity).
     pub fn step(
         &mut self,
         batch: &Batch,
         arrays: &mut StepArrays,
+        spans: &[PromptSpan],
+        emit: bool,
         comm: &dyn Communicator<B>,
-    ) -> Result<B::Tensor, ModelError> {
+    ) -> Result<(B::Tensor, Vec<SeqPromptLogprobs>), ModelError> {
         arrays.refill(batch);
-        self.forward_rows(batch, arrays, arrays.sample_rows(), comm)
+        if spans.is_empty() {
+            let logits = self.forward_rows(batch, arrays, arrays.sample_rows(), comm)?;
+            return Ok((logits, Vec::new()));
+        }
+        let meta = arrays.meta(batch, &self.model.rope);
+        let (model, backend) = (&self.model, &self.backend);
+        let hidden = model.hidden(backend, comm, &meta, &mut self.kv)?;
+        let lps = prompt_logprobs::compute(model, backend, comm, &hidden, spans, emit)?;
+        let logits = model.logits(backend, comm, &hidden, arrays.sample_rows())?;
+        Ok((logits, lps))
     }
 
     /// Runs the step; returns the gathered logits of the given flattened token rows.
@@ -276,8 +305,13 @@ impl<B: Backend> Executor for SingleExecutor<B> {
         }
         let (worker, arrays, states) = (&mut self.worker, &mut self.arrays, &mut self.states);
         B::run_step(move || {
-            let logits = worker.step(batch, arrays, &SingleRank).map_err(exec_err)?;
-            states.sample(&worker.backend, batch, &logits)
+            let spans = states.prompt_spans(batch);
+            let (logits, prompt) = worker
+                .step(batch, arrays, &spans, true, &SingleRank)
+                .map_err(exec_err)?;
+            let mut out = states.sample(&worker.backend, batch, &logits)?;
+            out.prompt_logprobs = prompt;
+            Ok(out)
         })
     }
 }

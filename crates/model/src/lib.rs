@@ -10,6 +10,7 @@ pub mod load;
 mod load_ascend;
 mod load_cpu;
 pub mod profile;
+pub mod prompt_logprobs;
 pub mod quant_config;
 pub mod quant_unpack;
 pub mod qwen3;

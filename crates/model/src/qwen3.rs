@@ -430,6 +430,19 @@ impl<B: Backend> Qwen3<B> {
         kv: &mut B::KvCache,
         rows: &[u32],
     ) -> Result<B::Tensor, ModelError> {
+        let hidden = self.hidden(backend, comm, meta, kv)?;
+        self.logits(backend, comm, &hidden, rows)
+    }
+
+    /// Runs the step's layers and returns the final-normed hidden states `[tokens, hidden]`
+    /// of every token, from which [`Self::logits`] takes the rows it needs.
+    pub fn hidden(
+        &self,
+        backend: &B,
+        comm: &dyn Communicator<B>,
+        meta: &StepMeta<'_>,
+        kv: &mut B::KvCache,
+    ) -> Result<B::Tensor, ModelError> {
         let step = backend.prepare_step(meta)?;
         let d = self.config.head_dim;
         let geometry = AttnGeometry {
@@ -479,11 +492,22 @@ impl<B: Backend> Qwen3<B> {
             comm.all_reduce_sum(backend, &mut y)?;
             pending = Some(y);
         }
-        let last = match pending {
+        Ok(match pending {
             Some(out) => backend.add_rms_norm(&out, &mut residual, &self.norm, self.eps)?,
             None => backend.rms_norm(&residual, &self.norm, self.eps)?,
-        };
-        let picked = backend.select_rows(&last, rows)?;
+        })
+    }
+
+    /// The logits `[rows.len(), vocab]` of the given rows of `hidden` (a collective at TP > 1:
+    /// every rank calls it with the same rows).
+    pub fn logits(
+        &self,
+        backend: &B,
+        comm: &dyn Communicator<B>,
+        hidden: &B::Tensor,
+        rows: &[u32],
+    ) -> Result<B::Tensor, ModelError> {
+        let picked = backend.select_rows(hidden, rows)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let local = backend.linear(&picked, head)?;
         Ok(comm.all_gather_cols(backend, local)?)

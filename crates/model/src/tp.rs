@@ -91,14 +91,15 @@ fn rank_loop<B: Backend>(
                 continue;
             }
         };
-        if rank == 0 {
-            states.update(&batch);
-        }
+        // Every rank keeps the sequences' prompts: all must compute the same prompt-logprob
+        // rows, as the lm_head's gather is a collective. Only rank 0 samples.
+        states.update(&batch);
         let result = if batch.seqs.is_empty() {
             Ok(None)
         } else {
+            let spans = states.prompt_spans(&batch);
             worker
-                .step(&batch, &mut arrays, comm.as_ref())
+                .step(&batch, &mut arrays, &spans, rank == 0, comm.as_ref())
                 .map(Some)
                 .map_err(exec_err)
         };
@@ -107,7 +108,11 @@ fn rank_loop<B: Backend>(
         }
         let reply = if rank == 0 {
             Reply::Sampled(result.and_then(|logits| match logits {
-                Some(l) => states.sample(&worker.backend, &batch, &l),
+                Some((l, prompt)) => {
+                    let mut out = states.sample(&worker.backend, &batch, &l)?;
+                    out.prompt_logprobs = prompt;
+                    Ok(out)
+                }
                 None => Ok(StepOutput::default()),
             }))
         } else {

@@ -3,59 +3,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
-use qwen3_model::load::{cpu_executor, LoadOptions};
-use qwen3_model::WeightDType;
-
-struct Setup {
-    tp: usize,
-    num_blocks: usize,
-    max_num_batched_tokens: usize,
-    max_num_seqs: usize,
-    prefix_caching: bool,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Self {
-            tp: 1,
-            num_blocks: 64,
-            max_num_batched_tokens: 256,
-            max_num_seqs: 8,
-            prefix_caching: true,
-        }
-    }
-}
-
-fn engine(model: &str, s: &Setup) -> EngineHandle {
-    let block_size = 16;
-    let opts = LoadOptions {
-        dir: fixtures().join(model),
-        config: config(model, None),
-        dtype: WeightDType::BF16,
-        tensor_parallel_size: s.tp,
-        block_size,
-        num_blocks: s.num_blocks,
-    };
-    let executor = cpu_executor(&opts).expect("executor");
-    let tok = tokenizers::Tokenizer::from_file(fixtures().join(model).join("tokenizer.json"))
-        .expect("tokenizer");
-    let cfg = EngineConfig {
-        block_size,
-        num_blocks: s.num_blocks,
-        max_num_seqs: s.max_num_seqs,
-        max_num_batched_tokens: s.max_num_batched_tokens,
-        max_model_len: 256,
-        enable_prefix_caching: s.prefix_caching,
-        enable_chunked_prefill: true,
-        max_waiting_requests: 64,
-        eos_token_ids: vec![151645, 151643],
-    };
-    EngineHandle::start(cfg, executor, Arc::new(tok)).expect("engine starts")
-}
+use qwen3_engine::{EngineHandle, EngineRequest};
 
 fn request(id: &str, case: &Case) -> EngineRequest {
     let mut r = EngineRequest::new(id, case.prompt_ids.clone());

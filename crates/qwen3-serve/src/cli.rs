@@ -24,6 +24,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once at start-up: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the OpenAI-compatible server (the default command).
@@ -235,6 +237,10 @@ pub struct ServeArgs {
     /// Most requests waiting for a slot before new ones get 429.
     #[arg(long, default_value_t = 4096)]
     pub max_waiting_requests: usize,
+    /// Most logprobs a request may ask for (`logprobs`, `top_logprobs`, `prompt_logprobs`),
+    /// as vLLM's `--max-logprobs`.
+    #[arg(long, default_value_t = qwen3_api::openai::MAX_LOGPROBS)]
+    pub max_logprobs: u32,
     /// Require `Authorization: Bearer KEY` on /v1/*.
     #[arg(long, env = "VLLM_API_KEY")]
     pub api_key: Option<String>,

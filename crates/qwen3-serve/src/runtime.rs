@@ -618,6 +618,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             defaults: generation_defaults(&loaded.dir, &args.generation_config),
             max_body_bytes: 32 << 20,
             default_seed: args.model.seed,
+            max_logprobs: args.max_logprobs,
         },
         engine: engine.clone(),
         tokenizer: loaded.tokenizer.clone(),

@@ -701,3 +701,204 @@ fn server_seed_makes_unseeded_requests_reproducible() {
     let (a2, b2) = run();
     assert_eq!((&a1, &b1), (&a2, &b2));
 }
+
+/// transformers' prompt logprobs of the dense fixture (goldens/prompt_logprobs.json).
+fn prompt_golden(case: &str) -> (Vec<u64>, Vec<f64>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/goldens/prompt_logprobs.json"
+    );
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("goldens"))
+        .expect("goldens json");
+    let c = &g["models"]["tiny-qwen3"][case];
+    let ids = c["prompt_ids"].as_array().expect("ids").iter();
+    let lps = c["logprobs"].as_array().expect("logprobs").iter();
+    (
+        ids.filter_map(Value::as_u64).collect(),
+        lps.filter_map(Value::as_f64).collect(),
+    )
+}
+
+#[test]
+fn echo_logprobs_and_prompt_logprobs_match_transformers() {
+    // F32 weights and compute: transformers' log-softmax within 1e-4 (as the model tests).
+    let srv = start(&[
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "256",
+        "--max-num-batched-tokens",
+        "16",
+    ]);
+    let a = srv.addr.as_str();
+    let (long, long_lp) = prompt_golden("long");
+    let (english, english_lp) = prompt_golden("english");
+    let close = |got: &Value, want: f64, what: &str| {
+        let g = got.as_f64().unwrap_or_else(|| panic!("{what}: {got}"));
+        assert!((g - want).abs() < 1e-4, "{what}: {g} vs {want}");
+    };
+
+    // lm-evaluation-harness's loglikelihood request: batched token-id prompts, echo, one
+    // logprob, one generated token; and the prompt-only form, max_tokens 0.
+    for max_tokens in [1usize, 0] {
+        let r = post(
+            a,
+            "/v1/completions",
+            &json!({"prompt": [long, english], "echo": true, "logprobs": 1,
+                    "max_tokens": max_tokens, "temperature": 0}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        for (i, (ids, want)) in [(&long, &long_lp), (&english, &english_lp)]
+            .iter()
+            .enumerate()
+        {
+            let c = &v["choices"][i];
+            let lp = &c["logprobs"];
+            let n = ids.len() + max_tokens;
+            assert_eq!(
+                lp["token_logprobs"].as_array().map(Vec::len),
+                Some(n),
+                "{c}"
+            );
+            assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+            for (p, w) in want.iter().enumerate() {
+                close(
+                    &lp["token_logprobs"][p + 1],
+                    *w,
+                    &format!("choice {i} token {}", p + 1),
+                );
+                let top = lp["top_logprobs"][p + 1].as_object().expect("top");
+                assert!((1..=2).contains(&top.len()), "{top:?}");
+            }
+            let offsets: Vec<u64> = lp["text_offset"]
+                .as_array()
+                .expect("offsets")
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect();
+            assert_eq!(offsets.len(), n);
+            assert_eq!(offsets[0], 0);
+            assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+            let tokens: String = lp["tokens"].as_array().expect("tokens")[..ids.len()]
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(
+                c["text"].as_str().is_some_and(|t| t.starts_with(&tokens)),
+                "{c}"
+            );
+            if max_tokens == 0 {
+                assert_eq!(c["text"].as_str(), Some(tokens.as_str()));
+                assert_eq!(c["finish_reason"], "length");
+            }
+            assert!(c.get("prompt_logprobs").is_none(), "only when asked for");
+        }
+        let gen = v["usage"]["completion_tokens"].as_u64();
+        assert_eq!(gen, Some(2 * max_tokens as u64));
+    }
+
+    // Streamed: the echo chunk carries the prompt's logprobs, then the generated token's.
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": english, "echo": true, "logprobs": 1, "max_tokens": 1,
+                "stream": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk"))
+        .collect();
+    let echo = &chunks[0]["choices"][0]["logprobs"];
+    assert_eq!(
+        echo["token_logprobs"].as_array().map(Vec::len),
+        Some(english.len())
+    );
+    assert!(echo["token_logprobs"][0].is_null());
+    for (p, w) in english_lp.iter().enumerate() {
+        close(
+            &echo["token_logprobs"][p + 1],
+            *w,
+            &format!("streamed token {}", p + 1),
+        );
+    }
+    let gen: usize = chunks[1..]
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["token_logprobs"].as_array())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(gen, 1, "{chunks:?}");
+
+    // vLLM's prompt_logprobs: null first, then token id -> {logprob, rank, decoded_token}.
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": english, "prompt_logprobs": 3, "max_tokens": 2}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pl = r.json()["choices"][0]["prompt_logprobs"].clone();
+    let pl = pl.as_array().expect("prompt_logprobs");
+    assert_eq!(pl.len(), english.len());
+    assert!(pl[0].is_null());
+    for (p, w) in english_lp.iter().enumerate() {
+        let m = pl[p + 1].as_object().expect("a map");
+        let own = &m[&english[p + 1].to_string()];
+        close(&own["logprob"], *w, &format!("prompt_logprobs {}", p + 1));
+        assert!(own["rank"].as_u64().is_some_and(|r| r >= 1), "{own}");
+        assert!(own["decoded_token"].is_string());
+        assert!((3..=4).contains(&m.len()), "{m:?}");
+        let ranks: Vec<u64> = m.values().filter_map(|e| e["rank"].as_u64()).collect();
+        for k in 1..=3 {
+            assert!(ranks.contains(&k), "{ranks:?}");
+        }
+    }
+
+    // Chat: the templated prompt's, at the top level.
+    let r = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Hi"}], "prompt_logprobs": 0,
+                "max_tokens": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let n = v["usage"]["prompt_tokens"].as_u64().expect("usage") as usize;
+    let pl = v["prompt_logprobs"].as_array().expect("prompt_logprobs");
+    assert_eq!(pl.len(), n);
+    assert!(
+        pl[0].is_null()
+            && pl[1..]
+                .iter()
+                .all(|m| m.as_object().is_some_and(|m| m.len() == 1))
+    );
+
+    // Limits, as vLLM's.
+    for (body, param) in [
+        (json!({"prompt": "x", "logprobs": 21}), "logprobs"),
+        (
+            json!({"prompt": "x", "prompt_logprobs": 21}),
+            "prompt_logprobs",
+        ),
+        (
+            json!({"prompt": "x", "prompt_logprobs": 1, "stream": true}),
+            "prompt_logprobs",
+        ),
+        (json!({"prompt": "x", "max_tokens": 0}), "max_tokens"),
+    ] {
+        let e = error_of(&post(a, "/v1/completions", &body), 400);
+        assert_eq!(e["error"]["param"], param, "{e}");
+    }
+    let e = error_of(
+        &post(
+            a,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true,
+                    "top_logprobs": 21}),
+        ),
+        400,
+    );
+    assert_eq!(e["error"]["param"], "top_logprobs", "{e}");
+}

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+pub use crate::sampling::PromptLogprob;
 use crate::sampling::{Sampled, SamplingParams};
 
 /// Engine-internal request id (the API's string id maps onto it).
@@ -87,9 +88,21 @@ pub struct SeqOutput {
     pub sampled: Sampled,
 }
 
+/// Prompt logprobs a step computed for one sequence that asked for them (its prompt rows in
+/// this step's chunk), in prompt order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqPromptLogprobs {
+    pub seq_id: SeqId,
+    /// Prompt index of the token `entries[0]` scores (at least 1: the first token has none).
+    pub first_index: usize,
+    pub entries: Vec<PromptLogprob>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepOutput {
     pub outputs: Vec<SeqOutput>,
+    /// Only for sequences whose sampling parameters set `prompt_logprobs`.
+    pub prompt_logprobs: Vec<SeqPromptLogprobs>,
 }
 
 /// A device or model fault while running a step; the engine fails the requests in flight.

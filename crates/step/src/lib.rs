@@ -11,4 +11,4 @@ pub mod sampling;
 pub use batch::{
     Batch, Executor, ExecutorError, NewSeq, ScheduledSeq, SeqId, SeqOutput, StepOutput,
 };
-pub use sampling::{Sampled, SamplingParams};
+pub use sampling::{PromptLogprob, Sampled, SamplingParams};

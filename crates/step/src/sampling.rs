@@ -24,6 +24,10 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Number of top logprobs to return besides the chosen token's (None: no logprobs).
     pub logprobs: Option<u32>,
+    /// vLLM's `prompt_logprobs`: top logprobs per prompt position besides the prompt token's
+    /// own (None: none, and the prompt's logits are never computed).
+    #[serde(default)]
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl Default for SamplingParams {
@@ -39,6 +43,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -70,4 +75,16 @@ pub struct Sampled {
     pub logprob: Option<f32>,
     /// Top-N (token, logprob) under the raw distribution, best first (when asked).
     pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// One prompt position's logprobs: the actual next token's, and the row's best `top_n`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PromptLogprob {
+    /// The prompt token these logprobs score.
+    pub token_id: u32,
+    pub logprob: f32,
+    /// 1 + how many tokens score strictly higher (vLLM's rank, 1-based).
+    pub rank: u32,
+    /// Top (token, logprob), best first; rank `i + 1` for entry `i`.
+    pub top: Vec<(u32, f32)>,
 }

@@ -11,8 +11,8 @@ use axum::Extension;
 use qwen3_engine::FinishReason;
 
 use super::{
-    chat_logprobs, collect, finish_str, logged_json, merge_streams, sse, stop_reason_json,
-    submit_all, Collected, GenLog,
+    chat_logprobs, collect, finish_str, logged_json, merge_streams, prompt_logprobs_json, sse,
+    stop_reason_json, submit_all, Collected, GenLog,
 };
 use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
@@ -132,6 +132,7 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let req = ChatRequest::parse(&body_bytes(body)?)?;
+    req.check_limits(s.config.max_logprobs)?;
     let model = s.check_model(req.model.as_deref())?;
     let tools = parse_tools(&s, &req.tool_choice)?;
     let template = s.template.as_ref().ok_or_else(|| {
@@ -169,6 +170,7 @@ pub async fn chat_completions(
         req.sampling.n,
         "messages",
     )?;
+    let want_prompt_logprobs = base.sampling.prompt_logprobs.is_some();
     let reasoning = s.config.reasoning_parser;
     let prompt_opens = reasoning && prompt_opens_think(&prompt);
     let created = now_secs();
@@ -219,8 +221,12 @@ pub async fn chat_completions(
             object: "chat.completion",
             created,
             model,
-            choices,
             usage: Usage::new(log.prompt_tokens, log.output_tokens, log.cached_tokens),
+            prompt_logprobs: want_prompt_logprobs.then(|| {
+                let lps = collected.first().and_then(|c| c.prompt_logprobs.as_deref());
+                prompt_logprobs_json(&s, lps.unwrap_or_default())
+            }),
+            choices,
         }));
     }
     let include_usage = req.sampling.include_usage;

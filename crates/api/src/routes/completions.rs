@@ -10,11 +10,13 @@ use axum::Extension;
 use qwen3_engine::FinishReason;
 
 use super::{
-    collect, completion_logprobs, finish_str, logged_json, merge_streams, sse, stop_reason_json,
-    submit_all, GenLog,
+    collect, completion_logprobs, echo_logprobs, finish_str, logged_json, merge_streams,
+    prompt_logprobs_json, sse, stop_reason_json, submit_all, Collected, GenLog,
 };
 use crate::error::ApiError;
-use crate::openai::{CompletionChoice, CompletionRequest, CompletionResponse, Prompt, Usage};
+use crate::openai::{
+    CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, Usage,
+};
 use crate::server::{body_bytes, new_id, now_secs, AppState, RequestId, St};
 use crate::tokenize::encode_bounded;
 
@@ -35,6 +37,33 @@ fn summary(reasons: &[Option<&'static str>]) -> String {
     seen.join(",")
 }
 
+/// A non-streamed choice's logprobs: the echoed prompt's (when echoing), then the generated
+/// tokens' (unless `max_tokens` was 0), with text offsets running on from the echo's.
+fn choice_logprobs(
+    s: &AppState,
+    req: &CompletionRequest,
+    prompt: &[u32],
+    echo: &str,
+    c: &Collected,
+) -> CompletionLogprobs {
+    let mut offset = 0;
+    let mut out = if req.echo {
+        let lps = c.prompt_logprobs.as_deref().unwrap_or_default();
+        echo_logprobs(s, prompt, lps, &mut offset)
+    } else {
+        completion_logprobs(s, &[], &mut offset)
+    };
+    if req.max_tokens > 0 {
+        offset = offset.max(echo.chars().count());
+        let gen = completion_logprobs(s, &c.logprobs, &mut offset);
+        out.text_offset.extend(gen.text_offset);
+        out.token_logprobs.extend(gen.token_logprobs);
+        out.tokens.extend(gen.tokens);
+        out.top_logprobs.extend(gen.top_logprobs);
+    }
+    out
+}
+
 pub async fn completions(
     State(s): St,
     Extension(rid): Extension<RequestId>,
@@ -42,10 +71,20 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     let req = CompletionRequest::parse(&body_bytes(body)?)?;
+    req.check_limits(s.config.max_logprobs)?;
     let model = s.check_model(req.model.as_deref())?;
-    let mut base =
-        req.sampling
-            .engine_request(&s.config.defaults, Some(req.max_tokens), req.logprobs)?;
+    // `max_tokens: 0` (echo only) runs as 1, its token dropped, as vLLM does.
+    let echo_only = req.max_tokens == 0;
+    let mut base = req.sampling.engine_request(
+        &s.config.defaults,
+        Some(req.max_tokens.max(1)),
+        req.logprobs,
+    )?;
+    if req.echo && req.logprobs.is_some() {
+        // As vLLM: the echoed prompt's logprobs are prompt logprobs of the same count.
+        base.sampling.prompt_logprobs = base.sampling.prompt_logprobs.max(req.logprobs);
+    }
+    let keep_prompt = base.sampling.prompt_logprobs.is_some();
     base.sampling.seed = s.seed(base.sampling.seed);
     // (token ids, echo text) per prompt.
     let prompts: Vec<(Vec<u32>, String)> = match &req.prompt {
@@ -61,6 +100,8 @@ pub async fn completions(
     let n = req.sampling.n;
     let mut streams = Vec::new();
     let mut echoes = Vec::new();
+    // Per choice, its prompt ids where prompt logprobs will be shown.
+    let mut prompt_ids = Vec::new();
     let mut queued = Vec::with_capacity(prompts.len());
     for (p, (ids, text)) in prompts.into_iter().enumerate() {
         let echo = match (req.echo, text.is_empty()) {
@@ -68,6 +109,8 @@ pub async fn completions(
             (true, false) => text,
             (true, true) => s.tokenizer.decode(&ids, false).unwrap_or_default(),
         };
+        let kept = if keep_prompt { ids.clone() } else { Vec::new() };
+        prompt_ids.extend(std::iter::repeat_n(kept, n as usize));
         echoes.extend(std::iter::repeat_n(echo, n as usize));
         queued.push((format!("{id}-{p}"), ids));
     }
@@ -92,19 +135,28 @@ pub async fn completions(
                 log.prompt_tokens += c.prompt_tokens;
                 log.cached_tokens += c.cached_tokens;
             }
-            log.output_tokens += c.output_tokens;
+            if !echo_only {
+                log.output_tokens += c.output_tokens;
+            }
             if let Some(t) = c.first_token {
                 log.first_token = Some(log.first_token.map_or(t, |f| f.min(t)));
             }
-            let mut offset = echoes[i].chars().count();
+            let text = if echo_only { "" } else { c.text.as_str() };
             choices.push(CompletionChoice {
                 index: i,
-                text: format!("{}{}", echoes[i], c.text),
+                text: format!("{}{}", echoes[i], text),
                 logprobs: req
                     .logprobs
-                    .map(|_| completion_logprobs(&s, &c.logprobs, &mut offset)),
+                    .map(|_| choice_logprobs(&s, &req, &prompt_ids[i], &echoes[i], c)),
                 finish_reason: finish_str(&c.finish),
-                stop_reason: stop_reason_json(&c.stop_reason),
+                stop_reason: if echo_only {
+                    serde_json::Value::Null
+                } else {
+                    stop_reason_json(&c.stop_reason)
+                },
+                prompt_logprobs: req.sampling.prompt_logprobs.map(|_| {
+                    prompt_logprobs_json(&s, c.prompt_logprobs.as_deref().unwrap_or_default())
+                }),
             });
         }
         log.done(&summary(
@@ -124,7 +176,7 @@ pub async fn completions(
         }));
     }
     let include_usage = req.sampling.include_usage;
-    let logprobs = req.logprobs;
+    let (logprobs, echo) = (req.logprobs, req.echo);
     Ok(sse(move |tx| async move {
         let chunk = |choice: CompletionChoice| CompletionResponse {
             id: id.clone(),
@@ -134,20 +186,29 @@ pub async fn completions(
             choices: vec![choice],
             usage: include_usage.then_some(None),
         };
-        for (i, e) in echoes.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
-            let c = CompletionChoice {
-                index: i,
-                text: e.clone(),
-                logprobs: None,
-                finish_reason: None,
-                stop_reason: serde_json::Value::Null,
-            };
-            if !tx.json(&chunk(c)).await {
-                return log.done("client disconnected");
+        let echo_chunk = |i: usize, logprobs: Option<CompletionLogprobs>| CompletionChoice {
+            index: i,
+            text: echoes[i].clone(),
+            logprobs,
+            finish_reason: None,
+            stop_reason: serde_json::Value::Null,
+            prompt_logprobs: None,
+        };
+        // With logprobs, a choice's echo waits for its prompt logprobs (its first output).
+        let echo_scored = echo && logprobs.is_some();
+        if !echo_scored {
+            for i in (0..echoes.len()).filter(|&i| !echoes[i].is_empty()) {
+                if !tx.json(&chunk(echo_chunk(i, None))).await {
+                    return log.done("client disconnected");
+                }
             }
         }
         let k = echoes.len();
-        let mut offsets: Vec<usize> = echoes.iter().map(|e| e.chars().count()).collect();
+        let mut offsets: Vec<usize> = if echo_scored {
+            vec![0; k]
+        } else {
+            echoes.iter().map(|e| e.chars().count()).collect()
+        };
         let (mut prompt, mut output, mut cached) = (vec![0; k], vec![0; k], vec![0; k]);
         let mut finishes = vec![None; k];
         let mut merged = merge_streams(streams);
@@ -158,7 +219,16 @@ pub async fn completions(
                 Ok(Some(x)) => x,
             };
             prompt[i] = o.num_prompt_tokens.max(prompt[i]);
-            output[i] = o.num_output_tokens.max(output[i]);
+            if let (true, Some(lps)) = (echo_scored, &o.prompt_logprobs) {
+                let scored = echo_logprobs(&s, &prompt_ids[i], lps, &mut offsets[i]);
+                offsets[i] = offsets[i].max(echoes[i].chars().count());
+                if !tx.json(&chunk(echo_chunk(i, Some(scored)))).await {
+                    return log.done("client disconnected");
+                }
+            }
+            if !echo_only {
+                output[i] = o.num_output_tokens.max(output[i]);
+            }
             cached[i] = o.num_cached_tokens.max(cached[i]);
             if !o.token_ids.is_empty() {
                 log.first_token_now();
@@ -169,17 +239,27 @@ pub async fn completions(
                 tx.send("[DONE]".into()).await;
                 return log.done("error");
             }
-            let has_logprobs = logprobs.is_some() && !o.logprobs.is_empty();
+            let has_logprobs = logprobs.is_some() && !o.logprobs.is_empty() && !echo_only;
             if o.text.is_empty() && o.finish_reason.is_none() && !has_logprobs {
                 continue; // tokens held back by the detokenizer: nothing to show yet
             }
             finishes[i] = finish_str(&o.finish_reason);
+            let (text, lps) = if echo_only {
+                (String::new(), &[][..])
+            } else {
+                (o.text, &o.logprobs[..])
+            };
             let c = CompletionChoice {
                 index: i,
-                text: o.text,
-                logprobs: logprobs.map(|_| completion_logprobs(&s, &o.logprobs, &mut offsets[i])),
+                text,
+                logprobs: logprobs.map(|_| completion_logprobs(&s, lps, &mut offsets[i])),
                 finish_reason: finish_str(&o.finish_reason),
-                stop_reason: stop_reason_json(&o.stop_reason),
+                stop_reason: if echo_only {
+                    serde_json::Value::Null
+                } else {
+                    stop_reason_json(&o.stop_reason)
+                },
+                prompt_logprobs: None,
             };
             if !tx.json(&chunk(c)).await {
                 return log.done("client disconnected");

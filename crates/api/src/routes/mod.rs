@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
+use qwen3_engine::batch::PromptLogprob;
 use qwen3_engine::{
     EngineError, EngineRequest, FinishReason, RequestOutput, RequestStream, StopReason,
     TokenLogprob,
@@ -23,7 +24,8 @@ use tracing::info;
 
 use crate::error::ApiError;
 use crate::openai::{
-    finite_logprob, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob,
+    finite_logprob, ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, PromptLogprobs,
+    RankedLogprob, TopLogprob,
 };
 use crate::server::{AppState, LoggedByHandler};
 use crate::tokenize::prompt_too_long;
@@ -105,6 +107,8 @@ pub(crate) fn submit_all(
 pub(crate) struct Collected {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
+    /// Set when prompt logprobs were asked for.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
     pub finish: Option<FinishReason>,
     pub stop_reason: Option<StopReason>,
     pub prompt_tokens: usize,
@@ -120,6 +124,9 @@ impl Collected {
         }
         self.text.push_str(&o.text);
         self.logprobs.extend(o.logprobs);
+        if o.prompt_logprobs.is_some() {
+            self.prompt_logprobs = o.prompt_logprobs;
+        }
         self.prompt_tokens = self.prompt_tokens.max(o.num_prompt_tokens);
         self.output_tokens = self.output_tokens.max(o.num_output_tokens);
         self.cached_tokens = self.cached_tokens.max(o.num_cached_tokens);
@@ -175,6 +182,42 @@ pub(crate) fn token_str(s: &AppState, id: u32) -> String {
     s.tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
+fn empty_completion_logprobs(n: usize) -> CompletionLogprobs {
+    CompletionLogprobs {
+        text_offset: Vec::with_capacity(n),
+        token_logprobs: Vec::with_capacity(n),
+        tokens: Vec::with_capacity(n),
+        top_logprobs: Vec::with_capacity(n),
+    }
+}
+
+/// Appends token `id` at `offset` (advanced past its text), with its logprob and top
+/// alternatives when it has them (`null` for both otherwise).
+fn push_completion_token(
+    s: &AppState,
+    out: &mut CompletionLogprobs,
+    id: u32,
+    scored: Option<(f32, &[(u32, f32)])>,
+    offset: &mut usize,
+) {
+    let t = token_str(s, id);
+    out.text_offset.push(*offset);
+    *offset += t.chars().count();
+    out.token_logprobs
+        .push(scored.map(|(l, _)| finite_logprob(l)));
+    out.top_logprobs.push(scored.map(|(l, alts)| {
+        // As vLLM: the chosen token is among its top logprobs.
+        let mut top = Map::new();
+        top.insert(t.clone(), Json::from(finite_logprob(l)));
+        for (id, l) in alts {
+            top.entry(token_str(s, *id))
+                .or_insert_with(|| Json::from(finite_logprob(*l)));
+        }
+        top
+    }));
+    out.tokens.push(t);
+}
+
 /// Completions' logprobs for some tokens; `offset` is the text offset of the first, advanced
 /// past them.
 pub(crate) fn completion_logprobs(
@@ -182,28 +225,49 @@ pub(crate) fn completion_logprobs(
     lps: &[TokenLogprob],
     offset: &mut usize,
 ) -> CompletionLogprobs {
-    let mut out = CompletionLogprobs {
-        text_offset: Vec::with_capacity(lps.len()),
-        token_logprobs: Vec::with_capacity(lps.len()),
-        tokens: Vec::with_capacity(lps.len()),
-        top_logprobs: Vec::with_capacity(lps.len()),
-    };
+    let mut out = empty_completion_logprobs(lps.len());
     for lp in lps {
-        let t = token_str(s, lp.token_id);
-        out.text_offset.push(*offset);
-        *offset += t.chars().count();
-        // As vLLM: the chosen token is among its top logprobs.
-        let mut top = Map::new();
-        top.insert(t.clone(), Json::from(finite_logprob(lp.logprob)));
-        for (id, l) in &lp.top {
-            top.entry(token_str(s, *id))
-                .or_insert_with(|| Json::from(finite_logprob(*l)));
-        }
-        out.tokens.push(t);
-        out.token_logprobs.push(Some(finite_logprob(lp.logprob)));
-        out.top_logprobs.push(Some(top));
+        let scored = Some((lp.logprob, &lp.top[..]));
+        push_completion_token(s, &mut out, lp.token_id, scored, offset);
     }
     out
+}
+
+/// The echoed prompt's logprobs in completions' shape: the first token has none (`null`), as
+/// OpenAI and vLLM return it; `offset` advances past the prompt's tokens.
+pub(crate) fn echo_logprobs(
+    s: &AppState,
+    prompt: &[u32],
+    lps: &[PromptLogprob],
+    offset: &mut usize,
+) -> CompletionLogprobs {
+    let mut out = empty_completion_logprobs(prompt.len());
+    for (i, &id) in prompt.iter().enumerate() {
+        let lp = i.checked_sub(1).and_then(|j| lps.get(j));
+        let scored = lp.map(|lp| (lp.logprob, &lp.top[..]));
+        push_completion_token(s, &mut out, id, scored, offset);
+    }
+    out
+}
+
+/// vLLM's `prompt_logprobs`: `null` first, then per prompt token its own logprob and rank
+/// and the top N (ranks 1..N), keyed by token id.
+pub(crate) fn prompt_logprobs_json(s: &AppState, lps: &[PromptLogprob]) -> PromptLogprobs {
+    let entry = |id: u32, l: f32, rank: u32| RankedLogprob {
+        logprob: finite_logprob(l),
+        rank,
+        decoded_token: token_str(s, id),
+    };
+    std::iter::once(None)
+        .chain(lps.iter().map(|lp| {
+            let mut m = std::collections::BTreeMap::new();
+            for (r, &(id, l)) in lp.top.iter().enumerate() {
+                m.insert(id, entry(id, l, r as u32 + 1));
+            }
+            m.insert(lp.token_id, entry(lp.token_id, lp.logprob, lp.rank));
+            Some(m)
+        }))
+        .collect()
 }
 
 pub(crate) fn chat_logprobs(s: &AppState, lps: &[TokenLogprob]) -> ChatLogprobs {

@@ -170,6 +170,7 @@ pub async fn start(o: Opts) -> TestServer {
             defaults: o.defaults,
             max_body_bytes: o.max_body_bytes,
             default_seed: None,
+            max_logprobs: qwen3_api::openai::MAX_LOGPROBS,
         },
         engine: engine.clone(),
         tokenizer: tok,

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::logprobs::{row_prompt_logprob, PromptLogprob};
 use crate::sampling::{sample_row, SampleRow, Sampled};
 use crate::{
     AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost, Result,
@@ -1039,6 +1040,28 @@ impl Backend for CpuBackend {
             .par_chunks(vocab)
             .zip(rows.par_iter())
             .map(|(l, r)| with_scratch(&SAMPLE_SCRATCH, |s| sample_row(l, r, s)))
+            .collect())
+    }
+
+    fn prompt_logprobs(
+        &self,
+        logits: &CpuTensor,
+        targets: &[u32],
+        top_n: usize,
+    ) -> Result<Vec<PromptLogprob>> {
+        let (n, vocab) = logits.matrix();
+        if n != targets.len() {
+            return Err(shape_err(
+                "prompt_logprobs",
+                format!("{n} rows of logits for {} targets", targets.len()),
+            ));
+        }
+        // Read in place, one row per task: no host copy of the rows.
+        let ls = logits.f32("prompt_logprobs")?;
+        Ok(ls
+            .par_chunks(vocab.max(1))
+            .zip(targets.par_iter())
+            .map(|(l, &t)| row_prompt_logprob(l, t, top_n))
             .collect())
     }
 }

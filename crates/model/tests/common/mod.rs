@@ -6,9 +6,14 @@ pub mod ranks;
 
 use std::path::{Path, PathBuf};
 
-use qwen3_engine::Batch;
+use std::sync::Arc;
+
+use qwen3_engine::{Batch, EngineConfig, EngineCore, EngineHandle, Executor};
 use qwen3_model::config::ModelConfig;
+use qwen3_model::load::{cpu_executor, LoadOptions};
+use qwen3_model::WeightDType;
 use serde::Deserialize;
+use tokenizers::Tokenizer;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -94,4 +99,66 @@ pub fn max_diff(ours: &[f32], theirs: &[f32], columns: &[usize]) -> f32 {
         .zip(theirs)
         .map(|(&c, t)| (ours[c] - t).abs())
         .fold(0.0, f32::max)
+}
+
+/// How a test's engine on the CPU is set up.
+pub struct Setup {
+    pub tp: usize,
+    pub num_blocks: usize,
+    pub max_num_batched_tokens: usize,
+    pub max_num_seqs: usize,
+    pub prefix_caching: bool,
+    pub dtype: WeightDType,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            tp: 1,
+            num_blocks: 64,
+            max_num_batched_tokens: 256,
+            max_num_seqs: 8,
+            prefix_caching: true,
+            dtype: WeightDType::BF16,
+        }
+    }
+}
+
+/// The engine with the fixture `model` on the CPU (blocks of 16, max_model_len 256).
+pub fn engine(model: &str, s: &Setup) -> EngineHandle {
+    let (cfg, executor, tok) = engine_parts(model, s);
+    EngineHandle::start(cfg, executor, tok).expect("engine starts")
+}
+
+/// The same engine, driven step by step on the caller's thread (deterministic scheduling).
+pub fn engine_core(model: &str, s: &Setup) -> EngineCore {
+    let (cfg, executor, tok) = engine_parts(model, s);
+    EngineCore::new(cfg, executor, tok).expect("engine core")
+}
+
+fn engine_parts(model: &str, s: &Setup) -> (EngineConfig, Box<dyn Executor>, Arc<Tokenizer>) {
+    let block_size = 16;
+    let opts = LoadOptions {
+        dir: fixtures().join(model),
+        config: config(model, None),
+        dtype: s.dtype,
+        tensor_parallel_size: s.tp,
+        block_size,
+        num_blocks: s.num_blocks,
+    };
+    let executor = cpu_executor(&opts).expect("executor");
+    let tok =
+        Tokenizer::from_file(fixtures().join(model).join("tokenizer.json")).expect("tokenizer");
+    let cfg = EngineConfig {
+        block_size,
+        num_blocks: s.num_blocks,
+        max_num_seqs: s.max_num_seqs,
+        max_num_batched_tokens: s.max_num_batched_tokens,
+        max_model_len: 256,
+        enable_prefix_caching: s.prefix_caching,
+        enable_chunked_prefill: true,
+        max_waiting_requests: 64,
+        eos_token_ids: vec![151645, 151643],
+    };
+    (cfg, executor, Arc::new(tok))
 }
