@@ -17,12 +17,13 @@ pub mod matmul;
 pub mod pool;
 pub mod quant;
 pub mod simd;
+mod step;
+mod tensor;
 pub mod vector;
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use half::bf16;
 use rayon::prelude::*;
 
 use crate::logprobs::{row_prompt_logprob, PromptLogprob};
@@ -32,254 +33,21 @@ use crate::{
     StepMeta,
 };
 use attention::{PagedKv, TokenPlace};
-use matmul::{matmul_t, WeightRows};
-use pool::{ActivationPool, PoolLimits, PoolStats, Spare};
+use matmul::matmul_t;
+use pool::{ActivationPool, PoolLimits, PoolStats};
 use vector::{kernels, Kernels};
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum CpuData {
-    F32(Vec<f32>),
-    BF16(Vec<bf16>),
-    /// Weight-only quantized, packed (see [`quant`]).
-    Quant(Box<quant::QuantMatrix>),
-}
+pub use step::CpuStep;
+use step::{MoeScratch, Reuse};
+use tensor::Dims;
+pub use tensor::{CpuData, CpuTensor, MAX_RANK};
 
-/// Most dimensions a CPU tensor has (stacked expert weights have 3).
-pub const MAX_RANK: usize = 4;
 /// The KV block size when none is asked for: small blocks waste little of each sequence's
 /// last block and keep prefix caching fine-grained.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
-/// A shape held inline, so making a tensor allocates nothing besides (at most) its data.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Dims {
-    /// Unused dimensions stay 0, so the derived equality is the shapes' equality.
-    d: [usize; MAX_RANK],
-    rank: u8,
-}
-
-impl Dims {
-    fn new(op: &'static str, s: &[usize]) -> Result<Self> {
-        if s.len() > MAX_RANK {
-            return Err(shape_err(
-                op,
-                format!("shape {s:?} has more than {MAX_RANK} dimensions"),
-            ));
-        }
-        let mut d = [0; MAX_RANK];
-        d[..s.len()].copy_from_slice(s);
-        Ok(Self {
-            d,
-            rank: s.len() as u8,
-        })
-    }
-
-    fn matrix(rows: usize, cols: usize) -> Self {
-        Self {
-            d: [rows, cols, 0, 0],
-            rank: 2,
-        }
-    }
-
-    /// The same shape with its last dimension replaced.
-    fn with_last(mut self, n: usize) -> Self {
-        if self.rank > 0 {
-            self.d[self.rank as usize - 1] = n;
-        }
-        self
-    }
-}
-
-impl std::ops::Deref for Dims {
-    type Target = [usize];
-
-    fn deref(&self) -> &[usize] {
-        &self.d[..self.rank as usize]
-    }
-}
-
-impl std::fmt::Debug for Dims {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        (**self).fmt(f)
-    }
-}
-
-/// What the backend reuses from op to op, shared by its clones and its tensors.
-#[derive(Default)]
-struct Reuse {
-    pool: ActivationPool,
-    steps: Spare<StepBufs>,
-    moe: Spare<MoeScratch>,
-}
-
-#[derive(Clone)]
-pub struct CpuTensor {
-    shape: Dims,
-    data: CpuData,
-    /// Where an op's F32 buffer goes back when the tensor drops (None: uploaded or built by
-    /// hand, freed as usual).
-    reuse: Option<Arc<Reuse>>,
-}
-
-impl PartialEq for CpuTensor {
-    fn eq(&self, other: &Self) -> bool {
-        self.shape == other.shape && self.data == other.data
-    }
-}
-
-impl std::fmt::Debug for CpuTensor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuTensor")
-            .field("shape", &self.shape)
-            .field("data", &self.data)
-            .finish()
-    }
-}
-
-impl Drop for CpuTensor {
-    fn drop(&mut self) {
-        if let (Some(r), CpuData::F32(v)) = (self.reuse.take(), &mut self.data) {
-            r.pool.give(std::mem::take(v));
-        }
-    }
-}
-
-impl CpuTensor {
-    pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(shape_err(
-                "from_f32",
-                format!("{} elements for shape {shape:?}", data.len()),
-            ));
-        }
-        Ok(Self {
-            shape: Dims::new("from_f32", shape)?,
-            data: CpuData::F32(data),
-            reuse: None,
-        })
-    }
-
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    pub fn data(&self) -> &CpuData {
-        &self.data
-    }
-
-    /// The F32 payload of an activation.
-    pub fn f32(&self, op: &'static str) -> Result<&[f32]> {
-        match &self.data {
-            CpuData::F32(v) => Ok(v),
-            _ => Err(shape_err(op, "expected an F32 activation".into())),
-        }
-    }
-
-    fn f32_mut(&mut self, op: &'static str) -> Result<&mut [f32]> {
-        match &mut self.data {
-            CpuData::F32(v) => Ok(v),
-            _ => Err(shape_err(op, "expected an F32 activation".into())),
-        }
-    }
-
-    fn weight_rows(&self) -> WeightRows<'_> {
-        match &self.data {
-            CpuData::F32(v) => WeightRows::F32(v),
-            CpuData::BF16(v) => WeightRows::BF16(v),
-            // Quantized weights are dispatched before any caller asks for rows.
-            CpuData::Quant(_) => WeightRows::F32(&[]),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Matrix `i` of a stacked `[count, rows, cols]` weight.
-    fn stacked(&self, i: usize, rows: usize, cols: usize) -> WeightRows<'_> {
-        let n = rows * cols;
-        match &self.data {
-            CpuData::F32(v) => WeightRows::F32(&v[i * n..(i + 1) * n]),
-            CpuData::BF16(v) => WeightRows::BF16(&v[i * n..(i + 1) * n]),
-            CpuData::Quant(_) => WeightRows::F32(&[]),
-        }
-    }
-
-    /// `out[m, rows] = x[m, cols] @ W_i^T` for matrix `i` of a stacked `[count, rows, cols]`
-    /// weight, dense or quantized.
-    fn stacked_matmul(&self, i: usize, x: &[f32], m: usize, rows: usize, out: &mut [f32]) {
-        let cols = x.len() / m.max(1);
-        match (&self.data, self.stacked(i, rows, cols)) {
-            (CpuData::Quant(q), _) => q.matmul(i, x, m, out),
-            // A few tokens routed to an expert: the GEMV, as `linear` does for decode batches.
-            (_, WeightRows::BF16(w)) if m <= gemv::MAX_ROWS => {
-                gemv::gemv_bf16(x, m, cols, w, rows, out)
-            }
-            (_, w) => matmul_t(x, m, cols, w, rows, out),
-        }
-    }
-
-    /// `(rows, cols)` of a tensor seen as a matrix over its last dimension.
-    fn matrix(&self) -> (usize, usize) {
-        let cols = self.shape.last().copied().unwrap_or(1);
-        (self.len() / cols.max(1), cols)
-    }
-}
-
 fn shape_err(op: &'static str, detail: String) -> BackendError {
     BackendError::Shape { op, detail }
-}
-
-/// One step's metadata, copied once and shared by every layer. Its arrays go back to the
-/// backend when it drops, so the next step refills them without allocating.
-pub struct CpuStep {
-    token_ids: Vec<u32>,
-    slot_mapping: Vec<u32>,
-    places: Vec<TokenPlace>,
-    block_tables: Vec<u32>,
-    max_blocks_per_seq: usize,
-    /// `[tokens, head_dim / 2]` each, with the rope's mscale folded in.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    reuse: Arc<Reuse>,
-}
-
-/// The arrays of a [`CpuStep`], kept between steps.
-#[derive(Default)]
-struct StepBufs {
-    token_ids: Vec<u32>,
-    slot_mapping: Vec<u32>,
-    places: Vec<TokenPlace>,
-    block_tables: Vec<u32>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl Drop for CpuStep {
-    fn drop(&mut self) {
-        use std::mem::take;
-        self.reuse.steps.put(StepBufs {
-            token_ids: take(&mut self.token_ids),
-            slot_mapping: take(&mut self.slot_mapping),
-            places: take(&mut self.places),
-            block_tables: take(&mut self.block_tables),
-            cos: take(&mut self.cos),
-            sin: take(&mut self.sin),
-        });
-    }
-}
-
-/// The MoE op's routing lists and per-expert buffers, kept between calls.
-#[derive(Default)]
-struct MoeScratch {
-    /// Per expert: (token, weight) pairs routed to it.
-    per_expert: Vec<Vec<(usize, f32)>>,
-    probs: Vec<f32>,
-    order: Vec<usize>,
-    xe: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
-    y: Vec<f32>,
 }
 
 /// `v` cleared and resized to `n` zeros, its capacity kept.
