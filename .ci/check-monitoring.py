@@ -54,7 +54,7 @@ def scrape():
         for var in ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH", "ASCEND_RT_VISIBLE_DEVICES"):
             env.pop(var, None)
         proc = subprocess.Popen(
-            [str(binary), str(ROOT / "tests/fixtures/tiny-qwen3"), "--device", "npu",
+            [str(binary), str(ROOT / "tests/fixtures/tiny-qwen3-hd128"), "--device", "npu",
              "--tensor-parallel-size", "2", "--port", "0", "--max-model-len", "1024",
              "--npu-metrics-interval-seconds", "1"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 fn fixture() -> String {
     format!(
-        "{}/../../tests/fixtures/tiny-qwen3",
+        "{}/../../tests/fixtures/tiny-qwen3-hd128",
         env!("CARGO_MANIFEST_DIR")
     )
 }
