@@ -213,10 +213,8 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     check_quantization(&config, args.quantization.as_deref())?;
     let placement = pick_device(args.device, world, args.enforce_eager)?;
     let max_model_len = max_model_len(&config, args.max_model_len)?;
-    let dtype = match args.dtype {
-        DTypeArg::Float32 => WeightDType::F32,
-        DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => WeightDType::BF16,
-    };
+    let on_npu = matches!(placement, Placement::Npu { .. });
+    let dtype = weight_dtype(args.dtype, on_npu, config.head_dim);
     let block_size = block_size(limits.block_size, &placement, dtype)?;
     let chunked = limits.enable_chunked_prefill;
     let max_num_batched_tokens = limits
@@ -292,6 +290,25 @@ fn max_model_len(config: &ModelConfig, asked: Option<usize>) -> anyhow::Result<u
         );
     }
     Ok(max_model_len)
+}
+
+/// `--dtype`. `auto` is BF16, except on the NPU for a head_dim its fused attention refuses
+/// (the bundled tiny model's 32, say): F32 there, whose matmul + softmax attention takes any,
+/// so the model still serves; an explicit `bfloat16` is refused at load with the reason.
+fn weight_dtype(asked: DTypeArg, on_npu: bool, head_dim: usize) -> WeightDType {
+    match asked {
+        DTypeArg::Float32 => WeightDType::F32,
+        DTypeArg::Auto if on_npu => {
+            match qwen3_backend_ascend::attn_rules::tnd_refusal(head_dim, 128) {
+                Some(why) => {
+                    info!("--dtype auto: float32 on the NPU, since {why}");
+                    WeightDType::F32
+                }
+                None => WeightDType::BF16,
+            }
+        }
+        DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => WeightDType::BF16,
+    }
 }
 
 /// --block-size, or the device's default; checked against what the NPU's attention takes.
@@ -688,5 +705,15 @@ mod tests {
         let dense = fixture_config("tiny-qwen3");
         let e = check_quantization(&dense, Some("gptq")).expect_err("not quantized");
         assert!(e.to_string().contains("no quantization_config"), "{e}");
+    }
+
+    #[test]
+    fn dtype_auto_is_f32_on_the_npu_only_for_head_dims_fused_attention_refuses() {
+        use WeightDType::{BF16, F32};
+        assert_eq!(weight_dtype(DTypeArg::Auto, true, 32), F32);
+        assert_eq!(weight_dtype(DTypeArg::Auto, true, 128), BF16);
+        assert_eq!(weight_dtype(DTypeArg::Auto, false, 32), BF16);
+        assert_eq!(weight_dtype(DTypeArg::Bfloat16, true, 32), BF16);
+        assert_eq!(weight_dtype(DTypeArg::Float32, true, 128), F32);
     }
 }
