@@ -35,6 +35,7 @@ fn summary(reasons: &[Option<&'static str>]) -> String {
     seen.join(",")
 }
 
+#[utoipa::path(post, path = "/v1/completions", request_body = crate::openapi::CompletionRequestSchema, responses((status = 200, content((CompletionResponse = "application/json"), (String = "text/event-stream"))), crate::openapi::GenerationErrors))]
 pub async fn completions(
     State(s): St,
     Extension(rid): Extension<RequestId>,
