@@ -23,5 +23,5 @@ done
 [ -n "$addr" ] || { echo "server did not start"; cat "$log"; exit 1; }
 timeout 240 "$venv/bin/schemathesis" --no-color run "http://$addr/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --phases examples,coverage,fuzzing --max-examples 25 --request-timeout 30 \
+    --phases examples,coverage,fuzzing --max-examples 50 --request-timeout 30 \
     --generation-deterministic --suppress-health-check all

@@ -50,7 +50,8 @@ pub struct SamplingSchema {
     skip_special_tokens: Option<bool>,
     /// Only `{"type": "text"}`: structured output is not implemented.
     response_format: Option<Map<String, Json>>,
-    /// Accepted when it asks for no more than `n` choices.
+    /// Only 1 (as the default) is accepted.
+    #[schema(minimum = 1, maximum = 1)]
     best_of: Option<u32>,
 }
 
@@ -59,6 +60,7 @@ pub struct SamplingSchema {
 pub struct CompletionRequestSchema {
     model: Option<String>,
     prompt: PromptSchema,
+    #[schema(minimum = 1)]
     max_tokens: Option<u32>,
     #[schema(maximum = 20)]
     logprobs: Option<u32>,
@@ -68,13 +70,46 @@ pub struct CompletionRequestSchema {
     sampling: SamplingSchema,
 }
 
+/// `role` of a chat message.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// A message's `content`: text, or OpenAI's content parts (`{"type": "text", "text"}`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ContentSchema {
+    Text(String),
+    Parts(Vec<Map<String, Json>>),
+}
+
+/// One chat message, as OpenAI's (assistant `tool_calls` and `reasoning_content`, a tool
+/// reply's `tool_call_id`, ...).
+#[derive(Serialize, ToSchema)]
+pub struct MessageSchema {
+    role: Role,
+    content: Option<ContentSchema>,
+    name: Option<String>,
+    tool_calls: Option<Vec<Map<String, Json>>>,
+    tool_call_id: Option<String>,
+    reasoning_content: Option<String>,
+}
+
 /// POST /v1/chat/completions.
 #[derive(Serialize, ToSchema)]
 pub struct ChatRequestSchema {
     model: Option<String>,
-    /// OpenAI's chat messages (`role`, `content` as text or parts, `tool_calls`, ...).
-    messages: Vec<Map<String, Json>>,
+    #[schema(min_items = 1)]
+    messages: Vec<MessageSchema>,
+    #[schema(minimum = 1)]
     max_tokens: Option<u32>,
+    #[schema(minimum = 1)]
     max_completion_tokens: Option<u32>,
     logprobs: Option<bool>,
     #[schema(maximum = 20)]
@@ -97,7 +132,7 @@ pub struct ChatRequestSchema {
 pub struct TokenizeRequestSchema {
     model: Option<String>,
     prompt: Option<String>,
-    messages: Option<Vec<Map<String, Json>>>,
+    messages: Option<Vec<MessageSchema>>,
     tools: Option<Vec<Map<String, Json>>>,
     chat_template_kwargs: Option<Map<String, Json>>,
     add_generation_prompt: Option<bool>,
