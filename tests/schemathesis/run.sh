@@ -24,4 +24,4 @@ done
 timeout 240 "$venv/bin/schemathesis" --no-color run "http://$addr/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --phases examples,coverage,fuzzing --max-examples 50 --request-timeout 30 \
-    --generation-deterministic --generation-database none --suppress-health-check all
+    --generation-deterministic --suppress-health-check all
