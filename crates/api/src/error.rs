@@ -20,12 +20,12 @@ pub struct ApiError {
 }
 
 /// The JSON body of an error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorInfo,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorInfo {
     pub message: String,
     #[serde(rename = "type")]

@@ -14,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod npu;
 pub mod openai;
+pub mod openapi;
 pub mod reasoning;
 mod routes;
 pub mod server;

@@ -10,6 +10,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
+use utoipa::ToSchema;
 
 use crate::chat_template::normalize_messages;
 use crate::error::ApiError;
@@ -38,6 +39,12 @@ fn check_logprobs(key: &str, what: &str, n: Option<u32>, max: u32) -> Result<(),
 // ---------------------------------------------------------------------------------------------
 // Request parsing
 
+#[cfg(test)]
+thread_local! {
+    /// The field names parsers read, for the test that keeps the OpenAPI schemas in step.
+    pub(crate) static READ_FIELDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A request body as a JSON object whose fields are taken one by one.
 pub struct Fields {
     obj: Map<String, Json>,
@@ -64,6 +71,8 @@ impl Fields {
     /// an integer, as pydantic's lax mode (and so vLLM) takes `"max_tokens": 4.0` for 4;
     /// float fields read integers unchanged.
     pub fn raw(&mut self, key: &str) -> Option<Json> {
+        #[cfg(test)]
+        READ_FIELDS.with(|r| r.borrow_mut().push(key.to_string()));
         self.obj
             .remove(key)
             .filter(|v| !v.is_null())
@@ -733,12 +742,12 @@ pub fn finite_logprob(l: f32) -> f32 {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -763,7 +772,7 @@ impl Usage {
 /// asked for usage (as OpenAI sends it).
 pub type ChunkUsage = Option<Option<Usage>>;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CompletionLogprobs {
     pub text_offset: Vec<usize>,
     pub token_logprobs: Vec<Option<f32>>,
@@ -771,7 +780,7 @@ pub struct CompletionLogprobs {
     pub top_logprobs: Vec<Option<Map<String, Json>>>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CompletionChoice {
     pub index: usize,
     pub text: String,
@@ -785,7 +794,7 @@ pub struct CompletionChoice {
 }
 
 /// vLLM's `Logprob`: a token's logprob, its rank in the vocabulary and its text.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct RankedLogprob {
     pub logprob: f32,
     pub rank: u32,
@@ -796,7 +805,7 @@ pub struct RankedLogprob {
 /// token id to its [`RankedLogprob`] (the prompt token's own, and the top N).
 pub type PromptLogprobs = Vec<Option<std::collections::BTreeMap<u32, RankedLogprob>>>;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct CompletionResponse {
     pub id: String,
     pub object: &'static str,
@@ -807,14 +816,14 @@ pub struct CompletionResponse {
     pub usage: ChunkUsage,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
     pub bytes: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChatTokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -822,19 +831,19 @@ pub struct ChatTokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct FunctionCall {
     pub name: String,
     /// JSON text, as OpenAI sends it.
     pub arguments: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ToolCall {
     pub id: String,
     #[serde(rename = "type")]
@@ -842,7 +851,7 @@ pub struct ToolCall {
     pub function: FunctionCall,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChatMessage {
     pub role: &'static str,
     pub content: Option<String>,
@@ -855,7 +864,7 @@ pub struct ChatMessage {
     pub tool_calls: Vec<ToolCall>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChatChoice {
     pub index: usize,
     pub message: ChatMessage,
@@ -864,7 +873,7 @@ pub struct ChatChoice {
     pub stop_reason: Json,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChatCompletionResponse {
     pub id: String,
     pub object: &'static str,
@@ -877,7 +886,7 @@ pub struct ChatCompletionResponse {
     pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct DeltaFunctionCall {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -887,7 +896,7 @@ pub struct DeltaFunctionCall {
 
 /// One piece of a streamed tool call: the first carries id, type and name; later ones more
 /// of the arguments.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct DeltaToolCall {
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -897,7 +906,7 @@ pub struct DeltaToolCall {
     pub function: DeltaFunctionCall,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]
 pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -920,7 +929,7 @@ impl ChatDelta {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChatChunkChoice {
     pub index: usize,
     pub delta: ChatDelta,
@@ -930,7 +939,7 @@ pub struct ChatChunkChoice {
     pub stop_reason: Option<Json>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: &'static str,
@@ -941,7 +950,7 @@ pub struct ChatCompletionChunk {
     pub usage: ChunkUsage,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ModelCard {
     pub id: String,
     pub object: &'static str,
@@ -953,7 +962,7 @@ pub struct ModelCard {
     pub permission: Vec<Json>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelCard>,

@@ -234,13 +234,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(routes::completions::completions))
         .route("/v1/chat/completions", post(routes::chat::chat_completions))
         .route("/v1/models", get(routes::misc::models))
-        .route("/health", get(routes::misc::health_live))
+        .route("/health", get(routes::misc::health_alias))
         .route("/health/live", get(routes::misc::health_live))
         .route("/health/ready", get(routes::misc::health_ready))
         .route("/version", get(routes::misc::version))
         .route("/tokenize", post(routes::misc::tokenize))
         .route("/detokenize", post(routes::misc::detokenize))
         .route("/metrics", get(routes::misc::metrics))
+        .route("/openapi.json", get(routes::misc::openapi))
         .fallback(|| async { ApiError::with_status(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::with_status(

@@ -867,6 +867,40 @@ async fn models_version_tokenize_detokenize_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_names_every_route() {
+    let srv = start(Opts::default()).await;
+    let r = get(&srv.addr, "/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let doc: Value = serde_json::from_str(&r.body).expect("valid JSON");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')));
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/v1/completions", "post"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/models", "get"),
+        ("/health", "get"),
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/version", "get"),
+        ("/tokenize", "post"),
+        ("/detokenize", "post"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path}"
+        );
+    }
+    let errors = &paths["/v1/completions"]["post"]["responses"];
+    for status in ["400", "401", "404", "408", "413", "415", "429", "503"] {
+        assert!(
+            errors.get(status).is_some(),
+            "completions documents {status}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn queue_full_is_429_and_a_dead_engine_503() {
     let srv = start(Opts {
         max_num_seqs: 1,

@@ -125,6 +125,7 @@ impl ChoiceParsers {
     }
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = crate::openapi::ChatRequestSchema, responses((status = 200, content((ChatCompletionResponse = "application/json"), (String = "text/event-stream"))), crate::openapi::GenerationErrors))]
 pub async fn chat_completions(
     State(s): St,
     Extension(rid): Extension<RequestId>,

@@ -64,6 +64,7 @@ fn choice_logprobs(
     out
 }
 
+#[utoipa::path(post, path = "/v1/completions", request_body = crate::openapi::CompletionRequestSchema, responses((status = 200, content((CompletionResponse = "application/json"), (String = "text/event-stream"))), crate::openapi::GenerationErrors))]
 pub async fn completions(
     State(s): St,
     Extension(rid): Extension<RequestId>,

@@ -6,14 +6,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::chat_template::{RenderOptions, TemplateError};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::openai::{Fields, ModelCard, ModelList};
+use crate::openapi::{ApiDoc, BodyErrors, DetokenizeRequestSchema, TokenizeRequestSchema};
 use crate::server::{body_bytes, now_secs, AppState, St};
 use crate::tokenize::{encode_bounded, prompt_too_long};
 
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorBody)))]
 pub async fn models(State(s): St) -> Json<ModelList> {
     let created = now_secs();
     let data = s
@@ -51,26 +55,62 @@ fn live(s: &AppState) -> Result<(), String> {
     s.npu.fatal().map_or(Ok(()), Err)
 }
 
-/// `/health` (vLLM's) and `/health/live`: 503 once only a restart can help.
+/// `/health/live`: 503 once only a restart can help.
+#[utoipa::path(get, path = "/health/live", responses((status = 200, description = "live"), (status = 503, body = ErrorBody)))]
 pub async fn health_live(State(s): St) -> Response {
     health_response(live(&s))
 }
 
+/// `/health`, vLLM's name for `/health/live`.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "live"), (status = 503, body = ErrorBody)))]
+pub async fn health_alias(s: St) -> Response {
+    health_live(s).await
+}
+
 /// `/health/ready`: also 503 while draining for shutdown.
+#[utoipa::path(get, path = "/health/ready", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
 pub async fn health_ready(State(s): St) -> Response {
     health_response(live(&s).and_then(|()| s.health.ready(&s.engine)))
 }
 
-pub async fn version() -> Json<Value> {
-    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+#[derive(Serialize, ToSchema)]
+pub struct VersionResponse {
+    version: &'static str,
+}
+
+#[utoipa::path(get, path = "/version", responses((status = 200, body = VersionResponse)))]
+pub async fn version() -> Json<VersionResponse> {
+    Json(VersionResponse {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenizeResponse {
+    count: usize,
+    max_model_len: usize,
+    tokens: Vec<u32>,
+    /// Set when `return_token_strs` is true.
+    token_strs: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DetokenizeResponse {
+    prompt: String,
+}
+
+/// The OpenAPI document of these routes.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 /// vLLM's /tokenize: `{"prompt"}` or `{"messages"}` (through the chat template) to
 /// `{"count", "max_model_len", "tokens", "token_strs"}`.
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequestSchema, responses((status = 200, body = TokenizeResponse), BodyErrors))]
 pub async fn tokenize(
     State(s): St,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenizeResponse>, ApiError> {
     let mut f = Fields::parse(&body_bytes(body)?)?;
     s.check_model(f.opt::<String>("model")?.as_deref())?;
     let return_token_strs = f.opt::<bool>("return_token_strs")?.unwrap_or(false);
@@ -109,19 +149,20 @@ pub async fn tokenize(
     }
     let ids = enc.get_ids().to_vec();
     let token_strs = return_token_strs.then(|| enc.get_tokens().to_vec());
-    Ok(Json(json!({
-        "count": ids.len(),
-        "max_model_len": s.config.max_model_len,
-        "tokens": ids,
-        "token_strs": token_strs,
-    })))
+    Ok(Json(TokenizeResponse {
+        count: ids.len(),
+        max_model_len: s.config.max_model_len,
+        tokens: ids,
+        token_strs,
+    }))
 }
 
 /// vLLM's /detokenize: `{"tokens"}` to `{"prompt"}`.
+#[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequestSchema, responses((status = 200, body = DetokenizeResponse), BodyErrors))]
 pub async fn detokenize(
     State(s): St,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DetokenizeResponse>, ApiError> {
     let mut f = Fields::parse(&body_bytes(body)?)?;
     s.check_model(f.opt::<String>("model")?.as_deref())?;
     let ids: Vec<u32> = f.req("tokens")?;
@@ -136,9 +177,10 @@ pub async fn detokenize(
         .tokenizer
         .decode(&ids, false)
         .map_err(|e| ApiError::bad_request(format!("cannot detokenize: {e}")))?;
-    Ok(Json(json!({"prompt": text})))
+    Ok(Json(DetokenizeResponse { prompt: text }))
 }
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(s): St) -> Response {
     let names = &s.config.served_model_names;
     let mut text = crate::metrics::render(&s.engine.stats(), names);
