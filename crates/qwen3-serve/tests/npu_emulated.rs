@@ -196,7 +196,18 @@ fn npu_without_cann_fails_clearly_and_auto_falls_back_to_the_cpu() {
 #[test]
 fn npu_refuses_kv_blocks_fused_attention_cannot_take() {
     let out = bin_on_emulator()
-        .args(["--device", "npu", "--block-size", "16", "--port", "0"])
+        // BF16 asked for: under `--dtype auto` the bundled model (head_dim 32) runs in F32 on
+        // the NPU, whose attention takes any block size.
+        .args([
+            "--device",
+            "npu",
+            "--dtype",
+            "bfloat16",
+            "--block-size",
+            "16",
+            "--port",
+            "0",
+        ])
         .output()
         .expect("run");
     assert!(!out.status.success());
