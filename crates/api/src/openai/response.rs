@@ -62,6 +62,8 @@ pub struct CompletionChoice {
     pub stop_reason: Json,
     /// vLLM's extra, when asked for: see [`PromptLogprobs`].
     #[serde(skip_serializing_if = "Option::is_none")]
+    // utoipa renders a type alias as a reference to its head type ("Vec"): spell it out.
+    #[schema(value_type = Option<Vec<Option<std::collections::BTreeMap<String, RankedLogprob>>>>)]
     pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
@@ -155,6 +157,8 @@ pub struct ChatCompletionResponse {
     pub usage: Usage,
     /// vLLM's extra, when asked for (of the templated prompt).
     #[serde(skip_serializing_if = "Option::is_none")]
+    // utoipa renders a type alias as a reference to its head type ("Vec"): spell it out.
+    #[schema(value_type = Option<Vec<Option<std::collections::BTreeMap<String, RankedLogprob>>>>)]
     pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
