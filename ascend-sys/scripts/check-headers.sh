@@ -17,8 +17,13 @@ crate_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # bindgen needs libclang (and clang's builtin headers, which libclang-dev pulls in).
 have_libclang() {
     [ -n "${LIBCLANG_PATH:-}" ] && return 0
-    compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null ||
-        compgen -G "/usr/lib/*-linux-gnu/libclang*.so*" >/dev/null
+    # libclang itself, not libclang-cpp (another package some tools pull in, no use to bindgen).
+    local d
+    for d in /usr/lib/llvm-*/lib /usr/lib/*-linux-gnu; do
+        compgen -G "$d/libclang.so*" >/dev/null && return 0
+        compgen -G "$d/libclang-[0-9]*.so*" >/dev/null && return 0
+    done
+    return 1
 }
 if ! have_libclang; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
