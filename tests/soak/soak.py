@@ -174,6 +174,8 @@ def main():
     ap.add_argument("--duration", type=float, default=1800, help="seconds of traffic")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--sample-every", type=float, default=30, help="seconds between RSS samples")
+    ap.add_argument("--settle", type=float, default=70,
+                    help="seconds of quiet after the traffic before the final RSS sample")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--server-log", help="write the server's stderr here")
     ap.add_argument("server_args", nargs="*", help="extra flags for the server")
@@ -222,8 +224,11 @@ def main():
     for t in threads:
         t.join()
 
-    # Let closed connections and aborted sequences settle (keep-alive timeout is 5 s).
+    # Let closed connections and aborted sequences settle (keep-alive timeout is 5 s), and
+    # give the heap trimmer its chance: RSS after the load is what shows whether it came back.
     time.sleep(8)
+    sample()
+    time.sleep(max(0.0, a.settle - 8))
     sample()
     end_fds = fds(proc.pid)
     running = metric(addr, "vllm:num_requests_running")
@@ -244,6 +249,8 @@ def main():
         print(f"normal requests OK: {len(lat)}; latency p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, "
               f"mean {statistics.mean(lat) * 1e3:.1f} ms")
     print("RSS over time (s, KiB): " + ", ".join(f"{t}:{r}" for t, r in rss))
+    print(f"RSS: baseline {base_rss} KiB, peak {max(r for _, r in rss)} KiB, "
+          f"after {a.settle:.0f} s quiet {rss[-1][1]} KiB")
     print(f"at the end: running {running}, waiting {waiting}, KV cache usage {kv}")
     print(f"fds: baseline {base_fds}, end {end_fds} (after /metrics: {end_fds_after})")
     ok = fivexx == 0 and running == 0 and waiting == 0 and kv == 0 and end_fds <= base_fds

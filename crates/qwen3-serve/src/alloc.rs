@@ -8,10 +8,14 @@ pub struct Counting;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// The highest level since the heap trimmer last looked (separate from `PEAK`, which start-up
+/// profiling resets for its own measurement).
+static HIGH: AtomicUsize = AtomicUsize::new(0);
 
 fn grow(n: usize) {
     let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
     PEAK.fetch_max(now, Ordering::Relaxed);
+    HIGH.fetch_max(now, Ordering::Relaxed);
 }
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
@@ -60,4 +64,9 @@ pub fn reset_peak() -> usize {
 
 pub fn peak() -> usize {
     PEAK.load(Ordering::Relaxed)
+}
+
+/// The highest level since the last call, restarting the mark at the current level.
+pub fn take_high_water() -> usize {
+    HIGH.swap(current(), Ordering::Relaxed).max(current())
 }

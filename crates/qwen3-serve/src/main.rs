@@ -4,6 +4,7 @@ mod alloc;
 mod bench_client;
 mod bench_offline;
 mod cli;
+mod heap_trim;
 mod model_dir;
 mod npu_metrics;
 mod preset;
@@ -39,6 +40,9 @@ fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if matches!(cli.command, None | Some(Command::Serve(_))) {
+        heap_trim::spawn();
+    }
     match cli.command {
         Some(Command::Generate(args)) => runtime::generate(&args),
         Some(Command::Serve(args)) => runtime::serve(args),

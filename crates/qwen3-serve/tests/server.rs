@@ -394,8 +394,10 @@ fn endpoints_streaming_and_errors() {
     let mut buf = [0u8; 512];
     let _ = s.read(&mut buf);
     drop(s);
+    // Bounded wait, not a timing claim: the abort lands within two token writes, which a CI
+    // machine loaded by parallel builds has been seen to stretch past 10 s.
     let t0 = Instant::now();
-    while metric(a, "vllm:num_requests_running") != 0.0 && t0.elapsed() < Duration::from_secs(10) {
+    while metric(a, "vllm:num_requests_running") != 0.0 && t0.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(metric(a, "vllm:num_requests_running"), 0.0);
