@@ -176,13 +176,16 @@ def main():
     ap.add_argument("--sample-every", type=float, default=30, help="seconds between RSS samples")
     ap.add_argument("--settle", type=float, default=70,
                     help="seconds of quiet after the traffic before the final RSS sample")
+    ap.add_argument("--kv-cache-space", default="0.25",
+                    help="GiB of KV cache; its pages become resident as blocks are first used, "
+                         "so RSS grows towards baseline + this much under load")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--server-log", help="write the server's stderr here")
     ap.add_argument("server_args", nargs="*", help="extra flags for the server")
     a = ap.parse_args()
 
     proc = subprocess.Popen(
-        [a.binary, "--port", "0", "--host", "127.0.0.1", "--cpu-kv-cache-space", "0.25",
+        [a.binary, "--port", "0", "--host", "127.0.0.1", "--cpu-kv-cache-space", a.kv_cache_space,
          "--max-waiting-requests", "64", *a.server_args],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     addr = None

@@ -10,7 +10,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use qwen3_engine::EngineHandle;
 use tracing::{debug, info};
@@ -228,18 +228,30 @@ pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
     })
 }
 
+/// A POST route that refuses bodies not declared JSON. Layered on the method's handler, not the
+/// router, so a POST to a GET-only route stays a 405.
+fn json_only(r: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
+    r.route_layer(middleware::from_fn(require_json))
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
-        .route("/v1/completions", post(routes::completions::completions))
-        .route("/v1/chat/completions", post(routes::chat::chat_completions))
+        .route(
+            "/v1/completions",
+            json_only(post(routes::completions::completions)),
+        )
+        .route(
+            "/v1/chat/completions",
+            json_only(post(routes::chat::chat_completions)),
+        )
         .route("/v1/models", get(routes::misc::models))
         .route("/health", get(routes::misc::health_alias))
         .route("/health/live", get(routes::misc::health_live))
         .route("/health/ready", get(routes::misc::health_ready))
         .route("/version", get(routes::misc::version))
-        .route("/tokenize", post(routes::misc::tokenize))
-        .route("/detokenize", post(routes::misc::detokenize))
+        .route("/tokenize", json_only(post(routes::misc::tokenize)))
+        .route("/detokenize", json_only(post(routes::misc::detokenize)))
         .route("/metrics", get(routes::misc::metrics))
         .route("/openapi.json", get(routes::misc::openapi))
         .fallback(|| async { ApiError::with_status(StatusCode::NOT_FOUND, "no such route") })
@@ -249,7 +261,6 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "this method is not allowed on this route",
             )
         })
-        .layer(middleware::from_fn(require_json))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(request_context))

@@ -290,6 +290,13 @@ async fn bodies_must_be_json_and_the_bearer_scheme_is_case_insensitive() {
         assert!(got.starts_with("HTTP/1.1 415"), "{ct:?}: {got}");
         assert!(got.contains("\"error\""), "{got}");
     }
+    // A POST to a GET-only route is a wrong method whatever its body: 405, not 415.
+    let mut s = connect(&server.addr).await;
+    s.write_all(b"POST /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(got.starts_with("HTTP/1.1 405"), "{got}");
     let ok = request(
         &server.addr,
         "POST",
