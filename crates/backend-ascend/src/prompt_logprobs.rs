@@ -274,6 +274,10 @@ mod tests {
         assert_eq!(rows_per_chunk(usize::MAX / 8), 1);
         drop(b);
         let s = cann_emu::harness::stats().expect("stats");
-        assert_eq!((s.leaks(), s.violations(), s.exec_errors), (0, 0, 0), "{s:?}");
+        assert_eq!(
+            (s.leaks(), s.violations(), s.exec_errors),
+            (0, 0, 0),
+            "{s:?}"
+        );
     }
 }

@@ -79,6 +79,9 @@ fn bytes_by_kind_equal_what_was_allocated() {
     assert_eq!(s.bytes_in_use, k.total() - k.get(MemKind::Graphs));
 
     stop(e);
-    assert!(open_pool_stats().is_empty(), "the device closed with the engine");
+    assert!(
+        open_pool_stats().is_empty(),
+        "the device closed with the engine"
+    );
     emu.assert_clean();
 }

@@ -54,7 +54,9 @@ fn goldens(model: &str) -> Vec<PromptGolden> {
     };
     let ints = |v: &Value| -> Vec<u32> {
         let a = v.as_array().expect("array");
-        a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()
+        a.iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect()
     };
     cases
         .into_iter()
@@ -64,7 +66,12 @@ fn goldens(model: &str) -> Vec<PromptGolden> {
             logprobs: nums(&c["logprobs"]),
             ranks: ints(&c["ranks"]),
             rank_slack: ints(&c["rank_slack"]),
-            top: c["top_logprobs"].as_array().expect("top").iter().map(nums).collect(),
+            top: c["top_logprobs"]
+                .as_array()
+                .expect("top")
+                .iter()
+                .map(nums)
+                .collect(),
             bf16_max_abs_diff: c["bf16"]["max_abs_diff"].as_f64().map(|x| x as f32),
         })
         .collect()

@@ -152,10 +152,16 @@ pub unsafe extern "C" fn aclnnGtTensorGetWorkspaceSize(
             let bm = broadcast_map(&o.dims, &b.dims);
             let r: Vec<i64> = if float {
                 let (x, y) = (s.read_f64("self")?, b.read_f64("other")?);
-                am.iter().zip(&bm).map(|(&i, &j)| (x[i] > y[j]) as i64).collect()
+                am.iter()
+                    .zip(&bm)
+                    .map(|(&i, &j)| (x[i] > y[j]) as i64)
+                    .collect()
             } else {
                 let (x, y) = (s.read_i64("self")?, b.read_i64("other")?);
-                am.iter().zip(&bm).map(|(&i, &j)| (x[i] > y[j]) as i64).collect()
+                am.iter()
+                    .zip(&bm)
+                    .map(|(&i, &j)| (x[i] > y[j]) as i64)
+                    .collect()
             };
             o.write_i64(&r, "out")
         }) as Work)

@@ -38,8 +38,12 @@ fn log_softmax_along_either_axis_and_into_a_wider_type() {
     let tx = s.upload(D::ACL_FLOAT, &[2, 3], &f32_bytes(&x)).unwrap();
     let to = zeros(&s, D::ACL_FLOAT, &[2, 3]);
     // SAFETY: live descriptors.
-    s.run_op("last axis", |w, e| unsafe { ws(tx.tensor, -1, to.tensor, w, e) }, run)
-        .unwrap();
+    s.run_op(
+        "last axis",
+        |w, e| unsafe { ws(tx.tensor, -1, to.tensor, w, e) },
+        run,
+    )
+    .unwrap();
     let got = from_f32(&s.download(to.ptr, to.bytes).unwrap());
     let want: Vec<f64> = x.chunks(3).flat_map(log_softmax_ref).collect();
     for (g, w) in got.iter().zip(&want) {
@@ -47,8 +51,12 @@ fn log_softmax_along_either_axis_and_into_a_wider_type() {
     }
     // Along the first axis (columns of the [2, 3] matrix).
     // SAFETY: live descriptors.
-    s.run_op("first axis", |w, e| unsafe { ws(tx.tensor, 0, to.tensor, w, e) }, run)
-        .unwrap();
+    s.run_op(
+        "first axis",
+        |w, e| unsafe { ws(tx.tensor, 0, to.tensor, w, e) },
+        run,
+    )
+    .unwrap();
     let got = from_f32(&s.download(to.ptr, to.bytes).unwrap());
     for c in 0..3 {
         let want = log_softmax_ref(&[x[c], x[3 + c]]);
@@ -56,12 +64,19 @@ fn log_softmax_along_either_axis_and_into_a_wider_type() {
         assert!((got[3 + c] as f64 - want[1]).abs() < 1e-5);
     }
     // BFLOAT16 in, FLOAT out: a type BFLOAT16 converts to, not rounded back to BFLOAT16.
-    let xb: Vec<f32> = [0.5f32, -1.25, 2.0, 0.0].iter().map(|&v| bf16_round(v)).collect();
+    let xb: Vec<f32> = [0.5f32, -1.25, 2.0, 0.0]
+        .iter()
+        .map(|&v| bf16_round(v))
+        .collect();
     let tb = s.upload(D::ACL_BF16, &[4], &bf16_bytes(&xb)).unwrap();
     let tbo = zeros(&s, D::ACL_FLOAT, &[4]);
     // SAFETY: live descriptors.
-    s.run_op("bf16 to f32", |w, e| unsafe { ws(tb.tensor, 0, tbo.tensor, w, e) }, run)
-        .unwrap();
+    s.run_op(
+        "bf16 to f32",
+        |w, e| unsafe { ws(tb.tensor, 0, tbo.tensor, w, e) },
+        run,
+    )
+    .unwrap();
     let got = from_f32(&s.download(tbo.ptr, tbo.bytes).unwrap());
     for (g, w) in got.iter().zip(log_softmax_ref(&xb)) {
         assert!((*g as f64 - w).abs() < 1e-6);
@@ -102,8 +117,12 @@ fn gt_tensor_broadcasts_and_writes_any_out_type() {
     let ty = s.upload(D::ACL_FLOAT, &[2, 1], &f32_bytes(&y)).unwrap();
     let to = zeros(&s, D::ACL_FLOAT, &[2, 4]);
     // SAFETY: live descriptors.
-    s.run_op("f32 out", |w, e| unsafe { ws(tx.tensor, ty.tensor, to.tensor, w, e) }, run)
-        .unwrap();
+    s.run_op(
+        "f32 out",
+        |w, e| unsafe { ws(tx.tensor, ty.tensor, to.tensor, w, e) },
+        run,
+    )
+    .unwrap();
     assert_eq!(
         from_f32(&s.download(to.ptr, to.bytes).unwrap()),
         vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
@@ -111,11 +130,17 @@ fn gt_tensor_broadcasts_and_writes_any_out_type() {
     // BFLOAT16 against FLOAT (deduced to FLOAT), BOOL out, broadcast along the first axis.
     let xb: Vec<f32> = [1.0f32, 2.0, 3.0].iter().map(|&v| bf16_round(v)).collect();
     let tb = s.upload(D::ACL_BF16, &[1, 3], &bf16_bytes(&xb)).unwrap();
-    let tc = s.upload(D::ACL_FLOAT, &[2, 1], &f32_bytes(&[1.5, 0.5])).unwrap();
+    let tc = s
+        .upload(D::ACL_FLOAT, &[2, 1], &f32_bytes(&[1.5, 0.5]))
+        .unwrap();
     let tbo = zeros(&s, D::ACL_BOOL, &[2, 3]);
     // SAFETY: live descriptors.
-    s.run_op("bool out", |w, e| unsafe { ws(tb.tensor, tc.tensor, tbo.tensor, w, e) }, run)
-        .unwrap();
+    s.run_op(
+        "bool out",
+        |w, e| unsafe { ws(tb.tensor, tc.tensor, tbo.tensor, w, e) },
+        run,
+    )
+    .unwrap();
     assert_eq!(
         s.download(tbo.ptr, tbo.bytes).unwrap(),
         vec![0u8, 1, 1, 1, 1, 1]
@@ -123,12 +148,21 @@ fn gt_tensor_broadcasts_and_writes_any_out_type() {
     // INT64 pairs compare as integers (values above 2^53 stay distinct).
     let big = [(1i64 << 53) + 1, 5];
     let tl = s.upload(D::ACL_INT64, &[2], &i64_bytes(&big)).unwrap();
-    let tr = s.upload(D::ACL_INT64, &[2], &i64_bytes(&[1 << 53, 5])).unwrap();
+    let tr = s
+        .upload(D::ACL_INT64, &[2], &i64_bytes(&[1 << 53, 5]))
+        .unwrap();
     let tlo = zeros(&s, D::ACL_INT32, &[2]);
     // SAFETY: live descriptors.
-    s.run_op("int64", |w, e| unsafe { ws(tl.tensor, tr.tensor, tlo.tensor, w, e) }, run)
-        .unwrap();
-    assert_eq!(from_i32(&s.download(tlo.ptr, tlo.bytes).unwrap()), vec![1, 0]);
+    s.run_op(
+        "int64",
+        |w, e| unsafe { ws(tl.tensor, tr.tensor, tlo.tensor, w, e) },
+        run,
+    )
+    .unwrap();
+    assert_eq!(
+        from_i32(&s.download(tlo.ptr, tlo.bytes).unwrap()),
+        vec![1, 0]
+    );
     // Refusals on the page: null inputs/out (161001); types that do not deduce, shapes that
     // do not broadcast, out's shape not the broadcast one (161002).
     let ti = zeros(&s, D::ACL_INT32, &[2, 1]);
@@ -138,8 +172,20 @@ fn gt_tensor_broadcasts_and_writes_any_out_type() {
         ("float with int", tx.tensor, ti.tensor, to.tensor, 161002),
         ("no broadcast", tx.tensor, t3.tensor, to.tensor, 161002),
         ("out shape", tx.tensor, ty.tensor, tsmall.tensor, 161002),
-        ("null other", tx.tensor, std::ptr::null_mut(), to.tensor, 161001),
-        ("null out", tx.tensor, ty.tensor, std::ptr::null_mut(), 161001),
+        (
+            "null other",
+            tx.tensor,
+            std::ptr::null_mut(),
+            to.tensor,
+            161001,
+        ),
+        (
+            "null out",
+            tx.tensor,
+            ty.tensor,
+            std::ptr::null_mut(),
+            161001,
+        ),
     ];
     for (what, a, b, o, want) in cases {
         let (mut w, mut e) = (0u64, std::ptr::null_mut());
@@ -147,5 +193,8 @@ fn gt_tensor_broadcasts_and_writes_any_out_type() {
         let st = unsafe { ws(a, b, o, &mut w, &mut e) };
         assert_eq!(st, want, "{what}");
     }
-    done(s, vec![tx, ty, to, tb, tc, tbo, tl, tr, tlo, ti, t3, tsmall]);
+    done(
+        s,
+        vec![tx, ty, to, tb, tc, tbo, tl, tr, tlo, ti, t3, tsmall],
+    );
 }
