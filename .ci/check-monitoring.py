@@ -9,6 +9,9 @@
 - Every metric an expression reads is in a real /metrics scrape of qwen3-serve on the emulated
   CANN and DCMI (started here: target/debug/qwen3-serve with target/debug/libcann_emu.so
   under CANN's and DCMI's library names), so a renamed metric breaks CI instead of a panel.
+- The process memory is exported per NPU for every kind the dashboard stacks, weights and KV
+  cache are not zero, and the kinds add up to the HBM the emulated DCMI reports in use (on
+  the emulator that is exactly what the process allocated, rounded up to whole MB).
 
 Usage: python .ci/check-monitoring.py   (after `cargo build -p qwen3-serve -p qwen3-cann-emu`)
 """
@@ -87,6 +90,37 @@ def scrape():
             proc.wait()
 
 
+PROCESS_MEMORY = "qwen3_serve_npu_process_memory_bytes"
+KINDS = {"weights", "kv_cache", "graphs", "activations", "pool_cached"}
+
+
+def series(text, name):
+    """{labels dict as a sorted tuple: value} of every sample of `name`."""
+    out = {}
+    for line in text.splitlines():
+        m = re.fullmatch(name + r"\{(.*)\} (\S+)", line)
+        if m:
+            labels = tuple(sorted(re.findall(r'(\w+)="([^"]*)"', m.group(1))))
+            out[labels] = float(m.group(2))
+    return out
+
+
+def check_process_memory(text):
+    mem = series(text, PROCESS_MEMORY)
+    used = {dict(k)["npu"]: v for k, v in series(text, "qwen3_serve_npu_hbm_used_bytes").items()}
+    if not used:
+        fail("no qwen3_serve_npu_hbm_used_bytes in the scrape")
+    for npu, hbm in sorted(used.items()):
+        kinds = {dict(k)["kind"]: v for k, v in mem.items() if dict(k)["npu"] == npu}
+        if set(kinds) != KINDS:
+            fail(f"{PROCESS_MEMORY} on NPU {npu}: kinds {sorted(kinds)}, want {sorted(KINDS)}")
+        if kinds["weights"] <= 0 or kinds["kv_cache"] <= 0:
+            fail(f"{PROCESS_MEMORY} on NPU {npu}: no weights or KV cache: {kinds}")
+        total = sum(kinds.values())
+        if not hbm - (1 << 20) < total <= hbm:
+            fail(f"{PROCESS_MEMORY} on NPU {npu}: kinds add up to {total}, DCMI reports {hbm} in use")
+
+
 def exported_names(text):
     names = set()
     for line in text.splitlines():
@@ -133,7 +167,9 @@ def check(where, expr, exported):
 
 
 def main():
-    exported = exported_names(scrape())
+    text = scrape()
+    check_process_memory(text)
+    exported = exported_names(text)
     used = set()
 
     dash = json.loads(DASHBOARD.read_text())
@@ -151,6 +187,9 @@ def main():
     ids = [p["id"] for p in dash["panels"]]
     if len(ids) != len(set(ids)):
         fail("dashboard: panel ids repeat")
+    memory = [p for p in panels if any(PROCESS_MEMORY in t["expr"] for t in p.get("targets", []))]
+    if not any("{{kind}}" in t.get("legendFormat", "") for p in memory for t in p["targets"]):
+        fail(f"dashboard: no panel shows {PROCESS_MEMORY} by kind")
     for p in panels:
         if not p.get("targets"):
             fail(f"dashboard panel {p.get('title')!r}: no targets")

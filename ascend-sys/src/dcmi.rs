@@ -5,8 +5,13 @@
 //!
 //! Declarations are written by hand from Huawei's "DCMI API参考" (Atlas 200I A2 / A2
 //! series, releases 23.0.0 to 26.0.RC1, `hiascend.com/document/detail/zh/Atlas 200I A2/<ver>/re/api/api_NNN.html`,
-//! the page of each function cited beside it). No DCMI header ships with the PyPI wheels the ACL/HCCL
-//! cross-check uses, so these are checked only against the documentation.
+//! the page of each function cited beside it), and for the calls the 910B servers document
+//! in their own reference, the HDK 26.1.0 "A2 DCMI" pages (`hiascend.com/document/detail/zh/HDK/latest/A2/A2DCMI/dcmi_NNN.html`,
+//! whose support tables list Atlas 800T A2 and 800I A2). No DCMI header ships with the PyPI
+//! wheels the ACL/HCCL cross-check uses; the declarations were compared by hand (not copied)
+//! with `component/ascend-common/devmanager/dcmi/dcmi_interface_api.h` of Huawei's
+//! Ascend/mind-cluster (npu-exporter's DCMI binding; commit 22bb3d9, 2026-08-21): every
+//! signature here, and `struct dcmi_hbm_info`, agree with it.
 
 #![allow(non_camel_case_types)]
 
@@ -17,7 +22,9 @@ use std::sync::Arc;
 
 use libloading::Library;
 
-/// `dcmi_init(void)`: called once before any other DCMI call.
+/// `dcmi_init(void)`: must be called before any other DCMI call; 0 on success (Atlas 200I A2
+/// reference api_004 in 23.0.0 and 25.2.0, topic_0000002481386652 in 25.5.0; HDK A2 DCMI
+/// dcmi_007).
 pub type dcmi_init = unsafe extern "C" fn() -> c_int;
 /// `dcmi_get_card_list(int *card_num, int *card_list, int list_len)` (2550 release: topic_0000002481386632).
 pub type dcmi_get_card_list =
@@ -47,10 +54,35 @@ pub type dcmi_get_device_utilization_rate = unsafe extern "C" fn(
     input_type: c_int,
     utilization_rate: *mut u32,
 ) -> c_int;
-/// `dcmi_get_device_temperature(int card_id, int device_id, int *temperature)`, °C
-/// (设备管理接口 chapter of the same reference).
+/// `dcmi_get_device_temperature(int card_id, int device_id, int *temperature)`: the chip's
+/// temperature in °C (Atlas 200I A2 reference api_040 in 23.0.0 to 26.0.RC1; HDK A2 DCMI
+/// dcmi_043, which adds that device_id 1 reads the MCU instead of the NPU).
 pub type dcmi_get_device_temperature =
     unsafe extern "C" fn(card_id: c_int, device_id: c_int, temperature: *mut c_int) -> c_int;
+/// `dcmi_get_device_sensor_info(int card_id, int device_id, enum dcmi_manager_sensor_id
+/// sensor_id, union dcmi_sensor_info *sensor_info)` (Atlas 200I A2 reference api_053 in
+/// 24.1.RC3, topic_0000002481386670 in 25.5.0; listed in the "Ascend 910B DCMI API" of
+/// gitcode.com/cann/driver). Optional: older drivers may lack it.
+pub type dcmi_get_device_sensor_info = unsafe extern "C" fn(
+    card_id: c_int,
+    device_id: c_int,
+    sensor_id: c_int,
+    sensor_info: *mut DcmiSensorInfo,
+) -> c_int;
+/// `DCMI_THERMAL_THRESHOLD_ID` (9) of `enum dcmi_manager_sensor_id`: answers in `temp[2]`,
+/// `temp[0]` the thermal-protection throttling temperature (温保限频温度), `temp[1]` the
+/// system reset temperature, °C (api_053).
+pub const DCMI_THERMAL_THRESHOLD_ID: c_int = 9;
+
+/// `union dcmi_sensor_info` (api_053): `uchar`, `ushort`, `uint`, `iint`, `signed char
+/// temp[2]`, `int ntc_tmp[4]` and `unsigned int data[16]`, the largest (64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union DcmiSensorInfo {
+    pub temp: [i8; 2],
+    pub data: [u32; 16],
+}
+
 /// `dcmi_get_device_power_info(int card_id, int device_id, int *power)` (api_020), in
 /// units of 0.1 W.
 pub type dcmi_get_device_power_info =
@@ -153,6 +185,7 @@ pub struct Dcmi {
     pub get_device_temperature: dcmi_get_device_temperature,
     pub get_device_power_info: dcmi_get_device_power_info,
     pub get_device_health: dcmi_get_device_health,
+    pub get_device_sensor_info: Option<dcmi_get_device_sensor_info>,
     path: PathBuf,
     _lib: Arc<Library>,
 }
@@ -280,6 +313,7 @@ impl Dcmi {
                 get_device_temperature: sym(&lib, &path, "dcmi_get_device_temperature")?,
                 get_device_power_info: sym(&lib, &path, "dcmi_get_device_power_info")?,
                 get_device_health: sym(&lib, &path, "dcmi_get_device_health")?,
+                get_device_sensor_info: sym(&lib, &path, "dcmi_get_device_sensor_info").ok(),
                 path,
                 _lib: Arc::new(lib),
             }
@@ -334,6 +368,32 @@ impl Dcmi {
             .into_iter()
             .find(|c| c.logic_id == logic_id)
             .ok_or(DcmiError::UnknownDevice(logic_id))
+    }
+
+    /// The chip's own thermal thresholds, °C: (throttling, system reset).
+    pub fn thermal_thresholds(&self, chip: DcmiChip) -> Result<(i32, i32), DcmiError> {
+        let f = self
+            .get_device_sensor_info
+            .ok_or_else(|| DcmiError::MissingSymbol {
+                path: self.path.clone(),
+                symbol: "dcmi_get_device_sensor_info",
+            })?;
+        let mut info = DcmiSensorInfo { data: [0; 16] };
+        // SAFETY: `info` is a writable union of the documented size.
+        check(
+            unsafe {
+                f(
+                    chip.card_id,
+                    chip.device_id,
+                    DCMI_THERMAL_THRESHOLD_ID,
+                    &mut info,
+                )
+            },
+            "dcmi_get_device_sensor_info(DCMI_THERMAL_THRESHOLD_ID)",
+        )?;
+        // SAFETY: this sensor answers in `temp` (api_053); any bytes are valid i8s.
+        let t = unsafe { info.temp };
+        Ok((i32::from(t[0]), i32::from(t[1])))
     }
 
     /// One reading of every value of `chip`.
@@ -391,6 +451,12 @@ mod tests {
         // u64, u32 (+4 padding), u64, int, unsigned int.
         assert_eq!(std::mem::size_of::<DcmiHbmInfo>(), 32);
         assert_eq!(std::mem::offset_of!(DcmiHbmInfo, memory_usage), 16);
+    }
+
+    #[test]
+    fn sensor_info_is_the_size_of_its_largest_member() {
+        assert_eq!(std::mem::size_of::<DcmiSensorInfo>(), 64);
+        assert_eq!(std::mem::align_of::<DcmiSensorInfo>(), 4);
     }
 
     #[test]

@@ -507,6 +507,16 @@ pub type aclnnSoftmaxGetWorkspaceSize =
     unsafe extern "C" fn(self_: T, dim: i64, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;
 pub type aclnnSoftmax = AclnnRun;
 
+// aclnn_logsoftmax.h (ops-nn activation/log_softmax_v2, docs/aclnnLogSoftmax.md).
+pub type aclnnLogSoftmaxGetWorkspaceSize =
+    unsafe extern "C" fn(self_: T, dim: i64, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;
+pub type aclnnLogSoftmax = AclnnRun;
+
+// aclnn_gt_tensor.h (ops-math math/greater, docs/aclnnGtTensor&aclnnInplaceGtTensor.md).
+pub type aclnnGtTensorGetWorkspaceSize =
+    unsafe extern "C" fn(self_: T, other: T, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;
+pub type aclnnGtTensor = AclnnRun;
+
 // aclnn_cast.h (ops-math math/cast).
 pub type aclnnCastGetWorkspaceSize =
     unsafe extern "C" fn(self_: T, dtype: aclDataType, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;

@@ -201,8 +201,9 @@ api_table! {
     /// Required: what a dense BF16 forward pass cannot do without, all present since
     /// CANN 8.0.0. Optional: attention and KV-cache ops (which one to use depends on the
     /// release; see [`OpsApi::attention_apis`]), RoPE ops (two alternatives), MoE ops
-    /// (MoE models only), weight-quantized matmul (quantized models only) and ReduceSum
-    /// (asymmetric grouped quantized MoE experts only).
+    /// (MoE models only), weight-quantized matmul (quantized models only), ReduceSum
+    /// (asymmetric grouped quantized MoE experts, and prompt logprobs) and LogSoftmax with
+    /// GtTensor (prompt logprobs on the device; without them the host computes them).
     pub struct OpsApi {
         required {
             aclnnMatmulGetWorkspaceSize: "7.0 or earlier",
@@ -267,6 +268,10 @@ api_table! {
             aclnnWeightQuantBatchMatmulV2: "8.0.RC1",
             aclnnReduceSumGetWorkspaceSize: "7.0 or earlier",
             aclnnReduceSum: "7.0 or earlier",
+            aclnnLogSoftmaxGetWorkspaceSize: "7.0 or earlier",
+            aclnnLogSoftmax: "7.0 or earlier",
+            aclnnGtTensorGetWorkspaceSize: "7.0 or earlier",
+            aclnnGtTensor: "7.0 or earlier",
         }
     }
 }

@@ -12,16 +12,16 @@ use std::fmt::Write;
 use std::sync::RwLock;
 
 /// The process's own device memory on one NPU, from the backend's allocator.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessMemory {
-    /// Allocated and not yet freed: weights, KV cache, graph buffers, live activations.
-    pub in_use_bytes: u64,
-    /// Freed into the caching pool, still held from the driver.
-    pub pool_cached_bytes: u64,
+    /// Bytes by `kind` label, as the backend names its kinds (on Ascend: `weights`,
+    /// `kv_cache`, `graphs`, `activations`, and `pool_cached` for buffers freed into the
+    /// caching pool); together, every byte the process holds from the driver.
+    pub by_kind: Vec<(&'static str, u64)>,
 }
 
 /// One sample of one serving NPU.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NpuSample {
     /// Logical id (ACL's numbering, as in ASCEND_RT_VISIBLE_DEVICES).
     pub npu: i32,
@@ -32,6 +32,8 @@ pub struct NpuSample {
     /// 0-1.
     pub aicpu_utilization: f64,
     pub temperature_celsius: f64,
+    /// The chip's own throttling temperature, where its DCMI reports one.
+    pub throttle_temperature_celsius: Option<f64>,
     pub power_watts: f64,
     /// DCMI's health code: 0 ok, 1 minor, 2 major, 3 critical alarm; -1 device absent.
     pub health: i64,
@@ -52,42 +54,47 @@ pub struct NpuTelemetry {
     inner: RwLock<Inner>,
 }
 
-/// `(name, help, value of a sample)` of every per-device gauge.
-type Gauge = (&'static str, &'static str, fn(&NpuSample) -> f64);
+/// `(name, help, value of a sample)` of every per-device gauge (None: no series).
+type Gauge = (&'static str, &'static str, fn(&NpuSample) -> Option<f64>);
 
 const GAUGES: &[Gauge] = &[
     (
         "qwen3_serve_npu_hbm_used_bytes",
         "HBM in use on the NPU (all processes), as npu-smi reports it.",
-        |s| s.hbm_used_bytes as f64,
+        |s| Some(s.hbm_used_bytes as f64),
     ),
     (
         "qwen3_serve_npu_hbm_total_bytes",
         "HBM capacity of the NPU.",
-        |s| s.hbm_total_bytes as f64,
+        |s| Some(s.hbm_total_bytes as f64),
     ),
     (
         "qwen3_serve_npu_aicore_utilization_ratio",
         "AI Core utilisation of the NPU, 0 to 1.",
-        |s| s.aicore_utilization,
+        |s| Some(s.aicore_utilization),
     ),
     (
         "qwen3_serve_npu_aicpu_utilization_ratio",
         "AI CPU utilisation of the NPU, 0 to 1.",
-        |s| s.aicpu_utilization,
+        |s| Some(s.aicpu_utilization),
     ),
     (
         "qwen3_serve_npu_temperature_celsius",
         "NPU chip temperature.",
-        |s| s.temperature_celsius,
+        |s| Some(s.temperature_celsius),
+    ),
+    (
+        "qwen3_serve_npu_throttle_temperature_celsius",
+        "Temperature at which the NPU throttles itself (its DCMI thermal threshold); absent where the driver does not report it.",
+        |s| s.throttle_temperature_celsius,
     ),
     ("qwen3_serve_npu_power_watts", "NPU power draw.", |s| {
-        s.power_watts
+        Some(s.power_watts)
     }),
     (
         "qwen3_serve_npu_health_status",
         "DCMI health: 0 ok, 1 minor, 2 major, 3 critical alarm, -1 device absent.",
-        |s| s.health as f64,
+        |s| Some(s.health as f64),
     ),
 ];
 
@@ -133,25 +140,19 @@ impl NpuTelemetry {
         for (name, help, value) in GAUGES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for s in &samples {
-                let _ = writeln!(
-                    out,
-                    "{name}{{{model_label},npu=\"{}\"}} {}",
-                    s.npu,
-                    value(s)
-                );
+                if let Some(v) = value(s) {
+                    let _ = writeln!(out, "{name}{{{model_label},npu=\"{}\"}} {v}", s.npu);
+                }
             }
         }
         let name = PROCESS_MEMORY;
         let _ = writeln!(
             out,
-            "# HELP {name} Device memory this server holds, from its allocator: in_use (weights, KV cache, graphs, live activations), pool_cached (freed into the caching pool).\n# TYPE {name} gauge"
+            "# HELP {name} Device memory this server holds, by kind, from its allocator: weights, kv_cache, graphs (captured decode graphs), activations (pool buffers in use), pool_cached (freed into the caching pool); their sum is what it holds from the driver.\n# TYPE {name} gauge"
         );
         for s in &samples {
-            if let Some(m) = s.process_memory {
-                for (kind, v) in [
-                    ("in_use", m.in_use_bytes),
-                    ("pool_cached", m.pool_cached_bytes),
-                ] {
+            if let Some(m) = &s.process_memory {
+                for &(kind, v) in &m.by_kind {
                     let _ = writeln!(
                         out,
                         "{name}{{{model_label},npu=\"{}\",kind=\"{kind}\"}} {v}",
@@ -175,12 +176,12 @@ mod tests {
             aicore_utilization: 0.42,
             aicpu_utilization: 0.05,
             temperature_celsius: 55.0,
+            throttle_temperature_celsius: Some(95.0),
             power_watts: 180.5,
             health,
             fatal: health == 3 || health < 0,
             process_memory: Some(ProcessMemory {
-                in_use_bytes: 1 << 30,
-                pool_cached_bytes: 1 << 20,
+                by_kind: vec![("weights", 1 << 30), ("pool_cached", 1 << 20)],
             }),
         }
     }
@@ -205,9 +206,22 @@ mod tests {
         }
         assert!(out.contains("qwen3_serve_npu_power_watts{model_name=\"m\",npu=\"3\"} 180.5\n"));
         assert!(out.contains(
-            "qwen3_serve_npu_process_memory_bytes{model_name=\"m\",npu=\"0\",kind=\"in_use\"} 1073741824\n"
+            "qwen3_serve_npu_process_memory_bytes{model_name=\"m\",npu=\"0\",kind=\"weights\"} 1073741824\n"
         ));
         assert!(t.fatal().is_none());
+
+        // A driver without the thermal threshold: that series only is missing.
+        let mut s3 = sample(3, 0);
+        s3.throttle_temperature_celsius = None;
+        out.clear();
+        t.publish(vec![sample(0, 0), s3]);
+        t.render("model_name=\"m\"", &mut out);
+        assert!(out.contains(
+            "qwen3_serve_npu_throttle_temperature_celsius{model_name=\"m\",npu=\"0\"} 95\n"
+        ));
+        assert!(!out
+            .contains("qwen3_serve_npu_throttle_temperature_celsius{model_name=\"m\",npu=\"3\"}"));
+        assert!(out.contains("qwen3_serve_npu_temperature_celsius{model_name=\"m\",npu=\"3\"}"));
 
         t.publish(vec![sample(0, 0), sample(3, 3)]);
         let why = t.fatal().expect("fatal");

@@ -14,13 +14,13 @@ fn sample(npu: i32, health: i64) -> NpuSample {
         hbm_total_bytes: 64 << 30,
         aicore_utilization: 0.73,
         aicpu_utilization: 0.02,
+        throttle_temperature_celsius: Some(95.0),
         temperature_celsius: 61.0,
         power_watts: 212.3,
         health,
         fatal: health == 3,
         process_memory: Some(ProcessMemory {
-            in_use_bytes: 5 << 30,
-            pool_cached_bytes: 64 << 20,
+            by_kind: vec![("weights", 5 << 30), ("pool_cached", 64 << 20)],
         }),
     }
 }

@@ -213,7 +213,7 @@ impl AscendBackend {
             HostData::BF16(v) => (Dt::BF16, bytemuck::cast_slice(v)),
         };
         // Weights live for the model's lifetime: exact-size driver allocations.
-        let buf = self.dev.alloc_direct(bytes.len())?;
+        let buf = self.dev.alloc_direct(bytes.len(), mem::MemKind::Weights)?;
         self.dev.upload_blocking(&buf, bytes)?;
         Ok(AscendTensor {
             buf,

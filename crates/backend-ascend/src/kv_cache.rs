@@ -42,7 +42,7 @@ impl AscendBackend {
         let dt = self.kv_dt();
         let bytes = shape.iter().product::<usize>() * dt.size();
         let alloc = || -> Result<AscendTensor> {
-            let buf = self.dev.alloc_direct(bytes)?;
+            let buf = self.dev.alloc_direct(bytes, crate::mem::MemKind::KvCache)?;
             // Zeroed, so that never-written slots hold finite values.
             self.dev.bind()?;
             // SAFETY: `buf` holds `bytes` (at least 1) bytes on this device; queued on the

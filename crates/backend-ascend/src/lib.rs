@@ -23,9 +23,11 @@ mod graph;
 mod kv_cache;
 mod mask;
 pub mod mem;
+mod mem_kind;
 mod moe;
 mod ops;
 mod options;
+mod prompt_logprobs;
 mod quant;
 mod rope;
 pub mod sample;
@@ -34,6 +36,7 @@ mod step;
 pub mod telemetry;
 mod tensor;
 
+use qwen3_backend::logprobs::PromptLogprob;
 use qwen3_backend::sampling::{SampleRow, Sampled};
 use qwen3_backend::{
     AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost, Result,
@@ -43,7 +46,7 @@ use qwen3_backend::{
 pub use attn_rules::AttentionPath;
 pub use backend::AscendBackend;
 pub use kv_cache::AscendKvCache;
-pub use mem::PoolStats;
+pub use mem::{MemByKind, MemKind, PoolStats};
 pub use options::AscendOptions;
 pub use step::AscendStep;
 pub use tensor::AscendTensor;
@@ -195,5 +198,14 @@ impl Backend for AscendBackend {
     fn sample(&self, logits: &AscendTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {
         self.finish_graph_step()?;
         self.sample_impl(logits, rows)
+    }
+
+    fn prompt_logprobs(
+        &self,
+        logits: &AscendTensor,
+        targets: &[u32],
+        top_n: usize,
+    ) -> Result<Vec<PromptLogprob>> {
+        self.prompt_logprobs_impl(logits, targets, top_n)
     }
 }

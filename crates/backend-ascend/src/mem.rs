@@ -15,6 +15,8 @@ use ascend_sys::types::*;
 use ascend_sys::Cann;
 use qwen3_backend::{BackendError, Result};
 
+pub use crate::mem_kind::{MemByKind, MemKind};
+
 /// A device address (never dereferenced on the host).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DevPtr(pub *mut c_void);
@@ -56,6 +58,9 @@ pub struct PoolStats {
     pub bytes_cached: u64,
     /// Highest `bytes_in_use + bytes_cached` seen.
     pub peak_bytes: u64,
+    /// Bytes held by kind (graph-owned buffers included, which `bytes_in_use` leaves out);
+    /// with `bytes_cached`, every byte this device has from the driver.
+    pub by_kind: MemByKind,
 }
 
 #[derive(Default)]
@@ -87,8 +92,9 @@ pub struct CapturedStep {
     pub segments: Vec<DevPtr>,
     /// Tensor buffers, in allocation order (replays hand them out again in that order).
     pub allocs: Vec<(DevPtr, usize)>,
-    /// Every device allocation the graph owns (tensors and workspaces), freed with it.
-    owned: Vec<DevPtr>,
+    /// Every device allocation the graph owns (tensors and workspaces) with its bytes,
+    /// freed with it.
+    owned: Vec<(DevPtr, usize)>,
 }
 
 impl Drop for CapturedStep {
@@ -101,8 +107,9 @@ impl Drop for CapturedStep {
                 unsafe { destroy(ri.0) };
             }
         }
-        for p in &self.owned {
-            self.dev.free_now(*p);
+        for &(p, bytes) in &self.owned {
+            self.dev.free_now(p);
+            self.dev.pool().stats.by_kind.sub(MemKind::Graphs, bytes);
         }
     }
 }
@@ -112,7 +119,7 @@ impl Drop for CapturedStep {
 pub struct Recording {
     pub segments: Vec<DevPtr>,
     pub allocs: Vec<(DevPtr, usize)>,
-    owned: Vec<DevPtr>,
+    owned: Vec<(DevPtr, usize)>,
     free: HashMap<usize, Vec<DevPtr>>,
     /// The stream is recording (between aclmdlRICaptureBegin and End).
     pub active: bool,
@@ -312,6 +319,7 @@ impl Device {
                 g.stats.hits += 1;
                 g.stats.bytes_cached -= class as u64;
                 g.stats.bytes_in_use += class as u64;
+                g.stats.by_kind.add(MemKind::Activations, class);
             }
             hit
         };
@@ -330,6 +338,7 @@ impl Device {
                 let mut g = self.pool();
                 g.stats.misses += 1;
                 g.stats.bytes_in_use += class as u64;
+                g.stats.by_kind.add(MemKind::Activations, class);
                 let total = g.stats.bytes_in_use + g.stats.bytes_cached;
                 g.stats.peak_bytes = g.stats.peak_bytes.max(total);
                 p
@@ -344,8 +353,8 @@ impl Device {
     }
 
     /// A buffer of exactly `bytes` straight from the driver, freed to the driver on drop:
-    /// weights and KV caches, which live long and would only fragment the pool.
-    pub fn alloc_direct(self: &Arc<Self>, bytes: usize) -> Result<Buffer> {
+    /// weights and KV caches (`kind`), which live long and would only fragment the pool.
+    pub fn alloc_direct(self: &Arc<Self>, bytes: usize, kind: MemKind) -> Result<Buffer> {
         let bytes = bytes.max(1);
         let ptr = match self.malloc(bytes) {
             Ok(p) => p,
@@ -357,13 +366,14 @@ impl Device {
         };
         let mut g = self.pool();
         g.stats.bytes_in_use += bytes as u64;
+        g.stats.by_kind.add(kind, bytes);
         let total = g.stats.bytes_in_use + g.stats.bytes_cached;
         g.stats.peak_bytes = g.stats.peak_bytes.max(total);
         Ok(Buffer {
             dev: Arc::clone(self),
             ptr,
             bytes,
-            kind: BufKind::Direct,
+            kind: BufKind::Direct(kind),
         })
     }
 
@@ -378,16 +388,20 @@ impl Device {
             }
             return;
         }
-        if b.kind == BufKind::Pooled {
+        if let BufKind::Direct(kind) = b.kind {
+            // Queued ops may still read it: wait for them before the driver reuses it.
+            let _ = self.synchronize();
+            let mut g = self.pool();
+            g.stats.bytes_in_use -= b.bytes as u64;
+            g.stats.by_kind.sub(kind, b.bytes);
+            drop(g);
+            self.free_now(b.ptr);
+        } else {
             let mut g = self.pool();
             g.stats.bytes_in_use -= b.bytes as u64;
             g.stats.bytes_cached += b.bytes as u64;
+            g.stats.by_kind.sub(MemKind::Activations, b.bytes);
             g.free.entry(b.bytes).or_default().push(b.ptr);
-        } else {
-            // Queued ops may still read it: wait for them before the driver reuses it.
-            let _ = self.synchronize();
-            self.pool().stats.bytes_in_use -= b.bytes as u64;
-            self.free_now(b.ptr);
         }
     }
 
@@ -415,9 +429,10 @@ impl Device {
                     None => {
                         drop(g);
                         let p = self.malloc(class)?;
+                        self.pool().stats.by_kind.add(MemKind::Graphs, class);
                         g = self.graph_state();
                         match &mut *g {
-                            GraphMode::Capture(rec) => rec.owned.push(p),
+                            GraphMode::Capture(rec) => rec.owned.push((p, class)),
                             _ => {
                                 return Err(BackendError::Device(
                                     "graph capture ended during an allocation".into(),
@@ -465,10 +480,12 @@ impl Device {
         if !active {
             return Ok(None);
         }
-        let p = self.malloc(size_class(bytes))?;
+        let class = size_class(bytes);
+        let p = self.malloc(class)?;
         if let GraphMode::Capture(rec) = &mut *self.graph_state() {
-            rec.owned.push(p);
+            rec.owned.push((p, class));
         }
+        self.pool().stats.by_kind.add(MemKind::Graphs, class);
         Ok(Some(p))
     }
 
@@ -568,8 +585,8 @@ impl Device {
     pub fn finish_recording(self: &Arc<Self>, rec: Recording) -> CapturedStep {
         let mut owned = rec.owned;
         // Buffers still on the capture's free list are owned too (already in `owned`).
-        owned.sort_by_key(|p| p.0 as usize);
-        owned.dedup();
+        owned.sort_by_key(|p| p.0 .0 as usize);
+        owned.dedup_by_key(|p| p.0);
         CapturedStep {
             dev: Arc::clone(self),
             segments: rec.segments,
@@ -759,7 +776,8 @@ pub struct Buffer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BufKind {
     Pooled,
-    Direct,
+    /// Straight from the driver, holding `MemKind`.
+    Direct(MemKind),
     /// Owned by a captured graph (freed with it), handed out while capturing or replaying.
     Graph,
     /// A graph's input, filled from the host: never reused within the capture, since the

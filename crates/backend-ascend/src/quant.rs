@@ -169,7 +169,9 @@ impl AscendBackend {
             param_shape.insert(0, e);
         }
         let upload = |bytes: &[u8], dt: Dt, shape: &[usize]| -> Result<AscendTensor> {
-            let buf = self.dev.alloc_direct(bytes.len())?;
+            let buf = self
+                .dev
+                .alloc_direct(bytes.len(), crate::mem::MemKind::Weights)?;
             self.dev.upload_blocking(&buf, bytes)?;
             Ok(AscendTensor {
                 buf,
@@ -208,7 +210,9 @@ impl AscendBackend {
         for m in 0..e {
             pack_codes(w, m, &order, &mut packed);
         }
-        let codes = self.dev.alloc_direct(packed.len())?;
+        let codes = self
+            .dev
+            .alloc_direct(packed.len(), crate::mem::MemKind::Weights)?;
         self.dev.upload_blocking(&codes, &packed)?;
         // The tensor reports the logical `[out, in]` (`[E, out, in]`) shape; `quant` says how
         // to read it.

@@ -10,13 +10,20 @@
 //! `CANN_EMU_HBM_BYTES`, used what `aclrtMalloc` holds on that device); any value can be
 //! set in the file named by `CANN_EMU_DCMI_READINGS`, re-read on every call so a test can
 //! change a reading (e.g. health) while a server runs. One line per logical id:
-//! `<logic_id> hbm_total_mb=.. hbm_used_mb=.. aicore=.. aicpu=.. temp=.. power_dw=.. health=..`
-//! (`power_dw` in units of 0.1 W, `health` the documented 0..3 or 0xFFFFFFFF).
+//! `<logic_id> hbm_total_mb=.. hbm_used_mb=.. aicore=.. aicpu=.. temp=.. power_dw=.. health=..
+//! throttle_temp=.. reset_temp=..` (`power_dw` in units of 0.1 W, `health` the documented 0..3
+//! or 0xFFFFFFFF, the two thresholds what `dcmi_get_device_sensor_info` reports for
+//! `DCMI_THERMAL_THRESHOLD_ID`; `throttle_temp=none` makes that sensor fail, as on a driver
+//! without it). The defaults (40 °C, 90 W, throttling at 95 °C, reset at 105 °C) are the
+//! emulator's own, not a 910B's.
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ascend_sys::dcmi::{DcmiHbmInfo, DCMI_UTILIZATION_AICORE, DCMI_UTILIZATION_AICPU};
+use ascend_sys::dcmi::{
+    DcmiHbmInfo, DcmiSensorInfo, DCMI_THERMAL_THRESHOLD_ID, DCMI_UTILIZATION_AICORE,
+    DCMI_UTILIZATION_AICPU,
+};
 
 /// DCMI's "invalid parameter" return code (返回码 table of the DCMI reference).
 const DCMI_ERR_INVALID_PARAMETER: c_int = -8001;
@@ -33,6 +40,8 @@ struct Readings {
     temp: c_int,
     power_dw: c_int,
     health: u32,
+    /// (throttling, reset) °C; None: the sensor answers with an error.
+    thermal: Option<(i8, i8)>,
 }
 
 fn n_chips() -> c_int {
@@ -60,6 +69,7 @@ fn readings(logic: c_int) -> Readings {
         temp: 40,
         power_dw: 900,
         health: 0,
+        thermal: Some((95, 105)),
     };
     let Some(path) = std::env::var_os("CANN_EMU_DCMI_READINGS") else {
         return r;
@@ -74,6 +84,10 @@ fn readings(logic: c_int) -> Readings {
             let Some((k, v)) = kv.split_once('=') else {
                 continue;
             };
+            if (k, v) == ("throttle_temp", "none") {
+                r.thermal = None;
+                continue;
+            }
             let num = if let Some(h) = v.strip_prefix("0x") {
                 i64::from_str_radix(h, 16).ok()
             } else {
@@ -88,6 +102,8 @@ fn readings(logic: c_int) -> Readings {
                 "temp" => r.temp = num as c_int,
                 "power_dw" => r.power_dw = num as c_int,
                 "health" => r.health = num as u32,
+                "throttle_temp" => r.thermal = r.thermal.map(|(_, b)| (num as i8, b)),
+                "reset_temp" => r.thermal = r.thermal.map(|(a, _)| (a, num as i8)),
                 _ => {}
             }
         }
@@ -269,3 +285,33 @@ scalar_reading! {
     dcmi_get_device_power_info: c_int = power_dw;
     dcmi_get_device_health: u32 = health;
 }
+
+/// Only `DCMI_THERMAL_THRESHOLD_ID` is emulated; other sensors are refused, not invented.
+///
+/// # Safety
+/// `sensor_info` writable.
+#[no_mangle]
+pub unsafe extern "C" fn dcmi_get_device_sensor_info(
+    card_id: c_int,
+    device_id: c_int,
+    sensor_id: c_int,
+    sensor_info: *mut DcmiSensorInfo,
+) -> c_int {
+    if sensor_info.is_null() || sensor_id != DCMI_THERMAL_THRESHOLD_ID {
+        return DCMI_ERR_INVALID_PARAMETER;
+    }
+    let mut thermal = None;
+    let rc = with_chip(card_id, device_id, |r| thermal = r.thermal);
+    match (rc, thermal) {
+        (0, Some((throttle, reset))) => {
+            let mut info = DcmiSensorInfo { data: [0; 16] };
+            info.temp = [throttle, reset];
+            // SAFETY: checked non-null.
+            unsafe { sensor_info.write(info) };
+            0
+        }
+        (0, None) => DCMI_ERR_INVALID_PARAMETER,
+        (rc, _) => rc,
+    }
+}
+const _: ascend_sys::dcmi::dcmi_get_device_sensor_info = dcmi_get_device_sensor_info;

@@ -37,6 +37,7 @@ mod mem;
 mod nnop;
 mod ops;
 mod ops_attn;
+mod ops_logprob;
 mod ops_moe;
 mod rt;
 mod state;

@@ -820,7 +820,7 @@ pub unsafe extern "C" fn aclnnApplyRotaryPosEmbGetWorkspaceSize(
 // ----------------------------------------------------------------------------- Reductions
 
 /// Splits `dims` around `ax`: (outer, n, inner).
-fn around(dims: &[i64], ax: usize) -> (usize, usize, usize) {
+pub fn around(dims: &[i64], ax: usize) -> (usize, usize, usize) {
     let outer = dims[..ax].iter().map(|&d| d as usize).product();
     let inner = dims[ax + 1..].iter().map(|&d| d as usize).product();
     (outer, dims[ax] as usize, inner)

@@ -57,5 +57,14 @@ fn dcmi_maps_logical_ids_and_reports_what_it_was_set_to() {
     assert!(!r.health.is_fatal());
     std::fs::write(file.path(), "1 health=3\n").expect("write");
     assert!(dcmi.read(chip1).expect("read").health.is_fatal());
+
+    // The chip's thermal thresholds (DCMI_THERMAL_THRESHOLD_ID): set, and absent.
+    std::fs::write(file.path(), "1 throttle_temp=88 reset_temp=102\n").expect("write");
+    assert_eq!(
+        dcmi.thermal_thresholds(chip1).expect("thresholds"),
+        (88, 102)
+    );
+    std::fs::write(file.path(), "1 throttle_temp=none\n").expect("write");
+    assert!(dcmi.thermal_thresholds(chip1).is_err());
     std::env::remove_var("CANN_EMU_DCMI_READINGS");
 }

@@ -84,6 +84,8 @@ fn sample_forever(dcmi: &Dcmi, chips: &[(i32, DcmiChip)], out: &NpuTelemetry, in
             match dcmi.read(chip) {
                 Ok(r) => {
                     failing.insert(chip.logic_id, false);
+                    // Static per chip, but cheap; a driver without it gives no series.
+                    let throttle = dcmi.thermal_thresholds(chip).ok().map(|t| f64::from(t.0));
                     round.push(NpuSample {
                         npu: chip.logic_id,
                         hbm_used_bytes: r.hbm_used_bytes,
@@ -91,13 +93,14 @@ fn sample_forever(dcmi: &Dcmi, chips: &[(i32, DcmiChip)], out: &NpuTelemetry, in
                         aicore_utilization: f64::from(r.aicore_util) / 100.0,
                         aicpu_utilization: f64::from(r.aicpu_util) / 100.0,
                         temperature_celsius: f64::from(r.temperature_c),
+                        throttle_temperature_celsius: throttle,
                         power_watts: r.power_w,
                         health: match r.health {
                             DcmiHealth::Absent(_) => -1,
                             h => i64::from(h.code()),
                         },
                         fatal: r.health.is_fatal(),
-                        process_memory: pools.get(&acl).copied(),
+                        process_memory: pools.get(&acl).cloned(),
                     });
                 }
                 Err(e) => {
@@ -112,13 +115,23 @@ fn sample_forever(dcmi: &Dcmi, chips: &[(i32, DcmiChip)], out: &NpuTelemetry, in
     }
 }
 
-/// The backend's pool counters summed per ACL device id.
+/// The backend's bytes by kind, and its pool's cached bytes, summed per ACL device id.
 fn pool_by_device() -> HashMap<i32, ProcessMemory> {
     let mut m: HashMap<i32, ProcessMemory> = HashMap::new();
     for (dev, s) in qwen3_backend_ascend::mem::open_pool_stats() {
+        let kinds = s
+            .by_kind
+            .iter()
+            .map(|(k, b)| (k.label(), b))
+            .chain(std::iter::once(("pool_cached", s.bytes_cached)));
         let e = m.entry(dev).or_default();
-        e.in_use_bytes += s.bytes_in_use;
-        e.pool_cached_bytes += s.bytes_cached;
+        if e.by_kind.is_empty() {
+            e.by_kind = kinds.collect();
+        } else {
+            for ((_, sum), (_, b)) in e.by_kind.iter_mut().zip(kinds) {
+                *sum += b;
+            }
+        }
     }
     m
 }

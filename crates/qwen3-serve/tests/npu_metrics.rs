@@ -128,8 +128,8 @@ fn npu_metrics_show_the_emulated_readings_and_fatal_health_turns_health_503() {
     let readings = tempfile::NamedTempFile::new().expect("readings file");
     let set = |text: &str| std::fs::write(readings.path(), text).expect("write readings");
     set(
-        "0 hbm_total_mb=65536 hbm_used_mb=30000 aicore=37 aicpu=4 temp=66 power_dw=1805 health=0\n\
-         1 hbm_total_mb=65536 hbm_used_mb=31000 aicore=55 aicpu=6 temp=71 power_dw=2101 health=1\n",
+        "0 hbm_total_mb=65536 hbm_used_mb=30000 aicore=37 aicpu=4 temp=66 power_dw=1805 health=0 throttle_temp=88\n\
+         1 hbm_total_mb=65536 hbm_used_mb=31000 aicore=55 aicpu=6 temp=71 power_dw=2101 health=1 throttle_temp=91\n",
     );
     let path = readings.path().display().to_string();
     let srv = serve(
@@ -163,6 +163,7 @@ fn npu_metrics_show_the_emulated_readings_and_fatal_health_turns_health_503() {
         ("qwen3_serve_npu_aicore_utilization_ratio", [0.37, 0.55]),
         ("qwen3_serve_npu_aicpu_utilization_ratio", [0.04, 0.06]),
         ("qwen3_serve_npu_temperature_celsius", [66.0, 71.0]),
+        ("qwen3_serve_npu_throttle_temperature_celsius", [88.0, 91.0]),
         ("qwen3_serve_npu_power_watts", [180.5, 210.1]),
         ("qwen3_serve_npu_health_status", [0.0, 1.0]),
     ];
@@ -174,14 +175,25 @@ fn npu_metrics_show_the_emulated_readings_and_fatal_health_turns_health_503() {
             assert!((got - want[npu as usize]).abs() < 1e-9, "{series}: {got}");
         }
     }
-    // The process's own memory, from the backend's pool: each rank holds its weight shard
-    // and KV cache.
+    // The process's own memory by kind, from the backend's allocator: every kind is
+    // exported, and each rank holds its weight shard and KV cache (the exact bytes per kind
+    // are checked in backend-ascend's e2e_mem_kinds).
     for npu in 0..2u32 {
-        let series = format!(
-            "qwen3_serve_npu_process_memory_bytes{{model_name=\"tiny-qwen3\",npu=\"{npu}\",kind=\"in_use\"}}"
-        );
-        let got = value(&m, &series).unwrap_or_else(|| panic!("{series} missing: {m}"));
-        assert!(got > 0.0, "{series}: {got}");
+        for kind in [
+            "weights",
+            "kv_cache",
+            "graphs",
+            "activations",
+            "pool_cached",
+        ] {
+            let series = format!(
+                "qwen3_serve_npu_process_memory_bytes{{model_name=\"tiny-qwen3\",npu=\"{npu}\",kind=\"{kind}\"}}"
+            );
+            let got = value(&m, &series).unwrap_or_else(|| panic!("{series} missing: {m}"));
+            if matches!(kind, "weights" | "kv_cache") {
+                assert!(got > 0.0, "{series}: {got}");
+            }
+        }
     }
     assert_eq!(get(a, "/health").0, 200);
 
