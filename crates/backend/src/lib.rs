@@ -15,8 +15,8 @@ pub mod w8a8;
 
 use logprobs::PromptLogprob;
 pub use quant::QuantizedHost;
-pub use w8a8::{ActQuant, W8A8Host};
 use sampling::{SampleRow, Sampled};
+pub use w8a8::{ActQuant, W8A8Host};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -90,7 +90,10 @@ impl W8A8Host<'_> {
             return bad(format!("empty W8A8 weight: {c} x [{n}, {k}]"));
         }
         if self.weight.len() != c * n * k {
-            return bad(format!("{} weights for {c} x [{n}, {k}]", self.weight.len()));
+            return bad(format!(
+                "{} weights for {c} x [{n}, {k}]",
+                self.weight.len()
+            ));
         }
         if self.scale.len() != c * n || self.bias.is_some_and(|b| b.len() != c * n) {
             return bad(format!(
@@ -103,7 +106,7 @@ impl W8A8Host<'_> {
             return bad("a W8A8 scale is not finite".into());
         }
         if let ActQuant::Static { scale, offset } = self.act {
-            if !(scale.is_finite() && scale > 0.0) || !(-128.0..=127.0).contains(&offset) {
+            if !(scale.is_finite() && scale > 0.0 && (-128.0..=127.0).contains(&offset)) {
                 return bad(format!(
                     "static activation scale {scale} / offset {offset}: the scale must be \
                      positive and the offset an int8"
@@ -175,8 +178,18 @@ mod tests {
         // x = [1, 2, 3] → x_q = [3, 5, 7]: row 0 = 3 - 10 + 21 + 10 = 24 → 12.
         let y = h.matmul_reference(0, &[1.0, 2.0, 3.0], 1);
         assert_eq!(y[0], 12.0);
-        assert!(W8A8Host { weight: &w[..5], ..h }.validate().is_err());
-        assert!(W8A8Host { bias: Some(&b[..1]), ..h }.validate().is_err());
+        assert!(W8A8Host {
+            weight: &w[..5],
+            ..h
+        }
+        .validate()
+        .is_err());
+        assert!(W8A8Host {
+            bias: Some(&b[..1]),
+            ..h
+        }
+        .validate()
+        .is_err());
         let nan = [f32::NAN, 1.0];
         assert!(W8A8Host { scale: &nan, ..h }.validate().is_err());
         let bad_act = ActQuant::Static {

@@ -264,7 +264,10 @@ mod x86 {
         }
         for (a, sw) in acc.iter_mut().zip(&s) {
             for (v, sx) in a.iter_mut().zip(sw) {
-                let q = _mm_add_epi32(_mm256_castsi256_si128(*sx), _mm256_extracti128_si256(*sx, 1));
+                let q = _mm_add_epi32(
+                    _mm256_castsi256_si128(*sx),
+                    _mm256_extracti128_si256(*sx, 1),
+                );
                 let q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0b01_00_11_10));
                 let q = _mm_add_epi32(q, _mm_shuffle_epi32(q, 0b10_11_00_01));
                 *v = _mm_cvtsi128_si32(q);
@@ -285,7 +288,9 @@ fn kernels() -> (&'static str, TileFn) {
         let l = level() as u8;
         if l >= Level::Avx512 as u8 && std::is_x86_feature_detected!("avx512vnni") {
             // SAFETY: the features were just detected.
-            return ("avx512-vnni", |w, x, a| unsafe { x86::tile_vnni512(w, x, a) });
+            return ("avx512-vnni", |w, x, a| unsafe {
+                x86::tile_vnni512(w, x, a)
+            });
         }
         if l >= Level::Avx2 as u8 && std::is_x86_feature_detected!("avxvnni") {
             // SAFETY: the features were just detected (AVX2 by the level).
@@ -345,8 +350,11 @@ mod tests {
         let scale = (0..count * n)
             .map(|_| (next() % 1000) as f32 / 1e5 + 1e-4)
             .collect();
-        let bias = matches!(act, ActQuant::Static { .. })
-            .then(|| (0..count * n).map(|_| (next() % 20001) as i32 - 10000).collect());
+        let bias = matches!(act, ActQuant::Static { .. }).then(|| {
+            (0..count * n)
+                .map(|_| (next() % 20001) as i32 - 10000)
+                .collect()
+        });
         Owned {
             count,
             n,
@@ -364,7 +372,13 @@ mod tests {
             scale: 0.02,
             offset: -7.0,
         };
-        for &(count, n, k) in &[(1, 1, 1), (1, 3, 7), (2, 17, 65), (1, 33, 130), (3, 70, 200)] {
+        for &(count, n, k) in &[
+            (1, 1, 1),
+            (1, 3, 7),
+            (2, 17, 65),
+            (1, 33, 130),
+            (3, 70, 200),
+        ] {
             for act in [ActQuant::Dynamic, stat] {
                 let w = make(count, n, k, act);
                 let h = w.host();
@@ -409,8 +423,7 @@ mod tests {
             if std::is_x86_feature_detected!("avx2") {
                 tiles.push(|w, x, a| unsafe { x86::tile_avx2(w, x, a) });
             }
-            if std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("avx2")
-            {
+            if std::is_x86_feature_detected!("avxvnni") && std::is_x86_feature_detected!("avx2") {
                 tiles.push(|w, x, a| unsafe { x86::tile_vnni256(w, x, a) });
             }
             if std::is_x86_feature_detected!("avx512vnni") {
