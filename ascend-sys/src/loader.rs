@@ -201,8 +201,9 @@ api_table! {
     /// Required: what a dense BF16 forward pass cannot do without, all present since
     /// CANN 8.0.0. Optional: attention and KV-cache ops (which one to use depends on the
     /// release; see [`OpsApi::attention_apis`]), RoPE ops (two alternatives), MoE ops
-    /// (MoE models only), weight-quantized matmul (quantized models only) and ReduceSum
-    /// (asymmetric grouped quantized MoE experts only).
+    /// (MoE models only), weight-quantized matmul (quantized models only), ReduceSum
+    /// (asymmetric grouped quantized MoE experts only) and the W8A8 ops (W8A8 models only;
+    /// the releases given are the earliest we found documented, not verified on hardware).
     pub struct OpsApi {
         required {
             aclnnMatmulGetWorkspaceSize: "7.0 or earlier",
@@ -267,6 +268,12 @@ api_table! {
             aclnnWeightQuantBatchMatmulV2: "8.0.RC1",
             aclnnReduceSumGetWorkspaceSize: "7.0 or earlier",
             aclnnReduceSum: "7.0 or earlier",
+            aclnnDynamicQuantGetWorkspaceSize: "8.0.RC2",
+            aclnnDynamicQuant: "8.0.RC2",
+            aclnnAscendQuantV3GetWorkspaceSize: "8.0.0",
+            aclnnAscendQuantV3: "8.0.0",
+            aclnnQuantMatmulV4GetWorkspaceSize: "8.0.0",
+            aclnnQuantMatmulV4: "8.0.0",
         }
     }
 }

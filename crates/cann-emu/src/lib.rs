@@ -38,6 +38,7 @@ mod nnop;
 mod ops;
 mod ops_attn;
 mod ops_moe;
+mod ops_quant;
 mod rt;
 mod state;
 
