@@ -62,6 +62,10 @@ pub struct MakeModelArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write the linear weights as Ascend msModelSlim W8A8_DYNAMIC (INT8 per channel, with
+    /// quant_model_description.json) instead of BF16: the same random model, quantized.
+    #[arg(long)]
+    pub w8a8: bool,
 }
 
 #[derive(Clone, Debug, Args)]
