@@ -417,7 +417,9 @@ mod tests {
         let wr: [&[i8]; T] = std::array::from_fn(|i| &q.weight[i * q.kp..(i + 1) * q.kp]);
         let mut want = [[0; T]; T];
         tile_portable(&wr, &xr, &mut want);
+        #[allow(unused_mut)] // only x86 adds kernels
         let mut tiles: Vec<TileFn> = vec![pick()];
+        // SAFETY (each closure below): pushed only when its features were just detected.
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
