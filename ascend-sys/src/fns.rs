@@ -644,6 +644,45 @@ pub type aclnnReduceSumGetWorkspaceSize = unsafe extern "C" fn(
 ) -> aclnnStatus;
 pub type aclnnReduceSum = AclnnRun;
 
+// W8A8 (ops-nn quant/dynamic_quant, quant/ascend_quant_v2, matmul/quant_batch_matmul_v3 docs):
+// per-token dynamic INT8 quantization, per-tensor/channel quantization, INT8 x INT8 matmul.
+pub type aclnnDynamicQuantGetWorkspaceSize = unsafe extern "C" fn(
+    x: T,
+    smoothScalesOptional: T,
+    yOut: T,
+    scaleOut: T,
+    ws: Ws,
+    ex: Ex,
+) -> aclnnStatus;
+pub type aclnnDynamicQuant = AclnnRun;
+pub type aclnnAscendQuantV3GetWorkspaceSize = unsafe extern "C" fn(
+    x: T,
+    scale: T,
+    offset: T,
+    sqrtMode: bool,
+    roundMode: *const std::ffi::c_char,
+    dstType: i32,
+    axis: i32,
+    y: T,
+    ws: Ws,
+    ex: Ex,
+) -> aclnnStatus;
+pub type aclnnAscendQuantV3 = AclnnRun;
+pub type aclnnQuantMatmulV4GetWorkspaceSize = unsafe extern "C" fn(
+    x1: T,
+    x2: T,
+    scale: T,
+    offset: T,
+    pertokenScaleOptional: T,
+    bias: T,
+    transposeX1: bool,
+    transposeX2: bool,
+    out: T,
+    ws: Ws,
+    ex: Ex,
+) -> aclnnStatus;
+pub type aclnnQuantMatmulV4 = AclnnRun;
+
 // aclnn_mul.h (ops-math math/mul).
 pub type aclnnMulGetWorkspaceSize =
     unsafe extern "C" fn(self_: T, other: T, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;

@@ -202,8 +202,10 @@ api_table! {
     /// CANN 8.0.0. Optional: attention and KV-cache ops (which one to use depends on the
     /// release; see [`OpsApi::attention_apis`]), RoPE ops (two alternatives), MoE ops
     /// (MoE models only), weight-quantized matmul (quantized models only), ReduceSum
-    /// (asymmetric grouped quantized MoE experts, and prompt logprobs) and LogSoftmax with
-    /// GtTensor (prompt logprobs on the device; without them the host computes them).
+    /// (asymmetric grouped quantized MoE experts, and prompt logprobs), LogSoftmax with
+    /// GtTensor (prompt logprobs on the device; without them the host computes them) and the
+    /// W8A8 ops (W8A8 models only; the releases given are the earliest we found documented,
+    /// not verified on hardware).
     pub struct OpsApi {
         required {
             aclnnMatmulGetWorkspaceSize: "7.0 or earlier",
@@ -272,6 +274,12 @@ api_table! {
             aclnnLogSoftmax: "7.0 or earlier",
             aclnnGtTensorGetWorkspaceSize: "7.0 or earlier",
             aclnnGtTensor: "7.0 or earlier",
+            aclnnDynamicQuantGetWorkspaceSize: "8.0.RC2",
+            aclnnDynamicQuant: "8.0.RC2",
+            aclnnAscendQuantV3GetWorkspaceSize: "8.0.0",
+            aclnnAscendQuantV3: "8.0.0",
+            aclnnQuantMatmulV4GetWorkspaceSize: "8.0.0",
+            aclnnQuantMatmulV4: "8.0.0",
         }
     }
 }

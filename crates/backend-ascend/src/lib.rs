@@ -35,12 +35,13 @@ mod sample_device;
 mod step;
 pub mod telemetry;
 mod tensor;
+mod w8a8;
 
 use qwen3_backend::logprobs::PromptLogprob;
 use qwen3_backend::sampling::{SampleRow, Sampled};
 use qwen3_backend::{
     AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost, Result,
-    StepMeta,
+    StepMeta, W8A8Host,
 };
 
 pub use attn_rules::AttentionPath;
@@ -96,6 +97,10 @@ impl Backend for AscendBackend {
 
     fn upload_quantized(&self, w: &QuantizedHost<'_>) -> Result<AscendTensor> {
         self.upload_quantized_weight(w)
+    }
+
+    fn upload_w8a8(&self, w: &W8A8Host<'_>) -> Result<AscendTensor> {
+        self.upload_w8a8_weight(w)
     }
 
     fn prepare_step(&self, m: &StepMeta<'_>) -> Result<AscendStep> {

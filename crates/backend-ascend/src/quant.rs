@@ -25,6 +25,23 @@ use qwen3_backend::{BackendError, QuantizedHost, Result};
 use crate::desc::{Dt, IntArrayDesc, ScalarDesc};
 use crate::{shape_err, unsupported, AscendBackend, AscendTensor};
 
+/// A quantized weight's reading instructions: weight-only (AWQ / GPTQ, here) or W8A8
+/// (msModelSlim, [`crate::w8a8`]).
+pub(crate) enum Quantized {
+    WeightOnly(QuantWeight),
+    W8A8(crate::w8a8::W8A8Weight),
+}
+
+impl Quantized {
+    /// Device bytes besides the codes.
+    pub(crate) fn param_bytes(&self) -> u64 {
+        match self {
+            Quantized::WeightOnly(q) => q.param_bytes(),
+            Quantized::W8A8(q) => q.param_bytes(),
+        }
+    }
+}
+
 /// How to read a quantized weight; its tensor's buffer holds the codes, `[K, N/8]` INT32
 /// (4-bit) or `[K, N]` INT8 (8-bit).
 pub(crate) struct QuantWeight {
@@ -220,7 +237,7 @@ impl AscendBackend {
             buf: codes,
             shape: w.shape(),
             dt: Dt::I8,
-            quant: Some(Box::new(QuantWeight {
+            quant: Some(Box::new(Quantized::WeightOnly(QuantWeight {
                 experts: e,
                 bits: w.bits,
                 k,
@@ -230,7 +247,7 @@ impl AscendBackend {
                 offset,
                 perm,
                 zero_term,
-            })),
+            }))),
         })
     }
 
@@ -240,8 +257,12 @@ impl AscendBackend {
         &self,
         x: &AscendTensor,
         w: &AscendTensor,
-        q: &QuantWeight,
+        q: &Quantized,
     ) -> Result<AscendTensor> {
+        let q = match q {
+            Quantized::WeightOnly(q) => q,
+            Quantized::W8A8(q) => return self.w8a8_linear(x, w, q),
+        };
         let (m, k) = x.matrix();
         if q.experts != 1 || k != q.k {
             return Err(shape_err(
@@ -315,9 +336,13 @@ impl AscendBackend {
         &self,
         input: &AscendTensor,
         w: &AscendTensor,
-        q: &QuantWeight,
+        q: &Quantized,
         group_list: &AscendTensor,
     ) -> Result<AscendTensor> {
+        let Quantized::WeightOnly(q) = q else {
+            // Refused at upload; kept total.
+            return Err(unsupported("W8A8 MoE experts on the NPU"));
+        };
         let (rows, k) = input.matrix();
         if q.experts != group_list.numel() || k != q.k {
             return Err(shape_err(

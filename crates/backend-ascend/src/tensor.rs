@@ -9,8 +9,8 @@ pub struct AscendTensor {
     pub(crate) buf: Buffer,
     pub(crate) shape: Vec<usize>,
     pub(crate) dt: Dt,
-    /// Set on weight-only quantized weights: `buf` then holds the packed codes.
-    pub(crate) quant: Option<Box<quant::QuantWeight>>,
+    /// Set on quantized weights (weight-only or W8A8): `buf` then holds the codes.
+    pub(crate) quant: Option<Box<quant::Quantized>>,
 }
 
 impl AscendTensor {

@@ -11,10 +11,12 @@ pub mod cpu;
 pub mod logprobs;
 pub mod quant;
 pub mod sampling;
+pub mod w8a8;
 
 use logprobs::PromptLogprob;
 pub use quant::QuantizedHost;
 use sampling::{SampleRow, Sampled};
+pub use w8a8::{ActQuant, W8A8Host};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -132,6 +134,16 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported(format!(
             "{}-bit weight-only quantization ({})",
             w.bits,
+            self.name()
+        )))
+    }
+    /// A W8A8 weight (int8 weights, activations quantized to int8 per its scheme; shape
+    /// [`W8A8Host::shape`]) that [`Self::linear`] and [`Self::moe`] accept as a dense one.
+    /// Backends without INT8 matmuls keep this default.
+    fn upload_w8a8(&self, w: &W8A8Host<'_>) -> Result<Self::Tensor> {
+        let _ = w;
+        Err(BackendError::Unsupported(format!(
+            "W8A8 (int8 weights and activations) on {}",
             self.name()
         )))
     }

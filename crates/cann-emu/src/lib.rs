@@ -39,6 +39,7 @@ mod ops;
 mod ops_attn;
 mod ops_logprob;
 mod ops_moe;
+mod ops_quant;
 mod rt;
 mod state;
 

@@ -10,6 +10,7 @@ use qwen3_backend::{
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::modelslim::{load_w8a8, ModelSlim, Scheme, W8A8Owned};
 use crate::quant_config::QuantConfig;
 use crate::quant_unpack::{load_packed, Unpacked, Window};
 use crate::rope::rope_spec;
@@ -154,6 +155,18 @@ pub struct Qwen3<B: Backend> {
     weight_bytes: u64,
 }
 
+/// The part of a `[out, in]` linear of `shape` a rank holds: `len` items from `start` along
+/// `dim` (0: outputs, 1: inputs).
+fn window(shape: &[usize], dim: usize, (start, len): (usize, usize)) -> Window {
+    let mut w = Window::whole(shape[0], shape[1]);
+    if dim == 0 {
+        w.out = (start, len);
+    } else {
+        w.inp = (start, len);
+    }
+    w
+}
+
 /// Reads tensors of one rank from the store and uploads them.
 struct Loader<'a, B: Backend> {
     store: &'a WeightStore,
@@ -161,6 +174,8 @@ struct Loader<'a, B: Backend> {
     dtype: WeightDType,
     /// The checkpoint's quantization_config, if any.
     quant: Option<QuantConfig>,
+    /// The msModelSlim description (W8A8), if any.
+    modelslim: Option<ModelSlim>,
     bytes: u64,
 }
 
@@ -214,11 +229,36 @@ impl<B: Backend> Loader<'_, B> {
         start: usize,
         len: usize,
     ) -> Result<B::Tensor, ModelError> {
+        if let Some(scheme) = self.w8a8_scheme(prefix)? {
+            let o = load_w8a8(
+                self.store,
+                prefix,
+                shape[0],
+                shape[1],
+                scheme,
+                window(shape, dim, (start, len)),
+            )?;
+            return self.upload_w8a8(&o);
+        }
         if !self.is_quantized(prefix) {
             return self.slice(&format!("{prefix}.weight"), shape, dim, start, len);
         }
         let u = self.unpack_slice(prefix, shape, dim, (start, len))?;
         let t = self.backend.upload_quantized(&u.host())?;
+        self.bytes += self.backend.size_bytes(&t);
+        Ok(t)
+    }
+
+    /// The W8A8 scheme of linear `prefix`; None when it is kept as stored.
+    fn w8a8_scheme(&self, prefix: &str) -> Result<Option<Scheme>, ModelError> {
+        match &self.modelslim {
+            None => Ok(None),
+            Some(ms) => Ok(Some(ms.scheme(prefix)?).filter(|&s| s != Scheme::Float)),
+        }
+    }
+
+    fn upload_w8a8(&mut self, o: &W8A8Owned) -> Result<B::Tensor, ModelError> {
+        let t = self.backend.upload_w8a8(&o.host())?;
         self.bytes += self.backend.size_bytes(&t);
         Ok(t)
     }
@@ -239,13 +279,14 @@ impl<B: Backend> Loader<'_, B> {
                 "`{prefix}.qweight` is quantized, but config.json has no quantization_config"
             ))
         })?;
-        let mut window = Window::whole(shape[0], shape[1]);
-        if dim == 0 {
-            window.out = (start, len);
-        } else {
-            window.inp = (start, len);
-        }
-        load_packed(self.store, prefix, shape[0], shape[1], q, window)
+        load_packed(
+            self.store,
+            prefix,
+            shape[0],
+            shape[1],
+            q,
+            window(shape, dim, (start, len)),
+        )
     }
 
     /// Experts `0..n` of `model.layers.L.mlp.experts.E.<proj>.weight`, stacked, each sliced.
@@ -258,6 +299,34 @@ impl<B: Backend> Loader<'_, B> {
         dim: usize,
         (start, len): (usize, usize),
     ) -> Result<B::Tensor, ModelError> {
+        if let Some(scheme) = self.w8a8_scheme(&format!("{prefix}.experts.0.{proj}"))? {
+            if scheme != Scheme::W8A8Dynamic {
+                return Err(ModelError::Invalid(format!(
+                    "`{prefix}.experts.0.{proj}` is static W8A8; MoE experts take W8A8_DYNAMIC \
+                     only (as vllm-ascend)"
+                )));
+            }
+            let parts = (0..n)
+                .map(|e| {
+                    let p = format!("{prefix}.experts.{e}.{proj}");
+                    let s = self.w8a8_scheme(&p)?;
+                    if s != Some(scheme) {
+                        return Err(ModelError::Invalid(format!(
+                            "`{p}` is {s:?} but expert 0 is {scheme:?}: one scheme per layer"
+                        )));
+                    }
+                    load_w8a8(
+                        self.store,
+                        &p,
+                        shape[0],
+                        shape[1],
+                        scheme,
+                        window(shape, dim, (start, len)),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return self.upload_w8a8(&W8A8Owned::stack(parts)?);
+        }
         if self.is_quantized(&format!("{prefix}.experts.0.{proj}")) {
             let parts = (0..n)
                 .map(|e| {
@@ -328,6 +397,7 @@ impl<B: Backend> Qwen3<B> {
             backend,
             dtype,
             quant: QuantConfig::from_json(cfg.quantization_config.as_ref())?,
+            modelslim: ModelSlim::from_dir(store.dir())?,
             bytes: 0,
         };
         let vocab = shard.range(v);

@@ -1,6 +1,7 @@
 //! Random-weight models of a named shape, so speed benchmarks need no download: a
 //! `config.json` and a `model.safetensors` of seeded random BF16 weights, written straight to
-//! disk (the weights are never all in memory at once).
+//! disk (the weights are never all in memory at once); or the same weights quantized to
+//! msModelSlim's W8A8_DYNAMIC layout ([`Storage::W8A8Dynamic`]), for the INT8 figures.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -199,26 +200,81 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SyntheticError + '_ {
     }
 }
 
+/// How [`write_model_as`] stores the linear weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Bf16,
+    /// msModelSlim W8A8_DYNAMIC: each linear's BF16 weights quantized per output channel
+    /// (symmetric INT8, F32 `weight_scale` `[n, 1]`, zero `weight_offset`), described in
+    /// `quant_model_description.json`; embeddings and norms stay BF16.
+    W8A8Dynamic,
+}
+
+fn is_linear(name: &str) -> bool {
+    name.ends_with("_proj.weight")
+}
+
 /// Writes `config.json` and `model.safetensors` of `shape` into `dir` (created if missing).
 /// Linear weights are uniform with the variance of `initializer_range` 0.02 scaled so
 /// activations stay O(1); norm weights are 1. The tokenizer is not written: copy one beside.
 pub fn write_model(dir: &Path, shape: &Shape, seed: u64) -> Result<(), SyntheticError> {
+    write_model_as(dir, shape, seed, Storage::Bf16)
+}
+
+/// [`write_model`] with the linear weights stored as `storage` says (the same random model).
+pub fn write_model_as(
+    dir: &Path,
+    shape: &Shape,
+    seed: u64,
+    storage: Storage,
+) -> Result<(), SyntheticError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let w8a8 = storage == Storage::W8A8Dynamic;
+    let mut cfg = shape.config_json();
+    if w8a8 {
+        cfg["quantize"] = "w8a8_dynamic".into();
+    }
     let config = dir.join("config.json");
-    let text = serde_json::to_string_pretty(&shape.config_json()).unwrap_or_default();
+    let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
     std::fs::write(&config, text).map_err(io_err(&config))?;
 
     let tensors = shape.tensors();
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+    let mut desc = serde_json::Map::new();
+    desc.insert("model_quant_type".into(), "W8A8_DYNAMIC".into());
     let mut offset = 0usize;
-    for (name, dims) in &tensors {
-        let bytes = dims.iter().product::<usize>() * 2;
+    let mut entry = |name: String, dtype: &str, dims: Vec<usize>, bytes: usize, scheme: &str| {
         header.insert(
             name.clone(),
-            serde_json::json!({ "dtype": "BF16", "shape": dims, "data_offsets": [offset, offset + bytes] }),
+            serde_json::json!({ "dtype": dtype, "shape": dims, "data_offsets": [offset, offset + bytes] }),
         );
+        desc.insert(name, scheme.into());
         offset += bytes;
+    };
+    for (name, dims) in &tensors {
+        let n = dims.iter().product::<usize>();
+        if w8a8 && is_linear(name) {
+            let base = name.trim_end_matches(".weight");
+            entry(name.clone(), "I8", dims.clone(), n, "W8A8_DYNAMIC");
+            for p in ["weight_scale", "weight_offset"] {
+                entry(
+                    format!("{base}.{p}"),
+                    "F32",
+                    vec![dims[0], 1],
+                    4 * dims[0],
+                    "W8A8_DYNAMIC",
+                );
+            }
+        } else {
+            entry(name.clone(), "BF16", dims.clone(), 2 * n, "FLOAT");
+        }
+    }
+    if w8a8 {
+        let path = dir.join(crate::modelslim::DESCRIPTION_FILE);
+        let text =
+            serde_json::to_string_pretty(&serde_json::Value::Object(desc)).unwrap_or_default();
+        std::fs::write(&path, text).map_err(io_err(&path))?;
     }
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
     // The data starts 8-byte aligned, as safetensors writers pad it.
@@ -248,6 +304,16 @@ pub fn write_model(dir: &Path, shape: &Shape, seed: u64) -> Result<(), Synthetic
             };
             buf.extend((0..n).map(|_| bf16::from_f32(rng.uniform(a))));
         }
+        if w8a8 && is_linear(name) {
+            let k = dims.last().copied().unwrap_or(1);
+            let (codes, scales) = quantize_rows(&buf, k);
+            let zeros = vec![0f32; scales.len()];
+            w.write_all(bytemuck::cast_slice(&codes))
+                .and_then(|_| w.write_all(bytemuck::cast_slice(&scales)))
+                .and_then(|_| w.write_all(bytemuck::cast_slice(&zeros)))
+                .map_err(io_err(&path))?;
+            continue;
+        }
         w.write_all(bytemuck::cast_slice(&buf))
             .map_err(io_err(&path))?;
     }
@@ -255,10 +321,64 @@ pub fn write_model(dir: &Path, shape: &Shape, seed: u64) -> Result<(), Synthetic
     Ok(())
 }
 
+/// Symmetric per-row INT8 of `[rows, k]` values: codes and one scale (`max|w| / 127`) a row.
+fn quantize_rows(v: &[bf16], k: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut codes = Vec::with_capacity(v.len());
+    let mut scales = Vec::with_capacity(v.len() / k.max(1));
+    for row in v.chunks(k.max(1)) {
+        let max = row.iter().fold(0f32, |m, x| m.max(x.to_f32().abs()));
+        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        codes.extend(
+            row.iter()
+                .map(|x| (x.to_f32() / s).round_ties_even().clamp(-127.0, 127.0) as i8),
+        );
+        scales.push(s);
+    }
+    (codes, scales)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::weights::WeightStore;
+
+    #[test]
+    fn w8a8_model_is_the_same_model_quantized() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let shape = Shape::by_name("tiny").unwrap();
+        write_model(a.path(), &shape, 5).unwrap();
+        write_model_as(b.path(), &shape, 5, Storage::W8A8Dynamic).unwrap();
+        let (fa, fb) = (
+            WeightStore::open(a.path()).unwrap(),
+            WeightStore::open(b.path()).unwrap(),
+        );
+        let name = "model.layers.0.mlp.down_proj";
+        let w = fa.load_f32(&format!("{name}.weight"), &[64, 128]).unwrap();
+        let (dt, codes) = fb.load_raw(&format!("{name}.weight"), &[64, 128]).unwrap();
+        assert_eq!(dt, crate::weights::DType::I8);
+        let s = fb
+            .load_f32(&format!("{name}.weight_scale"), &[64, 1])
+            .unwrap();
+        for (i, (&c, &v)) in codes.iter().zip(&w).enumerate() {
+            // Within half a quantization step of the BF16 weight.
+            assert!((c as i8 as f32 * s[i / 128] - v).abs() <= 0.5 * s[i / 128] + 1e-7);
+        }
+        assert_eq!(
+            fa.load_f32("model.norm.weight", &[64]).unwrap(),
+            fb.load_f32("model.norm.weight", &[64]).unwrap()
+        );
+        let d = crate::modelslim::ModelSlim::from_dir(b.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d.scheme(name).ok(),
+            Some(crate::modelslim::Scheme::W8A8Dynamic)
+        );
+        assert_eq!(
+            d.scheme("model.embed_tokens").ok(),
+            Some(crate::modelslim::Scheme::Float)
+        );
+    }
 
     #[test]
     fn tiny_model_loads_and_matches_its_shape() {

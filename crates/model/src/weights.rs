@@ -325,6 +325,11 @@ impl WeightStore {
         Ok(entries)
     }
 
+    /// The directory the weights were opened from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -209,17 +209,6 @@ fn qweight_without_quantization_config_is_refused() {
     assert!(msg.contains("has no quantization_config"), "{msg}");
 }
 
-/// Anonymous resident bytes of this process (loaded weights; the mmapped files are not anonymous).
-fn rss_anon() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// The resident-memory figure on a 0.6B-shaped model and its GPTQ-int4 twin, written by
 /// `make_quant_fixtures.py --big DIR`: run with
 /// `QWEN3_QUANT_BIG=DIR cargo test -p qwen3-model --test quantized -- --ignored --nocapture`.

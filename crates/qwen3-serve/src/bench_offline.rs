@@ -6,7 +6,7 @@ use std::time::Instant;
 use qwen3_engine::{EngineHandle, EngineRequest};
 
 use anyhow::Context;
-use qwen3_model::synthetic::{write_model, Shape};
+use qwen3_model::synthetic::{write_model_as, Shape, Storage};
 
 use crate::cli::{BenchOfflineArgs, MakeModelArgs, ModelArgs};
 use crate::runtime::{load, Limits};
@@ -37,7 +37,12 @@ pub struct OfflineResult {
 /// (its vocabulary is Qwen3's), so speed benchmarks need no download.
 pub fn make_model(args: &MakeModelArgs) -> anyhow::Result<()> {
     let shape = Shape::by_name(&args.shape)?;
-    write_model(&args.out, &shape, args.seed)?;
+    let storage = if args.w8a8 {
+        Storage::W8A8Dynamic
+    } else {
+        Storage::Bf16
+    };
+    write_model_as(&args.out, &shape, args.seed, storage)?;
     let fixture = crate::model_dir::bundled_model();
     for f in [
         "tokenizer.json",
@@ -48,9 +53,10 @@ pub fn make_model(args: &MakeModelArgs) -> anyhow::Result<()> {
             .with_context(|| format!("copying {f} from {}", fixture.display()))?;
     }
     println!(
-        "wrote {} ({}, {:.2} GB of BF16 weights read per decode token)",
+        "wrote {} ({}{}, {:.2} GB of BF16 weights read per decode token before quantization)",
         args.out.display(),
         shape.name,
+        if args.w8a8 { ", W8A8_DYNAMIC" } else { "" },
         shape.weight_bytes_per_token() as f64 / 1e9
     );
     Ok(())

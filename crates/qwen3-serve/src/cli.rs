@@ -62,6 +62,10 @@ pub struct MakeModelArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write the linear weights as Ascend msModelSlim W8A8_DYNAMIC (INT8 per channel, with
+    /// quant_model_description.json) instead of BF16: the same random model, quantized.
+    #[arg(long)]
+    pub w8a8: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -181,8 +185,9 @@ pub struct ModelArgs {
     /// Download from ModelScope instead of the Hugging Face hub (also VLLM_USE_MODELSCOPE=True).
     #[arg(long)]
     pub use_modelscope: bool,
-    /// Quantization method (awq, gptq: 4-bit, GPTQ also 8-bit); detected from the model's
-    /// quantization_config when absent, and checked against it when given.
+    /// Quantization method (awq, gptq: 4-bit, GPTQ also 8-bit; ascend: msModelSlim W8A8);
+    /// detected from the model's quantization_config (or quant_model_description.json) when
+    /// absent, and checked against it when given.
     #[arg(long, short = 'q')]
     pub quantization: Option<String>,
     /// Seed for requests that give none.

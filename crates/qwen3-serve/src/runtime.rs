@@ -90,10 +90,23 @@ fn eos_ids(dir: &std::path::Path, config: &ModelConfig) -> Vec<u32> {
     ids
 }
 
-/// Quantized (AWQ / GPTQ) checkpoints are recognised and checked against --quantization; the
-/// loader unpacks them (the backend must support weight-only quantized weights).
-fn check_quantization(config: &ModelConfig, flag: Option<&str>) -> anyhow::Result<()> {
+/// Quantized (AWQ / GPTQ, and Ascend's msModelSlim W8A8) checkpoints are recognised and
+/// checked against --quantization; the loader unpacks them (the backend must support them).
+fn check_quantization(
+    config: &ModelConfig,
+    dir: &std::path::Path,
+    flag: Option<&str>,
+) -> anyhow::Result<()> {
+    use qwen3_model::modelslim::{ModelSlim, FLAG};
     use qwen3_model::quant_config::QuantConfig;
+    let slim = ModelSlim::from_dir(dir)?;
+    if slim.is_some() || flag.is_some_and(|f| f.eq_ignore_ascii_case(FLAG)) {
+        ModelSlim::check_flag(slim.as_ref(), flag)?;
+        if let Some(s) = slim {
+            tracing::info!(scheme = s.model_quant_type, "msModelSlim W8A8 model");
+        }
+        return Ok(());
+    }
     let q = QuantConfig::from_json(config.quantization_config.as_ref())?;
     QuantConfig::check_flag(q.as_ref(), flag)?;
     if let Some(q) = q {
@@ -210,7 +223,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     let config = model_config(&dir, args)?;
     let world = args.tensor_parallel_size;
     check_tp_split(&config, world)?;
-    check_quantization(&config, args.quantization.as_deref())?;
+    check_quantization(&config, &dir, args.quantization.as_deref())?;
     let placement = pick_device(args.device, world, args.enforce_eager)?;
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });
@@ -687,24 +700,37 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn fixture_config(name: &str) -> ModelConfig {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    fn fixture_dir(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures")
             .join(name)
-            .join("config.json");
+    }
+
+    fn fixture_config(name: &str) -> ModelConfig {
+        let path = fixture_dir(name).join("config.json");
         ModelConfig::from_json_str(&std::fs::read_to_string(path).expect("config")).expect("parses")
     }
 
     #[test]
     fn quantized_models_are_accepted_and_the_flag_checked() {
-        let awq = fixture_config("tiny-qwen3-awq");
-        assert!(check_quantization(&awq, None).is_ok());
-        assert!(check_quantization(&awq, Some("awq")).is_ok());
-        let e = check_quantization(&awq, Some("gptq")).expect_err("mismatch");
+        let check =
+            |name: &str, flag| check_quantization(&fixture_config(name), &fixture_dir(name), flag);
+        assert!(check("tiny-qwen3-awq", None).is_ok());
+        assert!(check("tiny-qwen3-awq", Some("awq")).is_ok());
+        let e = check("tiny-qwen3-awq", Some("gptq")).expect_err("mismatch");
         assert!(e.to_string().contains("quantized with awq"), "{e}");
-        let dense = fixture_config("tiny-qwen3");
-        let e = check_quantization(&dense, Some("gptq")).expect_err("not quantized");
+        let e = check("tiny-qwen3", Some("gptq")).expect_err("not quantized");
         assert!(e.to_string().contains("no quantization_config"), "{e}");
+        // msModelSlim W8A8: detected without a flag, `ascend` agrees, others do not.
+        assert!(check("tiny-qwen3-w8a8", None).is_ok());
+        assert!(check("tiny-qwen3-w8a8", Some("ascend")).is_ok());
+        let e = check("tiny-qwen3-w8a8", Some("awq")).expect_err("mismatch");
+        assert!(e.to_string().contains("msModelSlim"), "{e}");
+        let e = check("tiny-qwen3", Some("ascend")).expect_err("not modelslim");
+        assert!(
+            e.to_string().contains("quant_model_description.json"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod bandwidth;
 pub mod comm;
 pub mod gemv;
+pub mod int8;
 pub mod matmul;
 pub mod pool;
 pub mod quant;
@@ -30,7 +31,7 @@ use crate::logprobs::{row_prompt_logprob, PromptLogprob};
 use crate::sampling::{sample_row, SampleRow, Sampled};
 use crate::{
     AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost, Result,
-    StepMeta,
+    StepMeta, W8A8Host,
 };
 use attention::{PagedKv, TokenPlace};
 use matmul::matmul_t;
@@ -139,6 +140,7 @@ impl CpuBackend {
             CpuData::BF16(v) => owned(&|i| v[i].to_f32()),
             // Norm weights are never quantized; dequantizing keeps the op total anyway.
             CpuData::Quant(q) => owned(&|i| q.get(i)),
+            CpuData::Int8(q) => owned(&|i| q.get(i)),
         }
     }
 }
@@ -298,6 +300,15 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn upload_w8a8(&self, w: &W8A8Host<'_>) -> Result<CpuTensor> {
+        let q = int8::Int8Matrix::from_host(w)?;
+        Ok(CpuTensor {
+            shape: Dims::new("upload_w8a8", &q.shape())?,
+            data: CpuData::Int8(Box::new(q)),
+            reuse: None,
+        })
+    }
+
     fn shape<'t>(&self, t: &'t CpuTensor) -> &'t [usize] {
         &t.shape
     }
@@ -307,6 +318,7 @@ impl Backend for CpuBackend {
             CpuData::F32(v) => v.clone(),
             CpuData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             CpuData::Quant(q) => q.to_f32(),
+            CpuData::Int8(q) => (0..t.len()).map(|i| q.get(i)).collect(),
         })
     }
 
@@ -315,6 +327,7 @@ impl Backend for CpuBackend {
             CpuData::F32(_) => 4,
             CpuData::BF16(_) => 2,
             CpuData::Quant(q) => return q.size_bytes(),
+            CpuData::Int8(q) => return q.size_bytes(),
         };
         (t.len() * elem) as u64
     }
@@ -427,7 +440,7 @@ impl Backend for CpuBackend {
                             *a = b.to_f32();
                         }
                     }
-                    CpuData::Quant(_) => {
+                    CpuData::Quant(_) | CpuData::Int8(_) => {
                         return Err(shape_err("embedding", "a quantized table".into()))
                     }
                 }
@@ -528,6 +541,7 @@ impl Backend for CpuBackend {
                 gemv::gemv_bf16(x.f32("linear")?, m, k, wb, n, &mut out)
             }
             CpuData::Quant(q) => q.matmul(0, x.f32("linear")?, m, &mut out),
+            CpuData::Int8(q) => q.matmul(0, x.f32("linear")?, m, &mut out),
             _ => matmul_t(x.f32("linear")?, m, k, w.weight_rows(), n, &mut out),
         }
         self.tensor(out, x.shape.with_last(n))

@@ -7,7 +7,7 @@ use half::bf16;
 
 use super::matmul::{matmul_t, WeightRows};
 use super::step::Reuse;
-use super::{gemv, quant, shape_err};
+use super::{gemv, int8, quant, shape_err};
 use crate::Result;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -16,6 +16,8 @@ pub enum CpuData {
     BF16(Vec<bf16>),
     /// Weight-only quantized, packed (see [`quant`]).
     Quant(Box<quant::QuantMatrix>),
+    /// W8A8: int8 weights, activations quantized per call (see [`int8`]).
+    Int8(Box<int8::Int8Matrix>),
 }
 
 /// Most dimensions a CPU tensor has (stacked expert weights have 3).
@@ -150,7 +152,7 @@ impl CpuTensor {
             CpuData::F32(v) => WeightRows::F32(v),
             CpuData::BF16(v) => WeightRows::BF16(v),
             // Quantized weights are dispatched before any caller asks for rows.
-            CpuData::Quant(_) => WeightRows::F32(&[]),
+            CpuData::Quant(_) | CpuData::Int8(_) => WeightRows::F32(&[]),
         }
     }
 
@@ -164,7 +166,7 @@ impl CpuTensor {
         match &self.data {
             CpuData::F32(v) => WeightRows::F32(&v[i * n..(i + 1) * n]),
             CpuData::BF16(v) => WeightRows::BF16(&v[i * n..(i + 1) * n]),
-            CpuData::Quant(_) => WeightRows::F32(&[]),
+            CpuData::Quant(_) | CpuData::Int8(_) => WeightRows::F32(&[]),
         }
     }
 
@@ -181,6 +183,7 @@ impl CpuTensor {
         let cols = x.len() / m.max(1);
         match (&self.data, self.stacked(i, rows, cols)) {
             (CpuData::Quant(q), _) => q.matmul(i, x, m, out),
+            (CpuData::Int8(q), _) => q.matmul(i, x, m, out),
             // A few tokens routed to an expert: the GEMV, as `linear` does for decode batches.
             (_, WeightRows::BF16(w)) if m <= gemv::MAX_ROWS => {
                 gemv::gemv_bf16(x, m, cols, w, rows, out)

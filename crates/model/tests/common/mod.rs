@@ -162,3 +162,14 @@ fn engine_parts(model: &str, s: &Setup) -> (EngineConfig, Box<dyn Executor>, Arc
     };
     (cfg, executor, Arc::new(tok))
 }
+
+/// Anonymous resident bytes of this process (loaded weights; the mmapped files are not anonymous).
+pub fn rss_anon() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -21,12 +21,32 @@ pub fn rank_logits(
     world: usize,
     decode_steps: usize,
 ) -> Vec<Vec<f32>> {
+    rank_logits_in(
+        &fixtures().join(model),
+        model,
+        case,
+        overrides,
+        world,
+        decode_steps,
+    )
+}
+
+/// [`rank_logits`] on the weights in `dir` (an altered copy of fixture `model`).
+pub fn rank_logits_in(
+    dir: &std::path::Path,
+    model: &str,
+    case: &Case,
+    overrides: Option<&serde_json::Value>,
+    world: usize,
+    decode_steps: usize,
+) -> Vec<Vec<f32>> {
     let groups = InProcessGroup::new(world);
     let handles: Vec<_> = groups
         .into_iter()
         .enumerate()
         .map(|(rank, group)| {
             let model = model.to_string();
+            let dir = dir.to_path_buf();
             let prompt = case.prompt_ids.clone();
             let greedy = case.greedy_ids[..decode_steps].to_vec();
             let overrides = overrides.cloned();
@@ -35,7 +55,7 @@ pub fn rank_logits(
                 let cfg = config(&model, overrides.as_ref());
                 let m = Qwen3::load(
                     &backend,
-                    &fixtures().join(&model),
+                    &dir,
                     cfg,
                     WeightDType::BF16,
                     Shard { rank, world },
