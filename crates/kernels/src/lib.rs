@@ -3,6 +3,11 @@
 //! the AscendC API (`kernels/sim`), so their indexing, tiling and numerics are tested in CI.
 //! On an Atlas machine the same sources build with CANN's toolchain (`kernels/README.md`).
 
+/// Where `--features atlas` installed the NPU build of the kernels (with the
+/// `aclrtlaunch_<kernel>` stubs), for the Ascend backend to load at run time.
+#[cfg(feature = "atlas")]
+pub const ATLAS_LIBRARY: &str = env!("QWEN3_ASCENDC_KERNELS_LIB");
+
 pub mod launch;
 pub mod tiling;
 
