@@ -46,7 +46,8 @@ class GlobalTensor {
  private:
   void check(uint64_t offset, uint64_t count, const char *op) const {
     if (base_ == nullptr) sim::refuse(std::string(op) + ": GlobalTensor used before SetGlobalBuffer");
-    if (offset + count > size_)
+    // Written so that a huge offset (a negative index cast to unsigned) cannot wrap past it.
+    if (offset > size_ || count > size_ - offset)
       sim::refuse(std::string(op) + ": global access [" + std::to_string(offset) + ", " +
                   std::to_string(offset + count) + ") outside the buffer of " + std::to_string(size_) +
                   " elements given to SetGlobalBuffer (out-of-bounds global access)");

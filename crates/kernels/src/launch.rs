@@ -8,13 +8,14 @@ use std::ffi::{c_char, c_int, CStr};
 use half::bf16;
 use thiserror::Error;
 
+use crate::device::{Arg, Kernel};
 use crate::tiling::{ChunkedPrefillTiling, PagedDecodeTiling, QkNormRopeCacheTiling, TilingError};
 
 #[derive(Debug, Error)]
 pub enum KernelError {
     #[error(transparent)]
     Tiling(#[from] TilingError),
-    #[error("{what}: {got} elements where the tiling needs {want}")]
+    #[error("{what}: {got} bytes where the tiling needs {want}")]
     Buffer {
         what: &'static str,
         got: usize,
@@ -76,6 +77,23 @@ fn launch(f: Launch, block_dim: u32, args: &[*mut u8]) -> Result<(), KernelError
     status(rc, &err)
 }
 
+/// Runs `kernel` with its GM_ADDR arguments `args` (the tiling last). The caller holds
+/// buffers at least as large as `device::Kernel::args` says for that tiling.
+pub(crate) fn launch_kernel(
+    kernel: crate::device::Kernel,
+    block_dim: u32,
+    args: &[*mut u8],
+) -> Result<(), KernelError> {
+    use crate::device::Kernel;
+    let f: Launch = match kernel {
+        Kernel::QkNormRopeCache => sim_launch_qk_norm_rope_cache,
+        Kernel::PagedDecodeAttention => sim_launch_paged_decode_attention,
+        Kernel::PagedDecodeMerge => sim_launch_paged_decode_merge,
+        Kernel::ChunkedPrefillAttention => sim_launch_chunked_prefill_attention,
+    };
+    launch(f, block_dim, args)
+}
+
 /// Runs one of the sim's rule cases (`kernels/sim/rule_kernels.cpp`): breaking `rule`, or
 /// keeping it when `comply`.
 pub fn rule_case(rule: Rule, comply: bool, block_dim: u32) -> Result<(), KernelError> {
@@ -127,16 +145,32 @@ fn tiling_ptr<T>(t: &T) -> *mut u8 {
     (t as *const T).cast_mut().cast()
 }
 
-fn need(what: &'static str, got: usize, want: u64) -> Result<(), KernelError> {
-    if got as u64 == want {
-        Ok(())
-    } else {
-        Err(KernelError::Buffer {
-            what,
-            got,
-            want: want as usize,
-        })
+fn bytes<T>(s: &[T]) -> usize {
+    std::mem::size_of_val(s)
+}
+
+/// Checks each buffer's size against the extent the kernel reads from the tiling
+/// (`Kernel::args`, the one place those extents are written down).
+fn check_sizes<T>(
+    kernel: Kernel,
+    t: &T,
+    got: &[(&'static str, usize)],
+) -> Result<Vec<Arg>, KernelError> {
+    // SAFETY: `t` is a tiling struct (plain u32/f32 fields); viewing it as bytes is sound.
+    let tb = unsafe {
+        std::slice::from_raw_parts((t as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    };
+    let args = kernel.args(tb)?;
+    for (&(what, got), want) in got.iter().zip(&args) {
+        if got != want.bytes {
+            return Err(KernelError::Buffer {
+                what,
+                got,
+                want: want.bytes,
+            });
+        }
     }
+    Ok(args)
 }
 
 /// Inputs and outputs of the fused norm/rope/cache kernel (row-major, BF16 unless noted).
@@ -166,20 +200,24 @@ pub fn qk_norm_rope_cache(
     t: &QkNormRopeCacheTiling,
     io: QkNormRopeCacheIo<'_>,
 ) -> Result<(), KernelError> {
-    let (n, d) = (u64::from(t.num_tokens), u64::from(t.head_dim));
-    let (hq, hk) = (u64::from(t.num_q_heads), u64::from(t.num_kv_heads));
-    need("q", io.q.len(), n * hq * d)?;
-    need("q_out", io.q_out.len(), n * hq * d)?;
-    need("k", io.k.len(), n * hk * d)?;
-    need("v", io.v.len(), n * hk * d)?;
-    need("q_weight", io.q_weight.len(), d)?;
-    need("k_weight", io.k_weight.len(), d)?;
-    need("cos", io.cos.len(), u64::from(t.rope_rows) * d / 2)?;
-    need("sin", io.sin.len(), u64::from(t.rope_rows) * d / 2)?;
-    need("positions", io.positions.len(), n)?;
-    need("slot_mapping", io.slot_mapping.len(), n)?;
-    need("k_cache", io.k_cache.len(), u64::from(t.num_slots) * hk * d)?;
-    need("v_cache", io.v_cache.len(), u64::from(t.num_slots) * hk * d)?;
+    check_sizes(
+        Kernel::QkNormRopeCache,
+        t,
+        &[
+            ("q", bytes(io.q)),
+            ("k", bytes(io.k)),
+            ("v", bytes(io.v)),
+            ("q_weight", bytes(io.q_weight)),
+            ("k_weight", bytes(io.k_weight)),
+            ("cos", bytes(io.cos)),
+            ("sin", bytes(io.sin)),
+            ("positions", bytes(io.positions)),
+            ("slot_mapping", bytes(io.slot_mapping)),
+            ("q_out", bytes(io.q_out)),
+            ("k_cache", bytes(io.k_cache)),
+            ("v_cache", bytes(io.v_cache)),
+        ],
+    )?;
     if let Some(p) = io
         .positions
         .iter()
@@ -237,28 +275,17 @@ pub struct PagedKv<'a> {
     pub context_lens: &'a [i32],
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Each sequence's context within `[min_ctx[i], max_blocks * bs]` and its block-table
+/// entries inside the cache.
 fn check_kv(
     kv: &PagedKv<'_>,
-    seqs: u32,
-    kv_heads: u32,
-    d: u32,
     bs: u32,
     max_blocks: u32,
     cache_blocks: u32,
     min_ctx: &[u32],
 ) -> Result<(), KernelError> {
-    let cache = u64::from(cache_blocks) * u64::from(bs) * u64::from(kv_heads) * u64::from(d);
-    need("k_cache", kv.k_cache.len(), cache)?;
-    need("v_cache", kv.v_cache.len(), cache)?;
-    need(
-        "block_table",
-        kv.block_table.len(),
-        u64::from(seqs) * u64::from(max_blocks),
-    )?;
-    need("context_lens", kv.context_lens.len(), u64::from(seqs))?;
     for (i, (&c, &lo)) in kv.context_lens.iter().zip(min_ctx).enumerate() {
-        if c < lo as i32 || c < 1 || c as u64 > u64::from(max_blocks) * u64::from(bs) {
+        if c < 1 || (c as u32) < lo || c as u64 > u64::from(max_blocks) * u64::from(bs) {
             return Err(KernelError::Input(format!(
                 "sequence {i}: context length {c} out of range"
             )));
@@ -281,34 +308,35 @@ pub fn paged_decode_attention(
     kv: &PagedKv<'_>,
     out: &mut [bf16],
 ) -> Result<(), KernelError> {
-    let rows = u64::from(t.num_seqs) * u64::from(t.num_q_heads);
-    need("q", q.len(), rows * u64::from(t.head_dim))?;
-    need("out", out.len(), rows * u64::from(t.head_dim))?;
+    let args = check_sizes(
+        Kernel::PagedDecodeAttention,
+        t,
+        &[
+            ("q", bytes(q)),
+            ("k_cache", bytes(kv.k_cache)),
+            ("v_cache", bytes(kv.v_cache)),
+            ("block_table", bytes(kv.block_table)),
+            ("context_lens", bytes(kv.context_lens)),
+            ("out", bytes(out)),
+        ],
+    )?;
     check_kv(
         kv,
-        t.num_seqs,
-        t.num_kv_heads,
-        t.head_dim,
         t.block_size,
         t.max_blocks_per_seq,
         t.num_cache_blocks,
         &vec![1; t.num_seqs as usize],
     )?;
-    if let Some(c) = kv.context_lens.iter().find(|&&c| {
-        c as u64 > u64::from(t.num_splits) * u64::from(t.split_blocks) * u64::from(t.block_size)
-    }) {
+    let covered = u64::from(t.num_splits) * u64::from(t.split_blocks) * u64::from(t.block_size);
+    if let Some(c) = kv.context_lens.iter().find(|&&c| c as u64 > covered) {
         return Err(KernelError::Input(format!(
             "context {c} longer than the tiling's splits cover"
         )));
     }
-    // Workspaces for the splits' partial outputs and (max, sum) pairs.
-    let (mut po, mut ps) = if t.num_splits > 1 {
-        let r = (rows * u64::from(t.num_splits)) as usize;
-        (vec![0f32; r * t.head_dim as usize], vec![0f32; r * 2])
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    let args = [
+    // Workspaces for the splits' partial outputs and (max, sum) pairs (empty without splits).
+    let mut po = vec![0f32; args[6].bytes / 4];
+    let mut ps = vec![0f32; args[7].bytes / 4];
+    let ptrs = [
         ro(q),
         ro(kv.k_cache),
         ro(kv.v_cache),
@@ -319,15 +347,10 @@ pub fn paged_decode_attention(
         rw(ps.as_mut_slice()),
         tiling_ptr(t),
     ];
-    launch(sim_launch_paged_decode_attention, t.block_dim, &args)?;
+    launch(sim_launch_paged_decode_attention, t.block_dim, &ptrs)?;
     if t.num_splits > 1 {
-        let args = [
-            rw(po.as_mut_slice()),
-            rw(ps.as_mut_slice()),
-            args[5],
-            tiling_ptr(t),
-        ];
-        launch(sim_launch_paged_decode_merge, t.merge_block_dim, &args)?;
+        let merge = [ptrs[6], ptrs[7], ptrs[5], tiling_ptr(t)];
+        launch(sim_launch_paged_decode_merge, t.merge_block_dim, &merge)?;
     }
     Ok(())
 }
@@ -341,10 +364,19 @@ pub fn chunked_prefill_attention(
     kv: &PagedKv<'_>,
     out: &mut [bf16],
 ) -> Result<(), KernelError> {
-    let elems = u64::from(t.num_tokens) * u64::from(t.num_q_heads) * u64::from(t.head_dim);
-    need("q", q.len(), elems)?;
-    need("out", out.len(), elems)?;
-    need("query_start", query_start.len(), u64::from(t.num_seqs) + 1)?;
+    check_sizes(
+        Kernel::ChunkedPrefillAttention,
+        t,
+        &[
+            ("q", bytes(q)),
+            ("k_cache", bytes(kv.k_cache)),
+            ("v_cache", bytes(kv.v_cache)),
+            ("block_table", bytes(kv.block_table)),
+            ("query_start", bytes(query_start)),
+            ("context_lens", bytes(kv.context_lens)),
+            ("out", bytes(out)),
+        ],
+    )?;
     if query_start[0] != 0
         || query_start.windows(2).any(|w| w[1] <= w[0])
         || query_start[t.num_seqs as usize] as u32 != t.num_tokens
@@ -370,9 +402,6 @@ pub fn chunked_prefill_attention(
     }
     check_kv(
         kv,
-        t.num_seqs,
-        t.num_kv_heads,
-        t.head_dim,
         t.block_size,
         t.max_blocks_per_seq,
         t.num_cache_blocks,

@@ -8,6 +8,7 @@
 #[cfg(feature = "atlas")]
 pub const ATLAS_LIBRARY: &str = env!("QWEN3_ASCENDC_KERNELS_LIB");
 
+pub mod device;
 pub mod launch;
 pub mod tiling;
 

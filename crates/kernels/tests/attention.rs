@@ -9,6 +9,7 @@ mod common;
 
 use common::{f64s, worst, Cache, Rng};
 use half::bf16;
+use qwen3_kernels::device::{Buffer, Kernel};
 use qwen3_kernels::{
     chunked_prefill_attention, chunked_prefill_tiling, paged_decode_attention, paged_decode_tiling,
     AttnShape, CoreSpec, KernelError, PagedKv, SplitKv,
@@ -199,4 +200,56 @@ fn bad_tables_and_lengths_are_refused_before_launch() {
         paged_decode_attention(&t, &q, &kv(&c), &mut out),
         Err(KernelError::Input(_))
     ));
+}
+
+/// Copies `v` into an aligned buffer.
+fn buffer<T: Copy>(v: &[T]) -> Buffer {
+    let bytes = std::mem::size_of_val(v);
+    let mut b = Buffer::zeroed(bytes);
+    // SAFETY: T is a plain number type (bf16, i32); its bytes are initialised.
+    let src = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), bytes) };
+    b.as_bytes_mut().copy_from_slice(src);
+    b
+}
+
+fn tiling_bytes<T>(t: &T) -> Vec<u8> {
+    // SAFETY: a tiling struct of u32/f32 fields, viewed as its bytes.
+    unsafe { std::slice::from_raw_parts((t as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+/// The byte-buffer launch path (what the emulated CANN's aclrtlaunch stubs use) gives the
+/// same output as the checked one, and the sim itself stops a block-table entry that points
+/// outside the cache when no host check runs first.
+#[test]
+fn device_buffers_match_and_bad_indices_stop_in_the_sim() {
+    let mut rng = Rng::new(5);
+    let mut c = Cache::new(&mut rng, 2, 128, 128, &[150, 9]);
+    let q = rng.bf16s(8 * 128 * 3, 1.0);
+    let t = chunked_prefill_tiling(&shape(&c, 8), &[2, 1], &CoreSpec::ASCEND_910B2).unwrap();
+    let starts = [0i32, 2, 3];
+    let mut want = vec![bf16::ZERO; q.len()];
+    chunked_prefill_attention(&t, &q, &starts, &kv(&c), &mut want).unwrap();
+    let tb = tiling_bytes(&t);
+    let run = |c: &Cache| {
+        let mut bufs = vec![
+            buffer(&q),
+            buffer(&c.k),
+            buffer(&c.v),
+            buffer(&c.table),
+            buffer(&starts),
+            buffer(&c.lens),
+            Buffer::zeroed(q.len() * 2),
+        ];
+        Kernel::ChunkedPrefillAttention
+            .run(t.block_dim, &tb, &mut bufs)
+            .map(|()| bufs.pop().unwrap())
+    };
+    let got = run(&c).unwrap();
+    assert_eq!(got.as_bytes(), buffer(&want).as_bytes());
+    c.table[0] = -1;
+    match run(&c) {
+        Err(KernelError::Refused(m)) => assert!(m.contains("out-of-bounds global access"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
 }
