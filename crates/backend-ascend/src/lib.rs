@@ -13,6 +13,7 @@
 mod aclnn_macro;
 
 mod attention;
+mod attention_custom;
 pub mod attn_rules;
 mod backend;
 pub mod comm;
@@ -44,7 +45,7 @@ pub use attn_rules::AttentionPath;
 pub use backend::AscendBackend;
 pub use kv_cache::AscendKvCache;
 pub use mem::PoolStats;
-pub use options::AscendOptions;
+pub use options::{AscendOptions, AttentionBackend};
 pub use step::AscendStep;
 pub use tensor::AscendTensor;
 
