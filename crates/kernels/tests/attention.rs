@@ -48,7 +48,7 @@ fn reference(c: &Cache, hq: usize, q: &[bf16], seq_of: &[usize], pos_of: &[usize
     for (i, (&s, &p)) in seq_of.iter().zip(pos_of).enumerate() {
         for h in 0..hq {
             let row = &qf[(i * hq + h) * d..][..d];
-            out.extend(common::attend_f64(row, &k, &v, c, s, p, h / g, scale));
+            out.extend(common::attend(row, &k, &v, c, s, p, h / g, scale));
         }
     }
     out

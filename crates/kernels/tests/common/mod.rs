@@ -102,21 +102,10 @@ impl Cache {
     }
 }
 
-/// softmax(q·K·scale)·V over keys `..=pos` of `seq`, for one query head row.
-pub fn attend(
-    q: &[f64],
-    c: &Cache,
-    seq: usize,
-    pos: usize,
-    kv_head: usize,
-    scale: f64,
-) -> Vec<f64> {
-    let (k, v) = (f64s(&c.k), f64s(&c.v));
-    attend_f64(q, &k, &v, c, seq, pos, kv_head, scale)
-}
-
+/// softmax(q·K·scale)·V over keys `..=pos` of `seq`, for one query head row (`k`, `v`:
+/// the cache in F64).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_f64(
+pub fn attend(
     q: &[f64],
     k: &[f64],
     v: &[f64],
