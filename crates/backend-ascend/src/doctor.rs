@@ -14,7 +14,7 @@ use qwen3_backend::{
 
 pub use crate::device_query::DeviceMemory;
 use crate::device_query::{device_count, device_memory};
-use crate::{AscendBackend, AscendOptions, AttentionBackend};
+use crate::{AscendBackend, AscendOptions, AttentionBackend, AttentionPath};
 
 /// One op compared with the CPU backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -544,9 +544,11 @@ pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
             ..OpCheck::default()
         }),
     }
-    // qwen3-serve's own attention kernels, when their library is there: the same case, so
-    // the first run on an Atlas box says whether `--attention-backend custom` is right.
-    if backend.cann().kernels.is_some() {
+    // qwen3-serve's own attention kernels, when their library is there and the KV cache is
+    // BF16 (what they read): the same case, so the first run on an Atlas box says whether
+    // `--attention-backend custom` is right.
+    let bf16_cache = matches!(backend.attention_path(), AttentionPath::Fused { .. });
+    if backend.cann().kernels.is_some() && bf16_cache {
         let opts = AscendOptions {
             attention_backend: AttentionBackend::Custom,
             ..AscendOptions::default()
