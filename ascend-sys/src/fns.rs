@@ -755,3 +755,58 @@ pub type HcclCommDestroy = unsafe extern "C" fn(comm: HcclComm) -> HcclResult;
 pub type HcclGetRankSize = unsafe extern "C" fn(comm: HcclComm, rankSize: *mut u32) -> HcclResult;
 pub type HcclGetRankId = unsafe extern "C" fn(comm: HcclComm, rank: *mut u32) -> HcclResult;
 pub type HcclGetErrorString = unsafe extern "C" fn(code: HcclResult) -> *const c_char;
+
+// qwen3-serve's own AscendC kernels (kernels/ascendc), through the launch stubs CANN's
+// `ascendc_library` generates for them (`aclrtlaunch_<kernel>.h`: block dim, stream, then the
+// kernel's global-memory arguments in order, the tiling last; 0 on success). Not in CANN's
+// headers: the header check skips them.
+pub type aclrtlaunch_qk_norm_rope_cache = unsafe extern "C" fn(
+    blockDim: u32,
+    stream: aclrtStream,
+    q: *mut c_void,
+    k: *mut c_void,
+    v: *mut c_void,
+    qWeight: *mut c_void,
+    kWeight: *mut c_void,
+    cos: *mut c_void,
+    sin: *mut c_void,
+    positions: *mut c_void,
+    slotMapping: *mut c_void,
+    qOut: *mut c_void,
+    kCache: *mut c_void,
+    vCache: *mut c_void,
+    tiling: *mut c_void,
+) -> u32;
+pub type aclrtlaunch_paged_decode_attention = unsafe extern "C" fn(
+    blockDim: u32,
+    stream: aclrtStream,
+    q: *mut c_void,
+    kCache: *mut c_void,
+    vCache: *mut c_void,
+    blockTable: *mut c_void,
+    contextLens: *mut c_void,
+    out: *mut c_void,
+    partialOut: *mut c_void,
+    partialStats: *mut c_void,
+    tiling: *mut c_void,
+) -> u32;
+pub type aclrtlaunch_paged_decode_merge = unsafe extern "C" fn(
+    blockDim: u32,
+    stream: aclrtStream,
+    partialOut: *mut c_void,
+    partialStats: *mut c_void,
+    out: *mut c_void,
+    tiling: *mut c_void,
+) -> u32;
+pub type aclrtlaunch_chunked_prefill_attention = unsafe extern "C" fn(
+    blockDim: u32,
+    stream: aclrtStream,
+    q: *mut c_void,
+    kCache: *mut c_void,
+    vCache: *mut c_void,
+    blockTable: *mut c_void,
+    queryStart: *mut c_void,
+    contextLens: *mut c_void,
+    out: *mut c_void,
+    tiling: *mut c_void,
+) -> u32;

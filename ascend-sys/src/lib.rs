@@ -35,4 +35,4 @@ mod loader;
 pub mod types;
 
 pub use error::{AclError, AclnnError, CannError, HcclError, SET_ENV_HINT};
-pub use loader::{AclApi, AttentionApi, Cann, HcclApi, NnopApi, OpsApi, SymbolInfo};
+pub use loader::{AclApi, AttentionApi, Cann, HcclApi, KernelsApi, NnopApi, OpsApi, SymbolInfo};

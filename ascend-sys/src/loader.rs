@@ -305,6 +305,20 @@ api_table! {
     }
 }
 
+api_table! {
+    /// qwen3-serve's own AscendC kernels (`libqwen3_ascendc_kernels.so`, built from
+    /// `kernels/` by `kernels/build-atlas.sh`): the launch stubs, each optional.
+    pub struct KernelsApi {
+        required {}
+        optional {
+            aclrtlaunch_qk_norm_rope_cache: "n/a: qwen3-serve kernels/",
+            aclrtlaunch_paged_decode_attention: "n/a: qwen3-serve kernels/",
+            aclrtlaunch_paged_decode_merge: "n/a: qwen3-serve kernels/",
+            aclrtlaunch_chunked_prefill_attention: "n/a: qwen3-serve kernels/",
+        }
+    }
+}
+
 /// An attention API the loaded operator library offers (see [`OpsApi::attention_apis`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionApi {
@@ -424,6 +438,8 @@ impl HcclApi {
 const ACL_LIB: &str = "libascendcl.so";
 const NNOP_LIB: &str = "libnnopbase.so";
 const HCCL_LIB: &str = "libhccl.so";
+/// qwen3-serve's own kernels, looked for beside CANN's libraries; optional.
+const KERNELS_LIB: &str = "libqwen3_ascendc_kernels.so";
 /// Operator libraries in resolution order: the monolithic library of CANN ≤ 8.3, the
 /// per-repository split of newer releases, then feature libraries of older layouts.
 /// Any other `libopapi_*.so` found comes after these, and `libcust_opapi.so` (custom
@@ -588,6 +604,8 @@ pub struct Cann {
     pub ops: OpsApi,
     /// `None` when `libhccl.so` is absent or incomplete; [`Cann::hccl`] says why.
     pub hccl: Option<HcclApi>,
+    /// qwen3-serve's own AscendC kernels, when their library was found.
+    pub kernels: Option<KernelsApi>,
     hccl_unavailable: String,
     libraries: Vec<PathBuf>,
 }
@@ -691,6 +709,13 @@ impl Cann {
             Err(e) => Err(e.to_string()),
         };
 
+        let kernels_idx = open_first(KERNELS_LIB, home, &search.dirs, &no_default)
+            .ok()
+            .map(|found| {
+                libs.push(found);
+                vec![libs.len() - 1]
+            });
+
         let libraries: Vec<PathBuf> = libs.iter().map(|(p, _)| p.clone()).collect();
         let shared = Arc::new(LoadedLibs { libs });
 
@@ -710,11 +735,17 @@ impl Cann {
             Err(reason) => (None, reason),
         };
 
+        let kernels = match kernels_idx {
+            Some(idx) => Some(KernelsApi::resolve(&shared, &idx)?),
+            None => None,
+        };
+
         Ok(Self {
             acl,
             nnop,
             ops,
             hccl,
+            kernels,
             hccl_unavailable,
             libraries,
         })

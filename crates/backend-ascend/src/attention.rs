@@ -1,4 +1,5 @@
-//! Attention over the paged KV cache: fused infer attention (V4/V3/V2) on a BF16 cache, or
+//! Attention over the paged KV cache: fused infer attention (V4/V3/V2) or our own kernels
+//! (`attention_custom.rs`) on a BF16 cache, or
 //! eager matmul + mask + softmax per sequence on an F32 cache; inside a captured graph,
 //! attention runs eagerly between segments.
 
@@ -6,7 +7,10 @@ use ascend_sys::AttentionApi;
 use qwen3_backend::{AttnGeometry, BackendError, KvCacheShape, Result};
 
 use crate::desc::{c_string, Dt, IntArrayDesc, TensorListDesc, View};
-use crate::{shape_err, unsupported, AscendBackend, AscendKvCache, AscendStep, AscendTensor};
+use crate::{
+    shape_err, unsupported, AscendBackend, AscendKvCache, AscendStep, AscendTensor,
+    AttentionBackend,
+};
 
 impl AscendBackend {
     pub(crate) fn attention_impl(
@@ -65,7 +69,11 @@ impl AscendBackend {
         let out_dt = q.dt;
         let qc = self.cast(q, Dt::BF16)?;
         let qb = qc.as_ref().unwrap_or(q);
-        let out = self.fia(qb, &cache.k[layer], &cache.v[layer], step, g, &s)?;
+        let (k, v) = (&cache.k[layer], &cache.v[layer]);
+        let out = match self.opts.attention_backend {
+            AttentionBackend::Fia => self.fia(qb, k, v, step, g, &s)?,
+            AttentionBackend::Custom => self.custom_attention(qb, k, v, step, g, &s)?,
+        };
         let mut out = match self.cast(&out, out_dt)? {
             Some(o) => o,
             None => out,

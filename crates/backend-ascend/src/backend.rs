@@ -12,7 +12,7 @@ use crate::attn_rules::{self, AttentionPath};
 use crate::desc::Dt;
 use crate::mem::{self, dev_err, Device, PoolStats};
 use crate::rope::RopeTable;
-use crate::{shape_err, unsupported, AscendOptions, AscendTensor};
+use crate::{shape_err, unsupported, AscendOptions, AscendTensor, AttentionBackend};
 
 /// The Ascend backend on one device (one rank).
 pub struct AscendBackend {
@@ -80,6 +80,14 @@ impl AscendBackend {
                 None => AttentionPath::Unavailable,
             }
         };
+        if opts.attention_backend == AttentionBackend::Custom {
+            if opts.kv_cache_f32 {
+                return Err(unsupported(
+                    "--attention-backend custom attends over the BF16 KV cache only (this model runs an F32 cache)",
+                ));
+            }
+            crate::attention_custom::kernels_api(&cann)?;
+        }
         let dev = Device::open(cann, device)?;
         Ok(Self {
             dev,

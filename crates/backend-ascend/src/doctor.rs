@@ -14,7 +14,7 @@ use qwen3_backend::{
 
 pub use crate::device_query::DeviceMemory;
 use crate::device_query::{device_count, device_memory};
-use crate::{AscendBackend, AscendOptions};
+use crate::{AscendBackend, AscendOptions, AttentionBackend, AttentionPath};
 
 /// One op compared with the CPU backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -544,6 +544,17 @@ pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
             ..OpCheck::default()
         }),
     }
+    // qwen3-serve's own attention kernels, when their library is there and the KV cache is
+    // BF16 (what they read): the same case, so the first run on an Atlas box says whether
+    // `--attention-backend custom` is right.
+    let bf16_cache = matches!(backend.attention_path(), AttentionPath::Fused { .. });
+    if backend.cann().kernels.is_some() && bf16_cache {
+        let opts = AscendOptions {
+            attention_backend: AttentionBackend::Custom,
+            ..AscendOptions::default()
+        };
+        out.push(attention_variant(backend, "attention custom kernels", opts));
+    }
     // Every other exported fused-attention version, in case the newest one misbehaves.
     for (api, op) in [
         (AttentionApi::FiaV3, "attention fia v3"),
@@ -558,22 +569,30 @@ pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
             attention_api: Some(api),
             ..AscendOptions::default()
         };
-        match AscendBackend::with_options(Arc::clone(backend.cann()), backend.device_id(), opts) {
-            Ok(b) => out.extend(run_cases(
+        out.push(attention_variant(backend, op, opts));
+    }
+    out
+}
+
+/// The attention case on another backend of the same device with `opts`.
+fn attention_variant(backend: &AscendBackend, op: &'static str, opts: AscendOptions) -> OpCheck {
+    match AscendBackend::with_options(Arc::clone(backend.cann()), backend.device_id(), opts) {
+        Ok(b) => {
+            let mut r = run_cases(
                 &b,
                 vec![Case {
                     op,
                     ..case!("attention", 2e-2, attention)
                 }],
-            )),
-            Err(e) => out.push(OpCheck {
-                op,
-                error: Some(e.to_string()),
-                ..OpCheck::default()
-            }),
+            );
+            r.pop().unwrap_or_default()
         }
+        Err(e) => OpCheck {
+            op,
+            error: Some(e.to_string()),
+            ..OpCheck::default()
+        },
     }
-    out
 }
 
 fn run_cases(backend: &AscendBackend, cases: Vec<Case>) -> Vec<OpCheck> {

@@ -13,6 +13,7 @@
 mod aclnn_macro;
 
 mod attention;
+mod attention_custom;
 pub mod attn_rules;
 mod backend;
 pub mod comm;
@@ -48,7 +49,7 @@ pub use attn_rules::AttentionPath;
 pub use backend::AscendBackend;
 pub use kv_cache::AscendKvCache;
 pub use mem::{MemByKind, MemKind, PoolStats};
-pub use options::AscendOptions;
+pub use options::{AscendOptions, AttentionBackend};
 pub use step::AscendStep;
 pub use tensor::AscendTensor;
 

@@ -1,5 +1,5 @@
-//! The backend's options: fused RoPE and KV-scatter ops, the KV cache's dtype, graph capture
-//! and the fused-attention version.
+//! The backend's options: fused RoPE and KV-scatter ops, the KV cache's dtype, graph
+//! capture, the fused-attention version and the attention kernels.
 
 use ascend_sys::AttentionApi;
 
@@ -22,6 +22,33 @@ pub struct AscendOptions {
     pub capture_batch_sizes: Vec<usize>,
     /// Forces one fused-attention version (when exported) instead of the newest.
     pub attention_api: Option<AttentionApi>,
+    /// Which kernels attend over the BF16 paged cache.
+    pub attention_backend: AttentionBackend,
+}
+
+/// Attention kernels for the BF16 paged cache (`--attention-backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionBackend {
+    /// CANN's fused infer attention: the default until `doctor` has validated the custom
+    /// kernels on hardware.
+    #[default]
+    Fia,
+    /// qwen3-serve's own AscendC kernels (`kernels/`), from `libqwen3_ascendc_kernels.so`.
+    Custom,
+}
+
+impl std::str::FromStr for AttentionBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fia" => Ok(Self::Fia),
+            "custom" => Ok(Self::Custom),
+            other => Err(format!(
+                "attention backend {other:?}: expected fia or custom"
+            )),
+        }
+    }
 }
 
 impl Default for AscendOptions {
@@ -33,6 +60,7 @@ impl Default for AscendOptions {
             graph_capture: false,
             capture_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64],
             attention_api: None,
+            attention_backend: AttentionBackend::Fia,
         }
     }
 }

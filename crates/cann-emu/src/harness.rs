@@ -13,6 +13,7 @@ pub const LIB_NAMES: &[&str] = &[
     "libopapi.so",
     "libhccl.so",
     "libdcmi.so",
+    "libqwen3_ascendc_kernels.so",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -140,6 +140,15 @@ pub enum DTypeArg {
     Float32,
 }
 
+/// `--attention-backend`: which kernels attend over the NPU's BF16 KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttentionBackendArg {
+    /// CANN's fused infer attention.
+    Fia,
+    /// qwen3-serve's own AscendC kernels (libqwen3_ascendc_kernels.so, built from kernels/).
+    Custom,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
     Auto,
@@ -196,6 +205,10 @@ pub struct ModelArgs {
     /// NPU: run every decode step eagerly instead of replaying captured graphs.
     #[arg(long)]
     pub enforce_eager: bool,
+    /// NPU: attention kernels over the BF16 KV cache: CANN's fused infer attention (fia) or
+    /// our own AscendC kernels (custom; not yet validated on hardware, see `doctor`).
+    #[arg(long, value_enum, default_value_t = AttentionBackendArg::Fia)]
+    pub attention_backend: AttentionBackendArg,
     /// CPU threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub cpu_threads: Option<usize>,

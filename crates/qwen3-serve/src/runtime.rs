@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use qwen3_backend::Backend;
 use qwen3_backend_ascend::device_query::{self, Cann};
-use qwen3_backend_ascend::AscendOptions;
+use qwen3_backend_ascend::{AscendOptions, AttentionBackend};
 use qwen3_engine::batch::SamplingParams;
 use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
 use qwen3_model::config::ModelConfig;
@@ -16,7 +16,7 @@ use qwen3_model::qwen3::check_tp_split;
 use qwen3_model::{ResizableExecutor, WeightDType};
 use tracing::info;
 
-use crate::cli::{DTypeArg, DeviceArg, GenerateArgs, ModelArgs, ServeArgs};
+use crate::cli::{AttentionBackendArg, DTypeArg, DeviceArg, GenerateArgs, ModelArgs, ServeArgs};
 use crate::model_dir;
 
 /// The CPU KV cache default when no space is given, as vLLM's CPU backend (4 GiB).
@@ -224,7 +224,13 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     let world = args.tensor_parallel_size;
     check_tp_split(&config, world)?;
     check_quantization(&config, &dir, args.quantization.as_deref())?;
-    let placement = pick_device(args.device, world, args.enforce_eager)?;
+    let mut placement = pick_device(args.device, world, args.enforce_eager)?;
+    if let Placement::Npu { options, .. } = &mut placement {
+        options.attention_backend = match args.attention_backend {
+            AttentionBackendArg::Fia => AttentionBackend::Fia,
+            AttentionBackendArg::Custom => AttentionBackend::Custom,
+        };
+    }
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });
     let dtype = weight_dtype(args.dtype, on_npu, config.head_dim);
