@@ -15,6 +15,7 @@
 use qwen3_backend::{ActQuant, Result, W8A8Host};
 
 use crate::desc::{Dt, View};
+use crate::mem::MemKind;
 use crate::quant::Quantized;
 use crate::{shape_err, unsupported, AscendBackend, AscendTensor};
 
@@ -43,7 +44,7 @@ impl W8A8Weight {
 impl AscendBackend {
     /// A weight that lives as long as the model: an exact-size allocation, uploaded now.
     fn upload_weight_bytes(&self, bytes: &[u8], dt: Dt, shape: &[usize]) -> Result<AscendTensor> {
-        let buf = self.dev.alloc_direct(bytes.len())?;
+        let buf = self.dev.alloc_direct(bytes.len(), MemKind::Weights)?;
         self.dev.upload_blocking(&buf, bytes)?;
         Ok(AscendTensor {
             buf,
