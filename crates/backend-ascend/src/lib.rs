@@ -19,6 +19,7 @@ pub mod comm;
 pub mod desc;
 pub mod device_query;
 pub mod doctor;
+pub mod fia_check;
 mod graph;
 mod kv_cache;
 mod mask;
@@ -30,9 +31,11 @@ mod quant;
 mod rope;
 pub mod sample;
 mod sample_device;
+mod staging;
 mod step;
 pub mod telemetry;
 mod tensor;
+pub mod workspace;
 
 use qwen3_backend::sampling::{SampleRow, Sampled};
 use qwen3_backend::{
