@@ -94,8 +94,26 @@ impl AscendBackend {
         let api = self.attention_api.ok_or_else(|| {
             unsupported("attention: no aclnnFusedInferAttentionScore V2/V3/V4 is exported")
         })?;
+        let lens = (&step.cu_q[..], &step.kv_lens[..]);
+        self.fia_call(api, q, k, v, lens, &step.block_table, step.num_tokens, g, s)
+    }
+
+    /// One fused-attention call through `api`: `lens` are FIA's `actualSeqLengths`
+    /// (cumulative query ends) and `actualSeqLengthsKv`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fia_call(
+        &self,
+        api: AttentionApi,
+        q: &AscendTensor,
+        k: &AscendTensor,
+        v: &AscendTensor,
+        lens: (&[i64], &[i64]),
+        block_table: &AscendTensor,
+        t: usize,
+        g: &AttnGeometry,
+        s: &KvCacheShape,
+    ) -> Result<AscendTensor> {
         let c = self.cann_ref();
-        let t = step.num_tokens;
         let out = self.empty(Dt::BF16, &[t, g.num_heads * g.head_dim])?;
         let qd = self.td(&q.view().reshape(&[t, g.num_heads, g.head_dim])?)?;
         let cache_shape = [s.num_blocks, s.block_size, s.num_kv_heads * s.head_dim];
@@ -106,9 +124,9 @@ impl AscendBackend {
             .as_ref()
             .ok_or_else(|| BackendError::Device("mask missing".into()))?;
         let md = self.td(&mask.view())?;
-        let aq = IntArrayDesc::new(c, &step.cu_q)?;
-        let akv = IntArrayDesc::new(c, &step.kv_lens)?;
-        let bt = self.td(&step.block_table.view())?;
+        let aq = IntArrayDesc::new(c, lens.0)?;
+        let akv = IntArrayDesc::new(c, lens.1)?;
+        let bt = self.td(&block_table.view())?;
         let od = self.td(&out.view().reshape(&[t, g.num_heads, g.head_dim])?)?;
         let layout = c_string("TND");
         let lp = layout.as_ptr() as *mut std::ffi::c_char;

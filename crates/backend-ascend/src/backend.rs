@@ -32,6 +32,8 @@ pub struct AscendBackend {
     pub(crate) graphs_disabled: std::sync::atomic::AtomicBool,
     /// Decode steps run by replaying a captured graph.
     pub(crate) replays: std::sync::atomic::AtomicU64,
+    /// The start-up self-check of FIA V4 (`fia_check.rs`).
+    pub(crate) fia_v4_check: Option<crate::fia_check::FiaV4Check>,
 }
 
 impl AscendBackend {
@@ -89,7 +91,8 @@ impl AscendBackend {
             crate::attention_custom::kernels_api(&cann)?;
         }
         let dev = Device::open(cann, device)?;
-        Ok(Self {
+        let forced = opts.attention_api.is_some();
+        let mut b = Self {
             dev,
             opts,
             attention_api,
@@ -100,7 +103,10 @@ impl AscendBackend {
             capturing: Mutex::new(None),
             graphs_disabled: std::sync::atomic::AtomicBool::new(false),
             replays: std::sync::atomic::AtomicU64::new(0),
-        })
+            fia_v4_check: None,
+        };
+        b.settle_fia_v4(forced);
+        Ok(b)
     }
 
     pub fn cann(&self) -> &Arc<Cann> {
@@ -166,7 +172,7 @@ impl AscendBackend {
             dt,
             quant: None,
         };
-        self.dev.upload_async(&t.buf, bytes.into_boxed_slice())?;
+        self.dev.upload_async(&t.buf, &bytes)?;
         Ok(t)
     }
 

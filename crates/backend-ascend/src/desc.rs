@@ -265,12 +265,12 @@ impl Drop for ScalarDesc<'_> {
 
 pub type Phase1<'f> = dyn FnOnce(*mut u64, *mut *mut aclOpExecutor) -> aclnnStatus + 'f;
 
-/// Runs one aclnn operator: phase 1 (validation, workspace size), a workspace from the pool,
-/// phase 2 on the device's stream. Statuses become [`BackendError::Device`] with the
-/// runtime's message.
+/// Runs one aclnn operator: phase 1 (validation, workspace size), the device's shared
+/// workspace, phase 2 on the device's stream. Statuses become [`BackendError::Device`] with
+/// the runtime's message.
 ///
-/// The workspace goes back to the pool when this returns; the stream runs in order, so no
-/// later op that reuses it can run before this one.
+/// The stream runs in order, so the next op that uses the shared workspace runs after this
+/// one is done with it.
 pub fn launch(
     dev: &Arc<Device>,
     name: &'static str,
@@ -291,20 +291,12 @@ pub fn launch(
     if ex.is_null() {
         return Err(BackendError::Device(format!("{name} returned no executor")));
     }
-    let captured_ws = if ws > 0 {
-        dev.capture_workspace(ws as usize)?
+    let workspace = if ws > 0 {
+        Some(dev.workspace(ws as usize)?)
     } else {
         None
     };
-    let workspace = if ws > 0 && captured_ws.is_none() {
-        Some(dev.alloc(ws as usize)?)
-    } else {
-        None
-    };
-    let wp = captured_ws
-        .map(|p| p.0)
-        .or(workspace.as_ref().map(|b| b.ptr.0))
-        .unwrap_or(std::ptr::null_mut());
+    let wp = workspace.as_ref().map_or(std::ptr::null_mut(), |b| b.ptr.0);
     // SAFETY: the executor came from phase 1 just now; the workspace holds `ws` bytes; the
     // stream is the device's. The executor is consumed by this call.
     let st = unsafe { phase2(wp, ws, ex, dev.stream.0) };

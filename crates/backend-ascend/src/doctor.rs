@@ -41,6 +41,8 @@ pub struct DoctorReport {
     /// Why HCCL cannot be used (`None`: available).
     pub hccl_unavailable: Option<String>,
     pub attention_api: Option<String>,
+    /// The shared operator workspace after the op checks (the largest phase-1 request).
+    pub workspace: Option<crate::workspace::WorkspaceStats>,
     /// Op checks on device 0.
     pub checks: Vec<OpCheck>,
     /// Problems that stopped part of the diagnosis (no device, device open failed...).
@@ -96,6 +98,19 @@ impl fmt::Display for DoctorReport {
             self.attention_api
                 .as_deref()
                 .unwrap_or("none (attention will fail)")
+        )?;
+        if let Some(w) = &self.workspace {
+            writeln!(
+                f,
+                "Op workspace:    {:.1} MiB, one buffer shared by every op (grew {} times)",
+                w.bytes as f64 / (1u64 << 20) as f64,
+                w.grows
+            )?;
+        }
+        writeln!(
+            f,
+            "Host staging:    page-locked ring of {} MiB for step inputs and reads",
+            crate::staging::RING_BYTES >> 20
         )?;
         match &self.hccl_unavailable {
             None => writeln!(f, "HCCL:            available")?,
@@ -166,7 +181,10 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             return r;
         }
     };
-    r.attention_api = Some(backend.attention_path().to_string());
+    r.attention_api = Some(match backend.fia_v4_check() {
+        Some(c) => format!("{}; {}", backend.attention_path(), c.detail),
+        None => backend.attention_path().to_string(),
+    });
     r.soc_name = cann.soc_name();
     match device_count(&cann) {
         Ok(n) => r.device_count = n,
@@ -179,6 +197,7 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
         }
     }
     r.checks = op_checks(&backend);
+    r.workspace = Some(backend.workspace_stats());
     drop(backend);
     r
 }

@@ -79,10 +79,12 @@ pub struct Device {
     uid: u64,
     pub stream: DevPtr,
     pool: Mutex<PoolState>,
-    /// Host memory read by queued host-to-device copies: kept alive until the stream is
-    /// synchronised (the copy reads it when it executes).
-    staging: Mutex<Vec<Box<[u8]>>>,
+    /// Page-locked host memory that queued copies read or write (`staging.rs`): a slot is
+    /// reused only after the stream has been synchronised.
+    staging: Mutex<crate::staging::Staging>,
     graph: Mutex<GraphMode>,
+    /// The operator workspace every op of the stream shares (`workspace.rs`).
+    workspace: Mutex<crate::workspace::SharedWorkspace>,
 }
 
 /// What a captured decode step owns: its graph segments (the ops between attention calls)
@@ -92,9 +94,10 @@ pub struct CapturedStep {
     pub segments: Vec<DevPtr>,
     /// Tensor buffers, in allocation order (replays hand them out again in that order).
     pub allocs: Vec<(DevPtr, usize)>,
-    /// Every device allocation the graph owns (tensors and workspaces) with its bytes,
-    /// freed with it.
+    /// Every device allocation the graph owns (tensors) with its bytes, freed with it.
     owned: Vec<(DevPtr, usize)>,
+    /// The shared operator workspaces its ops were captured with.
+    _workspaces: Vec<Arc<crate::workspace::WorkspaceBuf>>,
 }
 
 impl Drop for CapturedStep {
@@ -120,6 +123,8 @@ pub struct Recording {
     pub segments: Vec<DevPtr>,
     pub allocs: Vec<(DevPtr, usize)>,
     owned: Vec<(DevPtr, usize)>,
+    /// Shared operator workspaces the captured ops use (kept alive by the graph).
+    pub workspaces: Vec<Arc<crate::workspace::WorkspaceBuf>>,
     free: HashMap<usize, Vec<DevPtr>>,
     /// The stream is recording (between aclmdlRICaptureBegin and End).
     pub active: bool,
@@ -223,8 +228,9 @@ impl Device {
             uid,
             stream: DevPtr(stream),
             pool: Mutex::new(PoolState::default()),
-            staging: Mutex::new(Vec::new()),
+            staging: Mutex::new(Default::default()),
             graph: Mutex::new(GraphMode::Off),
+            workspace: Mutex::new(Default::default()),
         });
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|w| w.strong_count() > 0);
@@ -248,12 +254,23 @@ impl Device {
         Ok(())
     }
 
+    /// Counts a driver allocation made outside the pool (the shared workspace) under `kind`:
+    /// `held` on allocation, not on free.
+    pub(crate) fn count_outside_pool(&self, kind: MemKind, bytes: usize, held: bool) {
+        let by_kind = &mut self.pool().stats.by_kind;
+        if held {
+            by_kind.add(kind, bytes);
+        } else {
+            by_kind.sub(kind, bytes);
+        }
+    }
+
     fn pool(&self) -> MutexGuard<'_, PoolState> {
         // A poisoned pool only means another thread panicked mid-update of counters.
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn malloc(&self, bytes: usize) -> Result<DevPtr> {
+    pub(crate) fn malloc(&self, bytes: usize) -> Result<DevPtr> {
         self.bind()?;
         let mut p = std::ptr::null_mut();
         // SAFETY: valid out-pointer; context bound.
@@ -281,7 +298,7 @@ impl Device {
         Ok(DevPtr(p))
     }
 
-    fn free_now(&self, p: DevPtr) {
+    pub(crate) fn free_now(&self, p: DevPtr) {
         if self.bind().is_err() {
             return;
         }
@@ -474,19 +491,8 @@ impl Device {
         }))
     }
 
-    /// A workspace while capturing: owned by the graph (its replays use it).
-    pub fn capture_workspace(self: &Arc<Self>, bytes: usize) -> Result<Option<DevPtr>> {
-        let active = matches!(&*self.graph_state(), GraphMode::Capture(r) if r.active);
-        if !active {
-            return Ok(None);
-        }
-        let class = size_class(bytes);
-        let p = self.malloc(class)?;
-        if let GraphMode::Capture(rec) = &mut *self.graph_state() {
-            rec.owned.push((p, class));
-        }
-        self.pool().stats.by_kind.add(MemKind::Graphs, class);
-        Ok(Some(p))
+    pub(crate) fn shared_workspace(&self) -> MutexGuard<'_, crate::workspace::SharedWorkspace> {
+        self.workspace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether aclnn launches are skipped (replaying outside an eager region).
@@ -592,6 +598,7 @@ impl Device {
             segments: rec.segments,
             allocs: rec.allocs,
             owned,
+            _workspaces: rec.workspaces,
         }
     }
 
@@ -613,24 +620,42 @@ impl Device {
         self.pool().stats
     }
 
-    /// Waits for the stream; host staging buffers of queued copies can then go.
+    /// Waits for the stream; the staging ring's slots are then free again.
     pub fn synchronize(&self) -> Result<()> {
+        self.sync_stream()?;
+        self.staging().rewind(&self.cann);
+        Ok(())
+    }
+
+    fn sync_stream(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: the stream lives as long as `self`.
         let rc = unsafe { (self.cann.acl.aclrtSynchronizeStream)(self.stream.0) };
         self.cann
             .check(rc, "aclrtSynchronizeStream")
-            .map_err(dev_err)?;
-        self.staging
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        Ok(())
+            .map_err(dev_err)
     }
 
-    /// Queues a host-to-device copy of `data` into `dst` (at byte offset 0); the bytes are
-    /// kept until the next synchronisation.
-    pub fn upload_async(&self, dst: &Buffer, data: Box<[u8]>) -> Result<()> {
+    fn staging(&self) -> MutexGuard<'_, crate::staging::Staging> {
+        self.staging.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A page-locked slot of `len` bytes, synchronising the stream first when the ring is
+    /// full.
+    fn staging_slot(&self, len: usize) -> Result<crate::staging::Slot> {
+        loop {
+            // Bound first: the guard must be gone before `synchronize` takes it again.
+            let took = self.staging().take(&self.cann, len)?;
+            match took {
+                crate::staging::Take::Slot(s) => return Ok(s),
+                crate::staging::Take::NeedSync => self.synchronize()?,
+            }
+        }
+    }
+
+    /// Queues a host-to-device copy of `data` into `dst` (at byte offset 0) through the
+    /// page-locked staging ring, so the call does not wait for the copy.
+    pub fn upload_async(&self, dst: &Buffer, data: &[u8]) -> Result<()> {
         if data.len() > dst.bytes {
             return Err(BackendError::Device(format!(
                 "upload of {} bytes into a buffer of {}",
@@ -656,24 +681,23 @@ impl Device {
             };
             return self.cann.check(rc, "aclrtMemcpy").map_err(dev_err);
         }
-        // SAFETY: `dst` holds at least `data.len()` bytes; `data` is moved into `staging`
-        // below and lives until the stream has been synchronised.
+        let slot = self.staging_slot(data.len())?;
+        // SAFETY: the slot holds `data.len()` writable bytes no queued copy uses (it was
+        // handed out after the last synchronisation and not since).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), slot.ptr, slot.bytes) };
+        // SAFETY: `dst` holds at least `slot.bytes` bytes; the slot stays untouched until
+        // the stream has been synchronised.
         let rc = unsafe {
             (self.cann.acl.aclrtMemcpyAsync)(
                 dst.ptr.0,
                 dst.bytes,
-                data.as_ptr().cast(),
-                data.len(),
+                slot.ptr.cast(),
+                slot.bytes,
                 aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
                 self.stream.0,
             )
         };
-        self.cann.check(rc, "aclrtMemcpyAsync").map_err(dev_err)?;
-        self.staging
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(data);
-        Ok(())
+        self.cann.check(rc, "aclrtMemcpyAsync").map_err(dev_err)
     }
 
     /// Copies `data` into `dst` now (weights: a fresh allocation no queued op touches, and
@@ -715,20 +739,30 @@ impl Device {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: `out` is writable for its length; `src` holds at least that many bytes.
+        // aclrtMemcpyAsync wants 64-byte-aligned addresses: a row inside a buffer is read
+        // from the aligned address before it (allocations are aligned, so still inside).
+        let lead = src.0 as usize % crate::staging::ALIGN;
+        let from = src.0.cast::<u8>().wrapping_sub(lead).cast::<c_void>();
+        let len = out.len() + lead;
+        let slot = self.staging_slot(len)?;
+        // SAFETY: the slot holds `len` writable page-locked bytes; `[from, src + out.len())`
+        // lies in the allocation `src` points into.
         let rc = unsafe {
             (self.cann.acl.aclrtMemcpyAsync)(
-                out.as_mut_ptr().cast(),
-                out.len(),
-                src.0,
-                out.len(),
+                slot.ptr.cast(),
+                len,
+                from,
+                len,
                 aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
                 self.stream.0,
             )
         };
         self.cann.check(rc, "aclrtMemcpyAsync").map_err(dev_err)?;
-        // The host may only read `out` once the copy has executed.
-        self.synchronize()
+        // The slot holds the bytes once the copy has run; no rewind until they are read.
+        self.sync_stream()?;
+        // SAFETY: the copy into the slot has run; it holds `lead + out.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(slot.ptr.add(lead), out.as_mut_ptr(), out.len()) };
+        Ok(())
     }
 
     /// Device memory as (free, total) bytes, counting the pool's cached buffers as free.
@@ -746,9 +780,13 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // Every buffer holds an Arc to the device, so none is alive here: free the cache,
-        // then the stream and the context.
+        // Every buffer holds an Arc to the device, so none is alive here: free the cache and
+        // the shared workspace, then the stream and the context.
         let _ = self.empty_cache();
+        if let Some(p) = self.shared_workspace().take_last() {
+            self.free_now(p);
+        }
+        self.staging().free(&self.cann);
         if self.bind().is_ok() {
             // SAFETY: created in `open`, destroyed once; nothing is queued after the sync.
             unsafe {

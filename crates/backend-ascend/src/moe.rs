@@ -138,7 +138,11 @@ impl AscendBackend {
             let (sd, id) = (self.td(&scales.view())?, self.td(&idx32.view())?);
             let od = self.td(&out.view().reshape(&[t, h])?)?;
             let nl = std::ptr::null();
-            // dropPadMode 2: dropless, row indices as MoeInitRoutingV2 lays them out.
+            // dropPadMode 2: dropless, expandedRowIdx in row order, as MoeInitRoutingV2 writes
+            // it (CANN 8.3.RC1 aclnnMoeFinalizeRoutingV2: modes 0/2 dropless, 0 reads the
+            // index column-major; vllm-ascend's fused_moe.py passes drop_pad_mode=2 with
+            // npu_moe_init_routing_v2). vllm-ascend's newer path, npu_moe_token_unpermute, is
+            // aclnnMoeTokenUnpermute (ops-transformer moe/moe_token_unpermute), not used here.
             aclnn!(&self.dev, "aclnnMoeFinalizeRoutingV2", fin_ws, fin_run;
                 yd.raw, rd.raw, nl, nl, nl, sd.raw, id.raw, 2i64, od.raw)?;
         }

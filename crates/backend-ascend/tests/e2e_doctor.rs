@@ -31,6 +31,11 @@ fn doctor_passes_every_op_check_on_the_emulator() {
         line.contains("layout TND") && line.contains("8.3.RC1"),
         "{line}"
     );
+    // The op checks' matmuls and fused attention asked the emulator for workspace (its
+    // 16 MiB system part at least), served by one shared buffer.
+    let ws = report.workspace.expect("workspace stats");
+    assert!(ws.bytes >= 16 << 20, "{ws:?}");
+    assert!(report.to_string().contains("Op workspace:"), "{report}");
     assert!(report.ok(), "{report}");
     assert!(report.to_string().ends_with("doctor: OK"));
     emu.assert_clean();

@@ -147,6 +147,8 @@ fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
             5,
             "later decode steps replay it"
         );
+        let ws = ex.worker().backend.workspace_stats();
+        assert_eq!(ws.grows_while_capturing, 0, "{ws:?}");
         out
     };
     let s = emu.stats();
@@ -275,6 +277,14 @@ fn padded_graphs_follow_the_real_batch_size() {
         "(4, 2) and (4, 1)"
     );
     assert_eq!(ex.worker().backend.graph_replays(), 1);
+    // Both graphs and every eager op share one workspace, sized before the captures (the
+    // prefill's ops ask for the most), so capturing allocated none.
+    let ws = ex.worker().backend.workspace_stats();
+    assert_eq!(ws.grows_while_capturing, 0, "{ws:?}");
+    assert!(
+        ws.bytes >= 16 << 20,
+        "the 16 MiB system workspace at least: {ws:?}"
+    );
     drop(ex);
     for (i, (a, b)) in eager.iter().zip(&graph).enumerate() {
         assert!(

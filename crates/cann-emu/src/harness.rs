@@ -202,6 +202,10 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
 pub struct Session {
     pub cann: ascend_sys::Cann,
     pub stream: ascend_sys::types::aclrtStream,
+    /// Workspaces of the operators `run_op` launched, freed by `finish`.
+    workspaces: std::cell::RefCell<Vec<*mut std::ffi::c_void>>,
+    /// Page-locked host buffers from `pinned`, freed by `finish`.
+    pinned: std::cell::RefCell<Vec<*mut std::ffi::c_void>>,
     _guard: MutexGuard<'static, ()>,
 }
 
@@ -236,6 +240,8 @@ impl Session {
         Ok(Self {
             cann,
             stream,
+            workspaces: std::cell::RefCell::new(Vec::new()),
+            pinned: std::cell::RefCell::new(Vec::new()),
             _guard: guard,
         })
     }
@@ -386,8 +392,9 @@ impl Session {
                 self.cann.acl.recent_error_message()
             ));
         }
-        // SAFETY: an executor from phase 1 and a live stream; no workspace is needed.
-        let st = unsafe { phase2(std::ptr::null_mut(), ws, ex, self.stream) };
+        let wp = self.workspace(ws)?;
+        // SAFETY: an executor from phase 1, a workspace of `ws` bytes and a live stream.
+        let st = unsafe { phase2(wp, ws, ex, self.stream) };
         if st != 0 {
             return Err(format!(
                 "{name} phase 2: {st}: {}",
@@ -397,9 +404,49 @@ impl Session {
         Ok(())
     }
 
+    /// Page-locked (`aclrtMallocHost`, 64-byte-aligned) host memory holding `init`, for
+    /// asynchronous copies; lives until `finish`.
+    pub fn pinned(&self, init: &[u8]) -> Result<*mut u8, String> {
+        let mut p = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        let rc = unsafe { (self.cann.acl.aclrtMallocHost)(&mut p, init.len().max(1)) };
+        self.cann
+            .check(rc, "aclrtMallocHost")
+            .map_err(|e| e.to_string())?;
+        // SAFETY: `p` holds at least `init.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), p.cast::<u8>(), init.len()) };
+        self.pinned.borrow_mut().push(p);
+        Ok(p.cast())
+    }
+
+    /// A device workspace of `bytes` (null for 0) that lives until `finish` (an op runs
+    /// when the stream does, after the call that launched it).
+    pub fn workspace(&self, bytes: u64) -> Result<*mut std::ffi::c_void, String> {
+        if bytes == 0 {
+            return Ok(std::ptr::null_mut());
+        }
+        let p = self.malloc(bytes as usize)?;
+        self.workspaces.borrow_mut().push(p);
+        Ok(p)
+    }
+
     /// Destroys the stream and returns the counters.
     pub fn finish(self) -> Result<CannEmuStats, String> {
         self.sync()?;
+        for p in self.pinned.take() {
+            // SAFETY: allocated by `pinned`; the stream has run every copy that used it.
+            let rc = unsafe { (self.cann.acl.aclrtFreeHost)(p) };
+            self.cann
+                .check(rc, "aclrtFreeHost")
+                .map_err(|e| e.to_string())?;
+        }
+        for p in self.workspaces.take() {
+            // SAFETY: allocated by `run_op`; the stream has run every op that used it.
+            let rc = unsafe { (self.cann.acl.aclrtFree)(p) };
+            self.cann
+                .check(rc, "aclrtFree")
+                .map_err(|e| e.to_string())?;
+        }
         // SAFETY: the session's live stream.
         let rc = unsafe { (self.cann.acl.aclrtDestroyStream)(self.stream) };
         self.cann

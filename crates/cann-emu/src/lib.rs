@@ -17,12 +17,12 @@ macro_rules! phase2_exports {
     ($($name:ident),* $(,)?) => {$(
         #[no_mangle]
         pub unsafe extern "C" fn $name(
-            _workspace: *mut std::ffi::c_void,
-            _workspace_size: u64,
+            workspace: *mut std::ffi::c_void,
+            workspace_size: u64,
             executor: *mut ascend_sys::types::aclOpExecutor,
             stream: ascend_sys::types::aclrtStream,
         ) -> ascend_sys::types::aclnnStatus {
-            crate::nnop::phase2(stringify!($name), executor, stream)
+            crate::nnop::phase2(stringify!($name), workspace, workspace_size, executor, stream)
         }
         const _: ascend_sys::fns::$name = $name;
     )*};
@@ -30,6 +30,7 @@ macro_rules! phase2_exports {
 
 pub mod harness;
 
+mod copy;
 mod dcmi;
 mod dtype;
 mod hccl;
@@ -43,6 +44,7 @@ mod ops_moe;
 mod ops_quant;
 mod rt;
 mod state;
+mod workspace;
 
 /// Counters of the emulator, read by tests through the exported `cannEmuStats`.
 ///
@@ -78,6 +80,12 @@ pub struct CannEmuStats {
     pub collectives: u64,
     /// Operators launched on a stream of one device with tensors on another.
     pub cross_device: u64,
+    /// Workspaces missing, smaller than phase 1 asked, freed or overlapping an operand.
+    pub workspace_violations: u64,
+    /// Host↔device `aclrtMemcpyAsync` with an address not 64-byte aligned.
+    pub misaligned_copies: u64,
+    /// `aclrtMemcpyAsync` from or to pageable host memory (allowed, but synchronous).
+    pub pageable_async_copies: u64,
 }
 
 impl CannEmuStats {
@@ -90,6 +98,8 @@ impl CannEmuStats {
             + self.bad_memcpy_kinds
             + self.bad_handles
             + self.cross_device
+            + self.workspace_violations
+            + self.misaligned_copies
     }
 
     /// Resources still alive (device and host allocations, descriptors, executors...).

@@ -35,14 +35,14 @@ struct Memory {
     freed: BTreeMap<u64, u64>,
     next: HashMap<i32, u64>,
     used: HashMap<i32, u64>,
-    host: HashMap<usize, std::alloc::Layout>,
+    host: BTreeMap<usize, std::alloc::Layout>,
 }
 
 static MEM: LazyLock<Mutex<Memory>> = LazyLock::new(|| Mutex::new(Memory::default()));
 
 pub fn reset() {
     let mut m = lock(&MEM);
-    for (p, layout) in m.host.drain() {
+    for (p, layout) in std::mem::take(&mut m.host) {
         // SAFETY: allocated by `malloc_host` with this layout and not yet freed.
         unsafe { std::alloc::dealloc(p as *mut u8, layout) };
     }
@@ -134,6 +134,16 @@ pub fn malloc_host(size: usize) -> Res<usize> {
     lock(&MEM).host.insert(p as usize, layout);
     bump(&STATS.live_host_allocs);
     Ok(p as usize)
+}
+
+/// Whether host bytes `[addr, addr+len)` lie in one `aclrtMallocHost` allocation (page-locked
+/// memory); anything else is pageable.
+pub fn is_pinned(addr: usize, len: usize) -> bool {
+    let m = lock(&MEM);
+    m.host
+        .range(..=addr)
+        .next_back()
+        .is_some_and(|(&base, l)| addr + len <= base + l.size())
 }
 
 pub fn free_host(p: usize) -> Res<()> {

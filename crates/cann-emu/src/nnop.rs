@@ -32,6 +32,10 @@ struct Exec {
     repeatable: bool,
     /// Devices of the tensors the operator was built with.
     devices: Vec<i32>,
+    /// The workspace phase 1 answered, in bytes.
+    workspace: u64,
+    /// Device byte ranges of the operator's tensors (a workspace may overlap none).
+    extents: Arc<Vec<(u64, u64)>>,
 }
 
 thread_local! {
@@ -375,6 +379,8 @@ pub fn tensor(p: *const aclTensor, what: &str) -> Res<TensorDesc> {
     })?;
     t.check_live(what)?;
     if t.numel() > 0 {
+        let (start, len) = t.byte_extent();
+        crate::workspace::record_extent(start, len as u64);
         let d = mem::device_of_addr(t.addr);
         OP_DEVICES.with(|v| {
             let mut v = v.borrow_mut();
@@ -454,8 +460,10 @@ pub fn phase1(
         return ACLNN_ERR_PARAM_NULLPTR;
     }
     OP_DEVICES.with(|v| v.borrow_mut().clear());
+    crate::workspace::begin();
     let built = crate::state::no_panic(name, build);
     let devices = OP_DEVICES.with(|v| std::mem::take(&mut *v.borrow_mut()));
+    let (workspace, extents) = crate::workspace::take(name);
     match built {
         Ok(f) => {
             let task: Task = Arc::new(move || {
@@ -469,11 +477,13 @@ pub fn phase1(
                 task,
                 repeatable: false,
                 devices,
+                workspace,
+                extents: Arc::new(extents),
             });
             bump(&STATS.live_executors);
             // SAFETY: both checked non-null above; out-pointers per the C API.
             unsafe {
-                ws.write(0);
+                ws.write(workspace);
                 ex.write(h as *mut aclOpExecutor);
             }
             ACLNN_SUCCESS
@@ -486,9 +496,16 @@ pub fn phase1(
     }
 }
 
-/// Second phase shared by every operator: queues the executor's work on the stream and
-/// frees the executor unless it was marked repeatable.
-pub fn phase2(name: &'static str, ex: *mut aclOpExecutor, stream: aclrtStream) -> aclnnStatus {
+/// Second phase shared by every operator: checks the workspace against what phase 1 asked
+/// for (see `workspace`), queues the executor's work on the stream and frees the executor
+/// unless it was marked repeatable.
+pub fn phase2(
+    name: &'static str,
+    ws: *mut c_void,
+    ws_size: u64,
+    ex: *mut aclOpExecutor,
+    stream: aclrtStream,
+) -> aclnnStatus {
     let r = (|| -> Res<()> {
         let s = stream_of(stream, name).map_err(|f| Fail::new(ACLNN_ERR_RUNTIME_ERROR, f.msg))?;
         let task = {
@@ -506,7 +523,17 @@ pub fn phase2(name: &'static str, ex: *mut aclOpExecutor, stream: aclrtStream) -
                     s.dev
                 )));
             }
-            let (task, rep) = (e.task.clone(), e.repeatable);
+            crate::workspace::check_launch(name, ws as u64, ws_size, e.workspace)?;
+            let (inner, rep) = (e.task.clone(), e.repeatable);
+            let (need, extents, wsa) = (e.workspace, e.extents.clone(), ws as u64);
+            let task: Task = if need == 0 {
+                inner
+            } else {
+                Arc::new(move || {
+                    crate::workspace::prepare_run(name, wsa, need, &extents)?;
+                    inner()
+                })
+            };
             if !rep {
                 nn.execs.remove(ex as u64);
                 drop1(&STATS.live_executors);

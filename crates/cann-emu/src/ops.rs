@@ -206,6 +206,10 @@ pub unsafe extern "C" fn aclnnMatmulGetWorkspaceSize(
         if !is_float16ish(o.dtype) {
             return Err(invalid(format!("out dtype {:?}", o.dtype)));
         }
+        // Workspace (workspace.rs): the system part plus, per core, one FLOAT accumulator
+        // tile of the output's last two dims (split-K partial sums), capped at 8 MiB.
+        let tile = (a.dim(-2).max(1) * b.dim(-1).max(1) * 4) as u64;
+        crate::workspace::user((tile / crate::workspace::CORES + 512).min(8 << 20));
         Ok(Box::new(move || {
             let av = a.read_f32("self")?;
             if let Some(bt) = transposed_2d(&b) {

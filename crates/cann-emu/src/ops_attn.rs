@@ -128,6 +128,10 @@ fn fia_phase1(
             )));
         }
         let (t, n, d) = (q.dims[0], q.dims[1], q.dims[2]);
+        // Workspace (workspace.rs): the system part plus per-token, per-head FLOAT softmax
+        // statistics (max, sum) and an output accumulator row, as the flash kernel keeps
+        // for the tokens in flight (capped at 8 MiB: the kernel works in tiles).
+        crate::workspace::user(((t.max(1) * n.max(1) * (d + 16) * 4) as u64).min(8 << 20));
         // Rule TND-head-dim (README rule table): CANN 8.3's tiling check
         // (CheckInputShapeWhenLayoutIsTND, prompt_flash_attention_tiling.cpp) as quoted in
         // vllm-ascend PR 9632 and issue 4020, returned as error code 561002
@@ -761,6 +765,16 @@ pub unsafe extern "C" fn aclnnFusedInferAttentionScoreV4GetWorkspaceSize(
         dequantScaleQueryOptional,
         learnableSinkOptional,
     );
+    // Test knob, not a rule: CANN_EMU_FIA_V4_DRIFT=1 emulates a V4 build whose calling
+    // convention differs from the caller's (ops-transformer's V4 header has
+    // learnableSinkOptional where the V4 doc of the same commit has none): an argument lands
+    // in another slot and the call computes silently wrong numbers (here: the softmax scale
+    // is lost, 1.0 is used). The backend's start-up self-check must catch it.
+    let scaleValue = if std::env::var_os("CANN_EMU_FIA_V4_DRIFT").is_some_and(|v| v == "1") {
+        1.0
+    } else {
+        scaleValue
+    };
     fia_phase1(
         "aclnnFusedInferAttentionScoreV4",
         FiaArgs {

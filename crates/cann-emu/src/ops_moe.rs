@@ -429,6 +429,9 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             return Err(invalid("groupListOptional must be a 1-D INT64 tensor"));
         }
         let e = gl.dims[0];
+        // Workspace (workspace.rs): the system part plus each group's offsets and a FLOAT
+        // row of partial sums per token.
+        crate::workspace::user(((e.max(1) * 64 + xt.dims[0].max(1) * 64 * 4) as u64).min(8 << 20));
         let quantized = wsl
             .first()
             .is_some_and(|w| matches!(w.dtype, D::ACL_INT8 | D::ACL_INT4 | D::ACL_INT32));
@@ -589,6 +592,11 @@ pub unsafe extern "C" fn aclnnMoeFinalizeRoutingV2GetWorkspaceSize(
         need_float(&xe, "expandedX")?;
         need_i32(&ri, "expandedRowIdx")?;
         same_dtype(&xe, &o, "expandedX/out")?;
+        // Rule finalize-mode (README): CANN 8.3.RC1 aclnnMoeFinalizeRoutingV2 (aolapi): modes
+        // 0/2 are dropless with expandedRowIdx in [0, NUM_ROWS*K-1], 1/3 drop/pad with
+        // [-1, E*C-1]; the formula indexes expandedRowIdx[i + k*num_rows] (mode 0, column
+        // order), mode 2 reads it in row order, as MoeInitRoutingV2 writes it (vllm-ascend
+        // fused_moe.py pairs npu_moe_init_routing_v2 with drop_pad_mode=2).
         if !(0..=3).contains(&drop_pad_mode) {
             return Err(invalid(format!("dropPadMode {drop_pad_mode} not in 0..=3")));
         }
@@ -762,6 +770,8 @@ pub unsafe extern "C" fn aclnnWeightQuantBatchMatmulV2GetWorkspaceSize(
         }
         let (m, k) = (xt.dims[0], xt.dims[1]);
         let packed = wt.dtype == D::ACL_INT32;
+        // Workspace (workspace.rs): the system part plus a dequantised weight tile per core.
+        crate::workspace::user((k.max(1) * 256 * 2) as u64);
         let n = match wt.dtype {
             D::ACL_INT8 | D::ACL_INT4 => wt.dims[1],
             D::ACL_INT32 => wt.dims[1] * 8,

@@ -1,5 +1,5 @@
 //! The ACL runtime: init, devices, contexts, streams (deferred, in order), events,
-//! memory copies and graph capture.
+//! allocations and graph capture (copies and memsets: `copy.rs`).
 
 use crate::mem;
 use crate::state::{bump, code_of, drop1, lock, recent_error_ptr, Fail, Handles, Res, STATS};
@@ -49,6 +49,11 @@ static RT: LazyLock<Mutex<Rt>> = LazyLock::new(|| {
         graphs: Handles::new(0x5400_0000_0000_0000),
     })
 });
+
+/// The device current on this thread, if any.
+pub(crate) fn current_device_opt() -> Option<i32> {
+    CUR_DEV.with(|d| d.get())
+}
 
 thread_local! {
     static CUR_DEV: Cell<Option<i32>> = const { Cell::new(None) };
@@ -165,7 +170,7 @@ fn all_streams(dev: Option<i32>) -> Vec<Arc<Stream>> {
         .collect()
 }
 
-fn sync_device(dev: Option<i32>) -> Res<()> {
+pub(crate) fn sync_device(dev: Option<i32>) -> Res<()> {
     let mut first = Ok(());
     for s in all_streams(dev) {
         if s.is_capturing() {
@@ -180,7 +185,7 @@ fn sync_device(dev: Option<i32>) -> Res<()> {
     first
 }
 
-fn capture_blocks_sync(dev: Option<i32>, what: &str) -> Res<()> {
+pub(crate) fn capture_blocks_sync(dev: Option<i32>, what: &str) -> Res<()> {
     let blocking = all_streams(dev).iter().any(|s| {
         lock(&s.capture)
             .as_ref()
@@ -436,206 +441,6 @@ pub unsafe extern "C" fn aclrtMallocHost(p: *mut *mut c_void, size: usize) -> ac
 #[no_mangle]
 pub extern "C" fn aclrtFreeHost(p: *mut c_void) -> aclError {
     code_of(mem::free_host(p as usize))
-}
-
-/// A validated copy, run now or later: host addresses are read/written at run time.
-#[derive(Clone, Copy)]
-struct Copy {
-    dst: u64,
-    src: u64,
-    count: usize,
-    kind: aclrtMemcpyKind,
-}
-
-fn plan_copy(
-    dst: *mut c_void,
-    dest_max: usize,
-    src: *const c_void,
-    count: usize,
-    kind: aclrtMemcpyKind,
-    what: &str,
-) -> Res<Copy> {
-    let (d, s) = (dst as u64, src as u64);
-    if count > dest_max {
-        return Err(Fail::new(
-            ACL_ERROR_INVALID_PARAM,
-            format!("{what}: count {count} exceeds destMax {dest_max}"),
-        ));
-    }
-    if count > 0 && (dst.is_null() || src.is_null()) {
-        return Err(Fail::new(
-            ACL_ERROR_INVALID_PARAM,
-            format!("{what}: null pointer"),
-        ));
-    }
-    let (dd, sd) = (mem::is_device_addr(d), mem::is_device_addr(s));
-    let kind = if kind == aclrtMemcpyKind::ACL_MEMCPY_DEFAULT {
-        match (sd, dd) {
-            (false, false) => aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST,
-            (false, true) => aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
-            (true, false) => aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
-            (true, true) => aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_DEVICE,
-        }
-    } else {
-        kind
-    };
-    let want = match kind {
-        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST => (false, false),
-        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE => (false, true),
-        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST => (true, false),
-        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_DEVICE => (true, true),
-        other => {
-            return Err(Fail::new(
-                ACL_ERROR_INVALID_PARAM,
-                format!("{what}: invalid memcpy kind {other:?}"),
-            ))
-        }
-    };
-    if (sd, dd) != want {
-        bump(&STATS.bad_memcpy_kinds);
-        return Err(Fail::new(
-            ACL_ERROR_INVALID_PARAM,
-            format!(
-                "{what}: kind {kind:?} but src is {} memory and dst is {} memory",
-                if sd { "device" } else { "host" },
-                if dd { "device" } else { "host" }
-            ),
-        ));
-    }
-    if count > 0 {
-        if sd {
-            mem::check(s, count as u64, what)?;
-        }
-        if dd {
-            mem::check(d, count as u64, what)?;
-        }
-    }
-    Ok(Copy {
-        dst: d,
-        src: s,
-        count,
-        kind,
-    })
-}
-
-fn strict_memcpy() -> bool {
-    std::env::var_os("CANN_EMU_STRICT_MEMCPY").is_some_and(|v| v == "1")
-}
-
-fn run_copy(c: Copy, what: &str) -> Res<()> {
-    if c.count == 0 {
-        return Ok(());
-    }
-    match c.kind {
-        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE => {
-            // SAFETY: the caller keeps `count` readable host bytes at `src` until the copy
-            // runs (immediately, or at the stream's synchronisation for async copies).
-            let b = unsafe { std::slice::from_raw_parts(c.src as *const u8, c.count) };
-            mem::write(c.dst, b, what)
-        }
-        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST => {
-            let b = mem::read(c.src, c.count, what)?;
-            // SAFETY: as above, `count` writable host bytes at `dst`.
-            unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), c.dst as *mut u8, c.count) };
-            Ok(())
-        }
-        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_DEVICE => mem::copy_d2d(c.dst, c.src, c.count, what),
-        _ => {
-            // SAFETY: both host ranges valid per the C API; `copy` allows overlap.
-            unsafe { std::ptr::copy(c.src as *const u8, c.dst as *mut u8, c.count) };
-            Ok(())
-        }
-    }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn aclrtMemcpy(
-    dst: *mut c_void,
-    dest_max: usize,
-    src: *const c_void,
-    count: usize,
-    kind: aclrtMemcpyKind,
-) -> aclError {
-    code_of((|| {
-        let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpy")?;
-        if c.kind != aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST {
-            // A blocking copy waits for the device's queued work (the contract the backend
-            // relies on). CANN's documentation only calls aclrtMemcpy synchronous to the
-            // host, so CANN_EMU_STRICT_MEMCPY=1 drops the implicit wait: code that reads
-            // results without synchronising its stream then sees stale data.
-            let dev = CUR_DEV.with(|d| d.get());
-            capture_blocks_sync(dev, "aclrtMemcpy")?;
-            if !strict_memcpy() {
-                sync_device(dev)?;
-            }
-        }
-        run_copy(c, "aclrtMemcpy")
-    })())
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn aclrtMemcpyAsync(
-    dst: *mut c_void,
-    dest_max: usize,
-    src: *const c_void,
-    count: usize,
-    kind: aclrtMemcpyKind,
-    stream: aclrtStream,
-) -> aclError {
-    code_of((|| {
-        let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpyAsync")?;
-        let s = stream_of(stream, "aclrtMemcpyAsync")?;
-        s.enqueue(Arc::new(move || run_copy(c, "aclrtMemcpyAsync")));
-        Ok(())
-    })())
-}
-
-fn plan_memset(p: *mut c_void, max: usize, count: usize, what: &str) -> Res<u64> {
-    if count > max {
-        return Err(Fail::new(
-            ACL_ERROR_INVALID_PARAM,
-            format!("{what}: count {count} exceeds maxCount {max}"),
-        ));
-    }
-    let a = p as u64;
-    if !mem::is_device_addr(a) {
-        bump(&STATS.bad_memcpy_kinds);
-        return Err(Fail::new(
-            ACL_ERROR_INVALID_PARAM,
-            format!("{what}: {a:#x} is not a device address"),
-        ));
-    }
-    mem::check(a, count as u64, what)?;
-    Ok(a)
-}
-
-#[no_mangle]
-pub extern "C" fn aclrtMemset(p: *mut c_void, max: usize, value: i32, count: usize) -> aclError {
-    code_of((|| {
-        let a = plan_memset(p, max, count, "aclrtMemset")?;
-        let dev = CUR_DEV.with(|d| d.get());
-        capture_blocks_sync(dev, "aclrtMemset")?;
-        sync_device(dev)?;
-        mem::with_mut(a, count, "aclrtMemset", |b| b.fill(value as u8))
-    })())
-}
-
-#[no_mangle]
-pub extern "C" fn aclrtMemsetAsync(
-    p: *mut c_void,
-    max: usize,
-    value: i32,
-    count: usize,
-    stream: aclrtStream,
-) -> aclError {
-    code_of((|| {
-        let a = plan_memset(p, max, count, "aclrtMemsetAsync")?;
-        let s = stream_of(stream, "aclrtMemsetAsync")?;
-        s.enqueue(Arc::new(move || {
-            mem::with_mut(a, count, "aclrtMemsetAsync", |b| b.fill(value as u8))
-        }));
-        Ok(())
-    })())
 }
 
 #[no_mangle]
@@ -941,10 +746,6 @@ const _: fns::aclrtMalloc = aclrtMalloc;
 const _: fns::aclrtFree = aclrtFree;
 const _: fns::aclrtMallocHost = aclrtMallocHost;
 const _: fns::aclrtFreeHost = aclrtFreeHost;
-const _: fns::aclrtMemcpy = aclrtMemcpy;
-const _: fns::aclrtMemcpyAsync = aclrtMemcpyAsync;
-const _: fns::aclrtMemset = aclrtMemset;
-const _: fns::aclrtMemsetAsync = aclrtMemsetAsync;
 const _: fns::aclrtGetMemInfo = aclrtGetMemInfo;
 const _: fns::aclrtCreateEvent = aclrtCreateEvent;
 const _: fns::aclrtCreateEventWithFlag = aclrtCreateEventWithFlag;

@@ -54,6 +54,9 @@ counters!(
     bad_handles,
     collectives,
     cross_device,
+    workspace_violations,
+    misaligned_copies,
+    pageable_async_copies,
 );
 
 pub static STATS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Counters::default);

@@ -5,7 +5,7 @@ use ascend_sys::types::aclDataType as D;
 use ascend_sys::types::*;
 use cann_emu::harness::*;
 use std::ffi::CString;
-use std::ptr::null;
+use std::ptr::{null, null_mut};
 
 fn rnd(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
@@ -152,6 +152,9 @@ fn reference(fx: &Fx, cu_q: &[i64], kv_lens: &[i64], table: &[i32], scale: f32) 
     out
 }
 
+/// The workspace phase 1 asked for, allocated: (address, size) for phase 2.
+struct Ws(*mut std::ffi::c_void, u64);
+
 #[allow(clippy::too_many_arguments)]
 fn fia(
     s: &Session,
@@ -162,7 +165,7 @@ fn fia(
     layout: &str,
     bs: i64,
     scale: f64,
-) -> (i32, *mut aclOpExecutor) {
+) -> (i32, *mut aclOpExecutor, Ws) {
     let nn = &s.cann.nnop;
     let ops = &s.cann.ops;
     // SAFETY: live descriptors; the lists are destroyed below (without their tensors,
@@ -325,7 +328,12 @@ fn fia(
         };
         (nn.aclDestroyTensorList)(kl);
         (nn.aclDestroyTensorList)(vl);
-        (st, ex)
+        let w = if st == 0 {
+            s.workspace(ws).unwrap()
+        } else {
+            null_mut()
+        };
+        (st, ex, Ws(w, ws))
     }
 }
 
@@ -361,7 +369,7 @@ fn fia_tnd_paged_gqa_causal_mixed_prefill_and_decode() {
         let mut fx = setup(&s, 4, &table, false);
         fx.bnbsd = bnbsd;
         let (aq, akv) = (int_array(&s, &cu_q), int_array(&s, &kv));
-        let (st, ex) = fia(&s, version, &fx, aq, akv, "TND", BS as i64, scale);
+        let (st, ex, w) = fia(&s, version, &fx, aq, akv, "TND", BS as i64, scale);
         assert_eq!(st, 0, "V{version}: {}", s.cann.acl.recent_error_message());
         let run = match version {
             2 => s.cann.ops.aclnnFusedInferAttentionScoreV2,
@@ -370,7 +378,7 @@ fn fia_tnd_paged_gqa_causal_mixed_prefill_and_decode() {
         }
         .unwrap();
         // SAFETY: an executor from phase 1 and the session's stream.
-        assert_eq!(unsafe { run(std::ptr::null_mut(), 0, ex, s.stream) }, 0);
+        assert_eq!(unsafe { run(w.0, w.1, ex, s.stream) }, 0);
         let got = from_bf16(&s.download(fx.out.ptr, fx.out.bytes).unwrap());
         let want = reference(&fx, &cu_q, &kv, &table, scale as f32);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -390,11 +398,11 @@ fn fia_rejects_what_the_real_op_rejects() {
     let fx = setup(&s, 4, &[2, 0, 1, 3], false);
     let (aq, akv) = (int_array(&s, &[3, 4]), int_array(&s, &[5, 130]));
     // Wrong layout string.
-    let (st, _) = fia(&s, 4, &fx, aq, akv, "BSH", BS as i64, 0.25);
+    let (st, _, _) = fia(&s, 4, &fx, aq, akv, "BSH", BS as i64, 0.25);
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
     // actualSeqLengths that are not cumulative up to T.
     let bad = int_array(&s, &[3, 3]);
-    let (st, _) = fia(&s, 4, &fx, bad, akv, "TND", BS as i64, 0.25);
+    let (st, _, _) = fia(&s, 4, &fx, bad, akv, "TND", BS as i64, 0.25);
     assert_eq!(st, ACLNN_ERR_PARAM_INVALID);
     let st = teardown(s, fx, &[aq, akv, bad]);
     assert_eq!(st.leaks(), 0);
@@ -421,12 +429,12 @@ fn fia_with_query(
         std::mem::replace(&mut fx.out, out),
     );
     let (aq, akv) = (int_array(s, &[3, 4]), int_array(s, &[5, 130]));
-    let (st, ex) = fia(s, 4, fx, aq, akv, "TND", bs, 0.25);
+    let (st, ex, w) = fia(s, 4, fx, aq, akv, "TND", bs, 0.25);
     let msg = s.cann.acl.recent_error_message();
     if st == 0 {
         let run = s.cann.ops.aclnnFusedInferAttentionScoreV4.unwrap();
         // SAFETY: an executor from phase 1 and the session's stream.
-        assert_eq!(unsafe { run(std::ptr::null_mut(), 0, ex, s.stream) }, 0);
+        assert_eq!(unsafe { run(w.0, w.1, ex, s.stream) }, 0);
         s.sync().unwrap();
     }
     // SAFETY: arrays made above.
@@ -510,12 +518,10 @@ fn fia_rejects_an_inverted_mask_at_run_time() {
     let s = Session::new().unwrap();
     let fx = setup(&s, 4, &[2, 0, 1, 3], true);
     let (aq, akv) = (int_array(&s, &[3, 4]), int_array(&s, &[5, 130]));
-    let (st, ex) = fia(&s, 4, &fx, aq, akv, "TND", BS as i64, 0.25);
+    let (st, ex, w) = fia(&s, 4, &fx, aq, akv, "TND", BS as i64, 0.25);
     assert_eq!(st, 0);
     // SAFETY: an executor from phase 1.
-    unsafe {
-        (s.cann.ops.aclnnFusedInferAttentionScoreV4.unwrap())(std::ptr::null_mut(), 0, ex, s.stream)
-    };
+    unsafe { (s.cann.ops.aclnnFusedInferAttentionScoreV4.unwrap())(w.0, w.1, ex, s.stream) };
     assert!(s.sync().is_err());
     teardown(s, fx, &[aq, akv]);
 }

@@ -137,14 +137,24 @@ fn double_free_oob_wrong_kind_and_leaks_are_reported() {
     assert_eq!(st.live_tensors, 1);
 }
 
+/// The u32 at a page-locked host buffer.
+fn read4(p: *mut u8) -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: `p` is a live 4-byte buffer from `Session::pinned`.
+    unsafe { std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), 4) };
+    u32::from_le_bytes(b)
+}
+
 #[test]
 fn async_copies_are_deferred_until_synchronise() {
     let s = Session::new().unwrap();
     let acl = &s.cann.acl;
     let p = s.malloc(4).unwrap();
     let one = 1u32.to_le_bytes();
-    let two = 2u32.to_le_bytes();
-    let mut out = [0u8; 4];
+    // Async copies go through page-locked memory (from pageable memory they would run
+    // at once, see pageable_async_copies_complete_before_returning).
+    let two = s.pinned(&2u32.to_le_bytes()).unwrap();
+    let out = s.pinned(&[0u8; 4]).unwrap();
     // SAFETY: buffers live until the synchronisation below.
     unsafe {
         assert_eq!(
@@ -161,7 +171,7 @@ fn async_copies_are_deferred_until_synchronise() {
             (acl.aclrtMemcpyAsync)(
                 p,
                 4,
-                two.as_ptr().cast(),
+                two.cast_const().cast(),
                 4,
                 aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
                 s.stream
@@ -170,7 +180,7 @@ fn async_copies_are_deferred_until_synchronise() {
         );
         assert_eq!(
             (acl.aclrtMemcpyAsync)(
-                out.as_mut_ptr().cast(),
+                out.cast(),
                 4,
                 p,
                 4,
@@ -181,11 +191,12 @@ fn async_copies_are_deferred_until_synchronise() {
         );
     }
     assert_eq!(
-        out, [0; 4],
+        read4(out),
+        0,
         "an async D2H is not visible before synchronising"
     );
     s.sync().unwrap();
-    assert_eq!(u32::from_le_bytes(out), 2);
+    assert_eq!(read4(out), 2);
     // Memset async, then an event.
     let mut ev = std::ptr::null_mut();
     // SAFETY: valid handles and out-pointers.
@@ -296,8 +307,8 @@ fn stream_wait_event_orders_two_streams_and_errors_are_per_thread() {
     let s = Session::new().unwrap();
     let acl = s.cann.acl.clone();
     let p = s.malloc(4).unwrap();
-    let v = 9u32.to_le_bytes();
-    let mut out = [0u8; 4];
+    let v = s.pinned(&9u32.to_le_bytes()).unwrap();
+    let out = s.pinned(&[0u8; 4]).unwrap();
     let (mut s2, mut e0, mut e1) = (
         std::ptr::null_mut(),
         std::ptr::null_mut(),
@@ -313,7 +324,7 @@ fn stream_wait_event_orders_two_streams_and_errors_are_per_thread() {
             (acl.aclrtMemcpyAsync)(
                 p,
                 4,
-                v.as_ptr().cast(),
+                v.cast_const().cast(),
                 4,
                 aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
                 s.stream
@@ -325,7 +336,7 @@ fn stream_wait_event_orders_two_streams_and_errors_are_per_thread() {
         assert_eq!((acl.aclrtStreamWaitEvent)(s2, e1), 0);
         assert_eq!(
             (acl.aclrtMemcpyAsync)(
-                out.as_mut_ptr().cast(),
+                out.cast(),
                 4,
                 p,
                 4,
@@ -335,7 +346,7 @@ fn stream_wait_event_orders_two_streams_and_errors_are_per_thread() {
             0
         );
         assert_eq!((acl.aclrtSynchronizeStream)(s2), 0);
-        assert_eq!(u32::from_le_bytes(out), 9);
+        assert_eq!(read4(out), 9);
         let mut ms = -1f32;
         assert_eq!((acl.aclrtEventElapsedTime)(&mut ms, e0, e1), 0);
         assert!(ms >= 0.0);
@@ -365,7 +376,7 @@ fn strict_memcpy_does_not_wait_for_queued_work() {
     let s = Session::new().unwrap();
     let acl = s.cann.acl.clone();
     let p = s.malloc(4).unwrap();
-    let new = 5u32.to_le_bytes();
+    let new = s.pinned(&5u32.to_le_bytes()).unwrap();
     let mut out = [0u8; 4];
     std::env::set_var("CANN_EMU_STRICT_MEMCPY", "1");
     // SAFETY: buffers live until the synchronisation below.
@@ -374,7 +385,7 @@ fn strict_memcpy_does_not_wait_for_queued_work() {
             (acl.aclrtMemcpyAsync)(
                 p,
                 4,
-                new.as_ptr().cast(),
+                new.cast_const().cast(),
                 4,
                 aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
                 s.stream
@@ -413,4 +424,83 @@ fn strict_memcpy_does_not_wait_for_queued_work() {
     // SAFETY: live allocation.
     unsafe { (acl.aclrtFree)(p) };
     assert_eq!(s.finish().unwrap().leaks(), 0);
+}
+
+/// 64-byte-aligned pageable host memory (not from aclrtMallocHost).
+#[repr(align(64))]
+struct Pageable([u8; 64]);
+
+#[test]
+fn misaligned_async_copies_are_refused() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let p = s.malloc(128).unwrap();
+    let host = s.pinned(&[1u8; 128]).unwrap();
+    // SAFETY: live buffers of 128 bytes; the offsets stay inside them.
+    unsafe {
+        let h2d = aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE;
+        let src = host.add(8).cast_const().cast();
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(p, 64, src, 64, h2d, s.stream),
+            ACL_ERROR_INVALID_PARAM
+        );
+        assert!(acl.recent_error_message().contains("64-byte aligned"));
+        let dst = p.cast::<u8>().add(32).cast();
+        let src = host.cast_const().cast();
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(dst, 64, src, 64, h2d, s.stream),
+            ACL_ERROR_INVALID_PARAM
+        );
+        // Aligned on both sides: fine.
+        let dst = p.cast::<u8>().add(64).cast();
+        assert_eq!((acl.aclrtMemcpyAsync)(dst, 64, src, 64, h2d, s.stream), 0);
+    }
+    s.sync().unwrap();
+    // SAFETY: live allocation.
+    unsafe { (acl.aclrtFree)(p) };
+    let st = s.finish().unwrap();
+    assert_eq!(st.misaligned_copies, 2, "{st:?}");
+    assert_eq!(st.leaks(), 0);
+}
+
+#[test]
+fn pageable_async_copies_complete_before_returning() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let p = s.malloc(64).unwrap();
+    let mut out = Pageable([0; 64]);
+    // SAFETY: live buffers of 64 bytes.
+    unsafe {
+        assert_eq!((acl.aclrtMemsetAsync)(p, 64, 7, 64, s.stream), 0);
+        let d2h = aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST;
+        let dst = out.0.as_mut_ptr().cast();
+        assert_eq!((acl.aclrtMemcpyAsync)(dst, 64, p, 64, d2h, s.stream), 0);
+    }
+    // No synchronisation: the queued memset and the copy have run.
+    assert!(out.0.iter().all(|&b| b == 7), "{:?}", out.0);
+    // A capturing stream cannot run it now: refused, in any capture mode.
+    let begin = acl.aclmdlRICaptureBegin.unwrap();
+    let end = acl.aclmdlRICaptureEnd.unwrap();
+    let mut ri = std::ptr::null_mut();
+    // SAFETY: the session's stream; buffers as above.
+    unsafe {
+        let relaxed = aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED;
+        assert_eq!(begin(s.stream, relaxed), 0);
+        let h2d = aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE;
+        let src = out.0.as_ptr().cast();
+        assert_eq!(
+            (acl.aclrtMemcpyAsync)(p, 64, src, 64, h2d, s.stream),
+            ACL_ERROR_RT_STREAM_CAPTURED
+        );
+        // From page-locked memory it is captured like any task.
+        let pinned = s.pinned(&[3u8; 64]).unwrap().cast_const().cast();
+        assert_eq!((acl.aclrtMemcpyAsync)(p, 64, pinned, 64, h2d, s.stream), 0);
+        assert_eq!(end(s.stream, &mut ri), 0);
+        assert_eq!((acl.aclmdlRIDestroy.unwrap())(ri), 0);
+        (acl.aclrtFree)(p);
+    }
+    let st = s.finish().unwrap();
+    assert_eq!(st.capture_violations, 1, "{st:?}");
+    assert_eq!(st.pageable_async_copies, 2, "{st:?}");
+    assert_eq!(st.leaks(), 0);
 }

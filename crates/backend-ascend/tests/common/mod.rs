@@ -51,6 +51,9 @@ impl Emu {
         assert_eq!(s.violations(), 0, "memory violations: {s:?}");
         assert_eq!(s.leaks(), 0, "leaked resources: {s:?}");
         assert_eq!(s.exec_errors, 0, "execution errors: {s:?}");
+        // Per-step copies go through page-locked staging: a pageable async copy would stall
+        // the host until it ran (CANN 8.3 aclrtMemcpyAsync).
+        assert_eq!(s.pageable_async_copies, 0, "pageable async copies: {s:?}");
         assert!(s.ops_executed > 0, "nothing ran on the emulator: {s:?}");
     }
 }
