@@ -36,7 +36,8 @@ struct Rt {
     default_streams: Vec<(i32, Arc<Stream>)>,
     events: Handles<EventState>,
     contexts: Handles<i32>,
-    graphs: Handles<Arc<Vec<Task>>>,
+    /// Captured graphs: their device and their recorded work.
+    graphs: Handles<(i32, Arc<Vec<Task>>)>,
 }
 
 static RT: LazyLock<Mutex<Rt>> = LazyLock::new(|| {
@@ -153,6 +154,28 @@ impl Stream {
             }
         }
     }
+}
+
+/// The stream budget of a device: streams the host created plus captured graphs, each of
+/// which holds a stream of its own while it lives. vllm-ascend (`vllm_ascend/utils.py`,
+/// `update_aclgraph_sizes`; `docs/source/developer_guide/feature_guide/ACL_Graph.md`,
+/// "Stream resource constraint"): every piecewise sub-graph uses at least one stream and the
+/// bound is "the number of streams, which is 2048". Past it CANN answers
+/// `ACL_ERROR_RT_NO_STREAM_RESOURCE` (207008, "Stream资源不足", ACL error-code table of
+/// `acl_base.h`, which points to aclrtCreateStream's stream limit).
+fn stream_budget_check(rt: &Rt, dev: i32, what: &str) -> Res<()> {
+    let streams = rt.streams.values().filter(|s| s.dev == dev).count() as u64;
+    let graphs = rt.graphs.values().filter(|(d, _)| *d == dev).count() as u64;
+    let budget = crate::state::stream_budget();
+    if streams + graphs >= budget {
+        return Err(Fail::new(
+            ACL_ERROR_RT_NO_STREAM_RESOURCE,
+            format!(
+                "{what}: no stream resource on device {dev}: {streams} streams and {graphs} captured graphs use all {budget}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn all_streams(dev: Option<i32>) -> Vec<Arc<Stream>> {
@@ -281,6 +304,7 @@ pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> aclError {
 pub extern "C" fn aclrtSynchronizeDevice() -> aclError {
     code_of((|| {
         let dev = current_device()?;
+        bump(&STATS.host_syncs);
         capture_blocks_sync(Some(dev), "aclrtSynchronizeDevice")?;
         sync_device(Some(dev))
     })())
@@ -353,7 +377,9 @@ pub unsafe extern "C" fn aclrtGetCurrentContext(ctx: *mut aclrtContext) -> aclEr
 pub unsafe extern "C" fn aclrtCreateStream(stream: *mut aclrtStream) -> aclError {
     code_of((|| {
         let dev = current_device()?;
-        let h = lock(&RT).streams.insert(Arc::new(new_stream(dev)));
+        let mut rt = lock(&RT);
+        stream_budget_check(&rt, dev, "aclrtCreateStream")?;
+        let h = rt.streams.insert(Arc::new(new_stream(dev)));
         bump(&STATS.live_streams);
         out(stream, h as aclrtStream)
     })())
@@ -391,6 +417,7 @@ pub extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
 pub extern "C" fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError {
     code_of((|| {
         let s = stream_of(stream, "aclrtSynchronizeStream")?;
+        bump(&STATS.host_syncs);
         if s.is_capturing() {
             bump(&STATS.capture_violations);
             return Err(Fail::new(
@@ -518,6 +545,17 @@ fn plan_copy(
     })
 }
 
+/// Counts a host-issued copy between host and device (per-step figures for benchmarks).
+fn count_copy(c: &Copy) {
+    let (n, b) = match c.kind {
+        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE => (&STATS.h2d_copies, &STATS.h2d_bytes),
+        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST => (&STATS.d2h_copies, &STATS.d2h_bytes),
+        _ => return,
+    };
+    bump(n);
+    b.fetch_add(c.count as u64, Ordering::Relaxed);
+}
+
 fn strict_memcpy() -> bool {
     std::env::var_os("CANN_EMU_STRICT_MEMCPY").is_some_and(|v| v == "1")
 }
@@ -558,7 +596,9 @@ pub unsafe extern "C" fn aclrtMemcpy(
 ) -> aclError {
     code_of((|| {
         let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpy")?;
+        count_copy(&c);
         if c.kind != aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST {
+            bump(&STATS.host_syncs);
             // A blocking copy waits for the device's queued work (the contract the backend
             // relies on). CANN's documentation only calls aclrtMemcpy synchronous to the
             // host, so CANN_EMU_STRICT_MEMCPY=1 drops the implicit wait: code that reads
@@ -585,6 +625,9 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
     code_of((|| {
         let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpyAsync")?;
         let s = stream_of(stream, "aclrtMemcpyAsync")?;
+        if !s.is_capturing() {
+            count_copy(&c);
+        }
         s.enqueue(Arc::new(move || run_copy(c, "aclrtMemcpyAsync")));
         Ok(())
     })())
@@ -736,6 +779,7 @@ pub extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtEvent) -
 #[no_mangle]
 pub extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
     code_of((|| {
+        bump(&STATS.host_syncs);
         if let Some((s, done)) = event_wait_target(event, "aclrtSynchronizeEvent")? {
             if !done.load(Ordering::SeqCst) {
                 if s.is_capturing() {
@@ -816,7 +860,9 @@ pub unsafe extern "C" fn aclmdlRICaptureEnd(stream: aclrtStream, ri: *mut aclmdl
                 "aclmdlRICaptureEnd: the stream is not being captured",
             )
         })?;
-        let h = lock(&RT).graphs.insert(Arc::new(tasks.2));
+        let mut rt = lock(&RT);
+        stream_budget_check(&rt, s.dev, "aclmdlRICaptureEnd")?;
+        let h = rt.graphs.insert((s.dev, Arc::new(tasks.2)));
         bump(&STATS.live_graphs);
         out(ri, h as aclmdlRI)
     })())
@@ -846,9 +892,10 @@ pub unsafe extern "C" fn aclmdlRICaptureGetInfo(
 #[no_mangle]
 pub extern "C" fn aclmdlRIExecuteAsync(ri: aclmdlRI, stream: aclrtStream) -> aclError {
     code_of((|| {
-        let g = lock(&RT).graphs.get(ri as u64).cloned();
+        let g = lock(&RT).graphs.get(ri as u64).map(|(_, g)| g.clone());
         let g = g.ok_or_else(|| bad_handle("aclmdlRIExecuteAsync", ri))?;
         let s = stream_of(stream, "aclmdlRIExecuteAsync")?;
+        bump(&STATS.graph_launches);
         for t in g.iter() {
             s.enqueue(t.clone());
         }
