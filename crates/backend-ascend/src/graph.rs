@@ -388,3 +388,33 @@ impl Drop for AscendBackend {
         let _ = self.drop_graphs();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{capture_sizes_within_budget, MAX_CAPTURED_GRAPHS};
+
+    #[test]
+    fn capture_sizes_keep_within_the_stream_budget() {
+        let sizes = [64, 1, 2, 4, 8, 16, 32, 8];
+        // Qwen3-8B piecewise (37 graphs a size) and Qwen3-32B (65): all seven fit.
+        assert_eq!(
+            capture_sizes_within_budget(&sizes, 37),
+            vec![1, 2, 4, 8, 16, 32, 64]
+        );
+        assert_eq!(capture_sizes_within_budget(&sizes, 65).len(), 7);
+        // Three fit: the smallest, the largest and one between.
+        assert_eq!(
+            capture_sizes_within_budget(&sizes, MAX_CAPTURED_GRAPHS / 3),
+            vec![1, 8, 64]
+        );
+        assert_eq!(
+            capture_sizes_within_budget(&sizes, MAX_CAPTURED_GRAPHS),
+            vec![1]
+        );
+        assert!(capture_sizes_within_budget(&sizes, MAX_CAPTURED_GRAPHS + 1).is_empty());
+        for per in [1, 37, 65, 200, 600] {
+            let kept = capture_sizes_within_budget(&sizes, per);
+            assert!(kept.len() * per <= MAX_CAPTURED_GRAPHS, "{per}: {kept:?}");
+        }
+    }
+}
