@@ -40,7 +40,8 @@ impl AscendBackend {
         }
         // The next segment reads attention's output from a buffer of the graph; attention
         // itself runs eagerly with this step's lengths and pool buffers, then lands there.
-        let dst = self.empty(q.dt, &q.shape)?;
+        // (The K/V write before it usually opened the eager region already.)
+        let dst = self.empty_region_output(q.dt, &q.shape)?;
         self.graph_segment_end()?;
         let out = self
             .attention_now(q, cache, layer, step, g)

@@ -23,17 +23,21 @@ pub struct AscendBackend {
     pub(crate) attention_path: AttentionPath,
     pub(crate) rope: Mutex<Option<RopeTable>>,
     pub(crate) mask: Mutex<Option<AscendTensor>>,
-    /// Captured decode steps by token count.
-    /// Keyed by (token count as run, real sequences): the lm_head runs on the real rows only.
-    pub(crate) graphs: Mutex<std::collections::HashMap<(usize, usize), Arc<mem::CapturedStep>>>,
+    /// Captured decode steps by padded token count (the LM head runs on every padded row;
+    /// sampling reads the real ones).
+    pub(crate) graphs: Mutex<std::collections::HashMap<usize, Arc<mem::CapturedStep>>>,
     /// Token count of the step being captured.
-    pub(crate) capturing: Mutex<Option<(usize, usize)>>,
+    pub(crate) capturing: Mutex<Option<usize>>,
+    /// This step's (real, padded) token counts when it was padded to a captured size.
+    pub(crate) padding: Mutex<Option<(usize, usize)>>,
     /// Set by the HCCL communicator: collectives are not captured.
     pub(crate) graphs_disabled: std::sync::atomic::AtomicBool,
     /// Decode steps run by replaying a captured graph.
     pub(crate) replays: std::sync::atomic::AtomicU64,
     /// The start-up self-check of FIA V4 (`fia_check.rs`).
     pub(crate) fia_v4_check: Option<crate::fia_check::FiaV4Check>,
+    /// When the step being run started.
+    pub(crate) step_started: Mutex<Option<std::time::Instant>>,
 }
 
 impl AscendBackend {
@@ -101,12 +105,32 @@ impl AscendBackend {
             mask: Mutex::new(None),
             graphs: Mutex::new(std::collections::HashMap::new()),
             capturing: Mutex::new(None),
+            padding: Mutex::new(None),
             graphs_disabled: std::sync::atomic::AtomicBool::new(false),
             replays: std::sync::atomic::AtomicU64::new(0),
             fia_v4_check: None,
+            step_started: Mutex::new(None),
         };
         b.settle_fia_v4(forced);
         Ok(b)
+    }
+
+    /// Counts a step and starts timing the host's part of it.
+    pub(crate) fn start_step_timer(&self, decode: bool) {
+        use crate::host_calls::{bump, set_decode, Counter};
+        set_decode(decode);
+        bump(Counter::Step);
+        if let Ok(mut s) = self.step_started.lock() {
+            *s = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Adds the time since the step started (when its tokens are back).
+    pub(crate) fn end_step_timer(&self) {
+        use crate::host_calls::{add, Counter};
+        if let Some(t0) = self.step_started.lock().ok().and_then(|mut s| s.take()) {
+            add(Counter::StepNs, t0.elapsed().as_nanos() as u64);
+        }
     }
 
     pub fn cann(&self) -> &Arc<Cann> {
@@ -153,6 +177,18 @@ impl AscendBackend {
         let n: usize = shape.iter().product();
         Ok(AscendTensor {
             buf: self.dev.alloc(n * dt.size())?,
+            shape: shape.to_vec(),
+            dt,
+            quant: None,
+        })
+    }
+
+    /// A tensor an eager region writes for the next graph segment (see
+    /// [`Device::alloc_region_output`]).
+    pub(crate) fn empty_region_output(&self, dt: Dt, shape: &[usize]) -> Result<AscendTensor> {
+        let n: usize = shape.iter().product();
+        Ok(AscendTensor {
+            buf: self.dev.alloc_region_output(n * dt.size())?,
             shape: shape.to_vec(),
             dt,
             quant: None,

@@ -112,6 +112,7 @@ impl Communicator<AscendBackend> for HcclCommunicator {
                 dev.stream.0,
             )
         };
+        crate::host_calls::bump(crate::host_calls::Counter::Hccl);
         self.cann
             .check_hccl(rc, "HcclAllReduce")
             .map_err(coll_err)?;
@@ -143,6 +144,7 @@ impl Communicator<AscendBackend> for HcclCommunicator {
                     dev.stream.0,
                 )
             };
+            crate::host_calls::bump(crate::host_calls::Counter::Hccl);
             self.cann
                 .check_hccl(rc, "HcclAllGather")
                 .map_err(coll_err)?;

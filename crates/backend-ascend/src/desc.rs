@@ -300,6 +300,7 @@ pub fn launch(
     // SAFETY: the executor came from phase 1 just now; the workspace holds `ws` bytes; the
     // stream is the device's. The executor is consumed by this call.
     let st = unsafe { phase2(wp, ws, ex, dev.stream.0) };
+    crate::host_calls::bump(crate::host_calls::Counter::Op);
     cann.check_nn(st, name)
         .map_err(|e| BackendError::Device(e.to_string()))
 }

@@ -2,10 +2,13 @@
 //!
 //! Fused attention takes its sequence lengths as host arrays, which a captured graph would
 //! freeze; so a decode step is captured in segments, the ops between attention calls, and
-//! attention always runs eagerly with the step's own lengths. The first pure-decode step of
-//! a captured token count runs while recording; later ones replay: the model still calls
-//! every op, but the backend only hands back the buffers the capture used (in allocation
-//! order) and refills the graph's input buffers, launching nothing until a segment ends.
+//! the K/V write and attention always run eagerly with the step's own lengths (so no graph
+//! holds the KV cache's address, and graphs can be captured before the cache is sized).
+//! Graphs are keyed by padded token count only. The first pure-decode step of a captured
+//! size runs while recording (start-up runs one per configured size, see
+//! [`capture_sizes_within_budget`]); later ones replay: the model still calls every op, but
+//! the backend only hands back the buffers the capture used (in allocation order) and
+//! refills the graph's input buffers, launching nothing until a segment ends.
 
 use std::sync::Arc;
 
@@ -43,14 +46,80 @@ impl Padded {
     }
 }
 
+/// Captured graphs a device may hold. Each captured graph holds a stream, and a 910B has
+/// 2,048; vllm-ascend captures at most 1,800 graphs, keeping 248 streams for the rest
+/// (`vllm_ascend/utils.py`, `update_aclgraph_sizes`: "we can only capture 1800 graphs at
+/// most ... bounded by the number of streams, which is 2048").
+pub const MAX_CAPTURED_GRAPHS: usize = 1800;
+
+/// The capture sizes that fit the stream budget when each size takes `graphs_per_size`
+/// graphs (piecewise: layers + 1 segments): all of them when they fit, else evenly spaced
+/// ones, always keeping the smallest and the largest (as vllm-ascend's
+/// `update_aclgraph_sizes` samples them).
+pub fn capture_sizes_within_budget(sizes: &[usize], graphs_per_size: usize) -> Vec<usize> {
+    let mut sizes = sizes.to_vec();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let fit = MAX_CAPTURED_GRAPHS / graphs_per_size.max(1);
+    if sizes.len() <= fit {
+        return sizes;
+    }
+    match fit {
+        0 => Vec::new(),
+        1 => vec![sizes[0]],
+        _ => {
+            let step = (sizes.len() - 1) as f64 / (fit - 1) as f64;
+            let mut out: Vec<usize> = (0..fit)
+                .map(|i| sizes[((i as f64 * step).round() as usize).min(sizes.len() - 1)])
+                .collect();
+            out.dedup();
+            out
+        }
+    }
+}
+
 fn diverged(what: &str) -> BackendError {
     BackendError::Device(format!("graph replay diverged from its capture: {what}"))
 }
 
 impl AscendBackend {
-    /// Captured decode steps (one per padded token count and real sequence count).
+    /// Captured decode steps (one per padded token count).
     pub fn captured_graphs(&self) -> usize {
         self.graphs.lock().map_or(0, |g| g.len())
+    }
+
+    /// Captured graph segments (each holds one of the device's streams).
+    pub fn captured_segments(&self) -> usize {
+        self.graphs
+            .lock()
+            .map_or(0, |g| g.values().map(|s| s.segments.len()).sum())
+    }
+
+    /// The padded token counts captured so far, ascending.
+    pub fn captured_sizes(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .graphs
+            .lock()
+            .map_or(Vec::new(), |g| g.keys().copied().collect());
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether the rows of a padded step's hidden states past the real ones are padding:
+    /// `rows` (the real ones) extended with them, so the LM head keeps the captured shape.
+    pub(crate) fn padded_rows(&self, rows: &[u32]) -> Option<Vec<u32>> {
+        let (real, padded) = (*self.padding.lock().ok()?)?;
+        let is_real = rows.len() == real && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
+        (is_real && self.in_graph_mode()).then(|| (0..padded as u32).collect())
+    }
+
+    /// Whether `n` rows of logits are a padded step's for `rows` real requests.
+    pub(crate) fn is_padded_logits(&self, n: usize, rows: usize) -> bool {
+        self.padding
+            .lock()
+            .ok()
+            .and_then(|p| *p)
+            .is_some_and(|(real, padded)| real == rows && padded == n)
     }
 
     /// Decode steps that were replays of a captured graph.
@@ -133,6 +202,9 @@ impl AscendBackend {
     /// capturing one, or stay eager.
     pub(crate) fn enter_graph_mode(&self, m: &StepMeta<'_>, real_tokens: usize) -> Result<()> {
         self.abandon_graph_step();
+        if let Ok(mut p) = self.padding.lock() {
+            *p = None;
+        }
         if !self.graph_eligible(m) {
             return Ok(());
         }
@@ -143,8 +215,10 @@ impl AscendBackend {
         if !self.opts.kv_cache_f32 {
             drop(self.causal_mask()?);
         }
-        // The sampled rows (and so the lm_head's shape) follow the real sequences.
-        let key = (m.token_ids.len(), real_tokens);
+        let key = m.token_ids.len();
+        if let Ok(mut p) = self.padding.lock() {
+            *p = (real_tokens < key).then_some((real_tokens, key));
+        }
         let existing = self
             .graphs
             .lock()
@@ -162,6 +236,17 @@ impl AscendBackend {
                 };
             }
             None => {
+                // Within the stream budget: past it, this size stays eager.
+                let segments = self.captured_segments();
+                let per_graph = self
+                    .graphs
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.values().next().map(|s| s.segments.len()))
+                    .unwrap_or(1);
+                if segments + per_graph > MAX_CAPTURED_GRAPHS {
+                    return Ok(());
+                }
                 *dev.graph_state() = GraphMode::Capture(Recording::default());
                 if let Ok(mut c) = self.capturing.lock() {
                     *c = Some(key);
@@ -186,6 +271,8 @@ impl AscendBackend {
                 }
                 Ok(())
             }
+            // The K/V write already opened the eager region attention now enters.
+            GraphMode::Replay { eager: true, .. } => Ok(()),
             GraphMode::Replay {
                 step,
                 segment,
@@ -237,6 +324,9 @@ impl AscendBackend {
                 // A failed capture is freed (dropped) rather than kept.
                 let step = dev.finish_recording(rec);
                 if let (Ok(()), Some(key)) = (&ended, key) {
+                    use crate::host_calls::{add, bump, Counter};
+                    bump(Counter::GraphCaptured);
+                    add(Counter::GraphSegments, step.segments.len() as u64);
                     if let Ok(mut g) = self.graphs.lock() {
                         g.insert(key, Arc::new(step));
                     }
@@ -296,5 +386,35 @@ impl Drop for AscendBackend {
         // Graphs hold the device; a replay state would keep it alive.
         self.abandon_graph_step();
         let _ = self.drop_graphs();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{capture_sizes_within_budget, MAX_CAPTURED_GRAPHS};
+
+    #[test]
+    fn capture_sizes_keep_within_the_stream_budget() {
+        let sizes = [64, 1, 2, 4, 8, 16, 32, 8];
+        // Qwen3-8B piecewise (37 graphs a size) and Qwen3-32B (65): all seven fit.
+        assert_eq!(
+            capture_sizes_within_budget(&sizes, 37),
+            vec![1, 2, 4, 8, 16, 32, 64]
+        );
+        assert_eq!(capture_sizes_within_budget(&sizes, 65).len(), 7);
+        // Three fit: the smallest, the largest and one between.
+        assert_eq!(
+            capture_sizes_within_budget(&sizes, MAX_CAPTURED_GRAPHS / 3),
+            vec![1, 8, 64]
+        );
+        assert_eq!(
+            capture_sizes_within_budget(&sizes, MAX_CAPTURED_GRAPHS),
+            vec![1]
+        );
+        assert!(capture_sizes_within_budget(&sizes, MAX_CAPTURED_GRAPHS + 1).is_empty());
+        for per in [1, 37, 65, 200, 600] {
+            let kept = capture_sizes_within_budget(&sizes, per);
+            assert!(kept.len() * per <= MAX_CAPTURED_GRAPHS, "{per}: {kept:?}");
+        }
     }
 }

@@ -36,8 +36,8 @@ impl AscendBackend {
                 return Err(unsupported(&why));
             }
         }
-        // Captured steps write into the old cache's addresses.
-        self.drop_graphs()?;
+        // Captured steps never touch the cache (K/V writes and attention run between
+        // segments), so graphs captured before the cache was sized stay valid.
         let shape = [s.num_blocks, s.block_size, s.num_kv_heads, s.head_dim];
         let dt = self.kv_dt();
         let bytes = shape.iter().product::<usize>() * dt.size();
@@ -99,6 +99,10 @@ impl AscendBackend {
         if step.num_tokens == 0 {
             return Ok(());
         }
+        // In a graph step the K/V write opens the eager region attention closes, as vLLM's
+        // piecewise split op (attention with its cache write): no graph holds the cache's
+        // address, so graphs can be captured before the cache is sized.
+        self.graph_segment_end()?;
         let c = self.cann_ref();
         let pa = (self.opts.scatter_pa_kv_cache && !self.opts.kv_cache_f32)
             .then_some(())

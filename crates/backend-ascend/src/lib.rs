@@ -22,6 +22,7 @@ pub mod device_query;
 pub mod doctor;
 pub mod fia_check;
 mod graph;
+pub mod host_calls;
 mod kv_cache;
 mod mask;
 pub mod mem;
@@ -50,6 +51,7 @@ use qwen3_backend::{
 
 pub use attn_rules::AttentionPath;
 pub use backend::AscendBackend;
+pub use graph::{capture_sizes_within_budget, MAX_CAPTURED_GRAPHS};
 pub use kv_cache::AscendKvCache;
 pub use mem::{MemByKind, MemKind, PoolStats};
 pub use options::{AscendOptions, AttentionBackend};
@@ -153,8 +155,26 @@ impl Backend for AscendBackend {
         self.rope_impl(x, step, head_dim)
     }
 
+    fn rope_qk(
+        &self,
+        q: &mut AscendTensor,
+        k: &mut AscendTensor,
+        step: &AscendStep,
+        head_dim: usize,
+    ) -> Result<()> {
+        self.rope_qk_impl(q, k, step, head_dim)
+    }
+
     fn silu_mul(&self, gate: &AscendTensor, up: &AscendTensor) -> Result<AscendTensor> {
         self.silu_mul_impl(gate, up)
+    }
+
+    fn merges_gate_up(&self) -> bool {
+        self.opts.merge_gate_up
+    }
+
+    fn silu_mul_merged(&self, gate_up: &AscendTensor) -> Result<AscendTensor> {
+        self.silu_mul_merged_impl(gate_up)
     }
 
     fn add_inplace(&self, x: &mut AscendTensor, y: &AscendTensor) -> Result<()> {
@@ -206,7 +226,9 @@ impl Backend for AscendBackend {
 
     fn sample(&self, logits: &AscendTensor, rows: &[SampleRow<'_>]) -> Result<Vec<Sampled>> {
         self.finish_graph_step()?;
-        self.sample_impl(logits, rows)
+        let r = self.sample_impl(logits, rows);
+        self.end_step_timer();
+        r
     }
 
     fn prompt_logprobs(

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ascend_sys::types::*;
 use ascend_sys::Cann;
+
+use crate::host_calls::{self, Counter};
 use qwen3_backend::{BackendError, Result};
 
 pub use crate::mem_kind::{MemByKind, MemKind};
@@ -151,6 +153,11 @@ thread_local! {
     /// The device (by unique id, not by context address, which the runtime may reuse)
     /// whose context is current on this thread; 0 for none.
     static BOUND: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_copy(n: Counter, bytes: Counter, len: usize) {
+    host_calls::bump(n);
+    host_calls::add(bytes, len as u64);
 }
 
 pub fn dev_err(e: impl std::fmt::Display) -> BackendError {
@@ -315,18 +322,24 @@ impl Device {
 
     /// A buffer of at least `bytes` from the pool (activations, workspaces, step data).
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<Buffer> {
-        self.alloc_kind(bytes, false)
+        self.alloc_kind(bytes, GraphUse::Step)
     }
 
     /// A buffer the host fills (step inputs): like [`Device::alloc`], but in graph mode one
     /// that no other tensor of the step shares.
     pub fn alloc_input(self: &Arc<Self>, bytes: usize) -> Result<Buffer> {
-        self.alloc_kind(bytes, true)
+        self.alloc_kind(bytes, GraphUse::Input)
     }
 
-    fn alloc_kind(self: &Arc<Self>, bytes: usize, input: bool) -> Result<Buffer> {
+    /// A buffer an eager region (attention) writes and the next graph segment reads: in
+    /// graph mode, the graph's even inside the eager region.
+    pub fn alloc_region_output(self: &Arc<Self>, bytes: usize) -> Result<Buffer> {
+        self.alloc_kind(bytes, GraphUse::RegionOutput)
+    }
+
+    fn alloc_kind(self: &Arc<Self>, bytes: usize, usage: GraphUse) -> Result<Buffer> {
         let class = size_class(bytes);
-        if let Some(b) = self.graph_alloc(class, input)? {
+        if let Some(b) = self.graph_alloc(class, usage)? {
             return Ok(b);
         }
         let reused = {
@@ -427,14 +440,19 @@ impl Device {
     }
 
     /// A buffer of the graph being captured or replayed, or `None` outside graph mode.
-    fn graph_alloc(self: &Arc<Self>, class: usize, input: bool) -> Result<Option<Buffer>> {
+    fn graph_alloc(self: &Arc<Self>, class: usize, usage: GraphUse) -> Result<Option<Buffer>> {
+        let input = usage == GraphUse::Input;
         let mut g = self.graph_state();
         let ptr = match &mut *g {
             // Outside graph mode, and inside eager regions (attention, whose shapes change
             // with the context every step): the pool.
-            GraphMode::Off
-            | GraphMode::Capture(Recording { active: false, .. })
-            | GraphMode::Replay { eager: true, .. } => return Ok(None),
+            GraphMode::Off => return Ok(None),
+            GraphMode::Capture(Recording { active: false, .. })
+            | GraphMode::Replay { eager: true, .. }
+                if usage != GraphUse::RegionOutput =>
+            {
+                return Ok(None)
+            }
             GraphMode::Capture(rec) => {
                 let reuse = if input {
                     None
@@ -546,6 +564,7 @@ impl Device {
             }
         }
         self.cann.check(rc, "aclmdlRICaptureEnd").map_err(dev_err)?;
+        host_calls::bump(Counter::Graph);
         // SAFETY: a graph just captured on this device, launched on its stream.
         let rc = unsafe { exec(ri, self.stream.0) };
         self.cann.check(rc, "aclmdlRIExecuteAsync").map_err(dev_err)
@@ -582,6 +601,7 @@ impl Device {
             .aclmdlRIExecuteAsync
             .ok_or_else(|| BackendError::Unsupported("aclmdlRIExecuteAsync".into()))?;
         self.bind()?;
+        host_calls::bump(Counter::Graph);
         // SAFETY: a live graph of this device, launched on its stream.
         let rc = unsafe { exec(ri.0, self.stream.0) };
         self.cann.check(rc, "aclmdlRIExecuteAsync").map_err(dev_err)
@@ -629,6 +649,7 @@ impl Device {
 
     fn sync_stream(&self) -> Result<()> {
         self.bind()?;
+        host_calls::bump(Counter::Sync);
         // SAFETY: the stream lives as long as `self`.
         let rc = unsafe { (self.cann.acl.aclrtSynchronizeStream)(self.stream.0) };
         self.cann
@@ -667,7 +688,9 @@ impl Device {
             return Ok(());
         }
         self.bind()?;
+        count_copy(Counter::H2d, Counter::H2dBytes, data.len());
         if matches!(&*self.graph_state(), GraphMode::Capture(r) if r.active) {
+            host_calls::bump(Counter::Sync);
             // Not recorded: a graph input, refilled by every replay before its segment runs.
             // SAFETY: `dst` holds at least `data.len()` bytes; `data` is readable.
             let rc = unsafe {
@@ -714,6 +737,8 @@ impl Device {
             return Ok(());
         }
         self.bind()?;
+        count_copy(Counter::H2d, Counter::H2dBytes, data.len());
+        host_calls::bump(Counter::Sync);
         // SAFETY: `dst` holds at least `data.len()` bytes; `data` is readable for the call.
         let rc = unsafe {
             (self.cann.acl.aclrtMemcpy)(
@@ -739,6 +764,7 @@ impl Device {
             return Ok(());
         }
         self.bind()?;
+        count_copy(Counter::D2h, Counter::D2hBytes, out.len());
         // aclrtMemcpyAsync wants 64-byte-aligned addresses: a row inside a buffer is read
         // from the aligned address before it (allocations are aligned, so still inside).
         let lead = src.0 as usize % crate::staging::ALIGN;
@@ -809,6 +835,17 @@ pub struct Buffer {
     /// Usable bytes (the size class for pooled buffers).
     pub bytes: usize,
     kind: BufKind,
+}
+
+/// What a buffer asked for in graph mode is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GraphUse {
+    /// Step work: the graph's inside a segment, the pool's in an eager region.
+    Step,
+    /// Filled from the host.
+    Input,
+    /// Written in an eager region, read by the next segment.
+    RegionOutput,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -256,9 +256,8 @@ impl AscendBackend {
             ));
         }
         let (m, i) = gate.matrix();
-        let out = self.empty(gate.dt, &gate.shape)?;
         if m == 0 {
-            return Ok(out);
+            return self.empty(gate.dt, &gate.shape);
         }
         // SwiGlu splits one [m, 2i] input in halves: silu(first) * second.
         let both = self.empty(gate.dt, &[m, 2 * i])?;
@@ -270,6 +269,22 @@ impl AscendBackend {
         };
         self.copy_view(&half(0), &gate.view().reshape(&[m, i])?)?;
         self.copy_view(&half(i), &up.view().reshape(&[m, i])?)?;
+        let mut out = self.silu_mul_merged_impl(&both)?;
+        out.shape = gate.shape.clone();
+        Ok(out)
+    }
+
+    /// SwiGlu of `[m, 2i]` (gate columns first): `[m, i]`, one launch.
+    pub(crate) fn silu_mul_merged_impl(&self, both: &AscendTensor) -> Result<AscendTensor> {
+        let (m, two_i) = both.matrix();
+        if !two_i.is_multiple_of(2) {
+            return Err(shape_err("silu_mul_merged", format!("{:?}", both.shape)));
+        }
+        let i = two_i / 2;
+        let out = self.empty(both.dt, &[m, i])?;
+        if m == 0 {
+            return Ok(out);
+        }
         let c = self.cann_ref();
         let (a, o) = (
             self.td(&both.view())?,
@@ -295,6 +310,8 @@ impl AscendBackend {
     }
 
     pub(crate) fn select_rows_impl(&self, x: &AscendTensor, rows: &[u32]) -> Result<AscendTensor> {
+        let padded = self.padded_rows(rows);
+        let rows = padded.as_deref().unwrap_or(rows);
         let (n, dim) = x.matrix();
         if let Some(&r) = rows.iter().find(|&&r| r as usize >= n) {
             return Err(shape_err("select_rows", format!("row {r} of {n}")));

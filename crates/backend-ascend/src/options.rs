@@ -16,10 +16,13 @@ pub struct AscendOptions {
     /// exact and runs attention as matmul + softmax per sequence (FIA takes no F32).
     pub kv_cache_f32: bool,
     /// Capture pure-decode steps of these token counts as graphs (segments between
-    /// attention calls) and replay them; other steps run eagerly. Needs the aclmdlRI
-    /// capture API; not used with tensor parallelism.
+    /// attention calls, keyed by padded size) and replay them; other steps run eagerly.
+    /// Needs the aclmdlRI capture API; not used with tensor parallelism.
     pub graph_capture: bool,
     pub capture_batch_sizes: Vec<usize>,
+    /// Load each dense MLP's gate and up projections as one weight (one matmul and one
+    /// SwiGlu per layer instead of two matmuls, two copies and a SwiGlu).
+    pub merge_gate_up: bool,
     /// Forces one fused-attention version (when exported) instead of the newest.
     pub attention_api: Option<AttentionApi>,
     /// Which kernels attend over the BF16 paged cache.
@@ -59,6 +62,7 @@ impl Default for AscendOptions {
             kv_cache_f32: false,
             graph_capture: false,
             capture_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64],
+            merge_gate_up: true,
             attention_api: None,
             attention_backend: AttentionBackend::Fia,
         }

@@ -124,22 +124,86 @@ impl AscendBackend {
             return Ok(());
         }
         let heads = width / head_dim;
+        self.with_rope_tables(step, x.dt, |cos, sin, sgn| {
+            self.rope_with(x, cos, sin, sgn, t, heads, head_dim)
+        })
+    }
+
+    /// Runs `f` with the step's cos, sin and signed-sin tables in `dt` (cast once per step).
+    fn with_rope_tables<R>(
+        &self,
+        step: &AscendStep,
+        dt: Dt,
+        f: impl FnOnce(&AscendTensor, &AscendTensor, &AscendTensor) -> Result<R>,
+    ) -> Result<R> {
+        if dt == Dt::F32 {
+            return f(&step.cos, &step.sin, &step.sin_signed);
+        }
         let mut cast = step.cast.lock().unwrap_or_else(|p| p.into_inner());
-        let (cos, sin, sgn) = if x.dt == Dt::F32 {
-            (&step.cos, &step.sin, &step.sin_signed)
-        } else {
-            if cast.as_ref().is_none_or(|c| c[0].dt != x.dt) {
-                let one = |a: &AscendTensor| -> Result<AscendTensor> {
-                    self.cast(a, x.dt)?
-                        .ok_or_else(|| BackendError::Device("cast".into()))
-                };
-                *cast = Some([one(&step.cos)?, one(&step.sin)?, one(&step.sin_signed)?]);
-            }
-            let c = cast
-                .as_ref()
-                .ok_or_else(|| BackendError::Device("rope tables".into()))?;
-            (&c[0], &c[1], &c[2])
+        if cast.as_ref().is_none_or(|c| c[0].dt != dt) {
+            let one = |a: &AscendTensor| -> Result<AscendTensor> {
+                self.cast(a, dt)?
+                    .ok_or_else(|| BackendError::Device("cast".into()))
+            };
+            *cast = Some([one(&step.cos)?, one(&step.sin)?, one(&step.sin_signed)?]);
+        }
+        let c = cast
+            .as_ref()
+            .ok_or_else(|| BackendError::Device("rope tables".into()))?;
+        f(&c[0], &c[1], &c[2])
+    }
+
+    /// RoPE of a layer's queries and keys in one `aclnnApplyRotaryPosEmb` call (in place,
+    /// BSND with B = 1, rotate-half as RotaryPositionEmbedding's mode 0), when exported.
+    pub(crate) fn rope_qk_impl(
+        &self,
+        q: &mut AscendTensor,
+        k: &mut AscendTensor,
+        step: &AscendStep,
+        head_dim: usize,
+    ) -> Result<()> {
+        let c = self.cann_ref();
+        let both = c
+            .ops
+            .aclnnApplyRotaryPosEmbGetWorkspaceSize
+            .zip(c.ops.aclnnApplyRotaryPosEmb);
+        let (t, qw) = q.matrix();
+        let (tk, kw) = k.matrix();
+        let fits = head_dim > 0
+            && head_dim.is_multiple_of(2)
+            && qw.is_multiple_of(head_dim)
+            && kw.is_multiple_of(head_dim)
+            && t == step.num_tokens
+            && tk == t
+            && q.dt == k.dt
+            && t > 0
+            && step.cos.shape == [t, head_dim];
+        let Some((ws, run)) = both.filter(|_| self.opts.fused_rope && fits) else {
+            self.rope_impl(q, step, head_dim)?;
+            return self.rope_impl(k, step, head_dim);
         };
+        self.with_rope_tables(step, q.dt, |cos, sin, _| {
+            let qd = self.td(&q.view().reshape(&[1, t, qw / head_dim, head_dim])?)?;
+            let kd = self.td(&k.view().reshape(&[1, t, kw / head_dim, head_dim])?)?;
+            let cd = self.td(&cos.view().reshape(&[1, t, 1, head_dim])?)?;
+            let sd = self.td(&sin.view().reshape(&[1, t, 1, head_dim])?)?;
+            aclnn!(&self.dev, "aclnnApplyRotaryPosEmb", ws, run;
+                qd.raw, kd.raw, cd.raw, sd.raw, 1i64)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rope_with(
+        &self,
+        x: &mut AscendTensor,
+        cos: &AscendTensor,
+        sin: &AscendTensor,
+        sgn: &AscendTensor,
+        t: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        let width = heads * head_dim;
         let out = self.empty(x.dt, &x.shape)?;
         let c = self.cann_ref();
         let fused = if self.opts.fused_rope {

@@ -4,7 +4,7 @@
 use qwen3_backend::sampling::{sample_row, SampleRow, Sampled};
 use qwen3_backend::{Backend, BackendError, Result};
 
-use crate::desc::Dt;
+use crate::desc::{Dt, View};
 use crate::mem::DevPtr;
 use crate::sample::{plan_row, sample_candidates, RowPlan};
 use crate::{shape_err, AscendBackend, AscendTensor};
@@ -15,8 +15,9 @@ impl AscendBackend {
         logits: &AscendTensor,
         rows: &[SampleRow<'_>],
     ) -> Result<Vec<Sampled>> {
-        let (n, vocab) = logits.matrix();
-        if n != rows.len() {
+        let (all, vocab) = logits.matrix();
+        let n = rows.len();
+        if all != n && !self.is_padded_logits(all, n) {
             return Err(shape_err(
                 "sample",
                 format!("{n} rows of logits for {} requests", rows.len()),
@@ -27,13 +28,18 @@ impl AscendBackend {
         }
         let lc = self.cast(logits, Dt::F32)?;
         let l = lc.as_ref().unwrap_or(logits);
+        // A padded step's real rows come first.
+        let lv = View {
+            shape: vec![n as i64, vocab as i64],
+            ..l.view()
+        };
         let plans: Vec<RowPlan> = rows.iter().map(|r| plan_row(r, vocab)).collect();
         let c = self.cann_ref();
         let mut argmax: Option<Vec<i64>> = None;
         if plans.contains(&RowPlan::Argmax) {
             let out = self.empty(Dt::I64, &[n])?;
             {
-                let (a, o) = (self.td(&l.view())?, self.td(&out.view())?);
+                let (a, o) = (self.td(&lv)?, self.td(&out.view())?);
                 aclnn!(&self.dev, "aclnnArgMax", c.ops.aclnnArgMaxGetWorkspaceSize,
                     c.ops.aclnnArgMax; a.raw, 1i64, false, o.raw)?;
             }
@@ -51,11 +57,7 @@ impl AscendBackend {
             let vals = self.empty(Dt::F32, &[n, k])?;
             let ids = self.empty(Dt::I64, &[n, k])?;
             {
-                let (a, vd, id) = (
-                    self.td(&l.view())?,
-                    self.td(&vals.view())?,
-                    self.td(&ids.view())?,
-                );
+                let (a, vd, id) = (self.td(&lv)?, self.td(&vals.view())?, self.td(&ids.view())?);
                 aclnn!(&self.dev, "aclnnTopk", c.ops.aclnnTopkGetWorkspaceSize, c.ops.aclnnTopk;
                     a.raw, k as i64, 1i64, true, true, vd.raw, id.raw)?;
             }

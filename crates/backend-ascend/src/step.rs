@@ -38,6 +38,7 @@ pub struct AscendStep {
 
 impl AscendBackend {
     pub(crate) fn prepare_step_impl(&self, m: &StepMeta<'_>) -> Result<AscendStep> {
+        self.start_step_timer(!m.query_len.is_empty() && m.query_len.iter().all(|&l| l == 1));
         // A decode batch smaller than a captured size runs as that size, padded.
         let real_tokens = m.token_ids.len();
         let padded = self.graph_padding(m);

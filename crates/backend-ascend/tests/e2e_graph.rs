@@ -211,20 +211,44 @@ fn engine_with_graph_capture_matches_goldens() {
     emu.assert_clean();
 }
 
-/// Graphs write into the KV cache's addresses: a resize drops them, and the next decode
-/// steps capture again and give the same results.
+/// No graph holds the KV cache's address (the K/V write and attention run between
+/// segments), so graphs captured before the cache is sized survive its resize: start-up
+/// captures them before sizing it. Were a graph to write the old cache, the emulator would
+/// refuse the replay (use after free) and the results would differ.
 #[test]
-fn kv_resize_drops_captured_graphs() {
+fn graphs_survive_a_kv_resize() {
     let emu = Emu::new();
     let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[2]);
     let first = run(&mut ex, 3);
     assert_eq!(ex.worker().backend.captured_graphs(), 1);
-    ex.resize_kv(4, BLOCK_SIZE).expect("resize");
-    assert_eq!(ex.worker().backend.captured_graphs(), 0);
+    ex.resize_kv(6, BLOCK_SIZE).expect("resize");
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
     let second = run(&mut ex, 3);
     assert_eq!(ex.worker().backend.captured_graphs(), 1);
-    assert_eq!(ex.worker().backend.graph_replays(), 4);
+    assert_eq!(ex.worker().backend.graph_replays(), 5);
     assert_eq!(first, second);
+    drop(ex);
+    emu.assert_clean();
+}
+
+/// Start-up's warm-up captures one graph per configured size (keyed by padded size only),
+/// each with layers + 1 segments, before any request; serving then only replays.
+#[test]
+fn decode_warmup_captures_every_configured_size() {
+    let emu = Emu::new();
+    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[1, 2, 4]);
+    qwen3_model::profile::decode_warmup(&mut ex, &[1, 2, 4], BLOCK_SIZE).expect("warm-up");
+    let layers = ex.worker().model.config.num_hidden_layers;
+    assert_eq!(ex.worker().backend.captured_sizes(), vec![1, 2, 4]);
+    assert_eq!(ex.worker().backend.captured_segments(), 3 * (layers + 1));
+    let eager = run(&mut executor(&emu, 1, WeightDType::BF16, false, &[]), 3);
+    assert_eq!(run(&mut ex, 3), eager);
+    assert_eq!(
+        ex.worker().backend.captured_graphs(),
+        3,
+        "no capture while serving"
+    );
+    assert_eq!(ex.worker().backend.graph_replays(), 3);
     drop(ex);
     emu.assert_clean();
 }
@@ -273,11 +297,11 @@ fn padded_graphs_follow_the_real_batch_size() {
     let graph = drive(&mut ex);
     assert_eq!(
         ex.worker().backend.captured_graphs(),
-        2,
-        "(4, 2) and (4, 1)"
+        1,
+        "keyed by the padded size only"
     );
-    assert_eq!(ex.worker().backend.graph_replays(), 1);
-    // Both graphs and every eager op share one workspace, sized before the captures (the
+    assert_eq!(ex.worker().backend.graph_replays(), 2);
+    // The graph and every eager op share one workspace, sized before the capture (the
     // prefill's ops ask for the most), so capturing allocated none.
     let ws = ex.worker().backend.workspace_stats();
     assert_eq!(ws.grows_while_capturing, 0, "{ws:?}");

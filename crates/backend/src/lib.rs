@@ -190,8 +190,34 @@ pub trait Backend: Send + Sync + 'static {
     fn linear(&self, x: &Self::Tensor, weight: &Self::Tensor) -> Result<Self::Tensor>;
     /// Rotary embedding at the step's positions (neox layout), in place on `[tokens, heads * head_dim]`.
     fn rope(&self, x: &mut Self::Tensor, step: &Self::Step, head_dim: usize) -> Result<()>;
+    /// Rotary embedding of a layer's queries and keys: one call where the device has one op
+    /// for both (fewer launches per layer), else [`Backend::rope`] on each.
+    fn rope_qk(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        step: &Self::Step,
+        head_dim: usize,
+    ) -> Result<()> {
+        self.rope(q, step, head_dim)?;
+        self.rope(k, step, head_dim)
+    }
     /// `silu(gate) * up`.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Whether the model should load each dense MLP's gate and up projections as one
+    /// `[2 * intermediate, hidden]` weight (gate rows first) and call
+    /// [`Backend::silu_mul_merged`]: one matmul and one activation instead of two matmuls,
+    /// where launches are what a step costs (the NPU).
+    fn merges_gate_up(&self) -> bool {
+        false
+    }
+    /// `silu(x[:, :i]) * x[:, i:]` of `x` `[tokens, 2i]`, for backends that merge gate and up.
+    fn silu_mul_merged(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor> {
+        let _ = gate_up;
+        Err(BackendError::Unsupported(
+            "merged gate/up projections on this backend".into(),
+        ))
+    }
     fn add_inplace(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// Selects rows (e.g. the last token of each sequence that samples).
     fn select_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;

@@ -7,6 +7,7 @@ use crate::state::{bump, code_of, Fail, Res, STATS};
 use ascend_sys::fns;
 use ascend_sys::types::*;
 use std::ffi::c_void;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A validated copy, run now or later: host addresses are read/written at run time.
@@ -89,6 +90,17 @@ fn plan_copy(
     })
 }
 
+/// Counts a host-issued copy between host and device (per-step figures for benchmarks).
+fn count_copy(c: &Copy) {
+    let (n, b) = match c.kind {
+        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE => (&STATS.h2d_copies, &STATS.h2d_bytes),
+        aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST => (&STATS.d2h_copies, &STATS.d2h_bytes),
+        _ => return,
+    };
+    bump(n);
+    b.fetch_add(c.count as u64, Ordering::Relaxed);
+}
+
 fn strict_memcpy() -> bool {
     std::env::var_os("CANN_EMU_STRICT_MEMCPY").is_some_and(|v| v == "1")
 }
@@ -129,7 +141,9 @@ pub unsafe extern "C" fn aclrtMemcpy(
 ) -> aclError {
     code_of((|| {
         let c = plan_copy(dst, dest_max, src, count, kind, "aclrtMemcpy")?;
+        count_copy(&c);
         if c.kind != aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST {
+            bump(&STATS.host_syncs);
             // A blocking copy waits for the device's queued work (the contract the backend
             // relies on). CANN's documentation only calls aclrtMemcpy synchronous to the
             // host, so CANN_EMU_STRICT_MEMCPY=1 drops the implicit wait: code that reads
@@ -170,6 +184,9 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
             ));
         }
         let s = stream_of(stream, what)?;
+        if !s.is_capturing() {
+            count_copy(&c);
+        }
         // Rule memcpy-async-pageable: CANN 8.3.RC1 aclrtMemcpyAsync, function description:
         // with host memory that is not page-locked (not from aclrtMallocHost) the call
         // "在内存复制任务完成后才返回" (returns only when the copy is done); and
@@ -184,6 +201,7 @@ pub unsafe extern "C" fn aclrtMemcpyAsync(
         let pageable = host.is_some_and(|h| c.count > 0 && !mem::is_pinned(h as usize, c.count));
         if pageable {
             bump(&STATS.pageable_async_copies);
+            bump(&STATS.host_syncs);
             capture_blocks_sync(Some(s.dev), what)?;
             if s.is_capturing() {
                 bump(&STATS.capture_violations);

@@ -354,6 +354,9 @@ fn enqueue(
         }
     }
     let id = seq.fetch_add(1, Ordering::SeqCst);
+    if !s.is_capturing() {
+        bump(&STATS.hccl_launches);
+    }
     s.enqueue(Arc::new(move || {
         bump(&STATS.collectives);
         let mine = mem::read(sa, sbytes as usize, what)?;

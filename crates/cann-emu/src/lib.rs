@@ -86,6 +86,22 @@ pub struct CannEmuStats {
     pub misaligned_copies: u64,
     /// `aclrtMemcpyAsync` from or to pageable host memory (allowed, but synchronous).
     pub pageable_async_copies: u64,
+    /// aclnn second phases the host issued to a stream that was not capturing.
+    pub op_launches: u64,
+    /// `aclmdlRIExecuteAsync` calls.
+    pub graph_launches: u64,
+    /// HCCL collectives the host issued to a stream that was not capturing.
+    pub hccl_launches: u64,
+    /// Host-to-device copies the host issued (blocking, or async outside a capture), and
+    /// their bytes.
+    pub h2d_copies: u64,
+    pub h2d_bytes: u64,
+    /// Device-to-host copies, likewise.
+    pub d2h_copies: u64,
+    pub d2h_bytes: u64,
+    /// Calls in which the host waits for the device: stream, event and device
+    /// synchronisations and blocking copies.
+    pub host_syncs: u64,
 }
 
 impl CannEmuStats {

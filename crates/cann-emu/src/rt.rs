@@ -36,7 +36,8 @@ struct Rt {
     default_streams: Vec<(i32, Arc<Stream>)>,
     events: Handles<EventState>,
     contexts: Handles<i32>,
-    graphs: Handles<Arc<Vec<Task>>>,
+    /// Captured graphs: their device and their recorded work.
+    graphs: Handles<(i32, Arc<Vec<Task>>)>,
 }
 
 static RT: LazyLock<Mutex<Rt>> = LazyLock::new(|| {
@@ -158,6 +159,28 @@ impl Stream {
             }
         }
     }
+}
+
+/// The stream budget of a device: streams the host created plus captured graphs, each of
+/// which holds a stream of its own while it lives. vllm-ascend (`vllm_ascend/utils.py`,
+/// `update_aclgraph_sizes`; `docs/source/developer_guide/feature_guide/ACL_Graph.md`,
+/// "Stream resource constraint"): every piecewise sub-graph uses at least one stream and the
+/// bound is "the number of streams, which is 2048". Past it CANN answers
+/// `ACL_ERROR_RT_NO_STREAM_RESOURCE` (207008, "Stream资源不足", ACL error-code table of
+/// `acl_base.h`, which points to aclrtCreateStream's stream limit).
+fn stream_budget_check(rt: &Rt, dev: i32, what: &str) -> Res<()> {
+    let streams = rt.streams.values().filter(|s| s.dev == dev).count() as u64;
+    let graphs = rt.graphs.values().filter(|(d, _)| *d == dev).count() as u64;
+    let budget = crate::state::stream_budget();
+    if streams + graphs >= budget {
+        return Err(Fail::new(
+            ACL_ERROR_RT_NO_STREAM_RESOURCE,
+            format!(
+                "{what}: no stream resource on device {dev}: {streams} streams and {graphs} captured graphs use all {budget}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn all_streams(dev: Option<i32>) -> Vec<Arc<Stream>> {
@@ -286,6 +309,7 @@ pub unsafe extern "C" fn aclrtGetDeviceCount(count: *mut u32) -> aclError {
 pub extern "C" fn aclrtSynchronizeDevice() -> aclError {
     code_of((|| {
         let dev = current_device()?;
+        bump(&STATS.host_syncs);
         capture_blocks_sync(Some(dev), "aclrtSynchronizeDevice")?;
         sync_device(Some(dev))
     })())
@@ -358,7 +382,9 @@ pub unsafe extern "C" fn aclrtGetCurrentContext(ctx: *mut aclrtContext) -> aclEr
 pub unsafe extern "C" fn aclrtCreateStream(stream: *mut aclrtStream) -> aclError {
     code_of((|| {
         let dev = current_device()?;
-        let h = lock(&RT).streams.insert(Arc::new(new_stream(dev)));
+        let mut rt = lock(&RT);
+        stream_budget_check(&rt, dev, "aclrtCreateStream")?;
+        let h = rt.streams.insert(Arc::new(new_stream(dev)));
         bump(&STATS.live_streams);
         out(stream, h as aclrtStream)
     })())
@@ -396,6 +422,7 @@ pub extern "C" fn aclrtDestroyStream(stream: aclrtStream) -> aclError {
 pub extern "C" fn aclrtSynchronizeStream(stream: aclrtStream) -> aclError {
     code_of((|| {
         let s = stream_of(stream, "aclrtSynchronizeStream")?;
+        bump(&STATS.host_syncs);
         if s.is_capturing() {
             bump(&STATS.capture_violations);
             return Err(Fail::new(
@@ -541,6 +568,7 @@ pub extern "C" fn aclrtStreamWaitEvent(stream: aclrtStream, event: aclrtEvent) -
 #[no_mangle]
 pub extern "C" fn aclrtSynchronizeEvent(event: aclrtEvent) -> aclError {
     code_of((|| {
+        bump(&STATS.host_syncs);
         if let Some((s, done)) = event_wait_target(event, "aclrtSynchronizeEvent")? {
             if !done.load(Ordering::SeqCst) {
                 if s.is_capturing() {
@@ -621,7 +649,9 @@ pub unsafe extern "C" fn aclmdlRICaptureEnd(stream: aclrtStream, ri: *mut aclmdl
                 "aclmdlRICaptureEnd: the stream is not being captured",
             )
         })?;
-        let h = lock(&RT).graphs.insert(Arc::new(tasks.2));
+        let mut rt = lock(&RT);
+        stream_budget_check(&rt, s.dev, "aclmdlRICaptureEnd")?;
+        let h = rt.graphs.insert((s.dev, Arc::new(tasks.2)));
         bump(&STATS.live_graphs);
         out(ri, h as aclmdlRI)
     })())
@@ -651,9 +681,10 @@ pub unsafe extern "C" fn aclmdlRICaptureGetInfo(
 #[no_mangle]
 pub extern "C" fn aclmdlRIExecuteAsync(ri: aclmdlRI, stream: aclrtStream) -> aclError {
     code_of((|| {
-        let g = lock(&RT).graphs.get(ri as u64).cloned();
+        let g = lock(&RT).graphs.get(ri as u64).map(|(_, g)| g.clone());
         let g = g.ok_or_else(|| bad_handle("aclmdlRIExecuteAsync", ri))?;
         let s = stream_of(stream, "aclmdlRIExecuteAsync")?;
+        bump(&STATS.graph_launches);
         for t in g.iter() {
             s.enqueue(t.clone());
         }

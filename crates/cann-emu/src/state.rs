@@ -57,6 +57,14 @@ counters!(
     workspace_violations,
     misaligned_copies,
     pageable_async_copies,
+    op_launches,
+    graph_launches,
+    hccl_launches,
+    h2d_copies,
+    h2d_bytes,
+    d2h_copies,
+    d2h_bytes,
+    host_syncs,
 );
 
 pub static STATS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Counters::default);
@@ -224,6 +232,23 @@ pub fn device_count() -> u32 {
         .and_then(|v| v.parse().ok())
         .filter(|&n: &u32| (1..=16).contains(&n))
         .unwrap_or(2)
+}
+
+/// `CANN_EMU_SKIP_MATH=1`: operators are validated at both phases and their tensors'
+/// memory checked when they execute, but their arithmetic is skipped, so that a benchmark
+/// times the host's own cost (outputs then hold whatever the buffers held).
+pub fn skip_math() -> bool {
+    std::env::var_os("CANN_EMU_SKIP_MATH").is_some_and(|v| v == "1")
+}
+
+/// Streams a device has for streams the host creates plus captured graphs
+/// (`CANN_EMU_STREAM_BUDGET`, default 2,048): see `rt::stream_budget_check`.
+pub fn stream_budget() -> u64 {
+    std::env::var("CANN_EMU_STREAM_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &u64| n > 0)
+        .unwrap_or(2048)
 }
 
 /// Device memory per device (`CANN_EMU_HBM_BYTES`, default 4 GiB).

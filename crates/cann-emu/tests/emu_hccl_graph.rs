@@ -405,3 +405,99 @@ fn thread_local_capture_only_blocks_the_capturing_thread() {
     let st = s.finish().unwrap();
     assert_eq!((st.leaks(), st.capture_violations), (0, 1));
 }
+
+/// A device has 2,048 streams and every captured graph holds one (vllm-ascend's
+/// `update_aclgraph_sizes`): past the budget, capture ends with
+/// ACL_ERROR_RT_NO_STREAM_RESOURCE. The budget is lowered here to keep the test small.
+/// Also: the per-step counters (launches, graph launches, copies, syncs) and the mode that
+/// validates an operator but skips its arithmetic.
+#[test]
+fn stream_budget_counters_and_skipped_math() {
+    let s = Session::new().unwrap();
+    let acl = s.cann.acl.clone();
+    let ops = s.cann.ops.clone();
+    let x = s
+        .upload(D::ACL_FLOAT, &[4], &f32_bytes(&[1.0, 2.0, 3.0, 4.0]))
+        .unwrap();
+    let y = s.upload(D::ACL_FLOAT, &[4], &f32_bytes(&[0.0; 4])).unwrap();
+    let mut one = 1.0f32;
+    // SAFETY: a valid float.
+    let al = unsafe { (s.cann.nnop.aclCreateScalar)((&mut one as *mut f32).cast(), D::ACL_FLOAT) };
+    let iadd = || {
+        s.run_op(
+            "iadd",
+            // SAFETY: live descriptors.
+            |w, e| unsafe { (ops.aclnnInplaceAddGetWorkspaceSize)(y.tensor, x.tensor, al, w, e) },
+            ops.aclnnInplaceAdd,
+        )
+        .unwrap()
+    };
+    let before = cann_emu::harness::stats().unwrap();
+    // The session's stream counts against the budget: 1 stream + 2 graphs fit in 3.
+    std::env::set_var("CANN_EMU_STREAM_BUDGET", "3");
+    let mut graphs = Vec::new();
+    let mut refused = 0;
+    for _ in 0..3 {
+        let mut ri = std::ptr::null_mut();
+        // SAFETY: live stream; the capture records one op.
+        unsafe {
+            assert_eq!(
+                (acl.aclmdlRICaptureBegin.unwrap())(
+                    s.stream,
+                    aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED
+                ),
+                0
+            );
+            iadd();
+            match (acl.aclmdlRICaptureEnd.unwrap())(s.stream, &mut ri) {
+                0 => graphs.push(ri),
+                ACL_ERROR_RT_NO_STREAM_RESOURCE => refused += 1,
+                other => panic!("capture end: {other}"),
+            }
+        }
+    }
+    std::env::remove_var("CANN_EMU_STREAM_BUDGET");
+    assert_eq!((graphs.len(), refused), (2, 1));
+    // Two replays, one eager launch, one copy each way, then the math skipped.
+    // SAFETY: live graphs and stream.
+    unsafe {
+        for &g in &graphs {
+            assert_eq!((acl.aclmdlRIExecuteAsync.unwrap())(g, s.stream), 0);
+        }
+    }
+    iadd();
+    assert_eq!(
+        from_f32(&s.download(y.ptr, 16).unwrap()),
+        vec![3.0, 6.0, 9.0, 12.0]
+    );
+    std::env::set_var("CANN_EMU_SKIP_MATH", "1");
+    iadd();
+    let skipped = from_f32(&s.download(y.ptr, 16).unwrap());
+    std::env::remove_var("CANN_EMU_SKIP_MATH");
+    assert_eq!(
+        skipped,
+        vec![3.0, 6.0, 9.0, 12.0],
+        "validated, not computed"
+    );
+    let st = cann_emu::harness::stats().unwrap();
+    assert_eq!(st.graph_launches - before.graph_launches, 2);
+    assert_eq!(
+        st.op_launches - before.op_launches,
+        2,
+        "captured ops are not host launches"
+    );
+    assert_eq!(st.d2h_copies - before.d2h_copies, 2);
+    assert_eq!(st.d2h_bytes - before.d2h_bytes, 32);
+    assert!(st.host_syncs > before.host_syncs);
+    // SAFETY: live handles, destroyed once.
+    unsafe {
+        for g in graphs {
+            assert_eq!((acl.aclmdlRIDestroy.unwrap())(g), 0);
+        }
+        (s.cann.nnop.aclDestroyScalar)(al);
+    }
+    s.release(x).unwrap();
+    s.release(y).unwrap();
+    let st = s.finish().unwrap();
+    assert_eq!((st.leaks(), st.violations()), (0, 0));
+}

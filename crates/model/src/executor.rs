@@ -276,10 +276,21 @@ impl<B: Backend> SingleExecutor<B> {
             .worker
             .forward_rows(batch, &arrays, rows, &SingleRank)
             .map_err(exec_err)?;
-        self.worker
+        let mut v = self
+            .worker
             .backend
             .to_host_f32(&logits)
-            .map_err(|e| ExecutorError(e.to_string()))
+            .map_err(|e| ExecutorError(e.to_string()))?;
+        // A decode step padded to a captured graph's size has logits for the padding too.
+        let vocab = self
+            .worker
+            .backend
+            .shape(&logits)
+            .last()
+            .copied()
+            .unwrap_or(0);
+        v.truncate(rows.len() * vocab);
+        Ok(v)
     }
 }
 

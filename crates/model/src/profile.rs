@@ -64,6 +64,61 @@ pub fn profile_batch(num_tokens: usize, block_size: usize, token_id: u32) -> Bat
     )
 }
 
+/// One pure-decode step of each size in `sizes` (at most `block_size`): that many one-token
+/// sequences at position 0, writing distinct slots of block 0 (the engine's null block,
+/// which no sequence reads), then freed. A backend that captures decode graphs captures
+/// them now, at start-up, rather than while serving.
+pub fn decode_warmup(
+    executor: &mut dyn Executor,
+    sizes: &[usize],
+    block_size: usize,
+) -> Result<(), ModelError> {
+    for &n in sizes.iter().filter(|&&n| n > 0 && n <= block_size) {
+        let ids: Vec<u64> = (0..n as u64).map(|i| PROFILE_SEQ - 1 - i).collect();
+        let batch = Batch {
+            new_seqs: ids
+                .iter()
+                .map(|&seq_id| NewSeq {
+                    seq_id,
+                    token_ids: vec![0].into(),
+                    num_prompt_tokens: 1,
+                    sampling: Arc::new(SamplingParams::greedy()),
+                })
+                .collect(),
+            finished: Vec::new(),
+            seqs: ids
+                .iter()
+                .enumerate()
+                .map(|(i, &seq_id)| ScheduledSeq {
+                    seq_id,
+                    query_start: i as u32,
+                    query_len: 1,
+                    context_len: 1,
+                    sample: true,
+                    suppressed: Vec::new(),
+                })
+                .collect(),
+            token_ids: vec![0; n],
+            positions: vec![0; n],
+            slot_mapping: (0..n as u32).collect(),
+            block_tables: vec![0; n],
+            max_blocks_per_seq: 1,
+            block_size,
+        };
+        executor
+            .execute(&batch)
+            .map_err(|e| ModelError::Invalid(format!("decode warm-up of {n} failed: {e}")))?;
+        executor
+            .execute(&Batch {
+                finished: ids,
+                block_size,
+                ..Default::default()
+            })
+            .map_err(|e| ModelError::Invalid(format!("decode warm-up cleanup failed: {e}")))?;
+    }
+    Ok(())
+}
+
 /// One profiling step of `tokens` prompt tokens, then its sequence freed, so the executor is
 /// left as it was.
 pub fn profile_step(

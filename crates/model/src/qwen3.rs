@@ -122,8 +122,21 @@ impl HeadPlan {
 }
 
 enum Mlp<T> {
-    Dense { gate: T, up: T, down: T },
-    Moe { router: T, experts: MoeWeights<T> },
+    Dense {
+        gate: T,
+        up: T,
+        down: T,
+    },
+    /// Gate and up as one `[2 * intermediate, hidden]` weight, gate rows first (backends
+    /// where a launch costs more than the matmul: [`Backend::merges_gate_up`]).
+    DenseMerged {
+        gate_up: T,
+        down: T,
+    },
+    Moe {
+        router: T,
+        experts: MoeWeights<T>,
+    },
 }
 
 struct Layer<T> {
@@ -261,6 +274,43 @@ impl<B: Backend> Loader<'_, B> {
         let t = self.backend.upload_w8a8(&o.host())?;
         self.bytes += self.backend.size_bytes(&t);
         Ok(t)
+    }
+
+    /// The linears `prefixes` (each `[out, in]`, rows `start..start + len` of each) stacked
+    /// along the output rows as one weight; None when one is quantized, AWQ/GPTQ or W8A8
+    /// (their packed groups and scales stay per projection).
+    fn stacked_rows(
+        &mut self,
+        prefixes: &[&str],
+        shape: &[usize],
+        (start, len): (usize, usize),
+    ) -> Result<Option<B::Tensor>, ModelError> {
+        for p in prefixes {
+            if self.is_quantized(p) || self.w8a8_scheme(p)?.is_some() {
+                return Ok(None);
+            }
+        }
+        let out_shape = [len * prefixes.len(), shape[1]];
+        let t = match self.dtype {
+            WeightDType::BF16 => {
+                let mut all = Vec::with_capacity(out_shape[0] * out_shape[1]);
+                for p in prefixes {
+                    let name = format!("{p}.weight");
+                    all.extend(self.store.load_bf16_slice(&name, shape, 0, start, len)?);
+                }
+                self.backend.upload(HostData::BF16(&all), &out_shape)?
+            }
+            WeightDType::F32 => {
+                let mut all = Vec::with_capacity(out_shape[0] * out_shape[1]);
+                for p in prefixes {
+                    let name = format!("{p}.weight");
+                    all.extend(self.store.load_f32_slice(&name, shape, 0, start, len)?);
+                }
+                self.backend.upload(HostData::F32(&all), &out_shape)?
+            }
+        };
+        self.bytes += self.backend.size_bytes(&t);
+        Ok(Some(t))
     }
 
     fn is_quantized(&self, prefix: &str) -> bool {
@@ -435,10 +485,24 @@ impl<B: Backend> Qwen3<B> {
             } else {
                 let i = cfg.intermediate_size;
                 let (is, il) = shard.range(i);
-                Mlp::Dense {
-                    gate: ld.linear(&format!("{p}.mlp.gate_proj"), &[i, h], 0, is, il)?,
-                    up: ld.linear(&format!("{p}.mlp.up_proj"), &[i, h], 0, is, il)?,
-                    down: ld.linear(&format!("{p}.mlp.down_proj"), &[h, i], 1, is, il)?,
+                let (gp, upp) = (format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj"));
+                let down = format!("{p}.mlp.down_proj");
+                // This rank's rows of each: the merged weight is TP-sharded like the two.
+                let merged = if backend.merges_gate_up() {
+                    ld.stacked_rows(&[&gp, &upp], &[i, h], (is, il))?
+                } else {
+                    None
+                };
+                match merged {
+                    Some(gate_up) => Mlp::DenseMerged {
+                        gate_up,
+                        down: ld.linear(&down, &[h, i], 1, is, il)?,
+                    },
+                    None => Mlp::Dense {
+                        gate: ld.linear(&gp, &[i, h], 0, is, il)?,
+                        up: ld.linear(&upp, &[i, h], 0, is, il)?,
+                        down: ld.linear(&down, &[h, i], 1, is, il)?,
+                    },
                 }
             };
             layers.push(Layer {
@@ -537,8 +601,7 @@ impl<B: Backend> Qwen3<B> {
             let v = backend.linear(&x, &layer.v)?;
             backend.head_rms_norm(&mut q, &layer.q_norm, d, self.eps)?;
             backend.head_rms_norm(&mut k, &layer.k_norm, d, self.eps)?;
-            backend.rope(&mut q, &step, d)?;
-            backend.rope(&mut k, &step, d)?;
+            backend.rope_qk(&mut q, &mut k, &step, d)?;
             backend.write_kv(kv, l, &k, &v, &step)?;
             let g = AttnGeometry {
                 sliding_window: layer.sliding_window,
@@ -553,6 +616,10 @@ impl<B: Backend> Qwen3<B> {
                     let g = backend.linear(&x, gate)?;
                     let u = backend.linear(&x, up)?;
                     backend.linear(&backend.silu_mul(&g, &u)?, down)?
+                }
+                Mlp::DenseMerged { gate_up, down } => {
+                    let gu = backend.linear(&x, gate_up)?;
+                    backend.linear(&backend.silu_mul_merged(&gu)?, down)?
                 }
                 Mlp::Moe { router, experts } => {
                     let logits = backend.linear(&x, router)?;

@@ -57,6 +57,30 @@ pub const SHAPES: &[Shape] = &[
         vocab: 151_936,
         tied: true,
     },
+    // Qwen3-8B and Qwen3-32B (their config.json on the Hub); the NPU decode benchmark cuts
+    // them to a few layers with `--layers` and scales per layer.
+    Shape {
+        name: "qwen3-8b",
+        hidden: 4096,
+        layers: 36,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        intermediate: 12288,
+        vocab: 151_936,
+        tied: false,
+    },
+    Shape {
+        name: "qwen3-32b",
+        hidden: 5120,
+        layers: 64,
+        heads: 64,
+        kv_heads: 8,
+        head_dim: 128,
+        intermediate: 25600,
+        vocab: 151_936,
+        tied: false,
+    },
     // The fixture's dimensions: small enough for tests.
     Shape {
         name: "tiny",

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use qwen3_backend_ascend::host_calls::{self, PerStep};
 use qwen3_engine::{EngineHandle, EngineRequest};
 
 use anyhow::Context;
@@ -31,12 +32,17 @@ pub struct OfflineResult {
     pub memory_read_gb_s: f64,
     pub memory_triad_gb_s: f64,
     pub cpu_threads: usize,
+    /// On the NPU: what the host asked of the device per decode step of one rank.
+    #[serde(skip)]
+    pub npu_per_step: Option<PerStep>,
 }
 
 /// `bench make-model`: a random-weight model of a named shape, with the bundled tokenizer
 /// (its vocabulary is Qwen3's), so speed benchmarks need no download.
 pub fn make_model(args: &MakeModelArgs) -> anyhow::Result<()> {
-    let shape = Shape::by_name(&args.shape)?;
+    let mut shape = Shape::by_name(&args.shape)?;
+    shape.layers = args.layers.unwrap_or(shape.layers).max(1);
+    shape.vocab = args.vocab.unwrap_or(shape.vocab).max(1);
     let storage = if args.w8a8 {
         Storage::W8A8Dynamic
     } else {
@@ -93,12 +99,17 @@ pub fn run(
         .ok()
         .and_then(|t| qwen3_model::config::ModelConfig::from_json_str(&t).ok())
         .and_then(|c| Shape::from_config(&c));
-    // Ids below 151,643 are ordinary tokens in Qwen3's vocabulary.
-    let vocab = (loaded.tokenizer.get_vocab_size(false) as u32).min(151_643);
+    // Ids below 151,643 are ordinary tokens in Qwen3's vocabulary (and below the model's,
+    // for a benchmark model of a smaller vocabulary).
+    let vocab = (loaded.tokenizer.get_vocab_size(false) as u32)
+        .min(151_643)
+        .min(shape.map_or(u32::MAX, |s| s.vocab as u32));
     let engine = EngineHandle::start(loaded.engine_config, loaded.executor, loaded.tokenizer)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The host's calls during pure decode steps (the backend tells them apart).
+    let calls0 = host_calls::snapshot();
     let (first_tokens, done, total_out) = rt.block_on(async {
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -128,6 +139,7 @@ pub fn run(
         }
         anyhow::Ok((firsts, start.elapsed().as_secs_f64(), outs))
     })?;
+    let npu_per_step = host_calls::snapshot().since(&calls0).per_decode_step();
     engine.shutdown(std::time::Duration::from_secs(1));
     // 1 GiB buffers: far past any cache, like the weights.
     let bw = qwen3_backend::cpu::bandwidth::measure(1 << 30, 3);
@@ -147,6 +159,7 @@ pub fn run(
         memory_read_gb_s: bw.read_gb_s,
         memory_triad_gb_s: bw.triad_gb_s,
         cpu_threads: rayon::current_num_threads(),
+        npu_per_step,
     };
     Ok(r)
 }
@@ -172,6 +185,23 @@ pub fn print(r: &OfflineResult) {
         "memory:  {:.1} GB/s read, {:.1} GB/s triad ({} threads)",
         r.memory_read_gb_s, r.memory_triad_gb_s, r.cpu_threads
     );
+    if let Some(p) = &r.npu_per_step {
+        // Per pure decode step of one rank (the bench's own measure of how host-bound the
+        // NPU path is).
+        println!("launches per decode step: {:.1}", p.launches);
+        println!("graph launches per decode step: {:.1}", p.graph_launches);
+        println!("collectives per decode step: {:.1}", p.collectives);
+        println!(
+            "host-to-device copies per decode step: {:.1} ({:.0} bytes)",
+            p.h2d_copies, p.h2d_bytes
+        );
+        println!(
+            "device-to-host copies per decode step: {:.1} ({:.0} bytes)",
+            p.d2h_copies, p.d2h_bytes
+        );
+        println!("syncs per decode step: {:.1}", p.syncs);
+        println!("host us per decode step: {:.0}", p.host_us);
+    }
     if let Some(b) = r.weight_bytes_per_token {
         // One decode step reads every weight once, whatever the batch: steps/s × bytes.
         let steps = r.decode_tokens_per_second / r.batch_size.max(1) as f64;

@@ -54,9 +54,15 @@ pub enum BenchCommand {
 
 #[derive(Clone, Debug, Args)]
 pub struct MakeModelArgs {
-    /// qwen3-0.6b, qwen3-1.7b or tiny.
+    /// qwen3-0.6b, qwen3-1.7b, qwen3-8b, qwen3-32b or tiny.
     #[arg(long, default_value = "qwen3-0.6b")]
     pub shape: String,
+    /// Keep only this many layers (a few layers of a big shape, for per-layer figures).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Use a smaller vocabulary (the embedding and LM head shrink; prompts stay below it).
+    #[arg(long)]
+    pub vocab: Option<usize>,
     /// Directory to write config.json, model.safetensors and the tokenizer into.
     #[arg(long)]
     pub out: PathBuf,

@@ -11,7 +11,7 @@ use qwen3_engine::batch::SamplingParams;
 use qwen3_engine::{EngineConfig, EngineHandle, EngineRequest};
 use qwen3_model::config::ModelConfig;
 use qwen3_model::load::{load_executor, LoadOptions, Placement};
-use qwen3_model::profile::profile_step;
+use qwen3_model::profile::{decode_warmup, profile_step};
 use qwen3_model::qwen3::check_tp_split;
 use qwen3_model::{ResizableExecutor, WeightDType};
 use tracing::info;
@@ -230,6 +230,10 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
             AttentionBackendArg::Fia => AttentionBackend::Fia,
             AttentionBackendArg::Custom => AttentionBackend::Custom,
         };
+        if options.graph_capture {
+            options.capture_batch_sizes =
+                capture_sizes(&options.capture_batch_sizes, &config, limits.max_num_seqs);
+        }
     }
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });
@@ -404,12 +408,87 @@ fn load_and_profile(
             );
             size_cpu_kv(executor.as_mut(), opts, args, limits, loaded_bytes, profile)?
         }
-        Placement::Npu { cann, devices, .. } => {
+        Placement::Npu {
+            cann,
+            devices,
+            options,
+        } => {
             info!("loaded {dir} on NPU {devices:?} (tensor parallel {world}) in {secs:.2}s");
-            size_npu_kv(executor.as_mut(), opts, cann, devices, limits, profile)?
+            let graphs: &[usize] = if options.graph_capture {
+                &options.capture_batch_sizes
+            } else {
+                &[]
+            };
+            size_npu_kv(
+                executor.as_mut(),
+                opts,
+                cann,
+                devices,
+                limits,
+                profile,
+                graphs,
+            )?
         }
     };
     Ok((executor, num_blocks))
+}
+
+/// The decode graph sizes to capture: those up to the first that holds `max_num_seqs`
+/// sequences, within the device's stream budget (piecewise: layers + 1 graphs per size).
+fn capture_sizes(sizes: &[usize], config: &ModelConfig, max_num_seqs: usize) -> Vec<usize> {
+    let mut wanted: Vec<usize> = sizes.to_vec();
+    wanted.sort_unstable();
+    if let Some(cap) = wanted.iter().copied().find(|&s| s >= max_num_seqs) {
+        wanted.retain(|&s| s <= cap);
+    }
+    let per_size = config.num_hidden_layers + 1;
+    let kept = qwen3_backend_ascend::capture_sizes_within_budget(&wanted, per_size);
+    if kept.len() < wanted.len() {
+        info!(
+            "decode graphs: {} sizes × {per_size} graphs exceed the {} a device's streams allow; capturing sizes {kept:?}",
+            wanted.len(),
+            qwen3_backend_ascend::MAX_CAPTURED_GRAPHS
+        );
+    }
+    kept
+}
+
+/// NPU: captures the decode graphs of `sizes` now, before the KV cache is sized, and returns
+/// the device bytes they took on the rank that took the most (the KV budget leaves it out).
+fn capture_decode_graphs(
+    executor: &mut dyn ResizableExecutor,
+    cann: &Cann,
+    devices: &[i32],
+    sizes: &[usize],
+    block_size: usize,
+) -> anyhow::Result<u64> {
+    if sizes.is_empty() {
+        return Ok(0);
+    }
+    let t0 = std::time::Instant::now();
+    let calls0 = qwen3_backend_ascend::host_calls::snapshot();
+    let before = device_query::device_memory(cann, devices)?;
+    decode_warmup(executor, sizes, block_size)?;
+    let after = device_query::device_memory(cann, devices)?;
+    let took = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| a.free_bytes.saturating_sub(b.free_bytes))
+        .max()
+        .unwrap_or(0);
+    let c = qwen3_backend_ascend::host_calls::snapshot().since(&calls0);
+    info!(
+        "decode graphs: captured {} graphs ({} segments, over {} rank(s)) for sizes {sizes:?} in {:.2}s, {:.1} MiB per rank",
+        c.all.graphs_captured,
+        c.all.graph_segments,
+        devices.len(),
+        t0.elapsed().as_secs_f64(),
+        took as f64 / (1u64 << 20) as f64
+    );
+    if c.all.graphs_captured == 0 {
+        info!("decode graphs: none captured (tensor parallel steps and CANN builds without aclmdlRI capture run eagerly)");
+    }
+    Ok(took)
 }
 
 /// CPU: peak heap above the loaded weights while the profiling step runs, scaled to
@@ -459,10 +538,13 @@ fn size_npu_kv(
     devices: &[i32],
     limits: &Limits,
     profile: &Profile,
+    graph_sizes: &[usize],
 ) -> anyhow::Result<usize> {
     let before = device_query::device_memory(cann, devices)?;
     profile_step(executor, profile.profile_tokens, opts.block_size)?;
     let after = device_query::device_memory(cann, devices)?;
+    // Graphs before the KV cache, which takes what is left: their memory is counted.
+    let graph_bytes = capture_decode_graphs(executor, cann, devices, graph_sizes, opts.block_size)?;
     // Per rank; every rank holds the same KV geometry.
     let block_bytes = executor.kv_block_bytes(opts.block_size)? / devices.len().max(1) as u64;
     let mut budget = u64::MAX;
@@ -470,7 +552,7 @@ fn size_npu_kv(
         let (d, free0, free1, total) = (m0.device, m0.free_bytes, m1.free_bytes, m1.total_bytes);
         // The pool keeps the step's buffers cached: what the step took is still "used".
         let activations = profile.scale(free0.saturating_sub(free1));
-        let used = total.saturating_sub(free0) + activations;
+        let used = total.saturating_sub(free0) + activations + graph_bytes;
         let rank_budget = ((total as f64 * limits.memory_utilization) as u64).saturating_sub(used);
         info!(
             "memory profiling on NPU {d}: weights and runtime {:.2} GiB, peak activations {:.1} MiB {}, {:.2} GiB total, KV budget {:.2} GiB",
