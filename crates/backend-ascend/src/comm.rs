@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+pub use ascend_sys::types::HcclRootInfo;
 use ascend_sys::types::*;
 use ascend_sys::Cann;
 use qwen3_backend::comm::Communicator;
-use qwen3_backend::{BackendError, Result};
+use qwen3_backend::{Backend, BackendError, HostData, Result};
 
 use crate::desc::View;
 use crate::mem::DevPtr;
@@ -16,14 +17,20 @@ fn coll_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Collective(e.to_string())
 }
 
-/// The root info every rank of one group joins with: made once (on any thread), then
-/// handed to each rank's [`HcclCommunicator::init`].
-pub fn root_info(cann: &Cann) -> Result<HcclRootInfo> {
-    let h = cann.hccl().map_err(coll_err)?;
+/// The root info every rank of one group joins with, made on the root rank's backend with
+/// its device current: the root info carries that device (CANN HCCL API reference,
+/// HcclGetRootInfo; vllm-ascend's pyhccl makes it under `torch.npu.device` of rank 0).
+/// Hand it to every rank's [`HcclCommunicator::init`].
+pub fn root_info(root_rank: &AscendBackend) -> Result<HcclRootInfo> {
+    let dev = root_rank.device();
+    dev.bind()?;
+    let h = dev.cann.hccl().map_err(coll_err)?;
     let mut root = HcclRootInfo::default();
-    // SAFETY: valid out-pointer of the documented size.
+    // SAFETY: valid out-pointer of the documented size; the root rank's device is bound.
     let rc = unsafe { (h.HcclGetRootInfo)(&mut root) };
-    cann.check_hccl(rc, "HcclGetRootInfo").map_err(coll_err)?;
+    dev.cann
+        .check_hccl(rc, "HcclGetRootInfo")
+        .map_err(coll_err)?;
     Ok(root)
 }
 
@@ -58,12 +65,30 @@ impl HcclCommunicator {
         let rc = unsafe { (h.HcclCommInitRootInfo)(world as u32, root, rank as u32, &mut comm) };
         cann.check_hccl(rc, "HcclCommInitRootInfo")
             .map_err(coll_err)?;
-        Ok(Self {
+        let comm = Self {
             cann,
             comm: DevPtr(comm),
             rank,
             world,
-        })
+        };
+        comm.warm_up(backend)?;
+        Ok(comm)
+    }
+
+    /// One small all-reduce right after init, as vllm-ascend's pyhccl does: links are set up
+    /// now rather than inside the first request, and a group that cannot sum `1` over its
+    /// ranks to `world` fails at start-up with HCCL's error instead of serving garbage.
+    fn warm_up(&self, backend: &AscendBackend) -> Result<()> {
+        let mut one = backend.upload(HostData::F32(&[1.0]), &[1])?;
+        self.all_reduce_sum(backend, &mut one)?;
+        let sum = backend.to_host_f32(&one)?;
+        if sum != [self.world as f32] {
+            return Err(coll_err(format!(
+                "warm-up all-reduce on rank {} gave {sum:?}, expected [{}]",
+                self.rank, self.world
+            )));
+        }
+        Ok(())
     }
 
     fn dtype(t: &AscendTensor) -> Result<HcclDataType> {

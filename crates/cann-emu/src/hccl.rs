@@ -85,13 +85,26 @@ pub unsafe extern "C" fn HcclGetRootInfo(root: *mut HcclRootInfo) -> HcclResult 
                 "HcclGetRootInfo: null",
             ));
         }
+        // The root info identifies the root rank by its device ("主要包含device ip、device id"),
+        // and several are made in one thread by "指定不同的Device + 调用此接口": a device must be
+        // current. CANN 8.5 HCCL API reference, HcclGetRootInfo (hcclcpp_07_0005); vllm-ascend's
+        // pyhccl.py makes it under `torch.npu.device(device)` of rank 0.
+        let dev = crate::rt::current_device().map_err(|_| {
+            Fail::new(
+                HcclResult::HCCL_E_RUNTIME.0 as i32,
+                "HcclGetRootInfo: no device is current on this thread; the root info carries \
+                 the root rank's device (HCCL API reference, HcclGetRootInfo): call \
+                 aclrtSetDevice(rank 0's device) first",
+            )
+        })?;
         let mut info = HcclRootInfo::default();
         let id = NEXT_ROOT.fetch_add(1, Ordering::Relaxed) ^ ((std::process::id() as u64) << 32);
-        for (d, s) in info
-            .internal
-            .iter_mut()
-            .zip(MAGIC.iter().chain(&id.to_le_bytes()))
-        {
+        for (d, s) in info.internal.iter_mut().zip(
+            MAGIC
+                .iter()
+                .chain(&id.to_le_bytes())
+                .chain(&dev.to_le_bytes()),
+        ) {
             *d = *s as c_char;
         }
         // SAFETY: non-null, writable per the C API.
