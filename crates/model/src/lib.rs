@@ -14,6 +14,7 @@ pub mod prompt_logprobs;
 pub mod quant_config;
 pub mod quant_unpack;
 pub mod qwen3;
+pub mod rendezvous;
 pub mod rope;
 pub mod synthetic;
 pub mod tp;
