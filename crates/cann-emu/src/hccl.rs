@@ -1,5 +1,6 @@
-//! HCCL across threads of one process: ranks rendezvous at communicator creation and
-//! at every collective when their streams execute it.
+//! HCCL: ranks rendezvous at communicator creation and at every collective when their
+//! streams execute it. Ranks are threads of the process that made the root info, or of
+//! other processes joining it over TCP (`hccl_net.rs`).
 
 use crate::dtype;
 use crate::mem;
@@ -14,9 +15,21 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Duration;
 
 const MAGIC: &[u8; 8] = b"CANNEMU\0";
-/// How long a rank waits for the others before reporting a timeout (a hang in a test
-/// becomes an error instead).
-const TIMEOUT: Duration = Duration::from_secs(120);
+/// Where the root's address ("ip:port" of its process's hub, NUL-terminated) sits in the
+/// root info, after the magic, the group id, the device and the process id.
+const ADDR_AT: usize = 24;
+
+/// How long a rank waits for the others to join (`HCCL_CONNECT_TIMEOUT`) and for a
+/// collective's peers (`HCCL_EXEC_TIMEOUT`), in seconds, as HCCL reads them (HCCL
+/// environment variable reference); the emulator's default for both is 120 s, so that a
+/// hang in a test becomes an error.
+pub(crate) fn timeout(var: &str) -> Duration {
+    let secs = std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
 
 #[derive(Default)]
 struct Slot {
@@ -25,8 +38,8 @@ struct Slot {
     taken: u32,
 }
 
-struct Group {
-    n: u32,
+pub(crate) struct Group {
+    pub(crate) n: u32,
     st: Mutex<GroupState>,
     cv: Condvar,
 }
@@ -37,8 +50,32 @@ struct GroupState {
     slots: HashMap<u64, Slot>,
 }
 
+/// How a communicator reaches its group: in this process, or through the root process's hub.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Local(Arc<Group>),
+    Remote(Arc<crate::hccl_net::Remote>),
+}
+
+impl Link {
+    fn n(&self) -> u32 {
+        match self {
+            Link::Local(g) => g.n,
+            Link::Remote(r) => r.n,
+        }
+    }
+
+    /// Every rank's bytes for collective `seq`, in rank order.
+    fn exchange(&self, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>> {
+        match self {
+            Link::Local(g) => rendezvous(g, seq, rank, data),
+            Link::Remote(r) => r.exchange(seq, data),
+        }
+    }
+}
+
 struct Comm {
-    group: Arc<Group>,
+    link: Link,
     rank: u32,
     seq: Arc<AtomicU64>,
 }
@@ -97,14 +134,15 @@ pub unsafe extern "C" fn HcclGetRootInfo(root: *mut HcclRootInfo) -> HcclResult 
                  aclrtSetDevice(rank 0's device) first",
             )
         })?;
+        let hub = crate::hccl_net::hub_addr()?;
         let mut info = HcclRootInfo::default();
         let id = NEXT_ROOT.fetch_add(1, Ordering::Relaxed) ^ ((std::process::id() as u64) << 32);
-        for (d, s) in info.internal.iter_mut().zip(
-            MAGIC
-                .iter()
-                .chain(&id.to_le_bytes())
-                .chain(&dev.to_le_bytes()),
-        ) {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(id.to_le_bytes());
+        bytes.extend(dev.to_le_bytes());
+        bytes.extend(std::process::id().to_le_bytes());
+        bytes.extend(hub.to_string().as_bytes());
+        for (d, s) in info.internal.iter_mut().zip(&bytes) {
             *d = *s as c_char;
         }
         // SAFETY: non-null, writable per the C API.
@@ -113,17 +151,53 @@ pub unsafe extern "C" fn HcclGetRootInfo(root: *mut HcclRootInfo) -> HcclResult 
     })())
 }
 
-fn root_id(root: &HcclRootInfo) -> Res<u64> {
-    let b: Vec<u8> = root.internal[..16].iter().map(|&c| c as u8).collect();
+/// What a root info says: its group id, and the hub address when another process made it.
+struct Root {
+    id: u64,
+    remote: Option<String>,
+}
+
+fn parse_root(root: &HcclRootInfo) -> Res<Root> {
+    let b: Vec<u8> = root.internal.iter().map(|&c| c as u8).collect();
     if &b[..8] != MAGIC {
         return Err(para(
             "HcclCommInitRootInfo: root info was not made by HcclGetRootInfo",
         ));
     }
-    Ok(u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])))
+    let word = |at: usize| b[at..at + 4].try_into().unwrap_or([0; 4]);
+    let id = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+    let pid = u32::from_le_bytes(word(20));
+    let addr = &b[ADDR_AT..];
+    let addr = String::from_utf8_lossy(&addr[..addr.iter().position(|&c| c == 0).unwrap_or(0)]);
+    Ok(Root {
+        id,
+        remote: (pid != std::process::id()).then(|| addr.into_owned()),
+    })
 }
 
-fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
+/// The group `id` of this process, made by the first rank to join it.
+pub(crate) fn local_group(id: u64, n: u32) -> Res<Arc<Group>> {
+    let group = lock(&H)
+        .groups
+        .entry(id)
+        .or_insert_with(|| {
+            Arc::new(Group {
+                n,
+                st: Mutex::new(GroupState::default()),
+                cv: Condvar::new(),
+            })
+        })
+        .clone();
+    if group.n != n {
+        return Err(para(format!(
+            "nRanks {n} differs from the other ranks' {}",
+            group.n
+        )));
+    }
+    Ok(group)
+}
+
+pub(crate) fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
     let mut st = lock(&group.st);
     if st.joined.contains(&rank) {
         return Err(para(format!("rank {rank} joined twice")));
@@ -132,7 +206,9 @@ fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
     group.cv.notify_all();
     let (st, to) = group
         .cv
-        .wait_timeout_while(st, TIMEOUT, |s| (s.joined.len() as u32) < group.n)
+        .wait_timeout_while(st, timeout("HCCL_CONNECT_TIMEOUT"), |s| {
+            (s.joined.len() as u32) < group.n
+        })
         .unwrap_or_else(|p| p.into_inner());
     drop(st);
     if to.timed_out() {
@@ -147,9 +223,9 @@ fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
     Ok(())
 }
 
-fn new_comm(group: Arc<Group>, rank: u32, seq: Arc<AtomicU64>) -> u64 {
+fn new_comm(link: Link, rank: u32, seq: Arc<AtomicU64>) -> u64 {
     bump(&STATS.live_comms);
-    lock(&H).comms.insert(Comm { group, rank, seq })
+    lock(&H).comms.insert(Comm { link, rank, seq })
 }
 
 #[no_mangle]
@@ -167,28 +243,18 @@ pub unsafe extern "C" fn HcclCommInitRootInfo(
             return Err(para(format!("rank {rank} out of range for {n} ranks")));
         }
         // SAFETY: non-null, readable per the C API.
-        let id = root_id(unsafe { &*root })?;
-        let group = {
-            let mut h = lock(&H);
-            h.groups
-                .entry(id)
-                .or_insert_with(|| {
-                    Arc::new(Group {
-                        n,
-                        st: Mutex::new(GroupState::default()),
-                        cv: Condvar::new(),
-                    })
-                })
-                .clone()
+        let root = parse_root(unsafe { &*root })?;
+        let link = match root.remote {
+            None => {
+                let group = local_group(root.id, n)?;
+                join(&group, rank)?;
+                Link::Local(group)
+            }
+            Some(addr) => Link::Remote(Arc::new(crate::hccl_net::Remote::join(
+                &addr, root.id, n, rank,
+            )?)),
         };
-        if group.n != n {
-            return Err(para(format!(
-                "nRanks {n} differs from the other ranks' {}",
-                group.n
-            )));
-        }
-        join(&group, rank)?;
-        let h = new_comm(group, rank, Arc::new(AtomicU64::new(0)));
+        let h = new_comm(link, rank, Arc::new(AtomicU64::new(0)));
         // SAFETY: non-null, writable.
         unsafe { comm.write(h as HcclComm) };
         Ok(())
@@ -214,7 +280,7 @@ pub unsafe extern "C" fn HcclCommInitAll(
             cv: Condvar::new(),
         });
         for r in 0..ndev {
-            let h = new_comm(group.clone(), r, Arc::new(AtomicU64::new(0)));
+            let h = new_comm(Link::Local(group.clone()), r, Arc::new(AtomicU64::new(0)));
             // SAFETY: `comms` has room for `ndev` handles per the C API.
             unsafe { comms.add(r as usize).write(h as HcclComm) };
         }
@@ -222,13 +288,13 @@ pub unsafe extern "C" fn HcclCommInitAll(
     })())
 }
 
-fn comm_of(c: HcclComm, what: &str) -> Res<(Arc<Group>, u32, Arc<AtomicU64>)> {
+fn comm_of(c: HcclComm, what: &str) -> Res<(Link, u32, Arc<AtomicU64>)> {
     let h = lock(&H);
     let comm = h.comms.get(c as u64).ok_or_else(|| {
         bump(&STATS.bad_handles);
         para(format!("{what}: {c:p} is not a live communicator"))
     })?;
-    Ok((comm.group.clone(), comm.rank, comm.seq.clone()))
+    Ok((comm.link.clone(), comm.rank, comm.seq.clone()))
 }
 
 fn acl_type(dt: HcclDataType) -> Res<aclDataType> {
@@ -248,7 +314,7 @@ fn acl_type(dt: HcclDataType) -> Res<aclDataType> {
 
 /// Deposits this rank's bytes for collective `seq`, waits for every rank and returns
 /// all inputs in rank order.
-fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>> {
+pub(crate) fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>> {
     let mut st = lock(&g.st);
     let slot = st.slots.entry(seq).or_default();
     if slot.inputs.is_empty() {
@@ -258,7 +324,7 @@ fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>
     slot.arrived += 1;
     g.cv.notify_all();
     let (mut st, to) =
-        g.cv.wait_timeout_while(st, TIMEOUT, |s| {
+        g.cv.wait_timeout_while(st, timeout("HCCL_EXEC_TIMEOUT"), |s| {
             s.slots.get(&seq).is_some_and(|sl| sl.arrived < g.n)
         })
         .unwrap_or_else(|p| p.into_inner());
@@ -338,7 +404,7 @@ fn enqueue(
         _ => acl_type(dt)?,
     };
     let es = dtype::size_of(adt).unwrap_or(1) as u64;
-    let n = g.n as u64;
+    let n = g.n() as u64;
     let (sbytes, rbytes) = match coll {
         Coll::AllReduce(_) | Coll::Broadcast(_) => (count * es, count * es),
         Coll::AllGather => (count * es, count * es * n),
@@ -362,7 +428,7 @@ fn enqueue(
     chk(sa, sbytes)?;
     chk(ra, rbytes)?;
     if let Coll::Broadcast(root) = coll {
-        if root >= g.n {
+        if root >= g.n() {
             return Err(para(format!("{what}: root {root} out of range")));
         }
     }
@@ -370,7 +436,7 @@ fn enqueue(
     s.enqueue(Arc::new(move || {
         bump(&STATS.collectives);
         let mine = mem::read(sa, sbytes as usize, what)?;
-        let all = rendezvous(&g, id, rank, mine)?;
+        let all = g.exchange(id, rank, mine)?;
         let out = match &coll {
             Coll::AllReduce(op) => reduce(&all, adt, *op)?,
             Coll::AllGather => all.concat(),
@@ -511,7 +577,7 @@ pub unsafe extern "C" fn HcclGetRankSize(comm: HcclComm, size: *mut u32) -> Hccl
             return Err(Fail::new(HcclResult::HCCL_E_PTR.0 as i32, "null rankSize"));
         }
         // SAFETY: non-null, writable.
-        unsafe { size.write(g.n) };
+        unsafe { size.write(g.n()) };
         Ok(())
     })())
 }

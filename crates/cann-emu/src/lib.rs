@@ -33,6 +33,7 @@ pub mod harness;
 mod dcmi;
 mod dtype;
 mod hccl;
+mod hccl_net;
 mod mem;
 mod nnop;
 mod ops;
