@@ -123,7 +123,11 @@ fn main() -> ExitCode {
     assert!(node1.wait().unwrap().success(), "node 1 failed");
     assert_eq!(sum, [11.0, 22.0, 33.0]);
     let st = emu.stats();
-    assert_eq!((st.leaks(), st.violations(), st.exec_errors), (0, 0, 0), "{st:?}");
+    assert_eq!(
+        (st.leaks(), st.violations(), st.exec_errors),
+        (0, 0, 0),
+        "{st:?}"
+    );
     println!("test two_processes_form_one_hccl_group_through_the_rendezvous ... ok");
     ExitCode::SUCCESS
 }
