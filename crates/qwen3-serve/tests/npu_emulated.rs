@@ -85,6 +85,23 @@ fn npu_refuses_more_ranks_than_devices() {
 }
 
 #[test]
+fn npu_says_serving_across_nodes_is_not_built_yet() {
+    let fixture = fixture();
+    let out = bin_on_emulator()
+        .args(["generate", &fixture, "--prompt", "x", "--device", "npu"])
+        .args(["--nnodes", "2", "--pipeline-parallel-size", "2"])
+        .args(["--master-addr", "127.0.0.1"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--nnodes 2: serving one model across nodes"),
+        "{err}"
+    );
+}
+
+#[test]
 fn serves_completions_on_the_npu() {
     let fixture = fixture();
     let mut child = bin_on_emulator()
