@@ -34,6 +34,27 @@ pub fn root_info(root_rank: &AscendBackend) -> Result<HcclRootInfo> {
     Ok(root)
 }
 
+/// A root info as the bytes another process receives it in (the rendezvous carries it).
+pub fn root_info_bytes(r: &HcclRootInfo) -> Vec<u8> {
+    r.internal.iter().map(|&c| c as u8).collect()
+}
+
+/// A root info from another process's [`root_info_bytes`].
+pub fn root_info_from_bytes(b: &[u8]) -> Result<HcclRootInfo> {
+    let mut r = HcclRootInfo::default();
+    if b.len() != r.internal.len() {
+        return Err(coll_err(format!(
+            "a root info of {} bytes (HCCL's has {})",
+            b.len(),
+            r.internal.len()
+        )));
+    }
+    for (d, s) in r.internal.iter_mut().zip(b) {
+        *d = *s as std::ffi::c_char;
+    }
+    Ok(r)
+}
+
 /// One rank's HCCL communicator.
 pub struct HcclCommunicator {
     cann: Arc<Cann>,

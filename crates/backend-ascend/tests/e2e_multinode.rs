@@ -16,7 +16,9 @@ use ascend_sys::types::HcclRootInfo;
 use common::{fixtures, Emu, DENSE};
 use qwen3_backend::comm::Communicator;
 use qwen3_backend::{Backend, HostData};
-use qwen3_backend_ascend::comm::{root_info, HcclCommunicator};
+use qwen3_backend_ascend::comm::{
+    root_info, root_info_bytes, root_info_from_bytes, HcclCommunicator,
+};
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
 use qwen3_model::rendezvous::{join, Fingerprint, Layout, Leader, RendezvousError};
 
@@ -31,18 +33,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn fingerprint(model: &str) -> Fingerprint {
     Fingerprint::of_model(&fixtures().join(model)).expect("fingerprint")
-}
-
-fn to_bytes(r: &HcclRootInfo) -> Vec<u8> {
-    r.internal.iter().map(|&c| c as u8).collect()
-}
-
-fn from_bytes(b: &[u8]) -> HcclRootInfo {
-    let mut r = HcclRootInfo::default();
-    for (d, s) in r.internal.iter_mut().zip(b) {
-        *d = *s as std::ffi::c_char;
-    }
-    r
 }
 
 /// One node's rank: joins the group, then all-reduces `mine`.
@@ -81,7 +71,7 @@ fn child(role: &str) -> ExitCode {
         .expect("node 1's device");
     let sum = rank(
         &backend,
-        &from_bytes(&joined.root_info),
+        &root_info_from_bytes(&joined.root_info).expect("a root info"),
         1,
         &[10.0, 20.0, 30.0],
     );
@@ -106,7 +96,7 @@ fn main() -> ExitCode {
         let links = leader
             .gather(WAIT, || {
                 root = root_info(&backend)?;
-                Ok::<_, qwen3_backend::BackendError>(to_bytes(&root))
+                Ok::<_, qwen3_backend::BackendError>(root_info_bytes(&root))
             })
             .expect("rendezvous");
         assert_eq!(links.len(), 1);

@@ -187,6 +187,18 @@ pub struct ModelArgs {
     /// Node 0's rendezvous port (torchrun's --master-port).
     #[arg(long, default_value_t = 29500)]
     pub master_port: u16,
+    /// Seconds node 0 waits at the rendezvous for the other nodes, and they for node 0,
+    /// before stopping with an error.
+    #[arg(long, default_value_t = 600.0)]
+    pub rendezvous_timeout: f64,
+    /// With --nnodes > 1: HCCL_CONNECT_TIMEOUT for this process, seconds its ranks wait for
+    /// the others to join an HCCL group, 120..=7200 (default: the environment's, else 600).
+    #[arg(long)]
+    pub hccl_connect_timeout: Option<u64>,
+    /// With --nnodes > 1: HCCL_EXEC_TIMEOUT for this process, seconds a collective waits
+    /// for its peers, at least 1 (default: the environment's, else 300).
+    #[arg(long)]
+    pub hccl_exec_timeout: Option<u64>,
     /// Longest context (prompt + output) a request may have; default: the model's.
     #[arg(long)]
     pub max_model_len: Option<usize>,
@@ -368,6 +380,7 @@ impl ModelArgs {
                 self.nnodes
             );
         }
+        seconds("rendezvous-timeout", self.rendezvous_timeout)?;
         if self.nnodes > 1 && self.master_addr.is_none() {
             bail!(
                 "--nnodes {} needs --master-addr (node 0's address)",

@@ -5,6 +5,7 @@ mod bench_client;
 mod bench_offline;
 mod cli;
 mod model_dir;
+mod multinode;
 mod npu_metrics;
 mod preset;
 mod runtime;

@@ -184,20 +184,6 @@ pub fn pick_device(
     }
 }
 
-/// Serving across nodes: the CPU's scale-out is replicas; on the NPU the flags and their
-/// rendezvous exist, the pipeline stages do not yet.
-fn check_one_node(nnodes: usize, placement: &Placement) -> anyhow::Result<()> {
-    match placement {
-        _ if nnodes == 1 => Ok(()),
-        Placement::Cpu => bail!(
-            "--nnodes {nnodes}: the CPU backend serves from one machine; scale it out with replicas behind a load balancer (deploy/kubernetes)"
-        ),
-        Placement::Npu { .. } => bail!(
-            "--nnodes {nnodes}: serving one model across nodes (pipeline stages over HCCL) is not in this build yet; see deploy/README.md"
-        ),
-    }
-}
-
 pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     if let Some(n) = args.cpu_threads {
         rayon::ThreadPoolBuilder::new()
@@ -226,7 +212,9 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     check_tp_split(&config, world)?;
     check_quantization(&config, args.quantization.as_deref())?;
     let placement = pick_device(args.device, world, args.enforce_eager)?;
-    check_one_node(args.nnodes, &placement)?;
+    if args.nnodes > 1 {
+        crate::multinode::start(args, &dir, &placement)?;
+    }
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });
     let dtype = weight_dtype(args.dtype, on_npu, config.head_dim);
