@@ -3,6 +3,7 @@
 //! other processes joining it over TCP (`hccl_net.rs`).
 
 use crate::dtype;
+use crate::hccl_p2p::{p2p_recv, p2p_send, Mail, P2pKey};
 use crate::mem;
 use crate::rt::stream_of;
 use crate::state::{bump, drop1, lock, set_error, Fail, Handles, Res, STATS};
@@ -40,14 +41,16 @@ struct Slot {
 
 pub(crate) struct Group {
     pub(crate) n: u32,
-    st: Mutex<GroupState>,
-    cv: Condvar,
+    pub(crate) st: Mutex<GroupState>,
+    pub(crate) cv: Condvar,
 }
 
 #[derive(Default)]
-struct GroupState {
+pub(crate) struct GroupState {
     joined: Vec<u32>,
     slots: HashMap<u64, Slot>,
+    /// Point-to-point messages (`hccl_p2p.rs`).
+    pub(crate) mail: HashMap<P2pKey, Mail>,
 }
 
 /// How a communicator reaches its group: in this process, or through the root process's hub.
@@ -58,7 +61,7 @@ pub(crate) enum Link {
 }
 
 impl Link {
-    fn n(&self) -> u32 {
+    pub(crate) fn n(&self) -> u32 {
         match self {
             Link::Local(g) => g.n,
             Link::Remote(r) => r.n,
@@ -72,12 +75,28 @@ impl Link {
             Link::Remote(r) => r.exchange(seq, data),
         }
     }
+
+    pub(crate) fn send(&self, key: P2pKey, dtype: HcclDataType, data: Vec<u8>) -> Res<()> {
+        match self {
+            Link::Local(g) => p2p_send(g, key, dtype, data),
+            Link::Remote(r) => r.send(key, dtype, data),
+        }
+    }
+
+    pub(crate) fn recv(&self, key: P2pKey, dtype: HcclDataType, len: u64) -> Res<Vec<u8>> {
+        match self {
+            Link::Local(g) => p2p_recv(g, key, dtype, len),
+            Link::Remote(r) => r.recv(key, dtype, len),
+        }
+    }
 }
 
 struct Comm {
     link: Link,
     rank: u32,
     seq: Arc<AtomicU64>,
+    /// Messages queued so far on each (source, destination) pair this rank is in.
+    p2p: P2pCounters,
 }
 
 struct Hccl {
@@ -99,7 +118,7 @@ pub fn reset() {
     h.comms.clear();
 }
 
-fn code(r: Res<()>) -> HcclResult {
+pub(crate) fn code(r: Res<()>) -> HcclResult {
     match r {
         Ok(()) => HcclResult::HCCL_SUCCESS,
         Err(f) => {
@@ -109,7 +128,7 @@ fn code(r: Res<()>) -> HcclResult {
     }
 }
 
-fn para(msg: impl Into<String>) -> Fail {
+pub(crate) fn para(msg: impl Into<String>) -> Fail {
     Fail::new(HcclResult::HCCL_E_PARA.0 as i32, msg)
 }
 
@@ -225,7 +244,12 @@ pub(crate) fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
 
 fn new_comm(link: Link, rank: u32, seq: Arc<AtomicU64>) -> u64 {
     bump(&STATS.live_comms);
-    lock(&H).comms.insert(Comm { link, rank, seq })
+    lock(&H).comms.insert(Comm {
+        link,
+        rank,
+        seq,
+        p2p: Arc::default(),
+    })
 }
 
 #[no_mangle]
@@ -275,7 +299,7 @@ pub unsafe extern "C" fn HcclCommInitAll(
             n: ndev,
             st: Mutex::new(GroupState {
                 joined: (0..ndev).collect(),
-                slots: HashMap::new(),
+                ..GroupState::default()
             }),
             cv: Condvar::new(),
         });
@@ -289,15 +313,30 @@ pub unsafe extern "C" fn HcclCommInitAll(
 }
 
 fn comm_of(c: HcclComm, what: &str) -> Res<(Link, u32, Arc<AtomicU64>)> {
+    with_comm(c, what, |comm| {
+        (comm.link.clone(), comm.rank, comm.seq.clone())
+    })
+}
+
+/// The link, rank and point-to-point counters of live communicator `c`.
+pub(crate) fn p2p_comm_of(c: HcclComm, what: &str) -> Res<(Link, u32, P2pCounters)> {
+    with_comm(c, what, |comm| {
+        (comm.link.clone(), comm.rank, comm.p2p.clone())
+    })
+}
+
+pub(crate) type P2pCounters = Arc<Mutex<HashMap<(u32, u32), u64>>>;
+
+fn with_comm<T>(c: HcclComm, what: &str, f: impl FnOnce(&Comm) -> T) -> Res<T> {
     let h = lock(&H);
     let comm = h.comms.get(c as u64).ok_or_else(|| {
         bump(&STATS.bad_handles);
         para(format!("{what}: {c:p} is not a live communicator"))
     })?;
-    Ok((comm.link.clone(), comm.rank, comm.seq.clone()))
+    Ok(f(comm))
 }
 
-fn acl_type(dt: HcclDataType) -> Res<aclDataType> {
+pub(crate) fn acl_type(dt: HcclDataType) -> Res<aclDataType> {
     Ok(match dt {
         HcclDataType::HCCL_DATA_TYPE_INT8 => aclDataType::ACL_INT8,
         HcclDataType::HCCL_DATA_TYPE_INT16 => aclDataType::ACL_INT16,
@@ -384,6 +423,21 @@ enum Coll {
     Barrier,
 }
 
+/// A collective's or a send's buffer: device memory, `len` bytes inside one allocation.
+pub(crate) fn check_buf(what: &str, a: u64, len: u64) -> Res<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if !mem::is_device_addr(a) {
+        bump(&STATS.bad_memcpy_kinds);
+        return Err(Fail::new(
+            HcclResult::HCCL_E_PTR.0 as i32,
+            format!("{what}: buffer {a:#x} is not device memory"),
+        ));
+    }
+    mem::check(a, len, what).map_err(|f| Fail::new(HcclResult::HCCL_E_PTR.0 as i32, f.msg))
+}
+
 /// Validates and queues one collective on `stream` (arguments mirror HCCL's C API).
 #[allow(clippy::too_many_arguments)]
 fn enqueue(
@@ -412,21 +466,8 @@ fn enqueue(
         Coll::Barrier => (0, 0),
     };
     let (sa, ra) = (send as u64, recv as u64);
-    let chk = |a: u64, len: u64| -> Res<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        if !mem::is_device_addr(a) {
-            bump(&STATS.bad_memcpy_kinds);
-            return Err(Fail::new(
-                HcclResult::HCCL_E_PTR.0 as i32,
-                format!("{what}: buffer {a:#x} is not device memory"),
-            ));
-        }
-        mem::check(a, len, what).map_err(|f| Fail::new(HcclResult::HCCL_E_PTR.0 as i32, f.msg))
-    };
-    chk(sa, sbytes)?;
-    chk(ra, rbytes)?;
+    check_buf(what, sa, sbytes)?;
+    check_buf(what, ra, rbytes)?;
     if let Coll::Broadcast(root) = coll {
         if root >= g.n() {
             return Err(para(format!("{what}: root {root} out of range")));

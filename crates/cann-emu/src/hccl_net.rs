@@ -2,14 +2,18 @@
 //! (on `HCCL_IF_IP`, else loopback); a rank of another process joins the group through it,
 //! and the hub takes that rank's part in the group's rendezvous for each collective.
 //!
-//! Wire format (little-endian): join = group id u64, nRanks u32, rank u32; a collective =
-//! sequence u64, byte count u64, bytes. Every answer starts with an `HcclResult` u32: on
-//! success the join ends there and a collective's answer carries each rank's bytes in rank
-//! order (count u64, bytes); on failure a message follows (count u32, UTF-8).
+//! Wire format (little-endian): join = group id u64, nRanks u32, rank u32; then requests,
+//! each a kind u8 and its fields: 0 collective = sequence u64, byte count u64, bytes;
+//! 1 send = destination u32, k u64, data type u32, byte count u64, bytes; 2 receive =
+//! source u32, k u64, data type u32, byte count u64. Every answer starts with an
+//! `HcclResult` u32: on success the join and a send end there, a collective's answer carries
+//! each rank's bytes in rank order and a receive's the one message (count u64, bytes); on
+//! failure a message follows (count u32, UTF-8).
 
-use crate::hccl::{join, local_group, rendezvous, timeout};
+use crate::hccl::{join, local_group, rendezvous, timeout, Group};
+use crate::hccl_p2p::{p2p_recv, p2p_send, P2pKey};
 use crate::state::{lock, Fail, Res};
-use ascend_sys::types::HcclResult;
+use ascend_sys::types::{HcclDataType, HcclResult};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Mutex, OnceLock};
@@ -143,15 +147,42 @@ fn proxy(mut s: TcpStream) {
     }
     let Ok((group, rank)) = joined else { return };
     // Until the remote rank's process closes the connection (or dies).
-    while let Ok(seq) = read_u64(&mut s) {
-        let Ok(data) = read_u64(&mut s).and_then(|n| read_bytes(&mut s, n)) else {
-            return;
-        };
-        let all = rendezvous(&group, seq, rank, data);
-        if answer(&mut s, all).is_err() {
+    while let Ok(Some(r)) = serve_one(&mut s, &group, rank) {
+        if answer(&mut s, r).is_err() {
             return;
         }
     }
+}
+
+const COLLECTIVE: u8 = 0;
+const SEND: u8 = 1;
+const RECV: u8 = 2;
+
+/// Reads one request of remote rank `rank` and does it; `None` for an unknown kind.
+fn serve_one(
+    s: &mut TcpStream,
+    group: &Group,
+    rank: u32,
+) -> std::io::Result<Option<Res<Vec<Vec<u8>>>>> {
+    let [kind] = read_n::<1>(s)?;
+    Ok(Some(match kind {
+        COLLECTIVE => {
+            let seq = read_u64(s)?;
+            let data = read_u64(s).and_then(|n| read_bytes(s, n))?;
+            rendezvous(group, seq, rank, data)
+        }
+        SEND | RECV => {
+            let (peer, k, dt, n) = (read_u32(s)?, read_u64(s)?, read_u32(s)?, read_u64(s)?);
+            let dt = HcclDataType(dt);
+            if kind == SEND {
+                let data = read_bytes(s, n)?;
+                p2p_send(group, (rank, peer, k), dt, data).map(|()| Vec::new())
+            } else {
+                p2p_recv(group, (peer, rank, k), dt, n).map(|d| vec![d])
+            }
+        }
+        _ => return Ok(None),
+    }))
 }
 
 /// A rank of this process in a group whose root info another process made.
@@ -208,16 +239,59 @@ impl Remote {
     /// Sends this rank's bytes for collective `seq`; every rank's come back in rank order,
     /// or an error within `HCCL_EXEC_TIMEOUT` when the root's process stops answering.
     pub(crate) fn exchange(&self, seq: u64, data: Vec<u8>) -> Res<Vec<Vec<u8>>> {
-        let what = format!("collective #{seq} through the root's process");
-        let mut s = lock(&self.stream);
-        let mut msg = seq.to_le_bytes().to_vec();
+        let mut msg = vec![COLLECTIVE];
+        msg.extend(seq.to_le_bytes());
         msg.extend((data.len() as u64).to_le_bytes());
         msg.extend(data);
-        s.write_all(&msg).map_err(tcp(&what))?;
-        status(&mut s, &what)?;
-        (0..self.n)
+        self.call(
+            &format!("collective #{seq} through the root's process"),
+            msg,
+            self.n,
+        )
+    }
+
+    /// This rank's HcclSend `key` (this rank → `key.1`), done by the root's process.
+    pub(crate) fn send(&self, key: P2pKey, dt: HcclDataType, data: Vec<u8>) -> Res<()> {
+        let mut msg = p2p_request(SEND, key.1, key.2, dt, data.len() as u64);
+        msg.extend(data);
+        self.call(
+            &format!(
+                "HcclSend #{} to rank {} through the root's process",
+                key.2, key.1
+            ),
+            msg,
+            0,
+        )
+        .map(|_| ())
+    }
+
+    /// This rank's HcclRecv `key` (`key.0` → this rank) of `len` bytes.
+    pub(crate) fn recv(&self, key: P2pKey, dt: HcclDataType, len: u64) -> Res<Vec<u8>> {
+        let msg = p2p_request(RECV, key.0, key.2, dt, len);
+        let what = format!(
+            "HcclRecv #{} from rank {} through the root's process",
+            key.2, key.0
+        );
+        Ok(self.call(&what, msg, 1)?.pop().unwrap_or_default())
+    }
+
+    /// Sends one request and reads its answer of `parts` byte strings.
+    fn call(&self, what: &str, msg: Vec<u8>, parts: u32) -> Res<Vec<Vec<u8>>> {
+        let mut s = lock(&self.stream);
+        s.write_all(&msg).map_err(tcp(what))?;
+        status(&mut s, what)?;
+        (0..parts)
             .map(|_| read_u64(&mut s).and_then(|n| read_bytes(&mut s, n)))
             .collect::<std::io::Result<_>>()
-            .map_err(tcp(&what))
+            .map_err(tcp(what))
     }
+}
+
+fn p2p_request(kind: u8, peer: u32, k: u64, dt: HcclDataType, len: u64) -> Vec<u8> {
+    let mut msg = vec![kind];
+    msg.extend(peer.to_le_bytes());
+    msg.extend(k.to_le_bytes());
+    msg.extend(dt.0.to_le_bytes());
+    msg.extend(len.to_le_bytes());
+    msg
 }

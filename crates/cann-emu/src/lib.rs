@@ -34,6 +34,7 @@ mod dcmi;
 mod dtype;
 mod hccl;
 mod hccl_net;
+mod hccl_p2p;
 mod mem;
 mod nnop;
 mod ops;
