@@ -9,6 +9,7 @@ pub mod executor;
 pub mod load;
 mod load_ascend;
 mod load_cpu;
+pub mod pipeline;
 pub mod profile;
 pub mod prompt_logprobs;
 pub mod quant_config;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use qwen3_backend_ascend::comm::{root_info, root_info_bytes};
 use qwen3_backend_ascend::AscendBackend;
 use qwen3_model::load::Placement;
+use qwen3_model::pipeline::stage_layers;
 use qwen3_model::rendezvous::{join, Fingerprint, Layout, Leader};
 use tracing::info;
 
@@ -101,7 +102,12 @@ fn master(args: &ModelArgs) -> anyhow::Result<SocketAddr> {
 
 /// Everything a multi-node start does before loading; errors for the CPU, whose scale-out is
 /// replicas, and, once every node has met, for the pipeline stages this build lacks.
-pub fn start(args: &ModelArgs, dir: &std::path::Path, placement: &Placement) -> anyhow::Result<()> {
+pub fn start(
+    args: &ModelArgs,
+    dir: &std::path::Path,
+    placement: &Placement,
+    num_layers: usize,
+) -> anyhow::Result<()> {
     let nnodes = args.nnodes;
     let Placement::Npu {
         cann,
@@ -113,6 +119,11 @@ pub fn start(args: &ModelArgs, dir: &std::path::Path, placement: &Placement) -> 
             "--nnodes {nnodes}: the CPU backend serves from one machine; scale it out with replicas behind a load balancer (deploy/kubernetes)"
         );
     };
+    let layers = stage_layers(num_layers, args.pipeline_parallel_size, args.node_rank)?;
+    info!(
+        "pipeline stage {} of {}: decoder layers {}..{} of {num_layers}",
+        args.node_rank, args.pipeline_parallel_size, layers.start, layers.end
+    );
     set_hccl_timeouts(args)?;
     let layout = Layout {
         nnodes: nnodes as u32,

@@ -213,7 +213,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     check_quantization(&config, args.quantization.as_deref())?;
     let placement = pick_device(args.device, world, args.enforce_eager)?;
     if args.nnodes > 1 {
-        crate::multinode::start(args, &dir, &placement)?;
+        crate::multinode::start(args, &dir, &placement, config.num_hidden_layers)?;
     }
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });

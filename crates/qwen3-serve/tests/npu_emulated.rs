@@ -171,6 +171,11 @@ fn npu_node_0_refuses_another_model_and_meets_the_right_node() {
         err.contains("HCCL_CONNECT_TIMEOUT=900 (--hccl-connect-timeout)"),
         "{err}"
     );
+    // The fixture's 2 decoder layers: one per node.
+    assert!(
+        err.contains("pipeline stage 1 of 2: decoder layers 1..2 of 2"),
+        "{err}"
+    );
     assert!(
         err.contains("all nodes met at the rendezvous, but serving one model across nodes"),
         "{err}"
