@@ -118,6 +118,60 @@ impl HcclCommunicator {
     }
 }
 
+/// Point to point, for pipeline stages: a stage hands the next its hidden states.
+impl HcclCommunicator {
+    /// Queues sending `t` to rank `dst` on this rank's stream; HCCL completes the send once
+    /// `dst` has received it (HcclSend and HcclRecv are paired and synchronous, HCCL API
+    /// reference), so the stream holds `t` until then.
+    pub fn send(&self, backend: &AscendBackend, t: &AscendTensor, dst: usize) -> Result<()> {
+        self.p2p(backend, t, dst, true)
+    }
+
+    /// Queues receiving into `t` from rank `src`: the sender's tensor must have `t`'s
+    /// element count and type.
+    pub fn recv_into(
+        &self,
+        backend: &AscendBackend,
+        t: &mut AscendTensor,
+        src: usize,
+    ) -> Result<()> {
+        self.p2p(backend, t, src, false)
+    }
+
+    fn p2p(
+        &self,
+        backend: &AscendBackend,
+        t: &AscendTensor,
+        peer: usize,
+        send: bool,
+    ) -> Result<()> {
+        if peer >= self.world || peer == self.rank {
+            return Err(coll_err(format!(
+                "rank {} of {} cannot {} rank {peer}",
+                self.rank,
+                self.world,
+                if send { "send to" } else { "receive from" }
+            )));
+        }
+        let dev = backend.device();
+        dev.bind()?;
+        let h = self.cann.hccl().map_err(coll_err)?;
+        let (n, dt) = (t.numel() as u64, Self::dtype(t)?);
+        // SAFETY: `t` holds `n` elements of `dt` on this rank's device; queued on its stream,
+        // which keeps it alive in order.
+        let (rc, what) = unsafe {
+            if send {
+                let rc = (h.HcclSend)(t.buf.ptr.0, n, dt, peer as u32, self.comm.0, dev.stream.0);
+                (rc, "HcclSend")
+            } else {
+                let rc = (h.HcclRecv)(t.buf.ptr.0, n, dt, peer as u32, self.comm.0, dev.stream.0);
+                (rc, "HcclRecv")
+            }
+        };
+        self.cann.check_hccl(rc, what).map_err(coll_err)
+    }
+}
+
 impl Drop for HcclCommunicator {
     fn drop(&mut self) {
         if let Ok(h) = self.cann.hccl() {

@@ -2,8 +2,10 @@
 //! rendezvous (`qwen3_model::rendezvous`), refuses a process that brings another model,
 //! makes the root info on its rank 0 with the device current once node 1 has joined, and
 //! hands it over; each node's `HcclCommunicator::init` (with its warm-up all-reduce) then
-//! forms the group across the two processes on the emulated HCCL, and an all-reduce sums
-//! both nodes' tensors. (`harness = false`: this test runs itself as the other processes.)
+//! forms the group across the two processes on the emulated HCCL, an all-reduce sums
+//! both nodes' tensors, and HcclSend / HcclRecv pass a tensor there and back
+//! (`HcclCommunicator::send` / `recv_into`). (`harness = false`: this test runs itself as
+//! the other processes.)
 
 mod common;
 
@@ -35,12 +37,38 @@ fn fingerprint(model: &str) -> Fingerprint {
     Fingerprint::of_model(&fixtures().join(model)).expect("fingerprint")
 }
 
-/// One node's rank: joins the group, then all-reduces `mine`.
+/// One node's rank: joins the group, all-reduces `mine`, then, as a pipeline stage would
+/// hand on its hidden states, rank 0 sends the sum to rank 1, which returns it doubled.
 fn rank(backend: &AscendBackend, root: &HcclRootInfo, rank: usize, mine: &[f32]) -> Vec<f32> {
     let comm = HcclCommunicator::init(backend, root, rank, 2).expect("HCCL group");
     let mut t = backend.upload(HostData::F32(mine), &[mine.len()]).unwrap();
     comm.all_reduce_sum(backend, &mut t).unwrap();
-    backend.to_host_f32(&t).unwrap()
+    let sum = backend.to_host_f32(&t).unwrap();
+    let mut back = backend
+        .upload(HostData::F32(&vec![0.0; mine.len()]), &[mine.len()])
+        .unwrap();
+    if rank == 0 {
+        comm.send(backend, &t, 1).unwrap();
+        comm.recv_into(backend, &mut back, 1).unwrap();
+        assert_eq!(
+            backend.to_host_f32(&back).unwrap(),
+            sum.iter().map(|x| 2.0 * x).collect::<Vec<_>>()
+        );
+    } else {
+        comm.recv_into(backend, &mut back, 0).unwrap();
+        let twice: Vec<f32> = backend
+            .to_host_f32(&back)
+            .unwrap()
+            .iter()
+            .map(|x| 2.0 * x)
+            .collect();
+        let twice = backend
+            .upload(HostData::F32(&twice), &[mine.len()])
+            .unwrap();
+        comm.send(backend, &twice, 0).unwrap();
+        backend.to_host_f32(&twice).unwrap();
+    }
+    sum
 }
 
 fn spawn(role: &str, master: SocketAddr) -> std::process::Child {
