@@ -87,17 +87,6 @@ fn rank(
 /// One HcclSend (`send`) or HcclRecv of 4 elements of `dt` on `buf`, then a stream
 /// synchronize: its status (0 when the pair completed).
 fn p2p(
-    s: &Session,
-    comm: HcclComm,
-    send: bool,
-    buf: *mut c_void,
-    dt: HcclDataType,
-    peer: u32,
-) -> i32 {
-    p2p_on(&s.cann, s.stream, comm, send, buf, dt, peer)
-}
-
-fn p2p_on(
     cann: &ascend_sys::Cann,
     stream: aclrtStream,
     comm: HcclComm,
@@ -153,15 +142,42 @@ fn p2p_child(role: &str, s: &Session, root: &HcclRootInfo) -> bool {
     let buf = s.malloc(16).unwrap();
     match role {
         "p2p" => {
-            if p2p(s, comm, false, buf, HcclDataType::HCCL_DATA_TYPE_FP32, 0) != 0 {
+            if p2p(
+                &s.cann,
+                s.stream,
+                comm,
+                false,
+                buf,
+                HcclDataType::HCCL_DATA_TYPE_FP32,
+                0,
+            ) != 0
+            {
                 return false;
             }
             let got = from_f32(&s.download(buf, 16).unwrap());
             let twice: Vec<f32> = got.iter().map(|x| 2.0 * x).collect();
             let b2 = upload(s, &f32_bytes(&twice));
-            p2p(s, comm, true, b2, HcclDataType::HCCL_DATA_TYPE_FP32, 0) == 0
+            p2p(
+                &s.cann,
+                s.stream,
+                comm,
+                true,
+                b2,
+                HcclDataType::HCCL_DATA_TYPE_FP32,
+                0,
+            ) == 0
         }
-        "p2p-mismatch" => p2p(s, comm, false, buf, HcclDataType::HCCL_DATA_TYPE_BFP16, 0) != 0,
+        "p2p-mismatch" => {
+            p2p(
+                &s.cann,
+                s.stream,
+                comm,
+                false,
+                buf,
+                HcclDataType::HCCL_DATA_TYPE_BFP16,
+                0,
+            ) != 0
+        }
         _ => std::process::exit(0),
     }
 }
@@ -180,9 +196,9 @@ fn p2p_parent(s: &Session, role: &str) -> (i32, Vec<f32>) {
     let buf = upload(s, &f32_bytes(&[1.0, 2.0, 3.0, 4.0]));
     let fp32 = HcclDataType::HCCL_DATA_TYPE_FP32;
     let rc = match role {
-        "p2p-die" => p2p(s, comm, false, buf, fp32, 1),
-        _ => match p2p(s, comm, true, buf, fp32, 1) {
-            0 => p2p(s, comm, false, buf, fp32, 1),
+        "p2p-die" => p2p(&s.cann, s.stream, comm, false, buf, fp32, 1),
+        _ => match p2p(&s.cann, s.stream, comm, true, buf, fp32, 1) {
+            0 => p2p(&s.cann, s.stream, comm, false, buf, fp32, 1),
             e => e,
         },
     };
@@ -231,7 +247,7 @@ fn p2p_in_process(s: &Session, rank1_dt: HcclDataType) -> (i32, i32) {
                 0
             );
         }
-        let rc = p2p_on(&cann, stream, comm, false, buf, rank1_dt, 0);
+        let rc = p2p(&cann, stream, comm, false, buf, rank1_dt, 0);
         // SAFETY: live handles, freed once.
         unsafe {
             (acl.aclrtFree)(buf);
@@ -242,7 +258,15 @@ fn p2p_in_process(s: &Session, rank1_dt: HcclDataType) -> (i32, i32) {
     });
     let comm = join_group(s, &root, 0);
     let buf = upload(s, &f32_bytes(&[1.0, 2.0, 3.0, 4.0]));
-    let rc0 = p2p(s, comm, true, buf, HcclDataType::HCCL_DATA_TYPE_FP32, 1);
+    let rc0 = p2p(
+        &s.cann,
+        s.stream,
+        comm,
+        true,
+        buf,
+        HcclDataType::HCCL_DATA_TYPE_FP32,
+        1,
+    );
     // SAFETY: live handles, freed once.
     unsafe {
         (s.cann.acl.aclrtFree)(buf);
