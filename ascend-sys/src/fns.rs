@@ -750,6 +750,22 @@ pub type HcclBroadcast = unsafe extern "C" fn(
     comm: HcclComm,
     stream: aclrtStream,
 ) -> HcclResult;
+pub type HcclSend = unsafe extern "C" fn(
+    sendBuf: *mut c_void,
+    count: u64,
+    dataType: HcclDataType,
+    destRank: u32,
+    comm: HcclComm,
+    stream: aclrtStream,
+) -> HcclResult;
+pub type HcclRecv = unsafe extern "C" fn(
+    recvBuf: *mut c_void,
+    count: u64,
+    dataType: HcclDataType,
+    srcRank: u32,
+    comm: HcclComm,
+    stream: aclrtStream,
+) -> HcclResult;
 pub type HcclBarrier = unsafe extern "C" fn(comm: HcclComm, stream: aclrtStream) -> HcclResult;
 pub type HcclCommDestroy = unsafe extern "C" fn(comm: HcclComm) -> HcclResult;
 pub type HcclGetRankSize = unsafe extern "C" fn(comm: HcclComm, rankSize: *mut u32) -> HcclResult;

@@ -296,6 +296,8 @@ api_table! {
             HcclReduceScatter: "7.0 or earlier",
             HcclBroadcast: "7.0 or earlier",
             HcclBarrier: "7.0 or earlier",
+            HcclSend: "7.0 or earlier",
+            HcclRecv: "7.0 or earlier",
             HcclCommDestroy: "7.0 or earlier",
             HcclGetRankSize: "7.0 or earlier",
             HcclGetRankId: "7.0 or earlier",

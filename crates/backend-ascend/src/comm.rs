@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+pub use ascend_sys::types::HcclRootInfo;
 use ascend_sys::types::*;
 use ascend_sys::Cann;
 use qwen3_backend::comm::Communicator;
-use qwen3_backend::{BackendError, Result};
+use qwen3_backend::{Backend, BackendError, HostData, Result};
 
 use crate::desc::View;
 use crate::mem::DevPtr;
@@ -16,15 +17,42 @@ fn coll_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Collective(e.to_string())
 }
 
-/// The root info every rank of one group joins with: made once (on any thread), then
-/// handed to each rank's [`HcclCommunicator::init`].
-pub fn root_info(cann: &Cann) -> Result<HcclRootInfo> {
-    let h = cann.hccl().map_err(coll_err)?;
+/// The root info every rank of one group joins with, made on the root rank's backend with
+/// its device current: the root info carries that device (CANN HCCL API reference,
+/// HcclGetRootInfo; vllm-ascend's pyhccl makes it under `torch.npu.device` of rank 0).
+/// Hand it to every rank's [`HcclCommunicator::init`].
+pub fn root_info(root_rank: &AscendBackend) -> Result<HcclRootInfo> {
+    let dev = root_rank.device();
+    dev.bind()?;
+    let h = dev.cann.hccl().map_err(coll_err)?;
     let mut root = HcclRootInfo::default();
-    // SAFETY: valid out-pointer of the documented size.
+    // SAFETY: valid out-pointer of the documented size; the root rank's device is bound.
     let rc = unsafe { (h.HcclGetRootInfo)(&mut root) };
-    cann.check_hccl(rc, "HcclGetRootInfo").map_err(coll_err)?;
+    dev.cann
+        .check_hccl(rc, "HcclGetRootInfo")
+        .map_err(coll_err)?;
     Ok(root)
+}
+
+/// A root info as the bytes another process receives it in (the rendezvous carries it).
+pub fn root_info_bytes(r: &HcclRootInfo) -> Vec<u8> {
+    r.internal.iter().map(|&c| c as u8).collect()
+}
+
+/// A root info from another process's [`root_info_bytes`].
+pub fn root_info_from_bytes(b: &[u8]) -> Result<HcclRootInfo> {
+    let mut r = HcclRootInfo::default();
+    if b.len() != r.internal.len() {
+        return Err(coll_err(format!(
+            "a root info of {} bytes (HCCL's has {})",
+            b.len(),
+            r.internal.len()
+        )));
+    }
+    for (d, s) in r.internal.iter_mut().zip(b) {
+        *d = *s as std::ffi::c_char;
+    }
+    Ok(r)
 }
 
 /// One rank's HCCL communicator.
@@ -58,17 +86,89 @@ impl HcclCommunicator {
         let rc = unsafe { (h.HcclCommInitRootInfo)(world as u32, root, rank as u32, &mut comm) };
         cann.check_hccl(rc, "HcclCommInitRootInfo")
             .map_err(coll_err)?;
-        Ok(Self {
+        let comm = Self {
             cann,
             comm: DevPtr(comm),
             rank,
             world,
-        })
+        };
+        comm.warm_up(backend)?;
+        Ok(comm)
+    }
+
+    /// One small all-reduce right after init, as vllm-ascend's pyhccl does: links are set up
+    /// now rather than inside the first request, and a group that cannot sum `1` over its
+    /// ranks to `world` fails at start-up with HCCL's error instead of serving garbage.
+    fn warm_up(&self, backend: &AscendBackend) -> Result<()> {
+        let mut one = backend.upload(HostData::F32(&[1.0]), &[1])?;
+        self.all_reduce_sum(backend, &mut one)?;
+        let sum = backend.to_host_f32(&one)?;
+        if sum != [self.world as f32] {
+            return Err(coll_err(format!(
+                "warm-up all-reduce on rank {} gave {sum:?}, expected [{}]",
+                self.rank, self.world
+            )));
+        }
+        Ok(())
     }
 
     fn dtype(t: &AscendTensor) -> Result<HcclDataType> {
         HcclDataType::from_acl(t.dtype().acl())
             .ok_or_else(|| coll_err(format!("HCCL has no type for {:?}", t.dtype())))
+    }
+}
+
+/// Point to point, for pipeline stages: a stage hands the next its hidden states.
+impl HcclCommunicator {
+    /// Queues sending `t` to rank `dst` on this rank's stream; HCCL completes the send once
+    /// `dst` has received it (HcclSend and HcclRecv are paired and synchronous, HCCL API
+    /// reference), so the stream holds `t` until then.
+    pub fn send(&self, backend: &AscendBackend, t: &AscendTensor, dst: usize) -> Result<()> {
+        self.p2p(backend, t, dst, true)
+    }
+
+    /// Queues receiving into `t` from rank `src`: the sender's tensor must have `t`'s
+    /// element count and type.
+    pub fn recv_into(
+        &self,
+        backend: &AscendBackend,
+        t: &mut AscendTensor,
+        src: usize,
+    ) -> Result<()> {
+        self.p2p(backend, t, src, false)
+    }
+
+    fn p2p(
+        &self,
+        backend: &AscendBackend,
+        t: &AscendTensor,
+        peer: usize,
+        send: bool,
+    ) -> Result<()> {
+        if peer >= self.world || peer == self.rank {
+            return Err(coll_err(format!(
+                "rank {} of {} cannot {} rank {peer}",
+                self.rank,
+                self.world,
+                if send { "send to" } else { "receive from" }
+            )));
+        }
+        let dev = backend.device();
+        dev.bind()?;
+        let h = self.cann.hccl().map_err(coll_err)?;
+        let (n, dt) = (t.numel() as u64, Self::dtype(t)?);
+        // SAFETY: `t` holds `n` elements of `dt` on this rank's device; queued on its stream,
+        // which keeps it alive in order.
+        let (rc, what) = unsafe {
+            if send {
+                let rc = (h.HcclSend)(t.buf.ptr.0, n, dt, peer as u32, self.comm.0, dev.stream.0);
+                (rc, "HcclSend")
+            } else {
+                let rc = (h.HcclRecv)(t.buf.ptr.0, n, dt, peer as u32, self.comm.0, dev.stream.0);
+                (rc, "HcclRecv")
+            }
+        };
+        self.cann.check_hccl(rc, what).map_err(coll_err)
     }
 }
 

@@ -1,7 +1,9 @@
-//! HCCL across threads of one process: ranks rendezvous at communicator creation and
-//! at every collective when their streams execute it.
+//! HCCL: ranks rendezvous at communicator creation and at every collective when their
+//! streams execute it. Ranks are threads of the process that made the root info, or of
+//! other processes joining it over TCP (`hccl_net.rs`).
 
 use crate::dtype;
+use crate::hccl_p2p::{p2p_recv, p2p_send, Mail, P2pKey};
 use crate::mem;
 use crate::rt::stream_of;
 use crate::state::{bump, drop1, lock, set_error, Fail, Handles, Res, STATS};
@@ -14,9 +16,21 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex};
 use std::time::Duration;
 
 const MAGIC: &[u8; 8] = b"CANNEMU\0";
-/// How long a rank waits for the others before reporting a timeout (a hang in a test
-/// becomes an error instead).
-const TIMEOUT: Duration = Duration::from_secs(120);
+/// Where the root's address ("ip:port" of its process's hub, NUL-terminated) sits in the
+/// root info, after the magic, the group id, the device and the process id.
+const ADDR_AT: usize = 24;
+
+/// How long a rank waits for the others to join (`HCCL_CONNECT_TIMEOUT`) and for a
+/// collective's peers (`HCCL_EXEC_TIMEOUT`), in seconds, as HCCL reads them (HCCL
+/// environment variable reference); the emulator's default for both is 120 s, so that a
+/// hang in a test becomes an error.
+pub(crate) fn timeout(var: &str) -> Duration {
+    let secs = std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
 
 #[derive(Default)]
 struct Slot {
@@ -25,22 +39,64 @@ struct Slot {
     taken: u32,
 }
 
-struct Group {
-    n: u32,
-    st: Mutex<GroupState>,
-    cv: Condvar,
+pub(crate) struct Group {
+    pub(crate) n: u32,
+    pub(crate) st: Mutex<GroupState>,
+    pub(crate) cv: Condvar,
 }
 
 #[derive(Default)]
-struct GroupState {
+pub(crate) struct GroupState {
     joined: Vec<u32>,
     slots: HashMap<u64, Slot>,
+    /// Point-to-point messages (`hccl_p2p.rs`).
+    pub(crate) mail: HashMap<P2pKey, Mail>,
+}
+
+/// How a communicator reaches its group: in this process, or through the root process's hub.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Local(Arc<Group>),
+    Remote(Arc<crate::hccl_net::Remote>),
+}
+
+impl Link {
+    pub(crate) fn n(&self) -> u32 {
+        match self {
+            Link::Local(g) => g.n,
+            Link::Remote(r) => r.n,
+        }
+    }
+
+    /// Every rank's bytes for collective `seq`, in rank order.
+    fn exchange(&self, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>> {
+        match self {
+            Link::Local(g) => rendezvous(g, seq, rank, data),
+            Link::Remote(r) => r.exchange(seq, data),
+        }
+    }
+
+    pub(crate) fn send(&self, key: P2pKey, dtype: HcclDataType, data: Vec<u8>) -> Res<()> {
+        match self {
+            Link::Local(g) => p2p_send(g, key, dtype, data),
+            Link::Remote(r) => r.send(key, dtype, data),
+        }
+    }
+
+    pub(crate) fn recv(&self, key: P2pKey, dtype: HcclDataType, len: u64) -> Res<Vec<u8>> {
+        match self {
+            Link::Local(g) => p2p_recv(g, key, dtype, len),
+            Link::Remote(r) => r.recv(key, dtype, len),
+        }
+    }
 }
 
 struct Comm {
-    group: Arc<Group>,
+    link: Link,
     rank: u32,
     seq: Arc<AtomicU64>,
+    /// Messages queued so far on each (source, destination) pair this rank is in.
+    p2p: P2pCounters,
 }
 
 struct Hccl {
@@ -62,7 +118,7 @@ pub fn reset() {
     h.comms.clear();
 }
 
-fn code(r: Res<()>) -> HcclResult {
+pub(crate) fn code(r: Res<()>) -> HcclResult {
     match r {
         Ok(()) => HcclResult::HCCL_SUCCESS,
         Err(f) => {
@@ -72,7 +128,7 @@ fn code(r: Res<()>) -> HcclResult {
     }
 }
 
-fn para(msg: impl Into<String>) -> Fail {
+pub(crate) fn para(msg: impl Into<String>) -> Fail {
     Fail::new(HcclResult::HCCL_E_PARA.0 as i32, msg)
 }
 
@@ -85,13 +141,27 @@ pub unsafe extern "C" fn HcclGetRootInfo(root: *mut HcclRootInfo) -> HcclResult 
                 "HcclGetRootInfo: null",
             ));
         }
+        // The root info identifies the root rank by its device ("主要包含device ip、device id"),
+        // and several are made in one thread by "指定不同的Device + 调用此接口": a device must be
+        // current. CANN 8.5 HCCL API reference, HcclGetRootInfo (hcclcpp_07_0005); vllm-ascend's
+        // pyhccl.py makes it under `torch.npu.device(device)` of rank 0.
+        let dev = crate::rt::current_device().map_err(|_| {
+            Fail::new(
+                HcclResult::HCCL_E_RUNTIME.0 as i32,
+                "HcclGetRootInfo: no device is current on this thread; the root info carries \
+                 the root rank's device (HCCL API reference, HcclGetRootInfo): call \
+                 aclrtSetDevice(rank 0's device) first",
+            )
+        })?;
+        let hub = crate::hccl_net::hub_addr()?;
         let mut info = HcclRootInfo::default();
         let id = NEXT_ROOT.fetch_add(1, Ordering::Relaxed) ^ ((std::process::id() as u64) << 32);
-        for (d, s) in info
-            .internal
-            .iter_mut()
-            .zip(MAGIC.iter().chain(&id.to_le_bytes()))
-        {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(id.to_le_bytes());
+        bytes.extend(dev.to_le_bytes());
+        bytes.extend(std::process::id().to_le_bytes());
+        bytes.extend(hub.to_string().as_bytes());
+        for (d, s) in info.internal.iter_mut().zip(&bytes) {
             *d = *s as c_char;
         }
         // SAFETY: non-null, writable per the C API.
@@ -100,17 +170,53 @@ pub unsafe extern "C" fn HcclGetRootInfo(root: *mut HcclRootInfo) -> HcclResult 
     })())
 }
 
-fn root_id(root: &HcclRootInfo) -> Res<u64> {
-    let b: Vec<u8> = root.internal[..16].iter().map(|&c| c as u8).collect();
+/// What a root info says: its group id, and the hub address when another process made it.
+struct Root {
+    id: u64,
+    remote: Option<String>,
+}
+
+fn parse_root(root: &HcclRootInfo) -> Res<Root> {
+    let b: Vec<u8> = root.internal.iter().map(|&c| c as u8).collect();
     if &b[..8] != MAGIC {
         return Err(para(
             "HcclCommInitRootInfo: root info was not made by HcclGetRootInfo",
         ));
     }
-    Ok(u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])))
+    let word = |at: usize| b[at..at + 4].try_into().unwrap_or([0; 4]);
+    let id = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+    let pid = u32::from_le_bytes(word(20));
+    let addr = &b[ADDR_AT..];
+    let addr = String::from_utf8_lossy(&addr[..addr.iter().position(|&c| c == 0).unwrap_or(0)]);
+    Ok(Root {
+        id,
+        remote: (pid != std::process::id()).then(|| addr.into_owned()),
+    })
 }
 
-fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
+/// The group `id` of this process, made by the first rank to join it.
+pub(crate) fn local_group(id: u64, n: u32) -> Res<Arc<Group>> {
+    let group = lock(&H)
+        .groups
+        .entry(id)
+        .or_insert_with(|| {
+            Arc::new(Group {
+                n,
+                st: Mutex::new(GroupState::default()),
+                cv: Condvar::new(),
+            })
+        })
+        .clone();
+    if group.n != n {
+        return Err(para(format!(
+            "nRanks {n} differs from the other ranks' {}",
+            group.n
+        )));
+    }
+    Ok(group)
+}
+
+pub(crate) fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
     let mut st = lock(&group.st);
     if st.joined.contains(&rank) {
         return Err(para(format!("rank {rank} joined twice")));
@@ -119,7 +225,9 @@ fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
     group.cv.notify_all();
     let (st, to) = group
         .cv
-        .wait_timeout_while(st, TIMEOUT, |s| (s.joined.len() as u32) < group.n)
+        .wait_timeout_while(st, timeout("HCCL_CONNECT_TIMEOUT"), |s| {
+            (s.joined.len() as u32) < group.n
+        })
         .unwrap_or_else(|p| p.into_inner());
     drop(st);
     if to.timed_out() {
@@ -134,9 +242,14 @@ fn join(group: &Arc<Group>, rank: u32) -> Res<()> {
     Ok(())
 }
 
-fn new_comm(group: Arc<Group>, rank: u32, seq: Arc<AtomicU64>) -> u64 {
+fn new_comm(link: Link, rank: u32, seq: Arc<AtomicU64>) -> u64 {
     bump(&STATS.live_comms);
-    lock(&H).comms.insert(Comm { group, rank, seq })
+    lock(&H).comms.insert(Comm {
+        link,
+        rank,
+        seq,
+        p2p: Arc::default(),
+    })
 }
 
 #[no_mangle]
@@ -154,28 +267,18 @@ pub unsafe extern "C" fn HcclCommInitRootInfo(
             return Err(para(format!("rank {rank} out of range for {n} ranks")));
         }
         // SAFETY: non-null, readable per the C API.
-        let id = root_id(unsafe { &*root })?;
-        let group = {
-            let mut h = lock(&H);
-            h.groups
-                .entry(id)
-                .or_insert_with(|| {
-                    Arc::new(Group {
-                        n,
-                        st: Mutex::new(GroupState::default()),
-                        cv: Condvar::new(),
-                    })
-                })
-                .clone()
+        let root = parse_root(unsafe { &*root })?;
+        let link = match root.remote {
+            None => {
+                let group = local_group(root.id, n)?;
+                join(&group, rank)?;
+                Link::Local(group)
+            }
+            Some(addr) => Link::Remote(Arc::new(crate::hccl_net::Remote::join(
+                &addr, root.id, n, rank,
+            )?)),
         };
-        if group.n != n {
-            return Err(para(format!(
-                "nRanks {n} differs from the other ranks' {}",
-                group.n
-            )));
-        }
-        join(&group, rank)?;
-        let h = new_comm(group, rank, Arc::new(AtomicU64::new(0)));
+        let h = new_comm(link, rank, Arc::new(AtomicU64::new(0)));
         // SAFETY: non-null, writable.
         unsafe { comm.write(h as HcclComm) };
         Ok(())
@@ -196,12 +299,12 @@ pub unsafe extern "C" fn HcclCommInitAll(
             n: ndev,
             st: Mutex::new(GroupState {
                 joined: (0..ndev).collect(),
-                slots: HashMap::new(),
+                ..GroupState::default()
             }),
             cv: Condvar::new(),
         });
         for r in 0..ndev {
-            let h = new_comm(group.clone(), r, Arc::new(AtomicU64::new(0)));
+            let h = new_comm(Link::Local(group.clone()), r, Arc::new(AtomicU64::new(0)));
             // SAFETY: `comms` has room for `ndev` handles per the C API.
             unsafe { comms.add(r as usize).write(h as HcclComm) };
         }
@@ -209,16 +312,31 @@ pub unsafe extern "C" fn HcclCommInitAll(
     })())
 }
 
-fn comm_of(c: HcclComm, what: &str) -> Res<(Arc<Group>, u32, Arc<AtomicU64>)> {
+fn comm_of(c: HcclComm, what: &str) -> Res<(Link, u32, Arc<AtomicU64>)> {
+    with_comm(c, what, |comm| {
+        (comm.link.clone(), comm.rank, comm.seq.clone())
+    })
+}
+
+/// The link, rank and point-to-point counters of live communicator `c`.
+pub(crate) fn p2p_comm_of(c: HcclComm, what: &str) -> Res<(Link, u32, P2pCounters)> {
+    with_comm(c, what, |comm| {
+        (comm.link.clone(), comm.rank, comm.p2p.clone())
+    })
+}
+
+pub(crate) type P2pCounters = Arc<Mutex<HashMap<(u32, u32), u64>>>;
+
+fn with_comm<T>(c: HcclComm, what: &str, f: impl FnOnce(&Comm) -> T) -> Res<T> {
     let h = lock(&H);
     let comm = h.comms.get(c as u64).ok_or_else(|| {
         bump(&STATS.bad_handles);
         para(format!("{what}: {c:p} is not a live communicator"))
     })?;
-    Ok((comm.group.clone(), comm.rank, comm.seq.clone()))
+    Ok(f(comm))
 }
 
-fn acl_type(dt: HcclDataType) -> Res<aclDataType> {
+pub(crate) fn acl_type(dt: HcclDataType) -> Res<aclDataType> {
     Ok(match dt {
         HcclDataType::HCCL_DATA_TYPE_INT8 => aclDataType::ACL_INT8,
         HcclDataType::HCCL_DATA_TYPE_INT16 => aclDataType::ACL_INT16,
@@ -235,7 +353,7 @@ fn acl_type(dt: HcclDataType) -> Res<aclDataType> {
 
 /// Deposits this rank's bytes for collective `seq`, waits for every rank and returns
 /// all inputs in rank order.
-fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>> {
+pub(crate) fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>> {
     let mut st = lock(&g.st);
     let slot = st.slots.entry(seq).or_default();
     if slot.inputs.is_empty() {
@@ -245,7 +363,7 @@ fn rendezvous(g: &Group, seq: u64, rank: u32, data: Vec<u8>) -> Res<Vec<Vec<u8>>
     slot.arrived += 1;
     g.cv.notify_all();
     let (mut st, to) =
-        g.cv.wait_timeout_while(st, TIMEOUT, |s| {
+        g.cv.wait_timeout_while(st, timeout("HCCL_EXEC_TIMEOUT"), |s| {
             s.slots.get(&seq).is_some_and(|sl| sl.arrived < g.n)
         })
         .unwrap_or_else(|p| p.into_inner());
@@ -305,6 +423,21 @@ enum Coll {
     Barrier,
 }
 
+/// A collective's or a send's buffer: device memory, `len` bytes inside one allocation.
+pub(crate) fn check_buf(what: &str, a: u64, len: u64) -> Res<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if !mem::is_device_addr(a) {
+        bump(&STATS.bad_memcpy_kinds);
+        return Err(Fail::new(
+            HcclResult::HCCL_E_PTR.0 as i32,
+            format!("{what}: buffer {a:#x} is not device memory"),
+        ));
+    }
+    mem::check(a, len, what).map_err(|f| Fail::new(HcclResult::HCCL_E_PTR.0 as i32, f.msg))
+}
+
 /// Validates and queues one collective on `stream` (arguments mirror HCCL's C API).
 #[allow(clippy::too_many_arguments)]
 fn enqueue(
@@ -325,7 +458,7 @@ fn enqueue(
         _ => acl_type(dt)?,
     };
     let es = dtype::size_of(adt).unwrap_or(1) as u64;
-    let n = g.n as u64;
+    let n = g.n() as u64;
     let (sbytes, rbytes) = match coll {
         Coll::AllReduce(_) | Coll::Broadcast(_) => (count * es, count * es),
         Coll::AllGather => (count * es, count * es * n),
@@ -333,23 +466,10 @@ fn enqueue(
         Coll::Barrier => (0, 0),
     };
     let (sa, ra) = (send as u64, recv as u64);
-    let chk = |a: u64, len: u64| -> Res<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        if !mem::is_device_addr(a) {
-            bump(&STATS.bad_memcpy_kinds);
-            return Err(Fail::new(
-                HcclResult::HCCL_E_PTR.0 as i32,
-                format!("{what}: buffer {a:#x} is not device memory"),
-            ));
-        }
-        mem::check(a, len, what).map_err(|f| Fail::new(HcclResult::HCCL_E_PTR.0 as i32, f.msg))
-    };
-    chk(sa, sbytes)?;
-    chk(ra, rbytes)?;
+    check_buf(what, sa, sbytes)?;
+    check_buf(what, ra, rbytes)?;
     if let Coll::Broadcast(root) = coll {
-        if root >= g.n {
+        if root >= g.n() {
             return Err(para(format!("{what}: root {root} out of range")));
         }
     }
@@ -360,7 +480,7 @@ fn enqueue(
     s.enqueue(Arc::new(move || {
         bump(&STATS.collectives);
         let mine = mem::read(sa, sbytes as usize, what)?;
-        let all = rendezvous(&g, id, rank, mine)?;
+        let all = g.exchange(id, rank, mine)?;
         let out = match &coll {
             Coll::AllReduce(op) => reduce(&all, adt, *op)?,
             Coll::AllGather => all.concat(),
@@ -501,7 +621,7 @@ pub unsafe extern "C" fn HcclGetRankSize(comm: HcclComm, size: *mut u32) -> Hccl
             return Err(Fail::new(HcclResult::HCCL_E_PTR.0 as i32, "null rankSize"));
         }
         // SAFETY: non-null, writable.
-        unsafe { size.write(g.n) };
+        unsafe { size.write(g.n()) };
         Ok(())
     })())
 }

@@ -34,6 +34,8 @@ mod copy;
 mod dcmi;
 mod dtype;
 mod hccl;
+mod hccl_net;
+mod hccl_p2p;
 mod kernels;
 mod mem;
 mod nnop;

@@ -211,6 +211,28 @@ fn hccl_rejects_bad_arguments() {
 }
 
 #[test]
+fn root_info_needs_a_current_device() {
+    let s = Session::new().unwrap();
+    let h = s.cann.hccl().unwrap().clone();
+    let acl = s.cann.acl.clone();
+    // A fresh thread has no device current: the root info would carry no device.
+    let (no_dev, with_dev) = std::thread::spawn(move || {
+        let mut root = HcclRootInfo::default();
+        // SAFETY: valid out-pointer; plain runtime call.
+        unsafe {
+            let no_dev = (h.HcclGetRootInfo)(&mut root);
+            assert_eq!((acl.aclrtSetDevice)(1), 0);
+            (no_dev, (h.HcclGetRootInfo)(&mut root))
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(no_dev, HcclResult::HCCL_E_RUNTIME);
+    assert_eq!(with_dev, HcclResult::HCCL_SUCCESS);
+    s.finish().unwrap();
+}
+
+#[test]
 fn captured_graph_replays_reading_device_memory_at_execution() {
     let s = Session::new().unwrap();
     let acl = s.cann.acl.clone();

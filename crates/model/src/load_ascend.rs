@@ -1,10 +1,11 @@
 //! Loading a model on Ascend NPUs: one rank per device, tensor parallelism over HCCL with one
 //! thread per rank (each binds its device's context).
 
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use qwen3_backend::comm::Communicator;
-use qwen3_backend_ascend::comm::{root_info, HcclCommunicator};
+use qwen3_backend_ascend::comm::{root_info, HcclCommunicator, HcclRootInfo};
 use qwen3_backend_ascend::device_query::Cann;
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
 
@@ -39,16 +40,23 @@ pub fn ascend_executor_resizable(
         let worker = load_worker(backend, opts, Shard::WHOLE, kv_shape)?;
         return Ok(Box::new(SingleExecutor::new(worker)));
     }
-    let hccl_root = root_info(&cann)?;
+    // Rank 0 makes the root info on its own thread, with its device current, and hands it
+    // to the other ranks' threads; a rank 0 that fails first drops the senders.
+    let (root_txs, root_rxs): (Vec<Sender<HcclRootInfo>>, Vec<Receiver<HcclRootInfo>>) =
+        (1..world).map(|_| channel()).unzip();
+    let root_sources = std::iter::once(RootSource::Make(root_txs))
+        .chain(root_rxs.into_iter().map(RootSource::Receive));
     let inits: Vec<RankInit<AscendBackend>> = devices
         .iter()
+        .zip(root_sources)
         .enumerate()
-        .map(|(rank, &device)| {
+        .map(|(rank, (&device, root_src))| {
             let opts = opts.clone();
             let cann = Arc::clone(&cann);
             let backend_opts = backend_opts.clone();
             let init: RankInit<AscendBackend> = Box::new(move || {
                 let backend = AscendBackend::with_options(cann, device, backend_opts)?;
+                let hccl_root = root_src.get(&backend)?;
                 // Collective: every rank thread joins here at the same time.
                 let comm = HcclCommunicator::init(&backend, &hccl_root, rank, world)?;
                 let worker = load_worker(backend, &opts, Shard { rank, world }, kv_shape)?;
@@ -62,4 +70,30 @@ pub fn ascend_executor_resizable(
     // fail with HCCL's own timeout.
     let ex = TpExecutor::start(inits, Arc::new(|| {}))?;
     Ok(Box::new(ex))
+}
+
+/// Where a rank thread gets its group's HCCL root info.
+enum RootSource {
+    /// Rank 0: make it with this rank's device current and send it to the others.
+    Make(Vec<Sender<HcclRootInfo>>),
+    /// The others: wait for rank 0's.
+    Receive(Receiver<HcclRootInfo>),
+}
+
+impl RootSource {
+    fn get(self, backend: &AscendBackend) -> Result<HcclRootInfo, ModelError> {
+        match self {
+            RootSource::Make(peers) => {
+                let root = root_info(backend)?;
+                for p in peers {
+                    // A peer that already failed has dropped its receiver: its own error wins.
+                    let _ = p.send(root);
+                }
+                Ok(root)
+            }
+            RootSource::Receive(rx) => rx.recv().map_err(|_| {
+                ModelError::Invalid("rank 0 failed before making the HCCL root info".into())
+            }),
+        }
+    }
 }

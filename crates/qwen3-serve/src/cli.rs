@@ -185,6 +185,39 @@ pub struct ModelArgs {
         default_value_t = 1
     )]
     pub tensor_parallel_size: usize,
+    /// Pipeline-parallel size: stages the layers are split over, one node each (vLLM's flag;
+    /// see deploy/README.md for the mapping to vLLM and torchrun).
+    #[arg(
+        long = "pipeline-parallel-size",
+        visible_alias = "pp",
+        default_value_t = 1
+    )]
+    pub pipeline_parallel_size: usize,
+    /// Nodes (processes, one per machine) serving the model together (torchrun's --nnodes).
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This node's index: 0 serves the API and runs the engine, the others run headless
+    /// (torchrun's --node-rank).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// Node 0's address, where the others join it (torchrun's --master-addr).
+    #[arg(long)]
+    pub master_addr: Option<String>,
+    /// Node 0's rendezvous port (torchrun's --master-port).
+    #[arg(long, default_value_t = 29500)]
+    pub master_port: u16,
+    /// Seconds node 0 waits at the rendezvous for the other nodes, and they for node 0,
+    /// before stopping with an error.
+    #[arg(long, default_value_t = 600.0)]
+    pub rendezvous_timeout: f64,
+    /// With --nnodes > 1: HCCL_CONNECT_TIMEOUT for this process, seconds its ranks wait for
+    /// the others to join an HCCL group, 120..=7200 (default: the environment's, else 600).
+    #[arg(long)]
+    pub hccl_connect_timeout: Option<u64>,
+    /// With --nnodes > 1: HCCL_EXEC_TIMEOUT for this process, seconds a collective waits
+    /// for its peers, at least 1 (default: the environment's, else 300).
+    #[arg(long)]
+    pub hccl_exec_timeout: Option<u64>,
     /// Longest context (prompt + output) a request may have; default: the model's.
     #[arg(long)]
     pub max_model_len: Option<usize>,
@@ -355,6 +388,29 @@ impl ModelArgs {
     /// The numeric flags, checked before anything is loaded.
     pub fn validate(&self) -> anyhow::Result<()> {
         positive("tensor-parallel-size", Some(self.tensor_parallel_size))?;
+        positive("pipeline-parallel-size", Some(self.pipeline_parallel_size))?;
+        positive("nnodes", Some(self.nnodes))?;
+        if self.node_rank >= self.nnodes {
+            bail!(
+                "--node-rank {} is not below --nnodes {}",
+                self.node_rank,
+                self.nnodes
+            );
+        }
+        if self.pipeline_parallel_size != self.nnodes {
+            bail!(
+                "--pipeline-parallel-size {} with --nnodes {}: each node runs one pipeline stage, so they must be equal",
+                self.pipeline_parallel_size,
+                self.nnodes
+            );
+        }
+        seconds("rendezvous-timeout", self.rendezvous_timeout)?;
+        if self.nnodes > 1 && self.master_addr.is_none() {
+            bail!(
+                "--nnodes {} needs --master-addr (node 0's address)",
+                self.nnodes
+            );
+        }
         positive("max-model-len", self.max_model_len)?;
         positive("cpu-threads", self.cpu_threads)?;
         if let Some(g) = self.cpu_kv_cache_space {

@@ -6,6 +6,7 @@ mod bench_offline;
 mod cli;
 mod heap_trim;
 mod model_dir;
+mod multinode;
 mod npu_metrics;
 mod preset;
 mod runtime;

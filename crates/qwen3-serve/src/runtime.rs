@@ -235,6 +235,9 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
                 capture_sizes(&options.capture_batch_sizes, &config, limits.max_num_seqs);
         }
     }
+    if args.nnodes > 1 {
+        crate::multinode::start(args, &dir, &placement, config.num_hidden_layers)?;
+    }
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });
     let dtype = weight_dtype(args.dtype, on_npu, config.head_dim);

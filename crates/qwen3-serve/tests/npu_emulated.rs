@@ -84,6 +84,107 @@ fn npu_refuses_more_ranks_than_devices() {
     assert!(err.contains("needs 4 NPUs, but CANN sees 2"), "{err}");
 }
 
+/// A free loopback port for a node 0's rendezvous.
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port().to_string()
+}
+
+/// `generate` as node `rank` of two, meeting at `port`.
+fn node(model: &str, rank: &str, port: &str, extra: &[&str]) -> Command {
+    let model = format!(
+        "{}/../../tests/fixtures/{model}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut c = bin_on_emulator();
+    c.args(["generate", &model, "--prompt", "x", "--device", "npu"])
+        .args(["--nnodes", "2", "--pipeline-parallel-size", "2"])
+        .args(["--node-rank", rank, "--master-addr", "127.0.0.1"])
+        .args(["--master-port", port])
+        .args(extra);
+    c
+}
+
+fn failed_with(out: std::process::Output) -> String {
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn npu_nodes_stop_in_bounded_time_when_the_other_never_comes() {
+    let t0 = std::time::Instant::now();
+    let port = free_port();
+    let quick = ["--rendezvous-timeout", "2"];
+    let err = failed_with(
+        node("tiny-qwen3-hd128", "0", &port, &quick)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("node 0 waited 2s and 0 of 1 other nodes joined"),
+        "{err}"
+    );
+    // Set by the server itself, as HCCL reads them, before any communicator is made.
+    assert!(
+        err.contains("HCCL_CONNECT_TIMEOUT=600 (the multi-node default)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("HCCL_EXEC_TIMEOUT=300 (the multi-node default)"),
+        "{err}"
+    );
+    let err = failed_with(
+        node("tiny-qwen3-hd128", "1", &port, &quick)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("node 1 could not reach node 0"), "{err}");
+    // 2 s each plus start-up; a hang would be the 600 s default.
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn npu_node_0_refuses_another_model_and_meets_the_right_node() {
+    let port = free_port();
+    let node0 = node(
+        "tiny-qwen3-hd128",
+        "0",
+        &port,
+        &["--rendezvous-timeout", "120"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("node 0");
+    let err = failed_with(node("tiny-qwen3", "1", &port, &[]).output().unwrap());
+    assert!(
+        err.contains("node 0 refused this node: it serves another model"),
+        "{err}"
+    );
+    // Node 0 kept waiting: the right node joins, and both stop at what is not built yet.
+    let extra = ["--hccl-connect-timeout", "900"];
+    let err = failed_with(
+        node("tiny-qwen3-hd128", "1", &port, &extra)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        err.contains("HCCL_CONNECT_TIMEOUT=900 (--hccl-connect-timeout)"),
+        "{err}"
+    );
+    // The fixture's 2 decoder layers: one per node.
+    assert!(
+        err.contains("pipeline stage 1 of 2: decoder layers 1..2 of 2"),
+        "{err}"
+    );
+    assert!(
+        err.contains("all nodes met at the rendezvous, but serving one model across nodes"),
+        "{err}"
+    );
+    let err = failed_with(node0.wait_with_output().unwrap());
+    assert!(err.contains("refused node 1"), "{err}");
+    assert!(err.contains("all nodes met at the rendezvous"), "{err}");
+}
+
 #[test]
 fn serves_completions_on_the_npu() {
     let fixture = fixture();

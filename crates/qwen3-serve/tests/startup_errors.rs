@@ -58,3 +58,32 @@ fn a_model_directory_without_its_tokenizer_is_refused_before_loading() {
     let e = refused(&[path.as_str(), "--device", "cpu"]);
     assert!(e.contains("no tokenizer.json"), "{e}");
 }
+
+#[test]
+fn multi_node_flags_are_checked_and_the_cpu_refuses_more_than_one_node() {
+    let fx = fixture();
+    let e = refused(&[fx.as_str(), "--nnodes", "2", "--node-rank", "2"]);
+    assert!(e.contains("--node-rank 2 is not below --nnodes 2"), "{e}");
+    let e = refused(&[
+        fx.as_str(),
+        "--nnodes",
+        "2",
+        "--pipeline-parallel-size",
+        "2",
+    ]);
+    assert!(e.contains("needs --master-addr"), "{e}");
+    let e = refused(&[fx.as_str(), "--nnodes", "2", "--master-addr", "127.0.0.1"]);
+    assert!(e.contains("must be equal"), "{e}");
+    let e = refused(&[
+        fx.as_str(),
+        "--device",
+        "cpu",
+        "--nnodes",
+        "2",
+        "--pipeline-parallel-size",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+    ]);
+    assert!(e.contains("CPU backend serves from one machine"), "{e}");
+}
