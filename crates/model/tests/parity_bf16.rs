@@ -13,28 +13,6 @@ mod common;
 
 use common::*;
 use qwen3_backend::cpu::{CpuBackend, CpuDType, CpuPrecision};
-use qwen3_backend::Backend;
-use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
-
-fn executor(model: &str, precision: CpuPrecision) -> SingleExecutor<CpuBackend> {
-    let backend = CpuBackend::new().with_precision(precision);
-    let m = Qwen3::load(
-        &backend,
-        &fixtures().join(model),
-        config(model, None),
-        WeightDType::BF16,
-        Shard::WHOLE,
-    )
-    .expect("model loads");
-    let kv = backend
-        .alloc_kv_cache(m.kv_shape(16, BLOCK_SIZE))
-        .expect("kv");
-    SingleExecutor::new(Worker {
-        backend,
-        model: m,
-        kv,
-    })
-}
 
 /// Top-2 margin of a row over the recorded columns.
 fn margin(row: &[f32]) -> f32 {
@@ -91,7 +69,7 @@ fn check_model(model: &str, precision: CpuPrecision) -> (f32, f32) {
         let rows_ref: Vec<&Vec<f32>> = f32_ref.prefill.iter().chain(&f32_ref.decode).collect();
         let rows_tf: Vec<&Vec<f32>> = tf_bf16.prefill.iter().chain(&tf_bf16.decode).collect();
 
-        let mut ex = executor(model, precision);
+        let mut ex = fixture_executor(model, None, CpuBackend::new().with_precision(precision));
         let vocab = ex.worker().model.config.vocab_size;
         let n = case.prompt_ids.len();
         let batch = single_seq_batch(&case.prompt_ids, 0, true);

@@ -23,6 +23,7 @@ use std::cell::RefCell;
 use half::bf16;
 use rayon::prelude::*;
 
+use super::gemv::OutPtr;
 use super::simd::Level;
 use super::with_scratch;
 
@@ -53,18 +54,6 @@ fn padded_k(k: usize) -> usize {
 /// matmul input.
 pub fn round_bf16(x: f32) -> f32 {
     bf16::from_f32(x).to_f32()
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint output columns.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// `out[m, n] = bf16(x)[m, k] · w[n, k]ᵀ` with `level`'s kernel (the scalar twin where the
@@ -207,13 +196,7 @@ mod avx512 {
             for (b, v) in wv.iter_mut().enumerate() {
                 *v = _mm512_loadu_si512(w.add(b * k + c) as *const _);
             }
-            for (a, acc) in acc.iter_mut().enumerate() {
-                let xv: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(x.add(a * kp + c) as *const _));
-                for (b, s) in acc.iter_mut().enumerate() {
-                    *s = _mm512_dpbf16_ps(*s, xv, std::mem::transmute::<__m512i, __m512bh>(wv[b]));
-                }
-            }
+            accumulate(&mut acc, x.add(c), kp, &wv);
             c += 32;
         }
         if c < k {
@@ -223,13 +206,7 @@ mod avx512 {
             for (b, v) in wv.iter_mut().enumerate() {
                 *v = _mm512_maskz_loadu_epi16(mk, w.add(b * k + c) as *const i16);
             }
-            for (a, acc) in acc.iter_mut().enumerate() {
-                let xv: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(x.add(a * kp + c) as *const _));
-                for (b, s) in acc.iter_mut().enumerate() {
-                    *s = _mm512_dpbf16_ps(*s, xv, std::mem::transmute::<__m512i, __m512bh>(wv[b]));
-                }
-            }
+            accumulate(&mut acc, x.add(c), kp, &wv);
         }
         for (a, acc) in acc.iter().enumerate() {
             let o = out.add(a * n);
@@ -240,6 +217,22 @@ mod avx512 {
                 for (b, s) in acc.iter().enumerate() {
                     *o.add(b) = _mm512_reduce_add_ps(*s);
                 }
+            }
+        }
+    }
+
+    /// `acc[a][b] += x[a·kp..][..32] · wv[b]` by `vdpbf16ps`.
+    #[inline(always)]
+    unsafe fn accumulate<const M: usize, const N: usize>(
+        acc: &mut [[__m512; N]; M],
+        x: *const u16,
+        kp: usize,
+        wv: &[__m512i; N],
+    ) {
+        for (a, acc) in acc.iter_mut().enumerate() {
+            let xv: __m512bh = std::mem::transmute(_mm512_loadu_si512(x.add(a * kp) as *const _));
+            for (s, &w) in acc.iter_mut().zip(wv) {
+                *s = _mm512_dpbf16_ps(*s, xv, std::mem::transmute::<__m512i, __m512bh>(w));
             }
         }
     }
