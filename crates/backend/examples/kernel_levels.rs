@@ -1,13 +1,17 @@
-//! Best-of-N timings of the decode GEMV and paged attention on every kernel level this CPU
-//! has, at Qwen3-0.6B shapes. Best-of-N, unlike criterion's mean, stays readable on a machine
+//! Best-of-N timings of the decode GEMV, the prefill/batched matmuls (the F32 path's `gemm`
+//! against the BF16 policy's `vdpbf16ps` GEMM) and paged attention (F32 and BF16 KV) on every
+//! kernel level this CPU has, at Qwen3-0.6B shapes. Best-of-N, unlike criterion's mean, stays readable on a machine
 //! other jobs share. `cargo run --release -p qwen3-backend --example kernel_levels [reps]`
 
 use std::time::Instant;
 
 use half::bf16;
 use qwen3_backend::cpu::attention::{paged_attention, PagedKv, TokenPlace};
+use qwen3_backend::cpu::gemm_bf16::gemm_bf16_at;
 use qwen3_backend::cpu::gemv::gemv_bf16_at;
+use qwen3_backend::cpu::matmul::{matmul_t, WeightRows};
 use qwen3_backend::cpu::simd::supported_levels;
+use qwen3_backend::cpu::simd::Level;
 use qwen3_backend::cpu::vector::kernels;
 use qwen3_backend::AttnGeometry;
 
@@ -59,6 +63,37 @@ fn main() {
             }
         }
     }
+    for (name, n, k) in [
+        ("qkv", 4096, 1024),
+        ("o_proj", 1024, 2048),
+        ("gate_up", 6144, 1024),
+        ("down", 1024, 3072),
+    ] {
+        let w: Vec<bf16> = pseudo(n * k, 7).into_iter().map(bf16::from_f32).collect();
+        for m in [2usize, 8, 128, 512] {
+            let x = pseudo(m * k, 3);
+            let mut out = vec![0.0; m * n];
+            let gflop = |t: f64| (2 * m * n * k) as f64 / t / 1e9;
+            let t = best(reps, || {
+                matmul_t(&x, m, k, WeightRows::BF16(&w), n, &mut out)
+            });
+            println!(
+                "matmul {name:8} m={m:4} f32 gemm    {:8.3} ms  {:6.1} GFLOP/s",
+                t * 1e3,
+                gflop(t)
+            );
+            if Level::Avx512Bf16.supported() {
+                let t = best(reps, || {
+                    gemm_bf16_at(Level::Avx512Bf16, &x, m, k, &w, n, &mut out)
+                });
+                println!(
+                    "matmul {name:8} m={m:4} bf16 gemm   {:8.3} ms  {:6.1} GFLOP/s",
+                    t * 1e3,
+                    gflop(t)
+                );
+            }
+        }
+    }
     let (heads, kv_heads, d, block) = (16, 8, 128, 16);
     let geo = AttnGeometry {
         num_heads: heads,
@@ -84,16 +119,31 @@ fn main() {
             seq: 0,
             pos: ctx as u32 - 1,
         }];
+        let (kb, vb): (Vec<bf16>, Vec<bf16>) = (
+            k.iter().map(|&x| bf16::from_f32(x)).collect(),
+            v.iter().map(|&x| bf16::from_f32(x)).collect(),
+        );
+        let kv16 = PagedKv {
+            k: &kb[..],
+            v: &vb[..],
+            block_size: block,
+            block_tables: &table,
+            max_blocks_per_seq: blocks,
+        };
         let mut out = vec![0.0; heads * d];
         for level in supported_levels() {
             let kern = kernels(level);
             let t = best(reps, || {
                 paged_attention(&q, &places, &kv, &geo, kern, &mut out)
             });
+            let t16 = best(reps, || {
+                paged_attention(&q, &places, &kv16, &geo, kern, &mut out)
+            });
             println!(
-                "attention decode ctx={ctx:5} {:11} {:8.3} ms",
+                "attention decode ctx={ctx:5} {:11} {:8.3} ms F32 KV, {:8.3} ms BF16 KV",
                 level.name(),
-                t * 1e3
+                t * 1e3,
+                t16 * 1e3
             );
         }
     }

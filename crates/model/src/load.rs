@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use qwen3_backend::cpu::CpuPrecision;
 use qwen3_backend::{Backend, KvCacheShape};
 use qwen3_backend_ascend::device_query::Cann;
 use qwen3_backend_ascend::AscendOptions;
@@ -31,7 +32,8 @@ pub struct LoadOptions {
 
 /// Where the model runs.
 pub enum Placement {
-    Cpu,
+    /// The CPU, computing at `precision` (matmul inputs, KV cache).
+    Cpu { precision: CpuPrecision },
     /// One NPU per tensor-parallel rank (logical ids, after ASCEND_RT_VISIBLE_DEVICES).
     Npu {
         cann: Arc<Cann>,
@@ -45,7 +47,7 @@ impl Placement {
     /// 128; the CPU keeps its blocks small.
     pub fn default_block_size(&self) -> usize {
         match self {
-            Placement::Cpu => qwen3_backend::cpu::DEFAULT_BLOCK_SIZE,
+            Placement::Cpu { .. } => qwen3_backend::cpu::DEFAULT_BLOCK_SIZE,
             Placement::Npu { .. } => qwen3_backend_ascend::DEFAULT_BLOCK_SIZE,
         }
     }
@@ -57,7 +59,7 @@ pub fn load_executor(
     placement: &Placement,
 ) -> Result<Box<dyn ResizableExecutor>, ModelError> {
     match placement {
-        Placement::Cpu => cpu_executor_resizable(opts),
+        Placement::Cpu { precision } => cpu_executor_resizable(opts, *precision),
         Placement::Npu {
             cann,
             devices,

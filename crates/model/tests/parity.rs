@@ -5,30 +5,12 @@ mod common;
 
 use common::*;
 use qwen3_backend::cpu::CpuBackend;
-use qwen3_backend::Backend;
-use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
+use qwen3_model::SingleExecutor;
 
 const TOL: f32 = 1e-3;
 
 fn executor(model: &str, overrides: Option<&serde_json::Value>) -> SingleExecutor<CpuBackend> {
-    let backend = CpuBackend::new();
-    let cfg = config(model, overrides);
-    let m = Qwen3::load(
-        &backend,
-        &fixtures().join(model),
-        cfg,
-        WeightDType::BF16,
-        Shard::WHOLE,
-    )
-    .expect("model loads");
-    let kv = backend
-        .alloc_kv_cache(m.kv_shape(16, BLOCK_SIZE))
-        .expect("kv");
-    SingleExecutor::new(Worker {
-        backend,
-        model: m,
-        kv,
-    })
+    fixture_executor(model, overrides, CpuBackend::new())
 }
 
 fn check_model(model: &str) {

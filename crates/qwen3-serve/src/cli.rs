@@ -156,6 +156,13 @@ pub enum AttentionBackendArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheDTypeArg {
+    Auto,
+    Bfloat16,
+    Float32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
     Auto,
     Cpu,
@@ -254,6 +261,10 @@ pub struct ModelArgs {
     /// GiB of RAM for the KV cache on the CPU (vLLM's VLLM_CPU_KVCACHE_SPACE).
     #[arg(long, env = "VLLM_CPU_KVCACHE_SPACE")]
     pub cpu_kv_cache_space: Option<f64>,
+    /// KV cache precision on the CPU: auto follows --dtype (BF16 unless float32). On the NPU
+    /// the KV cache follows --dtype.
+    #[arg(long, value_enum, default_value_t = KvCacheDTypeArg::Auto)]
+    pub kv_cache_dtype: KvCacheDTypeArg,
 }
 
 #[derive(Clone, Debug, Args)]

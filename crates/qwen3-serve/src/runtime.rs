@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use qwen3_backend::cpu::{CpuDType, CpuPrecision};
 use qwen3_backend::Backend;
 use qwen3_backend_ascend::device_query::{self, Cann};
 use qwen3_backend_ascend::{AscendOptions, AttentionBackend};
@@ -16,13 +17,19 @@ use qwen3_model::qwen3::check_tp_split;
 use qwen3_model::{ResizableExecutor, WeightDType};
 use tracing::info;
 
-use crate::cli::{AttentionBackendArg, DTypeArg, DeviceArg, GenerateArgs, ModelArgs, ServeArgs};
+use crate::cli::{
+    AttentionBackendArg, DTypeArg, DeviceArg, GenerateArgs, KvCacheDTypeArg, ModelArgs, ServeArgs,
+};
 use crate::model_dir;
 
 /// The CPU KV cache default when no space is given, as vLLM's CPU backend (4 GiB).
 const DEFAULT_CPU_KV_SPACE: u64 = 4 << 30;
-/// Tokens of the profiling pass (scaled up to max-num-batched-tokens).
+/// Tokens of the NPU's profiling pass (scaled up to max-num-batched-tokens).
 const PROFILE_TOKENS: usize = 512;
+/// Tokens of the CPU's profiling pass: 512 took 4 of the 5.5–6 s to `/health` on the 0.6B
+/// shape (2 cores). Scaling 64 linearly over-counts the step's fixed part (scratch, the
+/// sampled row's logits) some 30 times, tens of MiB of a KV budget of GiBs.
+const CPU_PROFILE_TOKENS: usize = 64;
 /// Tokens per step with chunked prefill when --max-num-batched-tokens is not given (vLLM V1's
 /// default for online serving).
 const CHUNKED_PREFILL_TOKENS: usize = 8192;
@@ -148,7 +155,9 @@ pub fn pick_device(
     }
     if device == DeviceArg::Cpu {
         info!("device: cpu (as asked)");
-        return Ok(Placement::Cpu);
+        return Ok(Placement::Cpu {
+            precision: CpuPrecision::default(),
+        });
     }
     let npus = Cann::load()
         .map_err(anyhow::Error::from)
@@ -162,11 +171,15 @@ pub fn pick_device(
         ),
         (DeviceArg::Auto, Err(e)) => {
             info!("device: cpu (auto: no usable CANN: {e:#})");
-            Ok(Placement::Cpu)
+            Ok(Placement::Cpu {
+                precision: CpuPrecision::default(),
+            })
         }
         (DeviceArg::Auto, Ok((n, _))) if (n as usize) < world => {
             info!("device: cpu (auto: CANN sees {n} NPUs, --tensor-parallel-size {world} needs {world})");
-            Ok(Placement::Cpu)
+            Ok(Placement::Cpu {
+                precision: CpuPrecision::default(),
+            })
         }
         (_, Ok((n, cann))) => {
             let devices: Vec<i32> = (0..world as i32).collect();
@@ -241,13 +254,24 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });
     let dtype = weight_dtype(args.dtype, on_npu, config.head_dim);
+    if let Placement::Cpu { precision } = &mut placement {
+        *precision = cpu_precision(args.dtype, args.kv_cache_dtype);
+        info!(
+            "cpu precision: matmul inputs {}, KV cache {}",
+            precision.activations.name(),
+            precision.kv_cache.name()
+        );
+    }
     let block_size = block_size(limits.block_size, &placement, dtype)?;
     let chunked = limits.enable_chunked_prefill;
     let max_num_batched_tokens = limits
         .max_num_batched_tokens
         .unwrap_or_else(|| default_max_num_batched_tokens(chunked, max_model_len));
     // Load with a KV cache just big enough for the profiling pass; resize it after.
-    let profile_tokens = max_num_batched_tokens.min(PROFILE_TOKENS);
+    let profile_tokens = max_num_batched_tokens.min(match placement {
+        Placement::Cpu { .. } => CPU_PROFILE_TOKENS,
+        Placement::Npu { .. } => PROFILE_TOKENS,
+    });
     let opts = LoadOptions {
         dir: dir.clone(),
         config: config.clone(),
@@ -264,7 +288,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
     let fits = num_blocks.saturating_sub(1) * block_size;
     if fits < max_model_len {
         let more = match placement {
-            Placement::Cpu => "--cpu-kv-cache-space GiB",
+            Placement::Cpu { .. } => "--cpu-kv-cache-space GiB",
             Placement::Npu { .. } => "a higher --gpu-memory-utilization or more NPUs",
         };
         bail!(
@@ -297,7 +321,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         engine_config,
         executor,
         npus: match &placement {
-            Placement::Cpu => Vec::new(),
+            Placement::Cpu { .. } => Vec::new(),
             Placement::Npu { devices, .. } => devices.clone(),
         },
     })
@@ -334,6 +358,25 @@ fn weight_dtype(asked: DTypeArg, on_npu: bool, head_dim: usize) -> WeightDType {
             }
         }
         DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => WeightDType::BF16,
+    }
+}
+
+/// The CPU's precision policy (`crates/backend/src/cpu/precision.rs`): BF16 matmul inputs and
+/// KV cache unless `--dtype float32`, as vLLM's CPU backend computes BF16 checkpoints;
+/// `--kv-cache-dtype` overrides the cache's.
+fn cpu_precision(dtype: DTypeArg, kv: KvCacheDTypeArg) -> CpuPrecision {
+    let activations = match dtype {
+        DTypeArg::Float32 => CpuDType::F32,
+        DTypeArg::Auto | DTypeArg::Bfloat16 | DTypeArg::Float16 => CpuDType::BF16,
+    };
+    let kv_cache = match kv {
+        KvCacheDTypeArg::Auto => activations,
+        KvCacheDTypeArg::Bfloat16 => CpuDType::BF16,
+        KvCacheDTypeArg::Float32 => CpuDType::F32,
+    };
+    CpuPrecision {
+        activations,
+        kv_cache,
     }
 }
 
@@ -403,7 +446,7 @@ fn load_and_profile(
     let mut executor = load_executor(opts, placement)?;
     let secs = t0.elapsed().as_secs_f64();
     let num_blocks = match placement {
-        Placement::Cpu => {
+        Placement::Cpu { .. } => {
             let loaded_bytes = crate::alloc::current().saturating_sub(heap_before) as u64;
             info!(
                 "loaded {dir} on the CPU (tensor parallel {world}) in {secs:.2}s: {:.2} GiB",
@@ -832,5 +875,19 @@ mod tests {
         assert_eq!(weight_dtype(DTypeArg::Auto, false, 32), BF16);
         assert_eq!(weight_dtype(DTypeArg::Bfloat16, true, 32), BF16);
         assert_eq!(weight_dtype(DTypeArg::Float32, true, 128), F32);
+    }
+
+    #[test]
+    fn cpu_precision_follows_dtype_unless_the_kv_flag_says() {
+        use CpuDType::{BF16, F32};
+        let p = |d, kv| {
+            let p = cpu_precision(d, kv);
+            (p.activations, p.kv_cache)
+        };
+        assert_eq!(p(DTypeArg::Auto, KvCacheDTypeArg::Auto), (BF16, BF16));
+        assert_eq!(p(DTypeArg::Bfloat16, KvCacheDTypeArg::Auto), (BF16, BF16));
+        assert_eq!(p(DTypeArg::Float32, KvCacheDTypeArg::Auto), (F32, F32));
+        assert_eq!(p(DTypeArg::Float32, KvCacheDTypeArg::Bfloat16), (F32, BF16));
+        assert_eq!(p(DTypeArg::Auto, KvCacheDTypeArg::Float32), (BF16, F32));
     }
 }

@@ -1,11 +1,11 @@
-//! Paged causal attention on the CPU: each query token reads its sequence's K/V through the
-//! block table, so prefill chunks and decodes share one call.
+//! Paged causal attention on the CPU: each query token reads its sequence's K/V (F32 or BF16,
+//! accumulated in F32) through the block table, so prefill chunks and decodes share one call.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::vector::Kernels;
+use super::vector::{Kernels, KvElem};
 use super::with_scratch;
 use crate::AttnGeometry;
 
@@ -17,9 +17,11 @@ pub struct TokenPlace {
     pub pos: u32,
 }
 
-pub struct PagedKv<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+/// One layer's K/V rows (`[blocks, block_size, kv_heads, head_dim]`, as `E`) and the step's
+/// block tables.
+pub struct PagedKv<'a, E = f32> {
+    pub k: &'a [E],
+    pub v: &'a [E],
     pub block_size: usize,
     pub block_tables: &'a [u32],
     pub max_blocks_per_seq: usize,
@@ -48,10 +50,10 @@ pub(crate) fn reserve_scratch() {
 /// Work is split over (token, KV head) pairs, so a single decode token still keeps every core
 /// busy; the query heads sharing a KV head are done together so each K/V row is read once for
 /// the group. Dot products, softmax and the V accumulation run on `kern`'s SIMD kernels.
-pub fn paged_attention(
+pub fn paged_attention<E: KvElem>(
     q: &[f32],
     places: &[TokenPlace],
-    kv: &PagedKv<'_>,
+    kv: &PagedKv<'_, E>,
     g: &AttnGeometry,
     kern: &Kernels,
     out: &mut [f32],
@@ -59,6 +61,7 @@ pub fn paged_attention(
     let d = g.head_dim;
     let group = g.num_heads / g.num_kv_heads;
     let span = group * d;
+    let attn = E::attn(kern);
     out.par_chunks_mut(span)
         .zip(q.par_chunks(span))
         .enumerate()
@@ -86,12 +89,12 @@ pub fn paged_attention(
                         (start..end)
                             .map(|j| kv_offset(table, kv.block_size, j, g.num_kv_heads, kvh, d)),
                     );
-                    (kern.scores)(qg, kv.k, rows, d, g.scale, scores);
+                    (attn.scores)(qg, kv.k, rows, d, g.scale, scores);
                     for (s, r) in scores.chunks_exact_mut(len).zip(inv.iter_mut()) {
                         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                         *r = 1.0 / (kern.exp_sub_sum)(s, max);
                     }
-                    (kern.weighted_sum)(scores, kv.v, rows, d, o);
+                    (attn.weighted_sum)(scores, kv.v, rows, d, o);
                 });
                 for (oh, &r) in o.chunks_exact_mut(d).zip(inv.iter()) {
                     (kern.scale)(r, oh);
@@ -120,7 +123,12 @@ mod tests {
     use crate::cpu::vector::kernels;
 
     /// The plain definition: per token and head, softmax(q·K) · V over positions `..=pos`.
-    fn reference(q: &[f32], places: &[TokenPlace], kv: &PagedKv<'_>, g: &AttnGeometry) -> Vec<f32> {
+    fn reference<E: KvElem>(
+        q: &[f32],
+        places: &[TokenPlace],
+        kv: &PagedKv<'_, E>,
+        g: &AttnGeometry,
+    ) -> Vec<f32> {
         let d = g.head_dim;
         let row = g.num_heads * d;
         let group = g.num_heads / g.num_kv_heads;
@@ -140,7 +148,7 @@ mod tests {
                     .map(|&o| {
                         qh.iter()
                             .zip(&kv.k[o..o + d])
-                            .map(|(a, b)| f64::from(a * b))
+                            .map(|(&a, &b)| f64::from(a * b.into()))
                             .sum::<f64>()
                             * f64::from(g.scale)
                     })
@@ -152,7 +160,7 @@ mod tests {
                     *o = offs
                         .iter()
                         .zip(&e)
-                        .map(|(&off, p)| p / sum * f64::from(kv.v[off + i]))
+                        .map(|(&off, p)| p / sum * f64::from(kv.v[off + i].into()))
                         .sum::<f64>() as f32;
                 }
             }
@@ -160,10 +168,12 @@ mod tests {
         out
     }
 
-    #[test]
-    fn every_level_matches_the_reference_on_odd_geometry() {
-        // head_dim 36 (not a multiple of 16), 3 query heads per KV head, blocks of 5, two
-        // sequences: a decode at position 40 and a 3-token chunk, one with a sliding window.
+    /// Every level against the f64 reference, K/V stored as `E` (`cast` rounds them), on odd
+    /// geometry: head_dim 36 (not a multiple of 16), 3 query heads per KV head, blocks of 5,
+    /// two sequences (a decode at position 40 and a 3-token chunk), with and without a sliding
+    /// window. The reference reads the same stored values, so the bound (1e-5) is the F32
+    /// summation's, whatever the storage.
+    fn check<E: KvElem>(cast: fn(f32) -> E) {
         for window in [None, Some(7)] {
             let g = AttnGeometry {
                 num_heads: 6,
@@ -174,11 +184,11 @@ mod tests {
             };
             let (bs, blocks) = (5, 20);
             let n = blocks * bs * g.num_kv_heads * g.head_dim;
-            let k: Vec<f32> = (0..n)
-                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 20.0)
+            let k: Vec<E> = (0..n)
+                .map(|i| cast(((i * 31 % 97) as f32 - 48.0) / 20.0))
                 .collect();
-            let v: Vec<f32> = (0..n)
-                .map(|i| ((i * 17 % 89) as f32 - 44.0) / 30.0)
+            let v: Vec<E> = (0..n)
+                .map(|i| cast(((i * 17 % 89) as f32 - 44.0) / 30.0))
                 .collect();
             let block_tables: Vec<u32> = (0..20).rev().collect();
             let kv = PagedKv {
@@ -211,5 +221,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_level_matches_the_reference_on_odd_geometry() {
+        check::<f32>(|x| x);
+    }
+
+    #[test]
+    fn every_level_matches_the_reference_over_a_bf16_cache() {
+        check::<half::bf16>(half::bf16::from_f32);
     }
 }

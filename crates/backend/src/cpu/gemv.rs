@@ -40,14 +40,15 @@ pub const BF16_DOT_MAX_ROWS: usize = 4;
 // `avx512::dots_bf16` has kernels for 1–4 rows only.
 const _: () = assert!(BF16_DOT_MAX_ROWS <= 4);
 
+/// The output shared by tasks that write disjoint columns of it (here and in `gemm_bf16`).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint output columns.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -1,7 +1,9 @@
-//! The CPU backend: BF16 (or F32) weights kept as loaded, F32 activations and KV cache,
-//! work spread over rayon's pool (sized once by `--cpu-threads`). Decode batches (≤ 8 rows)
-//! use the SIMD BF16 GEMV, larger ones `gemm`; attention and the element-wise ops use the
-//! vector kernels of the SIMD level picked at run time ([`simd::level`]).
+//! The CPU backend: BF16 (or F32) weights kept as loaded, work spread over rayon's pool (sized
+//! once by `--cpu-threads`), activations at matmul inputs and the KV cache at the precision
+//! asked ([`precision`]: exact F32, or BF16 inputs with F32 accumulation and a BF16 cache).
+//! Decode batches (≤ 8 rows) use the SIMD BF16 GEMV, larger ones `gemm` on the F32 path and
+//! the `vdpbf16ps` GEMM ([`gemm_bf16`]) on the BF16 one; attention and the element-wise ops
+//! use the vector kernels of the SIMD level picked at run time ([`simd::level`]).
 //!
 //! No allocation in a decode step: ops write into buffers of the backend's
 //! [`pool::ActivationPool`], which a tensor hands back when it drops; shapes are inline; step
@@ -12,10 +14,13 @@
 pub mod attention;
 pub mod bandwidth;
 pub mod comm;
+pub mod gemm_bf16;
 pub mod gemv;
 pub mod int8;
+mod kv_cache;
 pub mod matmul;
 pub mod pool;
+pub mod precision;
 pub mod quant;
 pub mod simd;
 mod step;
@@ -25,6 +30,7 @@ pub mod vector;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use half::bf16;
 use rayon::prelude::*;
 
 use crate::logprobs::{row_prompt_logprob, PromptLogprob};
@@ -38,6 +44,9 @@ use matmul::matmul_t;
 use pool::{ActivationPool, PoolLimits, PoolStats};
 use vector::{kernels, Kernels};
 
+pub use kv_cache::CpuKvCache;
+use kv_cache::KvRows;
+pub use precision::{CpuDType, CpuPrecision};
 pub use step::CpuStep;
 use step::{MoeScratch, Reuse};
 use tensor::Dims;
@@ -57,23 +66,13 @@ fn zeros(v: &mut Vec<f32>, n: usize) {
     v.resize(n, 0.0);
 }
 
-pub struct CpuKvCache {
-    shape: KvCacheShape,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-}
-
-impl CpuKvCache {
-    pub fn shape(&self) -> KvCacheShape {
-        self.shape
-    }
-}
-
 /// The CPU backend. Clones share one activation pool.
 #[derive(Clone, Default)]
 pub struct CpuBackend {
     /// Bytes the KV cache may use, as vLLM's `--cpu-kv-cache-space`; None: size from RAM.
     pub kv_cache_space: Option<u64>,
+    /// Matmul inputs and KV cache precision; the default is the exact F32 path.
+    pub precision: CpuPrecision,
     reuse: Arc<Reuse>,
 }
 
@@ -81,6 +80,7 @@ impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuBackend")
             .field("kv_cache_space", &self.kv_cache_space)
+            .field("precision", &self.precision)
             .field("pool", &self.reuse.pool)
             .finish()
     }
@@ -95,10 +95,67 @@ impl CpuBackend {
     pub fn with_pool_limits(limits: PoolLimits) -> Self {
         Self {
             kv_cache_space: None,
+            precision: CpuPrecision::default(),
             reuse: Arc::new(Reuse {
                 pool: ActivationPool::new(limits),
                 ..Reuse::default()
             }),
+        }
+    }
+
+    /// The same backend computing at `precision`.
+    pub fn with_precision(mut self, precision: CpuPrecision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// `out[m, n] = x[m, k] · w[n, k]ᵀ` under the BF16 policy: `x` rounded to BF16, F32
+    /// accumulation. The `vdpbf16ps` GEMM from two rows up where the CPU has it; else `x` is
+    /// rounded into a pooled buffer for the kernels of the exact path.
+    fn matmul_bf16_inputs(
+        &self,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[bf16],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let level = simd::level();
+        if m >= 2 && gemm_bf16::has_kernel(level) {
+            return gemm_bf16::gemm_bf16_at(level, x, m, k, w, n, out);
+        }
+        let mut xr = self.take(m * k);
+        for (d, &v) in xr.iter_mut().zip(x) {
+            *d = gemm_bf16::round_bf16(v);
+        }
+        if m <= gemv::MAX_ROWS {
+            gemv::gemv_bf16(&xr, m, k, w, n, out);
+        } else {
+            matmul_t(&xr, m, k, matmul::WeightRows::BF16(w), n, out);
+        }
+        self.reuse.pool.give(xr);
+    }
+
+    /// Expert `i`'s matmul of a stacked weight, at the backend's precision.
+    fn expert_matmul(
+        &self,
+        t: &CpuTensor,
+        i: usize,
+        x: &[f32],
+        m: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        let cols = x.len() / m.max(1);
+        match t.stacked(i, rows, cols) {
+            matmul::WeightRows::BF16(w)
+                if self.precision.activations == CpuDType::BF16
+                    && !matches!(t.data, CpuData::Quant(_)) =>
+            {
+                self.matmul_bf16_inputs(x, m, cols, w, rows, out)
+            }
+            _ => t.stacked_matmul(i, x, m, rows, out),
         }
     }
 
@@ -209,28 +266,6 @@ fn rms_norm_row(k: &Kernels, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// The vector kernels of the level in force.
 fn kern() -> &'static Kernels {
     kernels(simd::level())
-}
-
-/// A zero-filled buffer from the allocator's zeroed pages, so a large KV cache costs no
-/// start-up time and no resident memory until used; an allocation failure is an error.
-fn zeroed_f32(n: usize) -> Result<Vec<f32>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<f32>(n)
-        .map_err(|e| BackendError::OutOfMemory(format!("KV cache layer of {n} floats: {e}")))?;
-    // SAFETY: `layout` has non-zero size; the pointer is checked for null; all-zero bytes are
-    // a valid f32 (0.0); the Vec takes ownership with the same layout (capacity n, align of f32).
-    unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
-        if p.is_null() {
-            return Err(BackendError::OutOfMemory(format!(
-                "KV cache layer of {} bytes",
-                layout.size()
-            )));
-        }
-        Ok(Vec::from_raw_parts(p, n, n))
-    }
 }
 
 thread_local! {
@@ -536,6 +571,9 @@ impl Backend for CpuBackend {
         let n = w.shape[0];
         let mut out = self.take(m * n);
         match &w.data {
+            CpuData::BF16(wb) if self.precision.activations == CpuDType::BF16 => {
+                self.matmul_bf16_inputs(x.f32("linear")?, m, k, wb, n, &mut out)
+            }
             // Decode-sized batches: memory-bound GEMV that reads each weight once.
             CpuData::BF16(wb) if m <= gemv::MAX_ROWS => {
                 gemv::gemv_bf16(x.f32("linear")?, m, k, wb, n, &mut out)
@@ -624,19 +662,11 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv_cache(&self, s: KvCacheShape) -> Result<CpuKvCache> {
-        let per_layer = s.num_blocks * s.block_size * s.num_kv_heads * s.head_dim;
-        let alloc = || zeroed_f32(per_layer);
-        let mut k = Vec::with_capacity(s.num_layers);
-        let mut v = Vec::with_capacity(s.num_layers);
-        for _ in 0..s.num_layers {
-            k.push(alloc()?);
-            v.push(alloc()?);
-        }
-        Ok(CpuKvCache { shape: s, k, v })
+        CpuKvCache::zeroed(s, self.precision.kv_cache)
     }
 
     fn kv_block_bytes(&self, s: KvCacheShape) -> u64 {
-        (2 * s.num_layers * s.block_size * s.num_kv_heads * s.head_dim * 4) as u64
+        CpuKvCache::block_bytes(s, self.precision.kv_cache)
     }
 
     fn write_kv(
@@ -649,7 +679,6 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let s = cache.shape;
         let row = s.num_kv_heads * s.head_dim;
-        let slots = s.num_blocks * s.block_size;
         if layer >= s.num_layers
             || k.shape != v.shape
             || k.matrix() != (step.slot_mapping.len(), row)
@@ -659,17 +688,12 @@ impl Backend for CpuBackend {
                 format!("layer {layer}, k {:?}, v {:?}, row {row}", k.shape, v.shape),
             ));
         }
-        let (ks, vs) = (k.f32("write_kv")?, v.f32("write_kv")?);
-        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
-        for (t, &slot) in step.slot_mapping.iter().enumerate() {
-            let slot = slot as usize;
-            if slot >= slots {
-                return Err(shape_err("write_kv", format!("slot {slot} of {slots}")));
-            }
-            kc[slot * row..(slot + 1) * row].copy_from_slice(&ks[t * row..(t + 1) * row]);
-            vc[slot * row..(slot + 1) * row].copy_from_slice(&vs[t * row..(t + 1) * row]);
-        }
-        Ok(())
+        cache.write(
+            layer,
+            k.f32("write_kv")?,
+            v.f32("write_kv")?,
+            &step.slot_mapping,
+        )
     }
 
     fn attention(
@@ -704,16 +728,31 @@ impl Backend for CpuBackend {
                 format!("block {b} of {}", s.num_blocks),
             ));
         }
-        let kv = PagedKv {
-            k: &cache.k[layer],
-            v: &cache.v[layer],
-            block_size: s.block_size,
-            block_tables: &step.block_tables,
-            max_blocks_per_seq: step.max_blocks_per_seq,
-        };
         let mut out = self.take(step.places.len() * width);
-        attention::paged_attention(q.f32("attention")?, &step.places, &kv, g, kern(), &mut out);
-        self.tensor(out, q.shape)
+        let (shape, q) = (q.shape, q.f32("attention")?);
+        fn run<E: vector::KvElem>(
+            l: &kv_cache::Layers<E>,
+            layer: usize,
+            block_size: usize,
+            step: &CpuStep,
+            q: &[f32],
+            g: &AttnGeometry,
+            out: &mut [f32],
+        ) {
+            let kv = PagedKv {
+                k: &l.k[layer],
+                v: &l.v[layer],
+                block_size,
+                block_tables: &step.block_tables,
+                max_blocks_per_seq: step.max_blocks_per_seq,
+            };
+            attention::paged_attention(q, &step.places, &kv, g, kern(), out)
+        }
+        match &cache.rows {
+            KvRows::F32(l) => run(l, layer, s.block_size, step, q, g, &mut out),
+            KvRows::BF16(l) => run(l, layer, s.block_size, step, q, g, &mut out),
+        }
+        self.tensor(out, shape)
     }
 
     fn moe(
@@ -788,13 +827,13 @@ impl Backend for CpuBackend {
             }
             zeros(g, m * inter);
             zeros(u, m * inter);
-            e.gate.stacked_matmul(i, xe, m, inter, g);
-            e.up.stacked_matmul(i, xe, m, inter, u);
+            self.expert_matmul(&e.gate, i, xe, m, inter, g);
+            self.expert_matmul(&e.up, i, xe, m, inter, u);
             for (a, b) in g.iter_mut().zip(u.iter()) {
                 *a = silu(*a) * b;
             }
             zeros(y, m * hidden);
-            e.down.stacked_matmul(i, g, m, hidden, y);
+            self.expert_matmul(&e.down, i, g, m, hidden, y);
             for (r, &(t, w)) in routed.iter().enumerate() {
                 for (o, v) in out[t * hidden..(t + 1) * hidden]
                     .iter_mut()

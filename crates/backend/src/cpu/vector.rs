@@ -1,6 +1,6 @@
 //! F32 vector kernels for the element-wise ops and attention: axpy, scale, softmax's
 //! exp-and-sum, sum of squares (RMSNorm), scaled multiply, SiLU·mul, the rotary pair, and
-//! attention's grouped scores and weighted sum over paged K/V rows.
+//! (in [`attn`]) attention's grouped scores and weighted sum over paged F32 or BF16 K/V rows.
 //!
 //! Each kernel is written once, generic over a tiny [`Simd`] trait, and instantiated per ISA
 //! inside a `#[target_feature]` function so the intrinsics inline; [`kernels`] hands out a
@@ -8,24 +8,15 @@
 //! the reference every SIMD table is tested against on odd sizes. `exp` is Cephes' `expf`
 //! polynomial (relative error ≈ 2·10⁻⁷ over the clamped range).
 
+use half::bf16;
+
 use super::simd::Level;
+
+mod attn;
+pub use attn::{AttnKernels, KvElem, ScoresFn, WeightedSumFn};
 
 /// `(a, b, cos, sin)`: rotates the pairs `(a[i], b[i])` in place.
 pub type RopeFn = fn(&mut [f32], &mut [f32], &[f32], &[f32]);
-
-/// `(q, k, rows, d, scale, scores)`: attention scores of the `g = q.len() / d` query heads in
-/// `q` (`[g, d]`) against the K rows `k[r..r + d]` for `r` in `rows`:
-/// `scores[h · rows.len() + j] = scale · q_h · k[rows[j]..]`.
-pub type ScoresFn = fn(&[f32], &[f32], &[usize], usize, f32, &mut [f32]);
-/// `(p, v, rows, d, out)`: `out[h] = Σ_j p[h · rows.len() + j] · v[rows[j]..][..d]` for the
-/// `g = out.len() / d` heads of `out` (`[g, d]`, overwritten).
-pub type WeightedSumFn = fn(&[f32], &[f32], &[usize], usize, &mut [f32]);
-
-/// Rows ahead that [`ScoresFn`] / [`WeightedSumFn`] prefetch. One KV head's rows of a sequence
-/// are `num_kv_heads · head_dim` floats apart, a new 4 KiB page every key or two, where the
-/// hardware prefetcher starts over; at batch 8 (352 MB of K/V a step) the step's attention took
-/// 25 ms without and 18.5 ms with 8 rows of prefetch (16: 22 ms).
-const PREFETCH_ROWS: usize = 8;
 
 /// Safe entry points of one ISA.
 pub struct Kernels {
@@ -44,10 +35,10 @@ pub struct Kernels {
     pub silu_mul: fn(&[f32], &[f32], &mut [f32]),
     /// (a, b) = (a·cos − b·sin, b·cos + a·sin)
     pub rope: RopeFn,
-    /// Attention scores of a group of query heads sharing a KV head.
-    pub scores: ScoresFn,
-    /// Attention's probability-weighted sum of V rows for a group of heads.
-    pub weighted_sum: WeightedSumFn,
+    /// Attention over an F32 KV cache.
+    pub attn_f32: AttnKernels<f32>,
+    /// Attention over a BF16 KV cache (rows widened on load, F32 accumulation).
+    pub attn_bf16: AttnKernels<bf16>,
 }
 
 /// The kernel table for `level`; a level this CPU lacks gets the scalar table.
@@ -68,8 +59,9 @@ pub fn kernels(level: Level) -> &'static Kernels {
 
 /// The scalar reference kernels.
 mod scalar {
-    use super::Kernels;
+    use super::{AttnKernels, Kernels};
     use crate::cpu::simd::Level;
+    use half::bf16;
 
     fn silu(x: f32) -> f32 {
         x / (1.0 + (-x).exp())
@@ -105,37 +97,26 @@ mod scalar {
                 *b = x2 * c + x1 * s;
             }
         },
-        scores: |q, k, rows, d, scale, scores| {
-            let n = rows.len();
-            for (h, qh) in q.chunks_exact(d.max(1)).enumerate() {
-                for (j, &r) in rows.iter().enumerate() {
-                    let kr = &k[r..r + d];
-                    scores[h * n + j] = scale * qh.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>();
-                }
-            }
+        attn_f32: AttnKernels {
+            scores: super::attn::scores_scalar::<f32>,
+            weighted_sum: super::attn::weighted_sum_scalar::<f32>,
         },
-        weighted_sum: |p, v, rows, d, out| {
-            let n = rows.len();
-            out.fill(0.0);
-            for (h, oh) in out.chunks_exact_mut(d.max(1)).enumerate() {
-                for (j, &r) in rows.iter().enumerate() {
-                    let w = p[h * n + j];
-                    oh.iter_mut()
-                        .zip(&v[r..r + d])
-                        .for_each(|(o, x)| *o += w * x);
-                }
-            }
+        attn_bf16: AttnKernels {
+            scores: super::attn::scores_scalar::<bf16>,
+            weighted_sum: super::attn::weighted_sum_scalar::<bf16>,
         },
     };
 }
 
 /// The operations the generic kernels need. Every method is unsafe: the ISA must be present
 /// and pointers must be valid for `LANES` floats.
-trait Simd {
+pub(crate) trait Simd {
     type V: Copy;
     const LANES: usize;
     unsafe fn splat(x: f32) -> Self::V;
     unsafe fn load(p: *const f32) -> Self::V;
+    /// `LANES` BF16 values widened to F32 (exact: a BF16 is the top half of an F32).
+    unsafe fn load_bf16(p: *const bf16) -> Self::V;
     unsafe fn store(p: *mut f32, v: Self::V);
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
@@ -324,135 +305,6 @@ unsafe fn rope_g<S: Simd>(a: &mut [f32], b: &mut [f32], cos: &[f32], sin: &[f32]
     }
 }
 
-/// [`ScoresFn`] for `G` heads (`q` is `[G, d]`); each K row is loaded once for the group.
-#[inline(always)]
-unsafe fn scores_n<S: Simd, const G: usize>(
-    q: &[f32],
-    k: &[f32],
-    rows: &[usize],
-    d: usize,
-    scale: f32,
-    scores: &mut [f32],
-    n: usize,
-) {
-    let l = S::LANES;
-    let full = d / l * l;
-    for (j, &r) in rows.iter().enumerate() {
-        if let Some(ahead) = rows.get(j + PREFETCH_ROWS).and_then(|&a| k.get(a..a + d)) {
-            super::simd::prefetch(ahead);
-        }
-        let kr = &k[r..r + d];
-        let mut acc = [S::splat(0.0); G];
-        let mut i = 0;
-        while i < full {
-            let x = S::load(kr.as_ptr().add(i));
-            for (h, a) in acc.iter_mut().enumerate() {
-                *a = S::fma(S::load(q.as_ptr().add(h * d + i)), x, *a);
-            }
-            i += l;
-        }
-        for (h, a) in acc.iter().enumerate() {
-            let tail: f32 = (full..d).map(|t| q[h * d + t] * kr[t]).sum();
-            scores[h * n + j] = scale * (S::hsum(*a) + tail);
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn scores_g<S: Simd>(
-    q: &[f32],
-    k: &[f32],
-    rows: &[usize],
-    d: usize,
-    scale: f32,
-    scores: &mut [f32],
-) {
-    let (n, g) = (rows.len(), q.len() / d.max(1));
-    // Four heads at a time keep the accumulators in registers on every ISA.
-    let mut h = 0;
-    while h < g {
-        let (qh, sh) = (&q[h * d..], &mut scores[h * n..]);
-        match (g - h).min(4) {
-            1 => scores_n::<S, 1>(qh, k, rows, d, scale, sh, n),
-            2 => scores_n::<S, 2>(qh, k, rows, d, scale, sh, n),
-            3 => scores_n::<S, 3>(qh, k, rows, d, scale, sh, n),
-            _ => scores_n::<S, 4>(qh, k, rows, d, scale, sh, n),
-        }
-        h += 4;
-    }
-}
-
-/// [`WeightedSumFn`] for `G` heads, `U` vectors of each output row at a time: the outputs stay
-/// in registers across all rows of V (the per-row axpy loaded and stored them every row).
-#[inline(always)]
-unsafe fn weighted_sum_n<S: Simd, const G: usize, const U: usize>(
-    p: &[f32],
-    v: &[f32],
-    rows: &[usize],
-    d: usize,
-    out: &mut [f32],
-    n: usize,
-) {
-    let l = S::LANES;
-    let full = d / l * l;
-    let mut c = 0;
-    while c < full {
-        let u_here = ((full - c) / l).min(U);
-        let mut acc = [[S::splat(0.0); U]; G];
-        for (j, &r) in rows.iter().enumerate() {
-            if c == 0 {
-                if let Some(ahead) = rows.get(j + PREFETCH_ROWS).and_then(|&a| v.get(a..a + d)) {
-                    super::simd::prefetch(ahead);
-                }
-            }
-            let vr = &v[r + c..r + c + u_here * l];
-            for u in 0..u_here {
-                let x = S::load(vr.as_ptr().add(u * l));
-                for (h, a) in acc.iter_mut().enumerate() {
-                    a[u] = S::fma(S::splat(p[h * n + j]), x, a[u]);
-                }
-            }
-        }
-        for (h, a) in acc.iter().enumerate() {
-            for (u, a) in a.iter().enumerate().take(u_here) {
-                S::store(out[h * d + c + u * l..][..l].as_mut_ptr(), *a);
-            }
-        }
-        c += u_here * l;
-    }
-    for h in 0..G {
-        for t in full..d {
-            out[h * d + t] = rows
-                .iter()
-                .enumerate()
-                .map(|(j, &r)| p[h * n + j] * v[r + t])
-                .sum();
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn weighted_sum_g<S: Simd>(p: &[f32], v: &[f32], rows: &[usize], d: usize, out: &mut [f32]) {
-    let (n, g) = (rows.len(), out.len() / d.max(1));
-    // Accumulators: G·U vectors, within AVX2's 16 registers (8 lanes) and AVX-512's and NEON's
-    // 32.
-    let narrow = S::LANES == 8;
-    let mut h = 0;
-    while h < g {
-        let (ph, oh) = (&p[h * n..], &mut out[h * d..]);
-        match ((g - h).min(4), narrow) {
-            (1, _) => weighted_sum_n::<S, 1, 8>(ph, v, rows, d, oh, n),
-            (2, false) => weighted_sum_n::<S, 2, 8>(ph, v, rows, d, oh, n),
-            (3, false) => weighted_sum_n::<S, 3, 4>(ph, v, rows, d, oh, n),
-            (_, false) => weighted_sum_n::<S, 4, 4>(ph, v, rows, d, oh, n),
-            (2, true) => weighted_sum_n::<S, 2, 4>(ph, v, rows, d, oh, n),
-            (3, true) => weighted_sum_n::<S, 3, 2>(ph, v, rows, d, oh, n),
-            (_, true) => weighted_sum_n::<S, 4, 2>(ph, v, rows, d, oh, n),
-        }
-        h += 4;
-    }
-}
-
 /// The per-ISA `#[target_feature]` entry points and their safe table.
 macro_rules! isa_kernels {
     ($feat:literal, $S:ty, $level:expr) => {
@@ -485,19 +337,25 @@ macro_rules! isa_kernels {
             super::rope_g::<$S>(a, b, cos, sin)
         }
         #[target_feature(enable = $feat)]
-        unsafe fn scores(
+        unsafe fn scores<E: super::attn::KvLoad>(
             q: &[f32],
-            k: &[f32],
+            k: &[E],
             rows: &[usize],
             d: usize,
             scale: f32,
             out: &mut [f32],
         ) {
-            super::scores_g::<$S>(q, k, rows, d, scale, out)
+            super::attn::scores_g::<$S, E>(q, k, rows, d, scale, out)
         }
         #[target_feature(enable = $feat)]
-        unsafe fn weighted_sum(p: &[f32], v: &[f32], rows: &[usize], d: usize, out: &mut [f32]) {
-            super::weighted_sum_g::<$S>(p, v, rows, d, out)
+        unsafe fn weighted_sum<E: super::attn::KvLoad>(
+            p: &[f32],
+            v: &[E],
+            rows: &[usize],
+            d: usize,
+            out: &mut [f32],
+        ) {
+            super::attn::weighted_sum_g::<$S, E>(p, v, rows, d, out)
         }
 
         // SAFETY (every entry): `kernels()` hands this table out only when the level is
@@ -511,8 +369,14 @@ macro_rules! isa_kernels {
             mul_scale: |x, r, w, out| unsafe { mul_scale(x, r, w, out) },
             silu_mul: |g, u, out| unsafe { silu_mul(g, u, out) },
             rope: |a, b, c, s| unsafe { rope(a, b, c, s) },
-            scores: |q, k, rows, d, scale, out| unsafe { scores(q, k, rows, d, scale, out) },
-            weighted_sum: |p, v, rows, d, out| unsafe { weighted_sum(p, v, rows, d, out) },
+            attn_f32: super::AttnKernels {
+                scores: |q, k, rows, d, scale, out| unsafe { scores(q, k, rows, d, scale, out) },
+                weighted_sum: |p, v, rows, d, out| unsafe { weighted_sum(p, v, rows, d, out) },
+            },
+            attn_bf16: super::AttnKernels {
+                scores: |q, k, rows, d, scale, out| unsafe { scores(q, k, rows, d, scale, out) },
+                weighted_sum: |p, v, rows, d, out| unsafe { weighted_sum(p, v, rows, d, out) },
+            },
         };
     };
 }
@@ -534,6 +398,11 @@ mod avx2 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const half::bf16) -> __m256 {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m256) {
@@ -607,6 +476,11 @@ mod avx512 {
             _mm512_loadu_ps(p)
         }
         #[inline(always)]
+        unsafe fn load_bf16(p: *const half::bf16) -> __m512 {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+        #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m512) {
             _mm512_storeu_ps(p, v)
         }
@@ -673,6 +547,10 @@ mod neon {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> float32x4_t {
             vld1q_f32(p)
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const half::bf16) -> float32x4_t {
+            vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p as *const u16)))
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: float32x4_t) {
@@ -744,49 +622,6 @@ mod tests {
                 (x - y).abs() <= tol * (1.0 + y.abs()),
                 "{what}[{i}]: {x} vs {y}"
             );
-        }
-    }
-
-    #[test]
-    fn attention_scores_and_weighted_sums_match_scalar_on_odd_sizes() {
-        let s = kernels(Level::Scalar);
-        for level in supported_levels() {
-            let k = kernels(level);
-            for &d in &[1usize, 7, 16, 33, 100, 128, 129] {
-                for group in 1..=6 {
-                    for &n in &[1usize, 5, 19] {
-                        let what = format!("{} d={d} group={group} rows={n}", level.name());
-                        // Rows out of order and gapped, as a block table scatters them.
-                        let stride = d + 3;
-                        let rows: Vec<usize> = (0..n).map(|j| ((j * 7) % n) * stride + 1).collect();
-                        let kv = data(n * stride + 1, 2);
-                        let q = data(group * d, 3);
-                        let (mut a, mut b) = (vec![0.0; group * n], vec![0.0; group * n]);
-                        (k.scores)(&q, &kv, &rows, d, 0.3, &mut a);
-                        (s.scores)(&q, &kv, &rows, d, 0.3, &mut b);
-                        let mag: f32 = q.iter().map(|x| x.abs()).sum::<f32>()
-                            * kv.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                        for (x, y) in a.iter().zip(&b) {
-                            assert!(
-                                (x - y).abs() <= 1e-5 * (1.0 + mag),
-                                "scores {what}: {x} vs {y}"
-                            );
-                        }
-                        let p = data(group * n, 4);
-                        let (mut a, mut b) = (vec![9.0; group * d], vec![-9.0; group * d]);
-                        (k.weighted_sum)(&p, &kv, &rows, d, &mut a);
-                        (s.weighted_sum)(&p, &kv, &rows, d, &mut b);
-                        let mag: f32 = p.iter().map(|x| x.abs()).sum::<f32>()
-                            * kv.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                        for (x, y) in a.iter().zip(&b) {
-                            assert!(
-                                (x - y).abs() <= 1e-5 * (1.0 + mag),
-                                "weighted_sum {what}: {x} vs {y}"
-                            );
-                        }
-                    }
-                }
-            }
         }
     }
 

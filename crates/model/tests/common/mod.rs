@@ -87,6 +87,31 @@ pub fn config(model: &str, overrides: Option<&serde_json::Value>) -> ModelConfig
 
 pub const BLOCK_SIZE: usize = 16;
 
+/// The fixture `model` (BF16 weights) on `backend`, one sequence's KV cache (16 blocks).
+pub fn fixture_executor(
+    model: &str,
+    overrides: Option<&serde_json::Value>,
+    backend: qwen3_backend::cpu::CpuBackend,
+) -> qwen3_model::SingleExecutor<qwen3_backend::cpu::CpuBackend> {
+    use qwen3_backend::Backend;
+    let m = qwen3_model::Qwen3::load(
+        &backend,
+        &fixtures().join(model),
+        config(model, overrides),
+        WeightDType::BF16,
+        qwen3_model::Shard::WHOLE,
+    )
+    .expect("model loads");
+    let kv = backend
+        .alloc_kv_cache(m.kv_shape(16, BLOCK_SIZE))
+        .expect("kv");
+    qwen3_model::SingleExecutor::new(qwen3_model::Worker {
+        backend,
+        model: m,
+        kv,
+    })
+}
+
 /// A step of one sequence (id 1) computing `ids` at positions `start..`.
 pub fn single_seq_batch(ids: &[u32], start: usize, new: bool) -> Batch {
     qwen3_model::profile::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
