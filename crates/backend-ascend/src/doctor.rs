@@ -468,6 +468,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: &[],
+            allowed: None,
             rng_seed: 1,
         },
         SampleRow {
@@ -475,6 +476,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: &[7, 8],
+            allowed: None,
             rng_seed: 2,
         },
         SampleRow {
@@ -482,6 +484,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: &[],
+            allowed: None,
             rng_seed: 3,
         },
         // Penalties and logprobs: the full row goes to the host.
@@ -490,6 +493,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[4, 9],
             output_tokens: &[9, 9, 30],
             suppressed: &[],
+            allowed: None,
             rng_seed: 4,
         },
     ];

@@ -16,6 +16,9 @@ pub struct SampleRow<'a> {
     pub output_tokens: &'a [u32],
     /// Tokens that must not be chosen at this step (EOS and stop ids before min_tokens).
     pub suppressed: &'a [u32],
+    /// Structured output: the tokens that may be chosen (bit `t % 32` of word `t / 32`);
+    /// None allows all.
+    pub allowed: Option<&'a [u32]>,
     /// Seed for this row's draw, unique per (request, output position), so draws do not depend
     /// on batch composition.
     pub rng_seed: u64,
@@ -63,7 +66,8 @@ pub fn sample_row(logits: &[f32], row: &SampleRow<'_>, scratch: &mut Vec<f32>) -
         || (p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0)
         || p.frequency_penalty != 0.0
         || p.presence_penalty != 0.0
-        || !row.suppressed.is_empty();
+        || !row.suppressed.is_empty()
+        || row.allowed.is_some();
     let v: &[f32] = if modified {
         modify(logits, row, scratch)
     } else {
@@ -128,7 +132,26 @@ fn modify<'s>(logits: &[f32], row: &SampleRow<'_>, scratch: &'s mut Vec<f32>) ->
             *x = f32::NEG_INFINITY;
         }
     }
+    if let Some(mask) = row.allowed {
+        apply_mask(v, mask);
+    }
     v
+}
+
+/// Sets every logit the structured-output mask does not allow to -inf (rows past the mask's
+/// end included).
+pub fn apply_mask(v: &mut [f32], mask: &[u32]) {
+    for (w, chunk) in v.chunks_mut(32).enumerate() {
+        let bits = mask.get(w).copied().unwrap_or(0);
+        if bits == u32::MAX {
+            continue;
+        }
+        for (b, x) in chunk.iter_mut().enumerate() {
+            if bits & (1 << b) == 0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
 }
 
 /// First index of the maximum, as torch.argmax.
@@ -240,6 +263,7 @@ mod tests {
             prompt_tokens: &[],
             output_tokens: out,
             suppressed: &[],
+            allowed: None,
             rng_seed: seed,
         }
     }

@@ -256,6 +256,13 @@ pub struct ServeArgs {
     /// Sampling defaults: `auto` takes the model's generation_config.json, `vllm` uses vLLM's.
     #[arg(long, default_value = "auto")]
     pub generation_config: String,
+    /// vLLM's structured-output settings as JSON, e.g. `{"backend": "guidance"}`. One
+    /// backend (llguidance) enforces every constraint here; see `structured_flags`.
+    #[arg(long)]
+    pub structured_outputs_config: Option<String>,
+    /// vLLM's older spelling of the structured-output backend.
+    #[arg(long)]
+    pub guided_decoding_backend: Option<String>,
     /// A TOML preset from configs/; flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -8,6 +8,7 @@ mod model_dir;
 mod npu_metrics;
 mod preset;
 mod runtime;
+mod structured;
 
 use clap::Parser;
 

@@ -87,6 +87,8 @@ pub async fn completions(
     }
     let keep_prompt = base.sampling.prompt_logprobs.is_some();
     base.sampling.seed = s.seed(base.sampling.seed);
+    base.sampling.structured =
+        super::structured::compile(&s, req.sampling.structured.clone(), None).await?;
     // (token ids, echo text) per prompt.
     let prompts: Vec<(Vec<u32>, String)> = match &req.prompt {
         Prompt::Text(t) => vec![(encode(&s, t, req.add_special_tokens)?, t.clone())],
@@ -103,6 +105,8 @@ pub async fn completions(
     let mut echoes = Vec::new();
     // Per choice, its prompt ids where prompt logprobs will be shown.
     let mut prompt_ids = Vec::new();
+    // Per choice, its prompt ids for `return_token_ids`.
+    let mut all_prompt_ids = Vec::new();
     let mut queued = Vec::with_capacity(prompts.len());
     for (p, (ids, text)) in prompts.into_iter().enumerate() {
         let echo = match (req.echo, text.is_empty()) {
@@ -111,6 +115,9 @@ pub async fn completions(
             (true, true) => s.tokenizer.decode(&ids, false).unwrap_or_default(),
         };
         let kept = if keep_prompt { ids.clone() } else { Vec::new() };
+        if req.sampling.return_token_ids {
+            all_prompt_ids.extend(std::iter::repeat_n(ids.clone(), n as usize));
+        }
         prompt_ids.extend(std::iter::repeat_n(kept, n as usize));
         echoes.extend(std::iter::repeat_n(echo, n as usize));
         queued.push((format!("{id}-{p}"), ids));
@@ -158,6 +165,14 @@ pub async fn completions(
                 prompt_logprobs: req.sampling.prompt_logprobs.map(|_| {
                     prompt_logprobs_json(&s, c.prompt_logprobs.as_deref().unwrap_or_default())
                 }),
+                prompt_token_ids: req
+                    .sampling
+                    .return_token_ids
+                    .then(|| all_prompt_ids[i].clone()),
+                token_ids: req
+                    .sampling
+                    .return_token_ids
+                    .then(|| if echo_only { Vec::new() } else { c.token_ids.clone() }),
             });
         }
         log.done(&summary(
@@ -194,6 +209,8 @@ pub async fn completions(
             finish_reason: None,
             stop_reason: serde_json::Value::Null,
             prompt_logprobs: None,
+            prompt_token_ids: None,
+            token_ids: None,
         };
         // With logprobs, a choice's echo waits for its prompt logprobs (its first output).
         let echo_scored = echo && logprobs.is_some();
@@ -261,6 +278,8 @@ pub async fn completions(
                     stop_reason_json(&o.stop_reason)
                 },
                 prompt_logprobs: None,
+                prompt_token_ids: None,
+                token_ids: None,
             };
             if !tx.json(&chunk(c)).await {
                 return log.done("client disconnected");

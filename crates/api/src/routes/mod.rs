@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod completions;
 pub mod misc;
+mod structured;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -115,6 +116,7 @@ pub(crate) struct Collected {
     pub output_tokens: usize,
     pub cached_tokens: usize,
     pub first_token: Option<Instant>,
+    pub token_ids: Vec<u32>,
 }
 
 impl Collected {
@@ -123,6 +125,7 @@ impl Collected {
             self.first_token = Some(Instant::now());
         }
         self.text.push_str(&o.text);
+        self.token_ids.extend_from_slice(&o.token_ids);
         self.logprobs.extend(o.logprobs);
         if o.prompt_logprobs.is_some() {
             self.prompt_logprobs = o.prompt_logprobs;
