@@ -64,8 +64,10 @@ pub struct SamplingSchema {
     guided_decoding_backend: Option<String>,
     /// Accepted and ignored (llguidance's JSON whitespace rules apply).
     guided_whitespace_pattern: Option<String>,
-    /// vLLM's: the prompt's and each choice's token ids in the response.
+    /// vLLM's: the prompt's and each choice's token ids in the response (not with `stream`).
     return_token_ids: Option<bool>,
+    /// vLLM's: logprobs name tokens `token_id:N` instead of their text.
+    return_tokens_as_token_ids: Option<bool>,
     /// Only 1 (as the default) is accepted.
     #[schema(minimum = 1, maximum = 1)]
     best_of: Option<u32>,
@@ -270,11 +272,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// Read by the parsers but refused when set: not part of the documented request.
-    const REFUSED: &[&str] = &[
-        "suffix",
-        "use_beam_search",
-        "chat_template",
-    ];
+    const REFUSED: &[&str] = &["suffix", "use_beam_search", "chat_template"];
 
     /// The property names of a schema component, through `allOf` (serde's flatten).
     fn properties(doc: &Json, schema: &Json, out: &mut BTreeSet<String>) {

@@ -47,19 +47,27 @@ impl Constraints {
 
     /// Runs `execute` on `batch` while the masks of its constrained sampling rows are
     /// computed on another thread (the sampler waits for them).
-    pub(crate) fn run_step<R>(&mut self, batch: &mut Batch, execute: impl FnOnce(&Batch) -> R) -> R {
+    pub(crate) fn run_step<R>(
+        &mut self,
+        batch: &mut Batch,
+        execute: impl FnOnce(&Batch) -> R,
+    ) -> R {
         self.failed.clear();
         let rows: Vec<(usize, SeqId)> = batch
             .seqs
             .iter()
             .enumerate()
             .filter(|(_, s)| s.sample)
-            .filter(|(_, s)| self.matchers.get(&s.seq_id).is_some_and(SeqMatcher::is_active))
+            .filter(|(_, s)| {
+                self.matchers
+                    .get(&s.seq_id)
+                    .is_some_and(SeqMatcher::is_active)
+            })
             .map(|(i, s)| (i, s.seq_id))
             .collect();
         if rows.is_empty() {
             batch.masks = None;
-            return execute(batch);
+            return execute(&*batch);
         }
         let masks = Arc::new(StepMasks::default());
         batch.masks = Some(Arc::clone(&masks));
@@ -69,7 +77,9 @@ impl Constraints {
             s.spawn(|| {
                 let mut out = vec![None; n];
                 for &(i, id) in &rows {
-                    let Some(m) = matchers.get_mut(&id) else { continue };
+                    let Some(m) = matchers.get_mut(&id) else {
+                        continue;
+                    };
                     match catch_unwind(AssertUnwindSafe(|| m.mask())) {
                         Ok(Ok(mask)) => out[i] = mask,
                         Ok(Err(e)) => {
@@ -84,7 +94,7 @@ impl Constraints {
                 // unconstrained and its request ends with the error.
                 masks.publish(out);
             });
-            execute(batch)
+            execute(&*batch)
         })
     }
 

@@ -46,15 +46,20 @@ impl Default for CompilerLimits {
 
 /// A compiled constraint: a fresh parser each sequence clones.
 pub struct CompiledGrammar {
-    parser: TokenParser,
+    /// Behind a mutex so the cache can be shared across threads whether or not llguidance's
+    /// parser is `Sync`; it is only locked to clone it.
+    parser: Mutex<TokenParser>,
 }
 
 impl CompiledGrammar {
     /// A parser at the start. A plain clone shares the lexer's state cache (behind
-    /// llguidance's mutex) with every other sequence of this grammar, so later requests
+    /// llguidance's own mutex) with every other sequence of this grammar, so later requests
     /// start warm.
     pub(crate) fn fresh_parser(&self) -> TokenParser {
-        self.parser.clone()
+        self.parser
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -109,14 +114,20 @@ impl Compiler {
             .factory
             .create_parser(grammar)
             .map_err(|e| GuidedError::Invalid(format!("{e:#}")))?;
-        let compiled = Arc::new(CompiledGrammar { parser });
+        let compiled = Arc::new(CompiledGrammar {
+            parser: Mutex::new(parser),
+        });
         let mut cache = self.lock();
         if cache.map.len() >= self.limits.cache_entries.max(1) {
             if let Some(old) = cache.order.pop_front() {
                 cache.map.remove(&old);
             }
         }
-        if cache.map.insert(kind.clone(), Arc::clone(&compiled)).is_none() {
+        if cache
+            .map
+            .insert(kind.clone(), Arc::clone(&compiled))
+            .is_none()
+        {
             cache.order.push_back(kind.clone());
         }
         Ok(compiled)
@@ -154,7 +165,10 @@ pub(crate) fn json_layout(any_whitespace: bool) -> serde_json::Value {
 }
 
 /// `schema` with the layout options, unless it sets its own.
-pub(crate) fn with_layout(mut schema: serde_json::Value, any_whitespace: bool) -> serde_json::Value {
+pub(crate) fn with_layout(
+    mut schema: serde_json::Value,
+    any_whitespace: bool,
+) -> serde_json::Value {
     if let Some(o) = schema.as_object_mut() {
         o.entry("x-guidance")
             .or_insert_with(|| json_layout(any_whitespace));

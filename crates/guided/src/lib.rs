@@ -30,7 +30,10 @@ pub fn compiler_for(
 ) -> Result<Compiler, GuidedError> {
     let text = std::fs::read_to_string(tokenizer_json)
         .map_err(|e| GuidedError::Tokenizer(format!("{}: {e}", tokenizer_json.display())))?;
-    Compiler::new(tok_env(&text, tokenizer, model_vocab, eos_token_ids)?, limits)
+    Compiler::new(
+        tok_env(&text, tokenizer, model_vocab, eos_token_ids)?,
+        limits,
+    )
 }
 
 /// Why a constraint could not be compiled or followed.

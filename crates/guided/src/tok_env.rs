@@ -41,8 +41,8 @@ pub fn tok_env(
     let bad = |m: String| GuidedError::Tokenizer(m);
     let json: serde_json::Value =
         serde_json::from_str(tokenizer_json).map_err(|e| bad(e.to_string()))?;
-    let mut words = llguidance::token_bytes_from_tokenizer_json(&json)
-        .map_err(|e| bad(format!("{e:#}")))?;
+    let mut words =
+        llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| bad(format!("{e:#}")))?;
     if words.len() > model_vocab {
         return Err(bad(format!(
             "the tokenizer has {} tokens, more than the model's {model_vocab} logits",

@@ -32,10 +32,8 @@ pub fn tool_call_grammar(tools: &[ToolSpec<'_>], parallel: bool) -> String {
             Value::String(tool.name.to_string())
         );
         // Arguments as the template's `json.dumps` writes them.
-        let schema = crate::compiler::with_layout(
-            tool.parameters.unwrap_or(&any_object).clone(),
-            false,
-        );
+        let schema =
+            crate::compiler::with_layout(tool.parameters.unwrap_or(&any_object).clone(), false);
         g.push_str(&format!(
             "call_{i}: {} args_{i} \"}}\"\nargs_{i}: %json {schema}\n",
             Value::String(head)

@@ -14,7 +14,10 @@ const VOCAB: usize = 151_936;
 const EOS: [u32; 2] = [151_645, 151_643];
 
 fn fixture_tokenizer() -> (String, Arc<Tokenizer>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-qwen3/tokenizer.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny-qwen3/tokenizer.json"
+    );
     let json = std::fs::read_to_string(path).expect("fixture tokenizer");
     let tok = Tokenizer::from_bytes(json.as_bytes()).expect("tokenizer parses");
     (json, Arc::new(tok))
@@ -23,7 +26,10 @@ fn fixture_tokenizer() -> (String, Arc<Tokenizer>) {
 fn compiler() -> (Compiler, Arc<Tokenizer>) {
     let (json, tok) = fixture_tokenizer();
     let env = qwen3_guided::tok_env(&json, Arc::clone(&tok), VOCAB, &EOS).expect("tok env");
-    (Compiler::new(env, CompilerLimits::default()).expect("compiler"), tok)
+    (
+        Compiler::new(env, CompilerLimits::default()).expect("compiler"),
+        tok,
+    )
 }
 
 fn spec(kind: ConstraintKind) -> StructuredSpec {
@@ -56,8 +62,16 @@ fn walk(c: &Compiler, tok: &Tokenizer, kind: &ConstraintKind, seed: u64) -> Stri
             .collect();
         assert!(!allowed.is_empty());
         let eos_ok = allowed.iter().any(|t| EOS.contains(t));
-        assert_eq!(eos_ok, m.is_accepting(), "EOS allowed exactly where accepting");
-        let non_eos: Vec<u32> = allowed.iter().copied().filter(|t| !EOS.contains(t)).collect();
+        assert_eq!(
+            eos_ok,
+            m.is_accepting(),
+            "EOS allowed exactly where accepting"
+        );
+        let non_eos: Vec<u32> = allowed
+            .iter()
+            .copied()
+            .filter(|t| !EOS.contains(t))
+            .collect();
         if eos_ok && (non_eos.is_empty() || rng.next() % 2 == 0) {
             return tok.decode(&out, false).expect("decode");
         }
@@ -104,14 +118,33 @@ fn json_schema_walks_validate() {
 }
 
 #[test]
-fn json_object_walks_parse_as_objects() {
+fn json_object_takes_an_object_and_ends_only_when_closed() {
+    // Unbounded keys and strings: a random walk need not end, so follow a known text.
     let (c, tok) = compiler();
-    for seed in 1..=6 {
-        let text = walk(&c, &tok, &ConstraintKind::JsonObject, seed);
-        // Unbounded strings can run long; what matters is that a finished walk is an object.
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
-        assert!(v.is_object(), "{text}");
+    let mut m = c
+        .matcher(&spec(ConstraintKind::JsonObject))
+        .expect("matcher");
+    let text = r#"{"a": [1, "x"], "b": {"c": null}}"#;
+    let ids = tok.encode(text, false).expect("encode").get_ids().to_vec();
+    for (i, &t) in ids.iter().enumerate() {
+        let mask = m.mask().expect("mask").expect("active");
+        assert!(mask_allows(&mask, t), "token {i} of {text} refused");
+        assert!(
+            EOS.iter().all(|&e| !mask_allows(&mask, e)),
+            "EOS inside the object"
+        );
+        m.advance(t).expect("advance");
     }
+    let mask = m.mask().expect("mask").expect("active");
+    assert!(
+        EOS.iter().all(|&e| mask_allows(&mask, e)),
+        "EOS once the object is closed"
+    );
+    let mut bad = c
+        .matcher(&spec(ConstraintKind::JsonObject))
+        .expect("matcher");
+    let array = tok.encode("[1]", false).expect("encode").get_ids()[0];
+    assert!(bad.advance(array).is_err(), "an array is not an object");
 }
 
 #[test]
@@ -123,7 +156,11 @@ fn regex_and_choice_walks_match() {
         let text = walk(&c, &tok, &ConstraintKind::Regex(rx.into()), seed);
         assert!(check.is_match(&text), "{text:?}");
     }
-    let choices = vec!["positive".to_string(), "neg\"ative".into(), "neutral 中".into()];
+    let choices = vec![
+        "positive".to_string(),
+        "neg\"ative".into(),
+        "neutral 中".into(),
+    ];
     for seed in 1..=10 {
         let text = walk(&c, &tok, &ConstraintKind::Choice(choices.clone()), seed);
         assert!(choices.contains(&text), "{text:?}");
@@ -139,9 +176,17 @@ fn tool_call_walks_parse_against_the_tool_schema() {
         "required": ["city", "days"],
         "additionalProperties": false
     });
+    // No arguments: unbounded ones would let a random walk run on forever.
+    let noop = json!({"type": "object", "properties": {}, "additionalProperties": false});
     let tools = [
-        ToolSpec { name: "get_weather", parameters: Some(&weather) },
-        ToolSpec { name: "noop", parameters: None },
+        ToolSpec {
+            name: "get_weather",
+            parameters: Some(&weather),
+        },
+        ToolSpec {
+            name: "noop",
+            parameters: Some(&noop),
+        },
     ];
     let validator = jsonschema::validator_for(&weather).expect("schema");
     for parallel in [false, true] {
@@ -153,10 +198,11 @@ fn tool_call_walks_parse_against_the_tool_schema() {
             assert!(parallel || calls.len() == 1, "{text:?}");
             for call in calls {
                 let body = call.trim_end().trim_end_matches("</tool_call>").trim_end();
-                let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+                let v: Value =
+                    serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
                 match v["name"].as_str() {
                     Some("get_weather") => assert!(validator.is_valid(&v["arguments"]), "{body}"),
-                    Some("noop") => assert!(v["arguments"].is_object(), "{body}"),
+                    Some("noop") => assert_eq!(v["arguments"], json!({}), "{body}"),
                     other => panic!("unknown tool {other:?} in {body}"),
                 }
             }
@@ -179,7 +225,10 @@ fn invalid_constraints_are_refused_with_a_reason() {
         match c.compile(&kind) {
             Err(GuidedError::Invalid(msg)) => assert!(!msg.is_empty()),
             Err(e) => panic!("wrong error {e:?}"),
-            Ok(_) => panic!("accepted {:?}", &format!("{kind:?}")[..60.min(format!("{kind:?}").len())]),
+            Ok(_) => panic!(
+                "accepted {:?}",
+                &format!("{kind:?}")[..60.min(format!("{kind:?}").len())]
+            ),
         }
     }
 }
@@ -197,10 +246,18 @@ fn compiled_grammars_are_cached_by_content() {
 #[test]
 fn a_refused_token_is_an_error_and_eos_waits_for_acceptance() {
     let (c, tok) = compiler();
-    let mut m = c.matcher(&spec(ConstraintKind::Regex("[0-9]{3}".into()))).unwrap();
+    let mut m = c
+        .matcher(&spec(ConstraintKind::Regex("[0-9]{3}".into())))
+        .unwrap();
     let mask = m.mask().unwrap().unwrap();
-    assert!(EOS.iter().all(|&e| !mask_allows(&mask, e)), "EOS before the grammar accepts");
-    assert!(!mask_allows(&mask, VOCAB as u32 - 1), "padding rows are never allowed");
+    assert!(
+        EOS.iter().all(|&e| !mask_allows(&mask, e)),
+        "EOS before the grammar accepts"
+    );
+    assert!(
+        !mask_allows(&mask, VOCAB as u32 - 1),
+        "padding rows are never allowed"
+    );
     let letter = tok.token_to_id("a").unwrap();
     assert!(!mask_allows(&mask, letter));
     assert!(matches!(m.advance(letter), Err(GuidedError::Matcher(_))));

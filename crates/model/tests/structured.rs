@@ -40,7 +40,11 @@ fn schema() -> Value {
 
 /// A request for `kind`: greedy when `seed` is None, else sampled at temperature 1.
 fn request(id: &str, prompt: &str, kind: ConstraintKind, seed: Option<u64>) -> EngineRequest {
-    let ids = tokenizer().encode(prompt, false).expect("encode").get_ids().to_vec();
+    let ids = tokenizer()
+        .encode(prompt, false)
+        .expect("encode")
+        .get_ids()
+        .to_vec();
     let mut r = EngineRequest::new(id, ids);
     r.sampling = SamplingParams {
         temperature: if seed.is_some() { 1.0 } else { 0.0 },
@@ -65,7 +69,10 @@ fn rt() -> tokio::runtime::Runtime {
 /// Runs every request at once; returns each one's text and finish reason, in order.
 fn run(e: &EngineHandle, reqs: Vec<EngineRequest>) -> Vec<(String, FinishReason)> {
     rt().block_on(async {
-        let streams: Vec<_> = reqs.into_iter().map(|r| e.submit(r).expect("submit")).collect();
+        let streams: Vec<_> = reqs
+            .into_iter()
+            .map(|r| e.submit(r).expect("submit"))
+            .collect();
         let mut out = Vec::new();
         for mut s in streams {
             let (mut text, mut finish) = (String::new(), None);
@@ -111,8 +118,18 @@ fn regex_choice_and_json_object_outputs_match() {
     let choices = vec!["red".to_string(), "green".into(), "blue sky".into()];
     let mut reqs = Vec::new();
     for seed in [None, Some(7), Some(8)] {
-        reqs.push(request("rx", "An email:", ConstraintKind::Regex(rx.into()), seed));
-        reqs.push(request("ch", "A colour:", ConstraintKind::Choice(choices.clone()), seed));
+        reqs.push(request(
+            "rx",
+            "An email:",
+            ConstraintKind::Regex(rx.into()),
+            seed,
+        ));
+        reqs.push(request(
+            "ch",
+            "A colour:",
+            ConstraintKind::Choice(choices.clone()),
+            seed,
+        ));
     }
     for (i, r) in reqs.iter_mut().enumerate() {
         r.request_id = format!("{}{i}", r.request_id);
@@ -138,14 +155,22 @@ fn forced_tool_calls_parse_against_the_tool_schema() {
         "additionalProperties": false
     });
     let grammar = tool_call_grammar(
-        &[ToolSpec { name: "get_weather", parameters: Some(&params) }],
+        &[ToolSpec {
+            name: "get_weather",
+            parameters: Some(&params),
+        }],
         false,
     );
     let reqs = [None, Some(4), Some(5)]
         .into_iter()
         .enumerate()
         .map(|(i, seed)| {
-            request(&format!("t{i}"), "Weather?", ConstraintKind::Lark(grammar.clone()), seed)
+            request(
+                &format!("t{i}"),
+                "Weather?",
+                ConstraintKind::Lark(grammar.clone()),
+                seed,
+            )
         })
         .collect();
     let validator = jsonschema::validator_for(&params).expect("schema");
@@ -170,10 +195,19 @@ fn prefix_cache_hit_and_tp2_keep_outputs_valid() {
     let second = run(&e, json_requests("b", prompt));
     assert_valid_json(&first);
     assert_valid_json(&second);
-    assert_eq!(first[0], second[0], "greedy output changed on a prefix-cache hit");
+    assert_eq!(
+        first[0], second[0],
+        "greedy output changed on a prefix-cache hit"
+    );
     assert!(e.stats().prefix_cache_hits_total > 0);
 
-    let (tp, _) = structured_engine(MODEL, &Setup { tp: 2, ..Setup::default() });
+    let (tp, _) = structured_engine(
+        MODEL,
+        &Setup {
+            tp: 2,
+            ..Setup::default()
+        },
+    );
     let on_tp = run(&tp, json_requests("c", prompt));
     assert_valid_json(&on_tp);
 }
@@ -198,11 +232,19 @@ fn preemption_with_a_tiny_cache_keeps_outputs_valid() {
 #[test]
 fn max_tokens_cuts_json_short_with_length() {
     let (e, _) = structured_engine(MODEL, &Setup::default());
-    let mut r = request("m", "JSON:", ConstraintKind::JsonSchema(schema().to_string()), None);
+    let mut r = request(
+        "m",
+        "JSON:",
+        ConstraintKind::JsonSchema(schema().to_string()),
+        None,
+    );
     r.max_tokens = Some(3);
     let out = run(&e, vec![r]);
     let (text, finish) = &out[0];
     assert_eq!(*finish, FinishReason::Length);
     assert!(text.starts_with('{'), "{text:?}");
-    assert!(serde_json::from_str::<Value>(text).is_err(), "3 tokens cannot close this object");
+    assert!(
+        serde_json::from_str::<Value>(text).is_err(),
+        "3 tokens cannot close this object"
+    );
 }

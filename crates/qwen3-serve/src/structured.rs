@@ -12,7 +12,13 @@ use crate::runtime::Loaded;
 
 /// vLLM's backend names. `auto` picks; the others are vLLM's other engines, whose
 /// constraints llguidance enforces the same way (a warning says so).
-const BACKENDS: &[&str] = &["auto", "guidance", "xgrammar", "outlines", "lm-format-enforcer"];
+const BACKENDS: &[&str] = &[
+    "auto",
+    "guidance",
+    "xgrammar",
+    "outlines",
+    "lm-format-enforcer",
+];
 
 /// Checks the structured-output flags as vLLM would (unknown backend or keys: an error)
 /// and returns the compiler's settings from them.

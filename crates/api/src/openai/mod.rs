@@ -185,6 +185,8 @@ pub struct SamplingRequest {
     pub structured: Option<StructuredRequest>,
     /// vLLM's `return_token_ids`: the prompt's and each choice's token ids in the response.
     pub return_token_ids: bool,
+    /// vLLM's `return_tokens_as_token_ids`: logprobs name tokens `token_id:N`.
+    pub return_tokens_as_token_ids: bool,
 }
 
 impl Default for SamplingRequest {
@@ -211,6 +213,7 @@ impl Default for SamplingRequest {
             prompt_logprobs: None,
             structured: None,
             return_token_ids: false,
+            return_tokens_as_token_ids: false,
         }
     }
 }
@@ -355,6 +358,9 @@ impl SamplingRequest {
             prompt_logprobs,
             structured,
             return_token_ids,
+            return_tokens_as_token_ids: f
+                .opt::<bool>("return_tokens_as_token_ids")?
+                .unwrap_or(false),
         })
     }
 
@@ -721,8 +727,8 @@ impl ChatRequest {
 mod response;
 mod structured;
 pub use response::*;
-pub use structured::StructuredRequest;
 use structured::parse_structured;
+pub use structured::StructuredRequest;
 
 #[cfg(test)]
 mod tests;

@@ -37,14 +37,16 @@ fn schema_text(field: &str, v: Json) -> Result<ConstraintKind, ApiError> {
 fn string(field: &str, v: Json) -> Result<String, ApiError> {
     match v {
         Json::String(s) => Ok(s),
-        _ => Err(ApiError::invalid(field, format!("`{field}` must be a string"))),
+        _ => Err(ApiError::invalid(
+            field,
+            format!("`{field}` must be a string"),
+        )),
     }
 }
 
 fn choices(field: &str, v: Json) -> Result<ConstraintKind, ApiError> {
-    let list: Vec<String> = serde_json::from_value(v).map_err(|_| {
-        ApiError::invalid(field, format!("`{field}` must be a list of strings"))
-    })?;
+    let list: Vec<String> = serde_json::from_value(v)
+        .map_err(|_| ApiError::invalid(field, format!("`{field}` must be a list of strings")))?;
     if list.is_empty() {
         return Err(ApiError::invalid(field, format!("`{field}` is empty")));
     }
@@ -58,20 +60,28 @@ fn response_format(rf: Json) -> Result<Option<StructuredRequest>, ApiError> {
         Some("text") => return Ok(None),
         Some("json_object") => ConstraintKind::JsonObject,
         Some("json_schema") => {
-            let js = rf.get("json_schema").and_then(Json::as_object).ok_or_else(|| {
-                ApiError::invalid(
-                    F,
-                    "`response_format.json_schema` is required for type \"json_schema\"",
-                )
-            })?;
+            let js = rf
+                .get("json_schema")
+                .and_then(Json::as_object)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        F,
+                        "`response_format.json_schema` is required for type \"json_schema\"",
+                    )
+                })?;
             // OpenAI names the schema `schema`; vLLM also took `json_schema`.
             match js.get("schema").or_else(|| js.get("json_schema")) {
-                Some(s) if !s.is_null() => schema_text("response_format.json_schema.schema", s.clone())?,
+                Some(s) if !s.is_null() => {
+                    schema_text("response_format.json_schema.schema", s.clone())?
+                }
                 _ => ConstraintKind::JsonObject,
             }
         }
         Some("structural_tag") => {
-            return Err(ApiError::unsupported(F, "`response_format` \"structural_tag\""))
+            return Err(ApiError::unsupported(
+                F,
+                "`response_format` \"structural_tag\"",
+            ))
         }
         _ => {
             return Err(ApiError::invalid(
@@ -163,7 +173,10 @@ pub fn parse_structured(f: &mut Fields) -> Result<Option<StructuredRequest>, Api
         let names: Vec<&str> = found.iter().map(|s| s.field.as_str()).collect();
         return Err(ApiError::invalid(
             &found[1].field,
-            format!("only one structured-output constraint per request; got {}", names.join(", ")),
+            format!(
+                "only one structured-output constraint per request; got {}",
+                names.join(", ")
+            ),
         ));
     }
     Ok(found.pop())

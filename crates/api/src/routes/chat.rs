@@ -13,7 +13,7 @@ use qwen3_engine::FinishReason;
 use super::structured::{self, tool_constraint};
 use super::{
     chat_logprobs, collect, finish_str, logged_json, merge_streams, prompt_logprobs_json, sse,
-    stop_reason_json, submit_all, Collected, GenLog,
+    stop_reason_json, submit_all, Collected, GenLog, TokenNames,
 };
 use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
@@ -178,7 +178,9 @@ pub async fn chat_completions(
     };
     // With thinking on, the constraint starts after the reasoning, as vLLM's does.
     let thinking = s.config.reasoning_parser && !prompt.trim_end().ends_with(THINK_END);
-    let after = thinking.then(|| s.tokenizer.token_to_id(THINK_END)).flatten();
+    let after = thinking
+        .then(|| s.tokenizer.token_to_id(THINK_END))
+        .flatten();
     base.sampling.structured = structured::compile(&s, constraint, after).await?;
     let id = new_id("chatcmpl");
     let n = req.sampling.n as usize;
@@ -204,7 +206,9 @@ pub async fn chat_completions(
     );
     let parallel = req.parallel_tool_calls;
     let want_logprobs = req.logprobs.is_some();
+    let tokens_as_ids = req.sampling.return_tokens_as_token_ids;
     if !req.sampling.stream {
+        let names = TokenNames::new(&s, tokens_as_ids);
         let collected = futures::future::join_all(streams.into_iter().map(collect)).await;
         if let Some(e) = collected.iter().find_map(|c| c.error()) {
             return Err(e);
@@ -226,7 +230,7 @@ pub async fn chat_completions(
             choices.push(ChatChoice {
                 index: i,
                 message,
-                logprobs: want_logprobs.then(|| chat_logprobs(&s, &c.logprobs)),
+                logprobs: want_logprobs.then(|| chat_logprobs(names, &c.logprobs)),
                 finish_reason,
                 stop_reason: stop_reason_json(&c.stop_reason),
                 token_ids: return_ids.then(|| c.token_ids.clone()),
@@ -307,8 +311,8 @@ pub async fn chat_completions(
             }
             let last = o.finish_reason.is_some();
             let delta = parsers[i].delta(&o.text, last);
-            let logprobs =
-                (want_logprobs && !o.logprobs.is_empty()).then(|| chat_logprobs(&s, &o.logprobs));
+            let logprobs = (want_logprobs && !o.logprobs.is_empty())
+                .then(|| chat_logprobs(TokenNames::new(&s, tokens_as_ids), &o.logprobs));
             if delta.is_empty() && !last && logprobs.is_none() {
                 continue;
             }

@@ -11,7 +11,7 @@ use qwen3_engine::FinishReason;
 
 use super::{
     collect, completion_logprobs, echo_logprobs, finish_str, logged_json, merge_streams,
-    prompt_logprobs_json, sse, stop_reason_json, submit_all, Collected, GenLog,
+    prompt_logprobs_json, sse, stop_reason_json, submit_all, Collected, GenLog, TokenNames,
 };
 use crate::error::ApiError;
 use crate::openai::{
@@ -40,7 +40,7 @@ fn summary(reasons: &[Option<&'static str>]) -> String {
 /// A non-streamed choice's logprobs: the echoed prompt's (when echoing), then the generated
 /// tokens' (unless `max_tokens` was 0), with text offsets running on from the echo's.
 fn choice_logprobs(
-    s: &AppState,
+    names: TokenNames<'_>,
     req: &CompletionRequest,
     prompt: &[u32],
     echo: &str,
@@ -49,13 +49,13 @@ fn choice_logprobs(
     let mut offset = 0;
     let mut out = if req.echo {
         let lps = c.prompt_logprobs.as_deref().unwrap_or_default();
-        echo_logprobs(s, prompt, lps, &mut offset)
+        echo_logprobs(names, prompt, lps, &mut offset)
     } else {
-        completion_logprobs(s, &[], &mut offset)
+        completion_logprobs(names, &[], &mut offset)
     };
     if req.max_tokens > 0 {
         offset = offset.max(echo.chars().count());
-        let gen = completion_logprobs(s, &c.logprobs, &mut offset);
+        let gen = completion_logprobs(names, &c.logprobs, &mut offset);
         out.text_offset.extend(gen.text_offset);
         out.token_logprobs.extend(gen.token_logprobs);
         out.tokens.extend(gen.tokens);
@@ -132,7 +132,9 @@ pub async fn completions(
         req.sampling.stream,
     );
     let n = n as usize;
+    let as_ids = req.sampling.return_tokens_as_token_ids;
     if !req.sampling.stream {
+        let names = TokenNames::new(&s, as_ids);
         let collected = futures::future::join_all(streams.into_iter().map(collect)).await;
         if let Some(e) = collected.iter().find_map(|c| c.error()) {
             return Err(e);
@@ -155,7 +157,7 @@ pub async fn completions(
                 text: format!("{}{}", echoes[i], text),
                 logprobs: req
                     .logprobs
-                    .map(|_| choice_logprobs(&s, &req, &prompt_ids[i], &echoes[i], c)),
+                    .map(|_| choice_logprobs(names, &req, &prompt_ids[i], &echoes[i], c)),
                 finish_reason: finish_str(&c.finish),
                 stop_reason: if echo_only {
                     serde_json::Value::Null
@@ -169,10 +171,13 @@ pub async fn completions(
                     .sampling
                     .return_token_ids
                     .then(|| all_prompt_ids[i].clone()),
-                token_ids: req
-                    .sampling
-                    .return_token_ids
-                    .then(|| if echo_only { Vec::new() } else { c.token_ids.clone() }),
+                token_ids: req.sampling.return_token_ids.then(|| {
+                    if echo_only {
+                        Vec::new()
+                    } else {
+                        c.token_ids.clone()
+                    }
+                }),
             });
         }
         log.done(&summary(
@@ -238,7 +243,12 @@ pub async fn completions(
             };
             prompt[i] = o.num_prompt_tokens.max(prompt[i]);
             if let (true, Some(lps)) = (echo_scored, &o.prompt_logprobs) {
-                let scored = echo_logprobs(&s, &prompt_ids[i], lps, &mut offsets[i]);
+                let scored = echo_logprobs(
+                    TokenNames::new(&s, as_ids),
+                    &prompt_ids[i],
+                    lps,
+                    &mut offsets[i],
+                );
                 offsets[i] = offsets[i].max(echoes[i].chars().count());
                 if !tx.json(&chunk(echo_chunk(i, Some(scored)))).await {
                     return log.done("client disconnected");
@@ -270,7 +280,9 @@ pub async fn completions(
             let c = CompletionChoice {
                 index: i,
                 text,
-                logprobs: logprobs.map(|_| completion_logprobs(&s, lps, &mut offsets[i])),
+                logprobs: logprobs.map(|_| {
+                    completion_logprobs(TokenNames::new(&s, as_ids), lps, &mut offsets[i])
+                }),
                 finish_reason: finish_str(&o.finish_reason),
                 stop_reason: if echo_only {
                     serde_json::Value::Null

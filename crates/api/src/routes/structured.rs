@@ -17,7 +17,7 @@ pub(crate) fn tool_constraint(
     choice: &ToolChoice,
     parallel: bool,
 ) -> Option<StructuredRequest> {
-    let spec = |t: &'_ Json| -> Option<(String, Option<Json>)> {
+    let spec = |t: &Json| -> Option<(String, Option<Json>)> {
         let f = t.get("function")?;
         let name = f.get("name")?.as_str()?.to_string();
         Some((name, f.get("parameters").filter(|p| p.is_object()).cloned()))
@@ -69,7 +69,10 @@ pub(crate) async fn compile(
         .await
         .map_err(|e| ApiError::internal(format!("compiling the constraint: {e}")))?;
     compiled.map_err(|e| {
-        ApiError::invalid(&req.field, format!("`{}` cannot be enforced: {e}", req.field))
+        ApiError::invalid(
+            &req.field,
+            format!("`{}` cannot be enforced: {e}", req.field),
+        )
     })?;
     Ok(Some(StructuredSpec {
         kind: req.kind,

@@ -153,7 +153,10 @@ pub fn structured_engine(model: &str, s: &Setup) -> (EngineHandle, Arc<qwen3_gui
     let core = EngineCore::new(cfg, executor, tok)
         .expect("engine core")
         .with_structured(Arc::clone(&compiler));
-    (EngineHandle::start_core(core).expect("engine starts"), compiler)
+    (
+        EngineHandle::start_core(core).expect("engine starts"),
+        compiler,
+    )
 }
 
 fn engine_parts(model: &str, s: &Setup) -> (EngineConfig, Box<dyn Executor>, Arc<Tokenizer>) {
