@@ -269,6 +269,31 @@ mod tests {
     }
 
     #[test]
+    fn the_structured_output_mask_limits_every_draw() {
+        // 70 logits rising with the id; only ids 3 and 40 are allowed (words 0 and 1).
+        let logits: Vec<f32> = (0..70).map(|i| i as f32 / 10.0).collect();
+        let mask = [1u32 << 3, 1u32 << (40 - 32), 0];
+        let greedy = SamplingParams::greedy();
+        let r = SampleRow {
+            allowed: Some(&mask),
+            ..row(&greedy, &[], 0)
+        };
+        assert_eq!(sample_row(&logits, &r, &mut Vec::new()).token, 40);
+        let hot = SamplingParams {
+            temperature: 2.0,
+            ..SamplingParams::default()
+        };
+        for seed in 0..200 {
+            let r = SampleRow {
+                allowed: Some(&mask),
+                ..row(&hot, &[], seed)
+            };
+            let t = sample_row(&logits, &r, &mut Vec::new()).token;
+            assert!(t == 3 || t == 40, "drew {t}");
+        }
+    }
+
+    #[test]
     fn greedy_takes_first_max() {
         let p = SamplingParams::greedy();
         let s = sample_row(&[1.0, 3.0, 3.0, 2.0], &row(&p, &[], 0), &mut Vec::new());

@@ -53,6 +53,24 @@ fn choices(field: &str, v: Json) -> Result<ConstraintKind, ApiError> {
     Ok(ConstraintKind::Choice(list))
 }
 
+fn regex(field: &str, v: Json) -> Result<ConstraintKind, ApiError> {
+    Ok(ConstraintKind::Regex(string(field, v)?))
+}
+
+fn grammar(field: &str, v: Json) -> Result<ConstraintKind, ApiError> {
+    Ok(ConstraintKind::Lark(string(field, v)?))
+}
+
+type ParseKind = fn(&str, Json) -> Result<ConstraintKind, ApiError>;
+
+/// vLLM's older top-level spellings, each what one `structured_outputs` key is.
+const GUIDED: [(&str, ParseKind); 4] = [
+    ("guided_json", schema_text),
+    ("guided_regex", regex),
+    ("guided_choice", choices),
+    ("guided_grammar", grammar),
+];
+
 /// `response_format`.
 fn response_format(rf: Json) -> Result<Option<StructuredRequest>, ApiError> {
     const F: &str = "response_format";
@@ -106,9 +124,9 @@ fn structured_outputs(o: Map<String, Json>) -> Result<Option<StructuredRequest>,
         let field = format!("structured_outputs.{key}");
         let kind = match key.as_str() {
             "json" => schema_text(&field, v)?,
-            "regex" => ConstraintKind::Regex(string(&field, v)?),
+            "regex" => regex(&field, v)?,
             "choice" => choices(&field, v)?,
-            "grammar" => ConstraintKind::Lark(string(&field, v)?),
+            "grammar" => grammar(&field, v)?,
             "json_object" => ConstraintKind::JsonObject,
             "structural_tag" => return Err(ApiError::unsupported(&field, "`structural_tag`")),
             // Options of the other backends (whitespace, fallback) change nothing here.
@@ -142,29 +160,13 @@ pub fn parse_structured(f: &mut Fields) -> Result<Option<StructuredRequest>, Api
             }
         }
     }
-    if let Some(v) = f.raw("guided_json") {
-        found.push(StructuredRequest {
-            kind: schema_text("guided_json", v)?,
-            field: "guided_json".into(),
-        });
-    }
-    if let Some(v) = f.raw("guided_regex") {
-        found.push(StructuredRequest {
-            kind: ConstraintKind::Regex(string("guided_regex", v)?),
-            field: "guided_regex".into(),
-        });
-    }
-    if let Some(v) = f.raw("guided_choice") {
-        found.push(StructuredRequest {
-            kind: choices("guided_choice", v)?,
-            field: "guided_choice".into(),
-        });
-    }
-    if let Some(v) = f.raw("guided_grammar") {
-        found.push(StructuredRequest {
-            kind: ConstraintKind::Lark(string("guided_grammar", v)?),
-            field: "guided_grammar".into(),
-        });
+    for (key, parse) in GUIDED {
+        if let Some(v) = f.raw(key) {
+            found.push(StructuredRequest {
+                kind: parse(key, v)?,
+                field: key.into(),
+            });
+        }
     }
     // Backend choice and whitespace options of vLLM's guided decoding: one backend here.
     let _ = f.opt::<String>("guided_decoding_backend")?;
