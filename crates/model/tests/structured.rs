@@ -225,6 +225,10 @@ fn preemption_with_a_tiny_cache_keeps_outputs_valid() {
     );
     let mut reqs = json_requests("p", "Describe a person as JSON:");
     reqs.extend(json_requests("q", "Another person, as JSON please:"));
+    // One sequence must fit the 128-token cache on its own.
+    for r in &mut reqs {
+        r.max_tokens = Some(100);
+    }
     assert_valid_json(&run(&e, reqs));
     assert!(e.stats().num_preemptions_total > 0, "expected preemptions");
 }
