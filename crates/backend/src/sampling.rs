@@ -66,15 +66,18 @@ pub fn sample_row(logits: &[f32], row: &SampleRow<'_>, scratch: &mut Vec<f32>) -
         || (p.repetition_penalty != 1.0 && p.repetition_penalty > 0.0)
         || p.frequency_penalty != 0.0
         || p.presence_penalty != 0.0
-        || !row.suppressed.is_empty()
-        || row.allowed.is_some();
-    let v: &[f32] = if modified {
+        || !row.suppressed.is_empty();
+    let v: &[f32] = if modified || (row.allowed.is_some() && !p.is_greedy()) {
         modify(logits, row, scratch)
     } else {
         logits
     };
     let token = if p.is_greedy() {
-        argmax(v)
+        match row.allowed {
+            // Greedy under a mask needs no copy: the best allowed id, read in place.
+            Some(mask) if !modified => masked_argmax(v, mask),
+            _ => argmax(v),
+        }
     } else {
         sample_processed(v, p, uniform_from_seed(row.rng_seed))
     };
@@ -152,6 +155,29 @@ pub fn apply_mask(v: &mut [f32], mask: &[u32]) {
             }
         }
     }
+}
+
+/// First index of the maximum among the ids `mask` allows (0 when it allows none, as
+/// [`argmax`] of a row of -inf).
+fn masked_argmax(v: &[f32], mask: &[u32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (w, &bits) in mask.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            let i = w * 32 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            match v.get(i) {
+                Some(&x) if x > best_v => {
+                    best_v = x;
+                    best = i;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    best as u32
 }
 
 /// First index of the maximum, as torch.argmax.

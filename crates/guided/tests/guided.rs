@@ -72,7 +72,7 @@ fn walk(c: &Compiler, tok: &Tokenizer, kind: &ConstraintKind, seed: u64) -> Stri
             .copied()
             .filter(|t| !EOS.contains(t))
             .collect();
-        if eos_ok && (non_eos.is_empty() || rng.next() % 2 == 0) {
+        if eos_ok && (non_eos.is_empty() || rng.next().is_multiple_of(2)) {
             return tok.decode(&out, false).expect("decode");
         }
         let t = non_eos[(rng.next() % non_eos.len() as u64) as usize];

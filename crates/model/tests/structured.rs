@@ -137,7 +137,7 @@ fn regex_choice_and_json_object_outputs_match() {
     let check = regex::Regex::new(&format!("^(?:{rx})$")).expect("regex");
     for (i, (text, finish)) in run(&e, reqs).into_iter().enumerate() {
         assert_eq!(finish, FinishReason::Stop, "{text:?}");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             assert!(check.is_match(&text), "{text:?}");
         } else {
             assert!(choices.contains(&text), "{text:?}");
