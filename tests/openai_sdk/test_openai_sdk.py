@@ -111,3 +111,46 @@ def test_errors_are_raised_as_openai_errors(client):
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt="x", max_tokens=1, temperature=9)
+
+
+def _parse(client, **kwargs):
+    # `chat.completions.parse` in current SDKs; `beta.chat.completions.parse` before 1.92.
+    chat = client.chat.completions
+    parse = getattr(chat, "parse", None) or client.beta.chat.completions.parse
+    return parse(**kwargs)
+
+
+def test_structured_output_parses_into_a_pydantic_model(client):
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(max_length=12)
+        population: int = Field(ge=0, le=10_000_000)
+        capital: bool
+
+    # Thinking off: with it on, the constraint would wait for a `</think>` that random
+    # weights rarely write.
+    r = _parse(client, model=MODEL, messages=[{"role": "user", "content": "A city as JSON."}],
+               response_format=City, max_tokens=120, temperature=1.0, seed=3,
+               extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    city = r.choices[0].message.parsed
+    assert isinstance(city, City), r.choices[0].message.content
+    assert len(city.name) <= 12 and 0 <= city.population <= 10_000_000
+
+
+def test_tool_choice_required_always_calls_a_tool(client):
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}},
+                       "required": ["city"], "additionalProperties": False}}}]
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools,
+        tool_choice="required", parallel_tool_calls=False, max_tokens=80,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    assert len(c.message.tool_calls) == 1
+    call = c.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    import json
+    assert isinstance(json.loads(call.function.arguments)["city"], str)

@@ -48,8 +48,26 @@ pub struct SamplingSchema {
     ignore_eos: Option<bool>,
     min_tokens: Option<u32>,
     skip_special_tokens: Option<bool>,
-    /// Only `{"type": "text"}`: structured output is not implemented.
-    response_format: Option<Map<String, Json>>,
+    /// `{"type": "text"}`, `{"type": "json_object"}`, or `{"type": "json_schema",
+    /// "json_schema": {"name", "schema", "strict"}}`: enforced token by token.
+    response_format: Option<ResponseFormatSchema>,
+    /// vLLM's structured outputs: one of `json` (a schema), `regex`, `choice`, `grammar`
+    /// (Lark, llguidance's dialect) or `json_object`.
+    structured_outputs: Option<StructuredOutputsSchema>,
+    /// vLLM's older spellings of `structured_outputs`: a JSON schema (object or string).
+    guided_json: Option<Json>,
+    guided_regex: Option<String>,
+    guided_choice: Option<Vec<String>>,
+    /// A Lark grammar (llguidance's dialect).
+    guided_grammar: Option<String>,
+    /// Accepted and ignored: one backend (llguidance) enforces every constraint.
+    guided_decoding_backend: Option<String>,
+    /// Accepted and ignored (llguidance's JSON whitespace rules apply).
+    guided_whitespace_pattern: Option<String>,
+    /// vLLM's: the prompt's and each choice's token ids in the response (not with `stream`).
+    return_token_ids: Option<bool>,
+    /// vLLM's: logprobs name tokens `token_id:N` instead of their text.
+    return_tokens_as_token_ids: Option<bool>,
     /// Only 1 (as the default) is accepted.
     #[schema(minimum = 1, maximum = 1)]
     best_of: Option<u32>,
@@ -57,6 +75,27 @@ pub struct SamplingSchema {
     /// by default; not with `stream`).
     #[schema(maximum = 20)]
     prompt_logprobs: Option<u32>,
+}
+
+/// `response_format`.
+#[derive(Serialize, ToSchema)]
+pub struct ResponseFormatSchema {
+    /// "text", "json_object" or "json_schema".
+    #[serde(rename = "type")]
+    kind: String,
+    /// For "json_schema": `{"name": ..., "schema": {...}, "strict": ...}`.
+    json_schema: Option<Map<String, Json>>,
+}
+
+/// vLLM's `structured_outputs`: set exactly one constraint.
+#[derive(Serialize, ToSchema)]
+pub struct StructuredOutputsSchema {
+    /// A JSON schema (object or string).
+    json: Option<Json>,
+    regex: Option<String>,
+    choice: Option<Vec<String>>,
+    grammar: Option<String>,
+    json_object: Option<bool>,
 }
 
 /// POST /v1/completions.
@@ -233,16 +272,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// Read by the parsers but refused when set: not part of the documented request.
-    const REFUSED: &[&str] = &[
-        "suffix",
-        "use_beam_search",
-        "guided_json",
-        "guided_regex",
-        "guided_choice",
-        "guided_grammar",
-        "structured_outputs",
-        "chat_template",
-    ];
+    const REFUSED: &[&str] = &["suffix", "use_beam_search", "chat_template"];
 
     /// The property names of a schema component, through `allOf` (serde's flatten).
     fn properties(doc: &Json, schema: &Json, out: &mut BTreeSet<String>) {

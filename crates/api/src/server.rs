@@ -60,6 +60,9 @@ pub struct AppState {
     pub npu: Arc<crate::npu::NpuTelemetry>,
     /// What /health reports beyond the engine's own state.
     pub health: Arc<crate::health::Health>,
+    /// Compiles structured-output constraints (shared with the engine); None when the
+    /// tokenizer cannot be used for them (such requests are then refused).
+    pub structured: Option<Arc<qwen3_guided::Compiler>>,
 }
 
 pub(crate) type St = State<Arc<AppState>>;

@@ -585,15 +585,26 @@ async fn error_cases() {
             json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]}),
             "messages",
         ),
+        // Constraints that do not compile are refused before anything is scheduled.
         (
             "/v1/chat/completions",
-            json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}}),
             "response_format",
         ),
         (
+            "/v1/completions",
+            json!({"prompt": "x", "guided_regex": "(unclosed"}),
+            "guided_regex",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "structured_outputs": {"grammar": "start: nowhere"}}),
+            "structured_outputs.grammar",
+        ),
+        (
             "/v1/chat/completions",
-            json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
-            "response_format",
+            json!({"messages": msgs, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "nope"}}}}}], "tool_choice": "required"}),
+            "tools",
         ),
         (
             "/v1/chat/completions",

@@ -487,6 +487,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: &[],
+            allowed: None,
             rng_seed: 1,
         },
         SampleRow {
@@ -494,6 +495,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: &[7, 8],
+            allowed: None,
             rng_seed: 2,
         },
         SampleRow {
@@ -501,6 +503,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: &[],
+            allowed: None,
             rng_seed: 3,
         },
         // Penalties and logprobs: the full row goes to the host.
@@ -509,6 +512,7 @@ fn sample<B: Backend>(b: &B, _: &StepData) -> Result<Vec<f32>> {
             prompt_tokens: &[4, 9],
             output_tokens: &[9, 9, 30],
             suppressed: &[],
+            allowed: None,
             rng_seed: 4,
         },
     ];

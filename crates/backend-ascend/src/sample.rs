@@ -6,7 +6,7 @@
 //! reference sampler over just those, which gives the same token as over the full row:
 //! top-k keeps only those candidates anyway, and temperature, min-p and top-p only look at
 //! the kept ones. Rows whose result depends on the whole vocabulary — logprobs, logit bias,
-//! penalties, or no top-k bound — copy their full row to the host and use the reference
+//! penalties, a structured-output mask, or no top-k bound — copy their full row to the host and use the reference
 //! sampler as is.
 
 use qwen3_backend::sampling::{sample_row, SampleRow, Sampled};
@@ -27,7 +27,12 @@ pub enum RowPlan {
 
 pub fn plan_row(row: &SampleRow<'_>, vocab: usize) -> RowPlan {
     let p = row.params;
-    if p.logprobs.is_some() || !p.logit_bias.is_empty() || p.uses_penalties() {
+    // A structured-output row is masked over the whole vocabulary before any selection.
+    if p.logprobs.is_some()
+        || !p.logit_bias.is_empty()
+        || p.uses_penalties()
+        || row.allowed.is_some()
+    {
         return RowPlan::Full;
     }
     let keep = if p.is_greedy() {
@@ -72,6 +77,7 @@ pub fn sample_candidates(values: &[f32], ids: &[i64], keep: usize, row: &SampleR
     let reduced: Vec<f32> = cand.iter().map(|c| c.1).collect();
     let sub = SampleRow {
         suppressed: &[],
+        allowed: None,
         ..*row
     };
     let s = sample_row(&reduced, &sub, &mut Vec::new());
@@ -93,6 +99,7 @@ mod tests {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: supp,
+            allowed: None,
             rng_seed: seed,
         }
     }

@@ -70,6 +70,7 @@ fn two_seq_batch(ids: [&[u32]; 2], past: [usize; 2]) -> Batch {
         block_tables: vec![1, 2],
         max_blocks_per_seq: 1,
         block_size: BLOCK_SIZE,
+        masks: None,
     };
     for s in 0..2 {
         let start = b.token_ids.len() as u32;
@@ -339,6 +340,7 @@ fn long_seq_batch(ids: &[u32], past: usize, max_blocks: usize) -> Batch {
         block_tables: (0..max_blocks as u32).collect(),
         max_blocks_per_seq: max_blocks,
         block_size: BLOCK_SIZE,
+        masks: None,
     }
 }
 

@@ -150,6 +150,7 @@ fn sampler(c: &mut Criterion) {
             prompt_tokens: &[],
             output_tokens: &[],
             suppressed: &[],
+            allowed: None,
             rng_seed: 1,
         };
         g.bench_function(name, |b| b.iter(|| sample_row(&logits, &row, &mut scratch)));

@@ -16,6 +16,9 @@ pub struct SampleRow<'a> {
     pub output_tokens: &'a [u32],
     /// Tokens that must not be chosen at this step (EOS and stop ids before min_tokens).
     pub suppressed: &'a [u32],
+    /// Structured output: the tokens that may be chosen (bit `t % 32` of word `t / 32`);
+    /// None allows all.
+    pub allowed: Option<&'a [u32]>,
     /// Seed for this row's draw, unique per (request, output position), so draws do not depend
     /// on batch composition.
     pub rng_seed: u64,
@@ -64,13 +67,17 @@ pub fn sample_row(logits: &[f32], row: &SampleRow<'_>, scratch: &mut Vec<f32>) -
         || p.frequency_penalty != 0.0
         || p.presence_penalty != 0.0
         || !row.suppressed.is_empty();
-    let v: &[f32] = if modified {
+    let v: &[f32] = if modified || (row.allowed.is_some() && !p.is_greedy()) {
         modify(logits, row, scratch)
     } else {
         logits
     };
     let token = if p.is_greedy() {
-        argmax(v)
+        match row.allowed {
+            // Greedy under a mask needs no copy: the best allowed id, read in place.
+            Some(mask) if !modified => masked_argmax(v, mask),
+            _ => argmax(v),
+        }
     } else {
         sample_processed(v, p, uniform_from_seed(row.rng_seed))
     };
@@ -128,7 +135,49 @@ fn modify<'s>(logits: &[f32], row: &SampleRow<'_>, scratch: &'s mut Vec<f32>) ->
             *x = f32::NEG_INFINITY;
         }
     }
+    if let Some(mask) = row.allowed {
+        apply_mask(v, mask);
+    }
     v
+}
+
+/// Sets every logit the structured-output mask does not allow to -inf (rows past the mask's
+/// end included).
+pub fn apply_mask(v: &mut [f32], mask: &[u32]) {
+    for (w, chunk) in v.chunks_mut(32).enumerate() {
+        let bits = mask.get(w).copied().unwrap_or(0);
+        if bits == u32::MAX {
+            continue;
+        }
+        for (b, x) in chunk.iter_mut().enumerate() {
+            if bits & (1 << b) == 0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// First index of the maximum among the ids `mask` allows (0 when it allows none, as
+/// [`argmax`] of a row of -inf).
+fn masked_argmax(v: &[f32], mask: &[u32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::NEG_INFINITY;
+    for (w, &bits) in mask.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            let i = w * 32 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            match v.get(i) {
+                Some(&x) if x > best_v => {
+                    best_v = x;
+                    best = i;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    best as u32
 }
 
 /// First index of the maximum, as torch.argmax.
@@ -240,7 +289,33 @@ mod tests {
             prompt_tokens: &[],
             output_tokens: out,
             suppressed: &[],
+            allowed: None,
             rng_seed: seed,
+        }
+    }
+
+    #[test]
+    fn the_structured_output_mask_limits_every_draw() {
+        // 70 logits rising with the id; only ids 3 and 40 are allowed (words 0 and 1).
+        let logits: Vec<f32> = (0..70).map(|i| i as f32 / 10.0).collect();
+        let mask = [1u32 << 3, 1u32 << (40 - 32), 0];
+        let greedy = SamplingParams::greedy();
+        let r = SampleRow {
+            allowed: Some(&mask),
+            ..row(&greedy, &[], 0)
+        };
+        assert_eq!(sample_row(&logits, &r, &mut Vec::new()).token, 40);
+        let hot = SamplingParams {
+            temperature: 2.0,
+            ..SamplingParams::default()
+        };
+        for seed in 0..200 {
+            let r = SampleRow {
+                allowed: Some(&mask),
+                ..row(&hot, &[], seed)
+            };
+            let t = sample_row(&logits, &r, &mut Vec::new()).token;
+            assert!(t == 3 || t == 40, "drew {t}");
         }
     }
 

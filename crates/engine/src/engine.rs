@@ -22,6 +22,7 @@ use crate::detokenizer::{IncrementalDetokenizer, StopStrings};
 use crate::error::EngineError;
 use crate::metrics::EngineStats;
 use crate::scheduler::{SchedulerConfig, SeqParams, StepSummary, TokenStop};
+use crate::structured::Constraints;
 use crate::Scheduler;
 
 /// Engine limits and cache geometry.
@@ -339,6 +340,7 @@ pub struct EngineCore {
     stats: Arc<Mutex<EngineStats>>,
     /// Requests accepted by the handle and not yet admitted (for max_waiting_requests).
     queued: Arc<AtomicUsize>,
+    constraints: Constraints,
 }
 
 impl EngineCore {
@@ -363,8 +365,16 @@ impl EngineCore {
             next_seq_id: 1 << 62,
             stats: Arc::new(Mutex::new(stats)),
             queued: Arc::new(AtomicUsize::new(0)),
+            constraints: Constraints::new(None),
             config,
         })
+    }
+
+    /// Enables structured outputs: requests whose sampling parameters carry a constraint get
+    /// a matcher from `compiler` (built for this model's tokenizer and vocabulary).
+    pub fn with_structured(mut self, compiler: Arc<qwen3_guided::Compiler>) -> Self {
+        self.constraints = Constraints::new(Some(compiler));
+        self
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -441,6 +451,9 @@ impl EngineCore {
                 min_tokens: req.min_tokens as usize,
             },
         );
+        if let Some(spec) = &req.sampling.structured {
+            self.constraints.add(seq_id, spec)?;
+        }
         let state = ReqState {
             request_id: req.request_id.clone(),
             sink,
@@ -463,9 +476,10 @@ impl EngineCore {
             stop_token_ids: req.stop_token_ids,
             ignore_eos: req.ignore_eos,
         };
-        self.scheduler
-            .add(params, state)
-            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        if let Err(e) = self.scheduler.add(params, state) {
+            self.constraints.remove(seq_id);
+            return Err(EngineError::InvalidRequest(e.to_string()));
+        }
         self.by_request_id.insert(req.request_id, seq_id);
         self.publish_gauges(&mut lock(&self.stats));
         Ok(())
@@ -545,7 +559,12 @@ impl EngineCore {
             self.publish_gauges(&mut lock(&self.stats));
             return summary;
         }
-        let result = catch_unwind(AssertUnwindSafe(|| self.executor.execute(&self.batch)))
+        let executor = &mut self.executor;
+        let result = self
+            .constraints
+            .run_step(&mut self.batch, |batch| {
+                catch_unwind(AssertUnwindSafe(|| executor.execute(batch)))
+            })
             .unwrap_or_else(|p| {
                 let msg = p
                     .downcast_ref::<&str>()
@@ -620,6 +639,7 @@ impl EngineCore {
             let num_prompt_tokens = seq.num_prompt_tokens();
             let num_output_tokens = seq.num_output_tokens();
             let num_cached_tokens = seq.num_cached_tokens();
+            let seq_id = seq.seq_id();
             let st = &mut seq.payload;
             {
                 let mut stats = lock(&stats_arc);
@@ -660,6 +680,14 @@ impl EngineCore {
                     }
                 }
                 Err(e) => finish = Some((FinishReason::Error(e.to_string()), None)),
+            }
+            // A token the grammar could not vouch for ends the request (its text is kept).
+            let structured = match self.constraints.failure(seq_id) {
+                Some(e) => Err(e),
+                None => self.constraints.advance(seq_id, ev.token),
+            };
+            if let Err(e) = structured {
+                finish = Some((FinishReason::Error(e), None));
             }
             let text = st.detok.take_delta(finish.is_some());
             let mut logprobs = Vec::new();
@@ -716,6 +744,7 @@ impl EngineCore {
         let Some(seq) = self.scheduler.finish(slot) else {
             return;
         };
+        self.constraints.remove(seq.seq_id());
         let st = &seq.payload;
         if st.counted {
             self.queued.fetch_sub(1, Ordering::AcqRel);

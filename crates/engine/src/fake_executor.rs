@@ -124,11 +124,17 @@ impl FakeExecutor {
         self.seqs.len()
     }
 
-    fn sample(&self, s: &FakeSeq, suppressed: &[u32]) -> Result<u32, ExecutorError> {
+    fn sample(
+        &self,
+        s: &FakeSeq,
+        suppressed: &[u32],
+        allowed: Option<&[u32]>,
+    ) -> Result<u32, ExecutorError> {
         let mut t = (self.token_fn)(&s.tokens, s.num_prompt) % self.vocab.max(1);
-        // Honour suppression the way a sampler would: take the next allowed id.
+        // Honour suppression and a structured-output mask the way a sampler would: take the
+        // next allowed id.
         for _ in 0..self.vocab {
-            if !suppressed.contains(&t) {
+            if !suppressed.contains(&t) && allowed.is_none_or(|m| crate::batch::mask_allows(m, t)) {
                 return Ok(t);
             }
             t = (t + 1) % self.vocab;
@@ -333,9 +339,11 @@ impl Executor for FakeExecutor {
         }
         self.check(batch).map_err(ExecutorError)?;
         let mut outputs = Vec::new();
-        for s in batch.seqs.iter().filter(|s| s.sample) {
+        let masks = batch.masks.as_deref().map(|m| m.wait());
+        for (i, s) in batch.seqs.iter().enumerate().filter(|(_, s)| s.sample) {
             let fs = &self.seqs[&s.seq_id];
-            let token = self.sample(fs, &s.suppressed)?;
+            let allowed = masks.and_then(|m| m.get(i)).and_then(|m| m.as_deref());
+            let token = self.sample(fs, &s.suppressed, allowed)?;
             let (logprob, top_logprobs) = match fs.sampling.logprobs {
                 Some(k) => (
                     Some(-0.5),

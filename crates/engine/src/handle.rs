@@ -88,7 +88,12 @@ impl EngineHandle {
         executor: Box<dyn Executor>,
         tokenizer: Arc<Tokenizer>,
     ) -> Result<Self, EngineError> {
-        let core = EngineCore::new(config.clone(), executor, tokenizer)?;
+        Self::start_core(EngineCore::new(config, executor, tokenizer)?)
+    }
+
+    /// Starts the engine thread over a prepared core (e.g. one with structured outputs).
+    pub fn start_core(core: EngineCore) -> Result<Self, EngineError> {
+        let config = core.config().clone();
         let capacity = config.num_blocks - 1;
         let full_len = config.max_model_len.div_ceil(config.block_size);
         tracing::info!(

@@ -19,6 +19,7 @@ pub mod handle;
 pub mod kv_cache_manager;
 pub mod metrics;
 pub mod scheduler;
+mod structured;
 
 pub use block_pool::{BlockPool, NULL_BLOCK};
 pub use engine::{

@@ -68,7 +68,9 @@ impl SeqStates {
         logits: &B::Tensor,
     ) -> Result<StepOutput, ExecutorError> {
         let mut rows = Vec::new();
-        for s in batch.seqs.iter().filter(|s| s.sample) {
+        // Published by the engine while the forward pass ran; waits only if it has not yet.
+        let masks = batch.masks.as_deref().map(|m| m.wait());
+        for (i, s) in batch.seqs.iter().enumerate().filter(|(_, s)| s.sample) {
             let st = self.seqs.get(&s.seq_id).ok_or_else(|| {
                 ExecutorError(format!("sequence {} was never introduced", s.seq_id))
             })?;
@@ -78,6 +80,7 @@ impl SeqStates {
                 prompt_tokens: prompt,
                 output_tokens: output,
                 suppressed: &s.suppressed,
+                allowed: masks.and_then(|m| m.get(i)).and_then(|m| m.as_deref()),
                 rng_seed: draw_seed(st.seed, output.len() as u64),
             });
         }

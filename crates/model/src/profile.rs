@@ -50,6 +50,7 @@ pub fn single_seq_batch(
         block_tables: (1..=blocks as u32).collect(),
         max_blocks_per_seq: blocks,
         block_size,
+        masks: None,
     }
 }
 
@@ -104,6 +105,7 @@ pub fn decode_warmup(
             block_tables: vec![0; n],
             max_blocks_per_seq: 1,
             block_size,
+            masks: None,
         };
         executor
             .execute(&batch)

@@ -219,6 +219,7 @@ fn measure(dir: &Path, dtype: WeightDType) -> Figures {
         prompt_tokens: &[],
         output_tokens: output,
         suppressed: &[],
+        allowed: None,
         rng_seed: 7,
     };
     // Batches are built before measuring: they are the engine's, not the step's.

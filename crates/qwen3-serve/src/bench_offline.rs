@@ -104,7 +104,24 @@ pub fn run(
     let vocab = (loaded.tokenizer.get_vocab_size(false) as u32)
         .min(151_643)
         .min(shape.map_or(u32::MAX, |s| s.vocab as u32));
-    let engine = EngineHandle::start(loaded.engine_config, loaded.executor, loaded.tokenizer)?;
+    let structured = match &args.json_schema {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let compiler = crate::structured::compiler(&loaded, Default::default())
+                .context("structured outputs are unavailable for this tokenizer")?;
+            let kind = qwen3_engine::batch::ConstraintKind::JsonSchema(text);
+            compiler.compile(&kind)?;
+            Some((compiler, kind))
+        }
+    };
+    let mut core =
+        qwen3_engine::EngineCore::new(loaded.engine_config, loaded.executor, loaded.tokenizer)?;
+    if let Some((c, _)) = &structured {
+        core = core.with_structured(std::sync::Arc::clone(c));
+    }
+    let engine = EngineHandle::start_core(core)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -117,6 +134,13 @@ pub fn run(
             let mut r = EngineRequest::new(format!("bench-{i}"), prompt(i, args.input_len, vocab));
             r.max_tokens = Some(args.output_len as u32);
             r.ignore_eos = true;
+            r.sampling.structured =
+                structured
+                    .as_ref()
+                    .map(|(_, kind)| qwen3_engine::batch::StructuredSpec {
+                        kind: kind.clone(),
+                        after_token: None,
+                    });
             let mut s = engine.submit(r)?;
             tasks.push(tokio::spawn(async move {
                 let mut first = None;

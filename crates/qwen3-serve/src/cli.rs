@@ -50,6 +50,21 @@ pub enum BenchCommand {
     Throughput(BenchOfflineArgs),
     /// Write a random-weight model of a named shape (e.g. qwen3-0.6b) for speed benchmarks.
     MakeModel(MakeModelArgs),
+    /// Structured outputs: time each allowed-token mask of random walks through a nested
+    /// JSON schema over a model's full vocabulary (median and p99 per token).
+    Mask(BenchMaskArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchMaskArgs {
+    /// A model directory with tokenizer.json and config.json (its vocab_size is the mask's).
+    pub model_dir: PathBuf,
+    /// Random walks (each up to 400 tokens).
+    #[arg(long, default_value_t = 20)]
+    pub walks: usize,
+    /// A JSON schema file instead of the built-in nested one.
+    #[arg(long)]
+    pub json_schema: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -136,6 +151,10 @@ pub struct BenchOfflineArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub output_json: Option<PathBuf>,
+    /// Constrain every request's output to this JSON schema (a file), to measure what
+    /// structured outputs cost.
+    #[arg(long)]
+    pub json_schema: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -324,6 +343,13 @@ pub struct ServeArgs {
     /// Sampling defaults: `auto` takes the model's generation_config.json, `vllm` uses vLLM's.
     #[arg(long, default_value = "auto")]
     pub generation_config: String,
+    /// vLLM's structured-output settings as JSON, e.g. `{"backend": "guidance"}`. One
+    /// backend (llguidance) enforces every constraint here; see `structured_flags`.
+    #[arg(long)]
+    pub structured_outputs_config: Option<String>,
+    /// vLLM's older spelling of the structured-output backend.
+    #[arg(long)]
+    pub guided_decoding_backend: Option<String>,
     /// A TOML preset from configs/; flags given on the command line override it.
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -2,6 +2,7 @@
 
 mod alloc;
 mod bench_client;
+mod bench_mask;
 mod bench_offline;
 mod cli;
 mod heap_trim;
@@ -10,6 +11,7 @@ mod multinode;
 mod npu_metrics;
 mod preset;
 mod runtime;
+mod structured;
 
 use clap::Parser;
 
@@ -52,6 +54,7 @@ fn run() -> anyhow::Result<()> {
         Some(Command::Bench(BenchCommand::Latency(args))) => bench_offline(&args, 1),
         Some(Command::Bench(BenchCommand::Throughput(args))) => bench_offline(&args, 64),
         Some(Command::Bench(BenchCommand::MakeModel(args))) => bench_offline::make_model(&args),
+        Some(Command::Bench(BenchCommand::Mask(args))) => bench_mask::run(&args),
         None => runtime::serve(cli.serve),
     }
 }

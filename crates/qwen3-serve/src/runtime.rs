@@ -41,6 +41,8 @@ pub struct Loaded {
     pub tokenizer: Arc<tokenizers::Tokenizer>,
     pub engine_config: EngineConfig,
     pub executor: Box<dyn qwen3_engine::Executor>,
+    /// Rows of the model's logits (at least the tokenizer's size).
+    pub vocab_size: usize,
     /// The NPUs serving (ACL device ids); empty on the CPU.
     pub npus: Vec<i32>,
 }
@@ -320,6 +322,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         tokenizer: Arc::new(tokenizer),
         engine_config,
         executor,
+        vocab_size: config.vocab_size,
         npus: match &placement {
             Placement::Cpu { .. } => Vec::new(),
             Placement::Npu { devices, .. } => devices.clone(),
@@ -743,6 +746,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.enable_auto_tool_choice && args.tool_call_parser.is_none() {
         bail!("--enable-auto-tool-choice needs --tool-call-parser hermes");
     }
+    let structured_limits = crate::structured::check_flags(
+        args.structured_outputs_config.as_deref(),
+        args.guided_decoding_backend.as_deref(),
+    )?;
     let loaded = load(&args.model, &limits)?;
     let names = if args.served_model_name.is_empty() {
         vec![args
@@ -762,11 +769,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let max_model_len = loaded.engine_config.max_model_len;
-    let engine = EngineHandle::start(
+    let structured = crate::structured::compiler(&loaded, structured_limits);
+    let mut core = qwen3_engine::EngineCore::new(
         loaded.engine_config,
         loaded.executor,
         loaded.tokenizer.clone(),
     )?;
+    if let Some(c) = &structured {
+        core = core.with_structured(Arc::clone(c));
+    }
+    let engine = EngineHandle::start_core(core)?;
     let state = std::sync::Arc::new(qwen3_api::AppState {
         config: qwen3_api::ApiConfig {
             served_model_names: names.clone(),
@@ -792,6 +804,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             std::time::Duration::from_secs(args.npu_metrics_interval_seconds),
         ),
         health: Default::default(),
+        structured,
     });
     let grace = std::time::Duration::from_secs(args.shutdown_grace_seconds);
     let rt = tokio::runtime::Builder::new_multi_thread()

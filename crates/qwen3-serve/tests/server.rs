@@ -368,7 +368,7 @@ fn endpoints_streaming_and_errors() {
         &post(
             a,
             "/v1/chat/completions",
-            &json!({"messages": msgs, "response_format": {"type": "json_object"}}),
+            &json!({"messages": msgs, "guided_regex": "(unclosed"}),
         ),
         400,
     );

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 pub use crate::sampling::PromptLogprob;
 use crate::sampling::{Sampled, SamplingParams};
+use crate::structured::StepMasks;
 
 /// Engine-internal request id (the API's string id maps onto it).
 pub type SeqId = u64;
@@ -54,6 +55,10 @@ pub struct Batch {
     pub block_tables: Vec<u32>,
     pub max_blocks_per_seq: usize,
     pub block_size: usize,
+    /// Allowed-token masks for the rows that sample under a structured-output constraint;
+    /// None when no row in this step is constrained. Filled while the step runs: a sampler
+    /// calls [`StepMasks::wait`] just before it needs them.
+    pub masks: Option<Arc<StepMasks>>,
 }
 
 impl Batch {
@@ -78,6 +83,7 @@ impl Batch {
         self.slot_mapping.clear();
         self.block_tables.clear();
         self.max_blocks_per_seq = 0;
+        self.masks = None;
     }
 }
 

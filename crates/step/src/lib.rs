@@ -7,8 +7,10 @@
 
 pub mod batch;
 pub mod sampling;
+pub mod structured;
 
 pub use batch::{
     Batch, Executor, ExecutorError, NewSeq, ScheduledSeq, SeqId, SeqOutput, StepOutput,
 };
 pub use sampling::{PromptLogprob, Sampled, SamplingParams};
+pub use structured::{mask_allows, ConstraintKind, StepMasks, StructuredSpec, TokenBitmask};

@@ -28,6 +28,10 @@ pub struct SamplingParams {
     /// own (None: none, and the prompt's logits are never computed).
     #[serde(default)]
     pub prompt_logprobs: Option<u32>,
+    /// Structured output: the engine keeps a matcher for it and hands the sampler a mask
+    /// of allowed tokens each step (None: unconstrained).
+    #[serde(default)]
+    pub structured: Option<crate::structured::StructuredSpec>,
 }
 
 impl Default for SamplingParams {
@@ -44,6 +48,7 @@ impl Default for SamplingParams {
             seed: None,
             logprobs: None,
             prompt_logprobs: None,
+            structured: None,
         }
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! Unknown request fields are ignored, as the OpenAI SDKs send fields a server may not know;
 //! `null` counts as absent. Fields that would change the output but that this server does
-//! not implement (structured output, beam search, ...) are refused with a
-//! clear 400 instead of being silently ignored.
+//! not implement (beam search, ...) are refused with a clear 400 instead of being silently
+//! ignored. Structured-output fields are parsed in [`structured`].
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
@@ -181,6 +181,12 @@ pub struct SamplingRequest {
     pub include_usage: bool,
     /// vLLM's `prompt_logprobs`: top logprobs per prompt token besides its own.
     pub prompt_logprobs: Option<u32>,
+    /// `response_format`, `structured_outputs` or a `guided_*` field (compiled by the route).
+    pub structured: Option<StructuredRequest>,
+    /// vLLM's `return_token_ids`: the prompt's and each choice's token ids in the response.
+    pub return_token_ids: bool,
+    /// vLLM's `return_tokens_as_token_ids`: logprobs name tokens `token_id:N`.
+    pub return_tokens_as_token_ids: bool,
 }
 
 impl Default for SamplingRequest {
@@ -205,6 +211,9 @@ impl Default for SamplingRequest {
             stream: false,
             include_usage: false,
             prompt_logprobs: None,
+            structured: None,
+            return_token_ids: false,
+            return_tokens_as_token_ids: false,
         }
     }
 }
@@ -318,14 +327,13 @@ impl SamplingRequest {
                 "`prompt_logprobs` are not available when `stream` is true",
             ));
         }
-        for key in [
-            "guided_json",
-            "guided_regex",
-            "guided_choice",
-            "guided_grammar",
-            "structured_outputs",
-        ] {
-            f.refuse(key, "structured output (guided decoding)", &[])?;
+        let structured = parse_structured(f)?;
+        let return_token_ids = f.opt::<bool>("return_token_ids")?.unwrap_or(false);
+        if return_token_ids && stream {
+            return Err(ApiError::unsupported(
+                "return_token_ids",
+                "`return_token_ids` with `stream`",
+            ));
         }
         let _user = f.opt::<String>("user")?;
         Ok(Self {
@@ -348,6 +356,11 @@ impl SamplingRequest {
             stream,
             include_usage,
             prompt_logprobs,
+            structured,
+            return_token_ids,
+            return_tokens_as_token_ids: f
+                .opt::<bool>("return_tokens_as_token_ids")?
+                .unwrap_or(false),
         })
     }
 
@@ -389,6 +402,8 @@ impl SamplingRequest {
                 seed: self.seed,
                 logprobs,
                 prompt_logprobs: self.prompt_logprobs,
+                // Set by the route once the constraint has compiled.
+                structured: None,
             },
             max_tokens,
             min_tokens: self.min_tokens,
@@ -417,23 +432,6 @@ fn parse_max_tokens(f: &mut Fields, key: &str) -> Result<Option<u32>, ApiError> 
             format!("`{key}` must be at least 1"),
         )),
         m => Ok(m),
-    }
-}
-
-fn parse_response_format(f: &mut Fields) -> Result<(), ApiError> {
-    let Some(rf) = f.raw("response_format") else {
-        return Ok(());
-    };
-    match rf.get("type").and_then(Json::as_str) {
-        Some("text") => Ok(()),
-        Some(t @ ("json_object" | "json_schema" | "structural_tag")) => Err(ApiError::unsupported(
-            "response_format",
-            format!("`response_format` {t:?} (structured output)"),
-        )),
-        _ => Err(ApiError::invalid(
-            "response_format",
-            "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\"",
-        )),
     }
 }
 
@@ -523,7 +521,6 @@ impl CompletionRequest {
         if f.raw("suffix").is_some() {
             return Err(ApiError::unsupported("suffix", "`suffix` (insertion)"));
         }
-        parse_response_format(&mut f)?;
         let add_special_tokens = f.opt::<bool>("add_special_tokens")?.unwrap_or(true);
         let sampling = SamplingRequest::parse(&mut f)?;
         Ok(Self {
@@ -697,7 +694,6 @@ impl ChatRequest {
             ));
         }
         f.refuse("chat_template", "a chat template given in the request", &[])?;
-        parse_response_format(&mut f)?;
         let sampling = SamplingRequest::parse(&mut f)?;
         Ok(Self {
             model,
@@ -729,7 +725,10 @@ impl ChatRequest {
 }
 
 mod response;
+mod structured;
 pub use response::*;
+use structured::parse_structured;
+pub use structured::StructuredRequest;
 
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,12 @@ pub struct CompletionChoice {
     // utoipa renders a type alias as a reference to its head type ("Vec"): spell it out.
     #[schema(value_type = Option<Vec<Option<std::collections::BTreeMap<String, RankedLogprob>>>>)]
     pub prompt_logprobs: Option<PromptLogprobs>,
+    /// vLLM's extra, with `return_token_ids`: the prompt's token ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
+    /// vLLM's extra, with `return_token_ids`: the generated token ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
 }
 
 /// vLLM's `Logprob`: a token's logprob, its rank in the vocabulary and its text.
@@ -145,6 +151,9 @@ pub struct ChatChoice {
     pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
     pub stop_reason: Json,
+    /// vLLM's extra, with `return_token_ids`: the generated token ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
@@ -160,6 +169,9 @@ pub struct ChatCompletionResponse {
     // utoipa renders a type alias as a reference to its head type ("Vec"): spell it out.
     #[schema(value_type = Option<Vec<Option<std::collections::BTreeMap<String, RankedLogprob>>>>)]
     pub prompt_logprobs: Option<PromptLogprobs>,
+    /// vLLM's extra, with `return_token_ids`: the templated prompt's token ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_token_ids: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, ToSchema)]

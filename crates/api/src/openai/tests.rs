@@ -142,9 +142,23 @@ fn every_bad_field_names_itself() {
             "prompt_logprobs",
         ),
         (json!({"use_beam_search": true}), "use_beam_search"),
-        (json!({"guided_json": {}}), "guided_json"),
+        (json!({"guided_json": 5}), "guided_json"),
+        (json!({"guided_choice": []}), "guided_choice"),
+        (json!({"guided_regex": ["x"]}), "guided_regex"),
         (
-            json!({"response_format": {"type": "json_object"}}),
+            json!({"structured_outputs": {"regex": "a", "choice": ["b"]}}),
+            "structured_outputs",
+        ),
+        (
+            json!({"structured_outputs": {"json": "{not json"}}),
+            "structured_outputs.json",
+        ),
+        (
+            json!({"guided_regex": "a", "response_format": {"type": "json_object"}}),
+            "guided_regex",
+        ),
+        (
+            json!({"response_format": {"type": "xml"}}),
             "response_format",
         ),
         (json!({"stop_token_ids": "x"}), "stop_token_ids"),
@@ -308,7 +322,7 @@ fn chat_fields() {
             "tools",
         ),
         (
-            json!({"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {}}}),
+            json!({"messages": msgs, "response_format": {"type": "json_schema"}}),
             "response_format",
         ),
         (

@@ -10,9 +10,10 @@ use axum::response::Response;
 use axum::Extension;
 use qwen3_engine::FinishReason;
 
+use super::structured::{self, tool_constraint};
 use super::{
     chat_logprobs, collect, finish_str, logged_json, merge_streams, prompt_logprobs_json, sse,
-    stop_reason_json, submit_all, Collected, GenLog,
+    stop_reason_json, submit_all, Collected, GenLog, TokenNames,
 };
 use crate::chat_template::{RenderOptions, TemplateError};
 use crate::error::ApiError;
@@ -20,14 +21,14 @@ use crate::openai::{
     ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse, ChatDelta,
     ChatMessage, ChatRequest, ToolChoice, Usage,
 };
-use crate::reasoning::{prompt_opens_think, split_reasoning, ReasoningParser};
+use crate::reasoning::{prompt_opens_think, split_reasoning, ReasoningParser, THINK_END};
 use crate::server::{body_bytes, new_id, now_secs, AppState, RequestId, St};
 use crate::tokenize::encode_bounded;
 use crate::tool_parser::{parse_tool_calls, ToolStreamParser};
 
 /// Whether tool calls are parsed out of the output, per `tool_choice` and the server's flags
-/// (vLLM's rules; "required" and named choices, which vLLM enforces with guided decoding,
-/// are parsed best-effort here).
+/// (vLLM's rules; "required" and named choices are enforced by a grammar, so their output
+/// always parses, with or without --tool-call-parser).
 fn parse_tools(s: &AppState, choice: &ToolChoice) -> Result<bool, ApiError> {
     match choice {
         ToolChoice::None => Ok(false),
@@ -36,11 +37,7 @@ fn parse_tools(s: &AppState, choice: &ToolChoice) -> Result<bool, ApiError> {
             "tool_choice",
             "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
         )),
-        ToolChoice::Required | ToolChoice::Function(_) if s.config.tool_parser => Ok(true),
-        ToolChoice::Required | ToolChoice::Function(_) => Err(ApiError::unsupported(
-            "tool_choice",
-            "`tool_choice` \"required\" or a named function without --tool-call-parser (it would need guided decoding)",
-        )),
+        ToolChoice::Required | ToolChoice::Function(_) => Ok(true),
     }
 }
 
@@ -162,8 +159,33 @@ pub async fn chat_completions(
         .sampling
         .engine_request(&s.config.defaults, req.max_tokens, req.logprobs)?;
     base.sampling.seed = s.seed(base.sampling.seed);
+    let tools_forced = tool_constraint(
+        req.tools.as_deref().unwrap_or_default(),
+        &req.tool_choice,
+        req.parallel_tool_calls,
+    );
+    let constraint = match (tools_forced, req.sampling.structured.clone()) {
+        (Some(_), Some(other)) => {
+            return Err(ApiError::invalid(
+                &other.field,
+                format!(
+                    "`{}` cannot be combined with a `tool_choice` that forces a tool call",
+                    other.field
+                ),
+            ))
+        }
+        (forced, other) => forced.or(other),
+    };
+    // With thinking on, the constraint starts after the reasoning, as vLLM's does.
+    let thinking = s.config.reasoning_parser && !prompt.trim_end().ends_with(THINK_END);
+    let after = thinking
+        .then(|| s.tokenizer.token_to_id(THINK_END))
+        .flatten();
+    base.sampling.structured = structured::compile(&s, constraint, after).await?;
     let id = new_id("chatcmpl");
     let n = req.sampling.n as usize;
+    let return_ids = req.sampling.return_token_ids;
+    let prompt_token_ids = return_ids.then(|| ids.clone());
     let streams = submit_all(
         &s,
         &base,
@@ -184,7 +206,9 @@ pub async fn chat_completions(
     );
     let parallel = req.parallel_tool_calls;
     let want_logprobs = req.logprobs.is_some();
+    let tokens_as_ids = req.sampling.return_tokens_as_token_ids;
     if !req.sampling.stream {
+        let names = TokenNames::new(&s, tokens_as_ids);
         let collected = futures::future::join_all(streams.into_iter().map(collect)).await;
         if let Some(e) = collected.iter().find_map(|c| c.error()) {
             return Err(e);
@@ -206,9 +230,10 @@ pub async fn chat_completions(
             choices.push(ChatChoice {
                 index: i,
                 message,
-                logprobs: want_logprobs.then(|| chat_logprobs(&s, &c.logprobs)),
+                logprobs: want_logprobs.then(|| chat_logprobs(names, &c.logprobs)),
                 finish_reason,
                 stop_reason: stop_reason_json(&c.stop_reason),
+                token_ids: return_ids.then(|| c.token_ids.clone()),
             });
         }
         log.done(
@@ -227,6 +252,7 @@ pub async fn chat_completions(
                 let lps = collected.first().and_then(|c| c.prompt_logprobs.as_deref());
                 prompt_logprobs_json(&s, lps.unwrap_or_default())
             }),
+            prompt_token_ids,
             choices,
         }));
     }
@@ -285,8 +311,8 @@ pub async fn chat_completions(
             }
             let last = o.finish_reason.is_some();
             let delta = parsers[i].delta(&o.text, last);
-            let logprobs =
-                (want_logprobs && !o.logprobs.is_empty()).then(|| chat_logprobs(&s, &o.logprobs));
+            let logprobs = (want_logprobs && !o.logprobs.is_empty())
+                .then(|| chat_logprobs(TokenNames::new(&s, tokens_as_ids), &o.logprobs));
             if delta.is_empty() && !last && logprobs.is_none() {
                 continue;
             }

@@ -11,7 +11,7 @@ use qwen3_engine::FinishReason;
 
 use super::{
     collect, completion_logprobs, echo_logprobs, finish_str, logged_json, merge_streams,
-    prompt_logprobs_json, sse, stop_reason_json, submit_all, Collected, GenLog,
+    prompt_logprobs_json, sse, stop_reason_json, submit_all, Collected, GenLog, TokenNames,
 };
 use crate::error::ApiError;
 use crate::openai::{
@@ -40,7 +40,7 @@ fn summary(reasons: &[Option<&'static str>]) -> String {
 /// A non-streamed choice's logprobs: the echoed prompt's (when echoing), then the generated
 /// tokens' (unless `max_tokens` was 0), with text offsets running on from the echo's.
 fn choice_logprobs(
-    s: &AppState,
+    names: TokenNames<'_>,
     req: &CompletionRequest,
     prompt: &[u32],
     echo: &str,
@@ -49,13 +49,13 @@ fn choice_logprobs(
     let mut offset = 0;
     let mut out = if req.echo {
         let lps = c.prompt_logprobs.as_deref().unwrap_or_default();
-        echo_logprobs(s, prompt, lps, &mut offset)
+        echo_logprobs(names, prompt, lps, &mut offset)
     } else {
-        completion_logprobs(s, &[], &mut offset)
+        completion_logprobs(names, &[], &mut offset)
     };
     if req.max_tokens > 0 {
         offset = offset.max(echo.chars().count());
-        let gen = completion_logprobs(s, &c.logprobs, &mut offset);
+        let gen = completion_logprobs(names, &c.logprobs, &mut offset);
         out.text_offset.extend(gen.text_offset);
         out.token_logprobs.extend(gen.token_logprobs);
         out.tokens.extend(gen.tokens);
@@ -87,6 +87,8 @@ pub async fn completions(
     }
     let keep_prompt = base.sampling.prompt_logprobs.is_some();
     base.sampling.seed = s.seed(base.sampling.seed);
+    base.sampling.structured =
+        super::structured::compile(&s, req.sampling.structured.clone(), None).await?;
     // (token ids, echo text) per prompt.
     let prompts: Vec<(Vec<u32>, String)> = match &req.prompt {
         Prompt::Text(t) => vec![(encode(&s, t, req.add_special_tokens)?, t.clone())],
@@ -103,6 +105,8 @@ pub async fn completions(
     let mut echoes = Vec::new();
     // Per choice, its prompt ids where prompt logprobs will be shown.
     let mut prompt_ids = Vec::new();
+    // Per choice, its prompt ids for `return_token_ids`.
+    let mut all_prompt_ids = Vec::new();
     let mut queued = Vec::with_capacity(prompts.len());
     for (p, (ids, text)) in prompts.into_iter().enumerate() {
         let echo = match (req.echo, text.is_empty()) {
@@ -111,6 +115,9 @@ pub async fn completions(
             (true, true) => s.tokenizer.decode(&ids, false).unwrap_or_default(),
         };
         let kept = if keep_prompt { ids.clone() } else { Vec::new() };
+        if req.sampling.return_token_ids {
+            all_prompt_ids.extend(std::iter::repeat_n(ids.clone(), n as usize));
+        }
         prompt_ids.extend(std::iter::repeat_n(kept, n as usize));
         echoes.extend(std::iter::repeat_n(echo, n as usize));
         queued.push((format!("{id}-{p}"), ids));
@@ -125,7 +132,9 @@ pub async fn completions(
         req.sampling.stream,
     );
     let n = n as usize;
+    let as_ids = req.sampling.return_tokens_as_token_ids;
     if !req.sampling.stream {
+        let names = TokenNames::new(&s, as_ids);
         let collected = futures::future::join_all(streams.into_iter().map(collect)).await;
         if let Some(e) = collected.iter().find_map(|c| c.error()) {
             return Err(e);
@@ -148,7 +157,7 @@ pub async fn completions(
                 text: format!("{}{}", echoes[i], text),
                 logprobs: req
                     .logprobs
-                    .map(|_| choice_logprobs(&s, &req, &prompt_ids[i], &echoes[i], c)),
+                    .map(|_| choice_logprobs(names, &req, &prompt_ids[i], &echoes[i], c)),
                 finish_reason: finish_str(&c.finish),
                 stop_reason: if echo_only {
                     serde_json::Value::Null
@@ -157,6 +166,17 @@ pub async fn completions(
                 },
                 prompt_logprobs: req.sampling.prompt_logprobs.map(|_| {
                     prompt_logprobs_json(&s, c.prompt_logprobs.as_deref().unwrap_or_default())
+                }),
+                prompt_token_ids: req
+                    .sampling
+                    .return_token_ids
+                    .then(|| all_prompt_ids[i].clone()),
+                token_ids: req.sampling.return_token_ids.then(|| {
+                    if echo_only {
+                        Vec::new()
+                    } else {
+                        c.token_ids.clone()
+                    }
                 }),
             });
         }
@@ -194,6 +214,8 @@ pub async fn completions(
             finish_reason: None,
             stop_reason: serde_json::Value::Null,
             prompt_logprobs: None,
+            prompt_token_ids: None,
+            token_ids: None,
         };
         // With logprobs, a choice's echo waits for its prompt logprobs (its first output).
         let echo_scored = echo && logprobs.is_some();
@@ -221,7 +243,12 @@ pub async fn completions(
             };
             prompt[i] = o.num_prompt_tokens.max(prompt[i]);
             if let (true, Some(lps)) = (echo_scored, &o.prompt_logprobs) {
-                let scored = echo_logprobs(&s, &prompt_ids[i], lps, &mut offsets[i]);
+                let scored = echo_logprobs(
+                    TokenNames::new(&s, as_ids),
+                    &prompt_ids[i],
+                    lps,
+                    &mut offsets[i],
+                );
                 offsets[i] = offsets[i].max(echoes[i].chars().count());
                 if !tx.json(&chunk(echo_chunk(i, Some(scored)))).await {
                     return log.done("client disconnected");
@@ -253,7 +280,9 @@ pub async fn completions(
             let c = CompletionChoice {
                 index: i,
                 text,
-                logprobs: logprobs.map(|_| completion_logprobs(&s, lps, &mut offsets[i])),
+                logprobs: logprobs.map(|_| {
+                    completion_logprobs(TokenNames::new(&s, as_ids), lps, &mut offsets[i])
+                }),
                 finish_reason: finish_str(&o.finish_reason),
                 stop_reason: if echo_only {
                     serde_json::Value::Null
@@ -261,6 +290,8 @@ pub async fn completions(
                     stop_reason_json(&o.stop_reason)
                 },
                 prompt_logprobs: None,
+                prompt_token_ids: None,
+                token_ids: None,
             };
             if !tx.json(&chunk(c)).await {
                 return log.done("client disconnected");

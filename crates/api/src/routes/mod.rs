@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod completions;
 pub mod misc;
+mod structured;
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -115,6 +116,7 @@ pub(crate) struct Collected {
     pub output_tokens: usize,
     pub cached_tokens: usize,
     pub first_token: Option<Instant>,
+    pub token_ids: Vec<u32>,
 }
 
 impl Collected {
@@ -123,6 +125,7 @@ impl Collected {
             self.first_token = Some(Instant::now());
         }
         self.text.push_str(&o.text);
+        self.token_ids.extend_from_slice(&o.token_ids);
         self.logprobs.extend(o.logprobs);
         if o.prompt_logprobs.is_some() {
             self.prompt_logprobs = o.prompt_logprobs;
@@ -182,6 +185,28 @@ pub(crate) fn token_str(s: &AppState, id: u32) -> String {
     s.tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
+/// How a request's logprobs name tokens: their text, or `token_id:N` with vLLM's
+/// `return_tokens_as_token_ids` (for tokens whose text is not valid UTF-8 alone).
+#[derive(Clone, Copy)]
+pub(crate) struct TokenNames<'a> {
+    pub s: &'a AppState,
+    pub as_ids: bool,
+}
+
+impl<'a> TokenNames<'a> {
+    pub fn new(s: &'a AppState, as_ids: bool) -> Self {
+        Self { s, as_ids }
+    }
+
+    fn name(&self, id: u32) -> String {
+        if self.as_ids {
+            format!("token_id:{id}")
+        } else {
+            token_str(self.s, id)
+        }
+    }
+}
+
 fn empty_completion_logprobs(n: usize) -> CompletionLogprobs {
     CompletionLogprobs {
         text_offset: Vec::with_capacity(n),
@@ -194,15 +219,20 @@ fn empty_completion_logprobs(n: usize) -> CompletionLogprobs {
 /// Appends token `id` at `offset` (advanced past its text), with its logprob and top
 /// alternatives when it has them (`null` for both otherwise).
 fn push_completion_token(
-    s: &AppState,
+    names: TokenNames<'_>,
     out: &mut CompletionLogprobs,
     id: u32,
     scored: Option<(f32, &[(u32, f32)])>,
     offset: &mut usize,
 ) {
-    let t = token_str(s, id);
+    let t = names.name(id);
     out.text_offset.push(*offset);
-    *offset += t.chars().count();
+    // Offsets run over the text, whatever the tokens are named.
+    *offset += if names.as_ids {
+        token_str(names.s, id).chars().count()
+    } else {
+        t.chars().count()
+    };
     out.token_logprobs
         .push(scored.map(|(l, _)| finite_logprob(l)));
     out.top_logprobs.push(scored.map(|(l, alts)| {
@@ -210,7 +240,7 @@ fn push_completion_token(
         let mut top = Map::new();
         top.insert(t.clone(), Json::from(finite_logprob(l)));
         for (id, l) in alts {
-            top.entry(token_str(s, *id))
+            top.entry(names.name(*id))
                 .or_insert_with(|| Json::from(finite_logprob(*l)));
         }
         top
@@ -221,14 +251,14 @@ fn push_completion_token(
 /// Completions' logprobs for some tokens; `offset` is the text offset of the first, advanced
 /// past them.
 pub(crate) fn completion_logprobs(
-    s: &AppState,
+    names: TokenNames<'_>,
     lps: &[TokenLogprob],
     offset: &mut usize,
 ) -> CompletionLogprobs {
     let mut out = empty_completion_logprobs(lps.len());
     for lp in lps {
         let scored = Some((lp.logprob, &lp.top[..]));
-        push_completion_token(s, &mut out, lp.token_id, scored, offset);
+        push_completion_token(names, &mut out, lp.token_id, scored, offset);
     }
     out
 }
@@ -236,7 +266,7 @@ pub(crate) fn completion_logprobs(
 /// The echoed prompt's logprobs in completions' shape: the first token has none (`null`), as
 /// OpenAI and vLLM return it; `offset` advances past the prompt's tokens.
 pub(crate) fn echo_logprobs(
-    s: &AppState,
+    names: TokenNames<'_>,
     prompt: &[u32],
     lps: &[PromptLogprob],
     offset: &mut usize,
@@ -245,7 +275,7 @@ pub(crate) fn echo_logprobs(
     for (i, &id) in prompt.iter().enumerate() {
         let lp = i.checked_sub(1).and_then(|j| lps.get(j));
         let scored = lp.map(|lp| (lp.logprob, &lp.top[..]));
-        push_completion_token(s, &mut out, id, scored, offset);
+        push_completion_token(names, &mut out, id, scored, offset);
     }
     out
 }
@@ -270,9 +300,9 @@ pub(crate) fn prompt_logprobs_json(s: &AppState, lps: &[PromptLogprob]) -> Promp
         .collect()
 }
 
-pub(crate) fn chat_logprobs(s: &AppState, lps: &[TokenLogprob]) -> ChatLogprobs {
+pub(crate) fn chat_logprobs(names: TokenNames<'_>, lps: &[TokenLogprob]) -> ChatLogprobs {
     let top = |id: u32, l: f32| {
-        let token = token_str(s, id);
+        let token = names.name(id);
         TopLogprob {
             bytes: token.as_bytes().to_vec(),
             token,

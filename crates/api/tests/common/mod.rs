@@ -36,6 +36,27 @@ pub fn tokenizer() -> Arc<Tokenizer> {
     .clone()
 }
 
+/// The structured-output compiler for the fixture tokenizer (built once: the token trie of
+/// a 151k vocabulary is not free).
+pub fn structured() -> Arc<qwen3_guided::Compiler> {
+    static C: OnceLock<Arc<qwen3_guided::Compiler>> = OnceLock::new();
+    C.get_or_init(|| {
+        let tok = tokenizer();
+        let vocab = tok.get_vocab_size(true);
+        Arc::new(
+            qwen3_guided::compiler_for(
+                &fixtures().join("tokenizer.json"),
+                tok,
+                vocab,
+                &[IM_END, ENDOFTEXT],
+                qwen3_guided::CompilerLimits::default(),
+            )
+            .unwrap_or_else(|e| panic!("structured-output compiler: {e}")),
+        )
+    })
+    .clone()
+}
+
 /// What the fake model says when the prompt contains `#script:<name>#`.
 pub fn script(name: &str) -> &'static str {
     match name {
@@ -151,8 +172,11 @@ pub async fn start(o: Opts) -> TestServer {
     let fake = FakeExecutor::new(config.block_size, config.num_blocks, vocab)
         .with_token_fn(token_fn(vocab));
     let control = fake.control();
-    let engine = EngineHandle::start(config, Box::new(fake), tok.clone())
-        .unwrap_or_else(|e| panic!("engine: {e}"));
+    let structured = structured();
+    let core = qwen3_engine::EngineCore::new(config, Box::new(fake), tok.clone())
+        .unwrap_or_else(|e| panic!("engine: {e}"))
+        .with_structured(Arc::clone(&structured));
+    let engine = EngineHandle::start_core(core).unwrap_or_else(|e| panic!("engine: {e}"));
     let template = o.template.then(|| {
         ChatTemplate::from_model_dir(&fixtures()).unwrap_or_else(|e| panic!("template: {e}"))
     });
@@ -177,6 +201,7 @@ pub async fn start(o: Opts) -> TestServer {
         template,
         npu: Arc::clone(&npu),
         health: health.clone(),
+        structured: Some(structured),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -161,6 +161,29 @@ pub fn engine_core(model: &str, s: &Setup) -> EngineCore {
     EngineCore::new(cfg, executor, tok).expect("engine core")
 }
 
+/// The engine with structured outputs on: the compiler for the fixture's tokenizer and the
+/// model's vocabulary, shared by the engine and the caller (who compiles to validate).
+pub fn structured_engine(model: &str, s: &Setup) -> (EngineHandle, Arc<qwen3_guided::Compiler>) {
+    let (cfg, executor, tok) = engine_parts(model, s);
+    let compiler = Arc::new(
+        qwen3_guided::compiler_for(
+            &fixtures().join(model).join("tokenizer.json"),
+            Arc::clone(&tok),
+            config(model, None).vocab_size,
+            &cfg.eos_token_ids,
+            qwen3_guided::CompilerLimits::default(),
+        )
+        .expect("structured-output compiler"),
+    );
+    let core = EngineCore::new(cfg, executor, tok)
+        .expect("engine core")
+        .with_structured(Arc::clone(&compiler));
+    (
+        EngineHandle::start_core(core).expect("engine starts"),
+        compiler,
+    )
+}
+
 fn engine_parts(model: &str, s: &Setup) -> (EngineConfig, Box<dyn Executor>, Arc<Tokenizer>) {
     let block_size = 16;
     let opts = LoadOptions {
