@@ -8,9 +8,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use qwen3_backend::Backend;
 use qwen3_backend_ascend::{AscendBackend, AscendOptions, AttentionBackend};
-use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
+use qwen3_model::{SingleExecutor, WeightDType};
 
 /// BF16 weights and activations, as the FIA parity test (`e2e_parity.rs`) allows.
 const TOL_GOLDEN: f32 = 0.25;
@@ -23,23 +22,7 @@ fn executor(emu: &Emu, attention: AttentionBackend) -> SingleExecutor<AscendBack
         attention_backend: attention,
         ..AscendOptions::default()
     };
-    let backend = AscendBackend::with_options(Arc::clone(&emu.cann), 0, opts).expect("device 0");
-    let m = Qwen3::load(
-        &backend,
-        &fixtures().join(DENSE),
-        config(DENSE, None),
-        WeightDType::BF16,
-        Shard::WHOLE,
-    )
-    .expect("model loads");
-    let kv = backend
-        .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
-        .expect("kv");
-    SingleExecutor::new(Worker {
-        backend,
-        model: m,
-        kv,
-    })
+    single_executor(emu, DENSE, WeightDType::BF16, opts)
 }
 
 /// Every prompt position's and teacher-forced decode step's logits of each golden case.

@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use qwen3_backend::Backend;
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
-use qwen3_model::{Qwen3, ResizableExecutor, Shard, SingleExecutor, WeightDType, Worker};
+use qwen3_model::{ResizableExecutor, SingleExecutor, WeightDType};
 
 /// F32 weights, activations and KV cache (attention by matmul + softmax), as the CPU
 /// backend's parity test.
@@ -30,23 +27,7 @@ fn executor(emu: &Emu, model: &str, dtype: WeightDType) -> SingleExecutor<Ascend
         kv_cache_f32: dtype == WeightDType::F32,
         ..AscendOptions::default()
     };
-    let backend = AscendBackend::with_options(Arc::clone(&emu.cann), 0, opts).expect("device 0");
-    let m = Qwen3::load(
-        &backend,
-        &fixtures().join(model),
-        config(model, None),
-        dtype,
-        Shard::WHOLE,
-    )
-    .expect("model loads");
-    let kv = backend
-        .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
-        .expect("kv");
-    SingleExecutor::new(Worker {
-        backend,
-        model: m,
-        kv,
-    })
+    single_executor(emu, model, dtype, opts)
 }
 
 /// Returns the largest logit difference seen; asserts each is under `tol` and, when

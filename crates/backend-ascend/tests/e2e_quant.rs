@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::*;
 use qwen3_backend::{Backend, HostData, MoeWeights, QuantizedHost};
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
-use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
+use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType};
 
 /// The quantized matmuls take BF16 activations (the operator has no F32 input): the BF16
 /// bound of the dense parity test.
@@ -357,23 +357,7 @@ fn executor(emu: &Emu, model: &str) -> SingleExecutor<AscendBackend> {
         kv_cache_f32: true,
         ..AscendOptions::default()
     };
-    let backend = AscendBackend::with_options(Arc::clone(&emu.cann), 0, opts).expect("device 0");
-    let m = Qwen3::load(
-        &backend,
-        &fixtures().join(model),
-        config(model, None),
-        WeightDType::F32,
-        Shard::WHOLE,
-    )
-    .expect("quantized model loads on the NPU");
-    let kv = backend
-        .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
-        .expect("kv");
-    SingleExecutor::new(Worker {
-        backend,
-        model: m,
-        kv,
-    })
+    single_executor(emu, model, WeightDType::F32, opts)
 }
 
 /// MoE: a position where the reference's k-th and (k+1)-th router logits (in some MoE layer)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::*;
 use qwen3_backend::{ActQuant, Backend, HostData, W8A8Host};
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
-use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
+use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType};
 
 #[test]
 fn one_w8a8_linear_matches_the_scheme_reference() {
@@ -106,23 +106,7 @@ fn executor(emu: &Emu, model: &str) -> SingleExecutor<AscendBackend> {
         kv_cache_f32: true,
         ..AscendOptions::default()
     };
-    let backend = AscendBackend::with_options(Arc::clone(&emu.cann), 0, opts).expect("device 0");
-    let m = Qwen3::load(
-        &backend,
-        &fixtures().join(model),
-        config(model, None),
-        WeightDType::F32,
-        Shard::WHOLE,
-    )
-    .expect("W8A8 model loads on the NPU");
-    let kv = backend
-        .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
-        .expect("kv");
-    SingleExecutor::new(Worker {
-        backend,
-        model: m,
-        kv,
-    })
+    single_executor(emu, model, WeightDType::F32, opts)
 }
 
 /// BF16 matmul outputs (the INT8 matmul has no F32 output) and, under the dynamic scheme,

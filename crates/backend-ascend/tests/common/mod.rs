@@ -8,11 +8,12 @@ use std::sync::{Arc, MutexGuard};
 use ascend_sys::Cann;
 use cann_emu::harness;
 use cann_emu::CannEmuStats;
-use qwen3_backend_ascend::AscendOptions;
+use qwen3_backend::Backend;
+use qwen3_backend_ascend::{AscendBackend, AscendOptions};
 use qwen3_engine::{Batch, EngineConfig, EngineHandle, EngineRequest};
 use qwen3_model::config::ModelConfig;
 use qwen3_model::load::{ascend_executor_resizable, LoadOptions};
-use qwen3_model::WeightDType;
+use qwen3_model::{Qwen3, Shard, SingleExecutor, WeightDType, Worker};
 use serde::Deserialize;
 
 /// Fused attention wants KV blocks of 128 tokens whenever a query is longer than one.
@@ -136,6 +137,32 @@ pub fn config(model: &str, overrides: Option<&serde_json::Value>) -> ModelConfig
 }
 
 /// A step of one sequence (id 1) computing `ids` at positions `start..`.
+/// `model` on emulated device 0 in `dtype`, with a KV cache of 4 blocks, behind one executor.
+pub fn single_executor(
+    emu: &Emu,
+    model: &str,
+    dtype: WeightDType,
+    opts: AscendOptions,
+) -> SingleExecutor<AscendBackend> {
+    let backend = AscendBackend::with_options(Arc::clone(&emu.cann), 0, opts).expect("device 0");
+    let m = Qwen3::load(
+        &backend,
+        &fixtures().join(model),
+        config(model, None),
+        dtype,
+        Shard::WHOLE,
+    )
+    .unwrap_or_else(|e| panic!("{model} loads on the NPU: {e}"));
+    let kv = backend
+        .alloc_kv_cache(m.kv_shape(4, BLOCK_SIZE))
+        .expect("kv");
+    SingleExecutor::new(Worker {
+        backend,
+        model: m,
+        kv,
+    })
+}
+
 pub fn single_seq_batch(ids: &[u32], start: usize, new: bool) -> Batch {
     qwen3_model::profile::single_seq_batch(1, ids, start, new, BLOCK_SIZE)
 }
