@@ -262,13 +262,17 @@ impl Device {
     }
 
     /// Counts a driver allocation made outside the pool (the shared workspace) under `kind`:
-    /// `held` on allocation, not on free.
+    /// `held` on allocation, not on free; in use like a direct allocation (`alloc_direct`).
     pub(crate) fn count_outside_pool(&self, kind: MemKind, bytes: usize, held: bool) {
-        let by_kind = &mut self.pool().stats.by_kind;
+        let mut g = self.pool();
         if held {
-            by_kind.add(kind, bytes);
+            g.stats.bytes_in_use += bytes as u64;
+            g.stats.by_kind.add(kind, bytes);
+            let total = g.stats.bytes_in_use + g.stats.bytes_cached;
+            g.stats.peak_bytes = g.stats.peak_bytes.max(total);
         } else {
-            by_kind.sub(kind, bytes);
+            g.stats.bytes_in_use = g.stats.bytes_in_use.saturating_sub(bytes as u64);
+            g.stats.by_kind.sub(kind, bytes);
         }
     }
 
