@@ -15,7 +15,7 @@ pub enum DeviceQueryError {
 }
 
 /// One device's HBM as the driver sees it (pool caches count as used).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DeviceMemory {
     pub device: i32,
     pub free_bytes: u64,

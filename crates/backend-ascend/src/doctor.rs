@@ -11,25 +11,27 @@ use qwen3_backend::sampling::{SampleRow, SamplingParams};
 use qwen3_backend::{
     AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, Result, RopeSpec, StepMeta,
 };
+use serde::Serialize;
 
 pub use crate::device_query::DeviceMemory;
 use crate::device_query::{device_count, device_memory};
 use crate::{AscendBackend, AscendOptions, AttentionBackend, AttentionPath};
 
 /// One op compared with the CPU backend.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OpCheck {
     pub op: &'static str,
     pub passed: bool,
-    /// Largest absolute difference from the CPU result (NaN when the op failed to run).
+    /// Largest absolute difference from the CPU result (NaN when the op failed to run; JSON
+    /// has no NaN, so `doctor --json` writes null).
     pub max_error: f32,
     pub tolerance: f32,
     /// The error, when the op failed to run.
     pub error: Option<String>,
 }
 
-/// Everything `doctor` found.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Everything `doctor` found; `doctor --json` serializes it as is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct DoctorReport {
     pub libraries: Vec<String>,
     pub cann_version: Option<String>,
@@ -43,6 +45,8 @@ pub struct DoctorReport {
     pub attention_api: Option<String>,
     /// The shared operator workspace after the op checks (the largest phase-1 request).
     pub workspace: Option<crate::workspace::WorkspaceStats>,
+    /// Bytes of the page-locked ring that step inputs and reads go through.
+    pub host_staging_bytes: usize,
     /// Op checks on device 0.
     pub checks: Vec<OpCheck>,
     /// Problems that stopped part of the diagnosis (no device, device open failed...).
@@ -110,7 +114,7 @@ impl fmt::Display for DoctorReport {
         writeln!(
             f,
             "Host staging:    page-locked ring of {} MiB for step inputs and reads",
-            crate::staging::RING_BYTES >> 20
+            self.host_staging_bytes >> 20
         )?;
         match &self.hccl_unavailable {
             None => writeln!(f, "HCCL:            available")?,
@@ -170,6 +174,7 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
             .map(|s| s.to_string())
             .collect(),
         hccl_unavailable: cann.hccl().err().map(|e| e.to_string()),
+        host_staging_bytes: crate::staging::RING_BYTES,
         ..Default::default()
     };
     let cann = Arc::new(cann.clone());

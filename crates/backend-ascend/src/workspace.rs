@@ -38,7 +38,7 @@ impl Drop for WorkspaceBuf {
 }
 
 /// Counters of the shared workspace, for tests, logs and `doctor`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkspaceStats {
     /// Bytes of the current buffer.
     pub bytes: u64,

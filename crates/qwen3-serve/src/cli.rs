@@ -382,6 +382,9 @@ pub struct DoctorArgs {
     /// ASCEND_HOME_PATH, LD_LIBRARY_PATH, /usr/local/Ascend).
     #[arg(long, value_name = "DIR")]
     pub cann_dir: Vec<PathBuf>,
+    /// Print the whole report as one JSON object on stdout (for bug reports) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -20,6 +20,7 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 
 use cli::{BenchCommand, Cli, Command};
 use qwen3_backend_ascend::device_query::Cann;
+use qwen3_backend_ascend::doctor::DoctorReport;
 
 /// Errors reach the user as one line (`Error: outer: cause: cause`), never with anyhow's
 /// backtrace, which `RUST_BACKTRACE=1` would otherwise attach to every start-up error.
@@ -66,19 +67,44 @@ fn doctor(args: &cli::DoctorArgs) -> anyhow::Result<()> {
     } else {
         Cann::load_from(&args.cann_dir)
     };
-    let cann = match cann {
-        Ok(c) => c,
+    let (report, failure) = match cann {
+        Ok(c) => {
+            let report = qwen3_backend_ascend::doctor::doctor(&c);
+            let failure = (!report.ok()).then_some("doctor: some checks failed (see the report)");
+            (report, failure)
+        }
         Err(e) => {
-            println!("CANN: not usable: {e}");
-            anyhow::bail!("doctor: CANN could not be loaded");
+            if !args.json {
+                println!("CANN: not usable: {e}");
+                anyhow::bail!("doctor: CANN could not be loaded");
+            }
+            let report = DoctorReport {
+                errors: vec![format!("CANN not usable: {e}")],
+                ..Default::default()
+            };
+            (report, Some("doctor: CANN could not be loaded"))
         }
     };
-    let report = qwen3_backend_ascend::doctor::doctor(&cann);
-    println!("{report}");
-    if !report.ok() {
-        anyhow::bail!("doctor: some checks failed (see above)");
+    if args.json {
+        /// The report with its verdict, so a reader need not recompute `ok()`.
+        #[derive(serde::Serialize)]
+        struct DoctorJson<'a> {
+            ok: bool,
+            #[serde(flatten)]
+            report: &'a DoctorReport,
+        }
+        let json = DoctorJson {
+            ok: report.ok(),
+            report: &report,
+        };
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{report}");
     }
-    Ok(())
+    match failure {
+        Some(f) => anyhow::bail!(f),
+        None => Ok(()),
+    }
 }
 
 fn bench_serve(args: &cli::BenchServeArgs) -> anyhow::Result<()> {

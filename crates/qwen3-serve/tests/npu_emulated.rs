@@ -1,6 +1,6 @@
 //! The real binary on the emulated CANN (crates/cann-emu, found through LD_LIBRARY_PATH as a
 //! real installation would be): `--device npu` and `--device auto` pick the NPU and give the
-//! CPU's greedy text, the server answers on it, and `doctor` passes.
+//! CPU's greedy text, the server answers on it, and `doctor` passes (as text and as JSON).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -314,4 +314,63 @@ fn npu_refuses_kv_blocks_fused_attention_cannot_take() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("KV blocks of 128 or 512"), "{err}");
+}
+
+#[test]
+fn doctor_json_is_the_whole_report_and_an_error_object_without_cann() {
+    let dir = cann_emu::harness::lib_dir().expect("emulator built");
+    let out = bin_on_emulator()
+        .args(["doctor", "--json", "--cann-dir"])
+        .arg(&dir)
+        .output()
+        .expect("run doctor --json");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // stdout is the JSON object alone: logs go to stderr.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["errors"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["device_count"], 2, "{v:#}");
+    assert_eq!(v["devices"].as_array().map(Vec::len), Some(2), "{v:#}");
+    assert!(v["cann_version"].is_string(), "{v:#}");
+    assert!(v["runtime_version"].is_array(), "{v:#}");
+    let api = v["attention_api"].as_str().unwrap_or_default();
+    assert!(api.starts_with("FiaV") && api.contains("TND"), "{v:#}");
+    assert!(v["workspace"]["bytes"].is_u64(), "{v:#}");
+    assert!(v["host_staging_bytes"].as_u64().unwrap_or(0) > 0, "{v:#}");
+    let checks = v["checks"].as_array().expect("checks");
+    for op in [
+        "upload",
+        "linear f32",
+        "linear bf16",
+        "rms norms",
+        "rope",
+        "silu/add/select",
+        "embedding",
+        "attention",
+        "moe",
+        "sample",
+        "attention f32",
+        "sliding window",
+    ] {
+        let c = checks
+            .iter()
+            .find(|c| c["op"] == op)
+            .unwrap_or_else(|| panic!("no check {op}: {v:#}"));
+        assert_eq!(c["passed"], true, "{c:#}");
+        assert!(c["max_error"].as_f64().unwrap_or(f64::NAN) <= c["tolerance"].as_f64().unwrap());
+    }
+
+    let empty = std::env::temp_dir().join(format!("no-cann-json-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_qwen3-serve"))
+        .args(["doctor", "--json", "--cann-dir"])
+        .arg(&empty)
+        .output()
+        .expect("run doctor --json");
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(v["ok"], false, "{v:#}");
+    let err = v["errors"][0].as_str().unwrap_or_default();
+    assert!(err.starts_with("CANN not usable"), "{v:#}");
 }
