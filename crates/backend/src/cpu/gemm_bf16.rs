@@ -74,11 +74,11 @@ pub fn gemm_bf16_at(
     if m == 0 || n == 0 {
         return;
     }
-    if !has_kernel(level) {
-        return gemm_bf16_scalar(x, m, k, w, n, out);
-    }
+    // Only x86-64 has a kernel yet; elsewhere every level runs the scalar twin.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
     #[cfg(target_arch = "x86_64")]
-    {
+    if has_kernel(level) {
         let kp = padded_k(k);
         with_scratch(&XB, |xb| {
             xb.clear();
@@ -96,8 +96,10 @@ pub fn gemm_bf16_at(
                 // `w` `[n, k]`; this task writes only columns r0..r1 of the `[m, n]` output.
                 unsafe { avx512::panel(xb, m, kp, k, w, r0, r1, n, dst.get()) }
             });
-        })
+        });
+        return;
     }
+    gemm_bf16_scalar(x, m, k, w, n, out);
 }
 
 /// The scalar twin: the same rounding, F32 accumulation in order.
