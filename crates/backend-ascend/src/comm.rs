@@ -138,6 +138,19 @@ impl HcclCommunicator {
         self.p2p(backend, t, src, false)
     }
 
+    /// Receives a new tensor of `dt` and `shape` from rank `src` (as [`Self::recv_into`]).
+    pub fn recv_new(
+        &self,
+        backend: &AscendBackend,
+        dt: crate::desc::Dt,
+        shape: &[usize],
+        src: usize,
+    ) -> Result<AscendTensor> {
+        let mut t = backend.empty(dt, shape)?;
+        self.recv_into(backend, &mut t, src)?;
+        Ok(t)
+    }
+
     fn p2p(
         &self,
         backend: &AscendBackend,

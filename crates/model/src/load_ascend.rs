@@ -40,12 +40,7 @@ pub fn ascend_executor_resizable(
         let worker = load_worker(backend, opts, Shard::WHOLE, kv_shape)?;
         return Ok(Box::new(SingleExecutor::new(worker)));
     }
-    // Rank 0 makes the root info on its own thread, with its device current, and hands it
-    // to the other ranks' threads; a rank 0 that fails first drops the senders.
-    let (root_txs, root_rxs): (Vec<Sender<HcclRootInfo>>, Vec<Receiver<HcclRootInfo>>) =
-        (1..world).map(|_| channel()).unzip();
-    let root_sources = std::iter::once(RootSource::Make(root_txs))
-        .chain(root_rxs.into_iter().map(RootSource::Receive));
+    let root_sources = RootSource::group(world);
     let inits: Vec<RankInit<AscendBackend>> = devices
         .iter()
         .zip(root_sources)
@@ -73,7 +68,7 @@ pub fn ascend_executor_resizable(
 }
 
 /// Where a rank thread gets its group's HCCL root info.
-enum RootSource {
+pub(crate) enum RootSource {
     /// Rank 0: make it with this rank's device current and send it to the others.
     Make(Vec<Sender<HcclRootInfo>>),
     /// The others: wait for rank 0's.
@@ -81,7 +76,18 @@ enum RootSource {
 }
 
 impl RootSource {
-    fn get(self, backend: &AscendBackend) -> Result<HcclRootInfo, ModelError> {
+    /// One per rank of a group of `world`, in rank order: rank 0 makes the root info on its
+    /// own thread, with its device current, and hands it to the other ranks' threads; a
+    /// rank 0 that fails first drops the senders.
+    pub(crate) fn group(world: usize) -> Vec<RootSource> {
+        let (txs, rxs): (Vec<Sender<HcclRootInfo>>, Vec<Receiver<HcclRootInfo>>) =
+            (1..world).map(|_| channel()).unzip();
+        std::iter::once(RootSource::Make(txs))
+            .chain(rxs.into_iter().map(RootSource::Receive))
+            .collect()
+    }
+
+    pub(crate) fn get(self, backend: &AscendBackend) -> Result<HcclRootInfo, ModelError> {
         match self {
             RootSource::Make(peers) => {
                 let root = root_info(backend)?;

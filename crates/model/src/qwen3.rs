@@ -1,6 +1,7 @@
 //! The Qwen3 forward pass (dense and MoE), written once over the backend's ops, and the
 //! loading of one tensor-parallel rank's shard straight from the safetensors slices it needs.
 
+use std::ops::Range;
 use std::path::Path;
 
 use qwen3_backend::comm::Communicator;
@@ -152,17 +153,39 @@ struct Layer<T> {
     sliding_window: Option<usize>,
 }
 
+/// What a pipeline stage hands the next, `[tokens, hidden]` each: the residual stream and
+/// the last layer's all-reduced MLP output, not yet added, so that the next stage's first
+/// norm fuses the add exactly as one node would (vLLM's `IntermediateTensors` carry the same
+/// pair).
+pub struct StageHidden<T> {
+    pub residual: T,
+    pub mlp_out: T,
+}
+
+/// What [`Qwen3::stage_forward`] gives back.
+pub enum StageOut<T> {
+    /// Not the last stage: the next one's input.
+    Hidden(StageHidden<T>),
+    /// The last stage: final-normed hidden states.
+    Normed(T),
+}
+
 /// One rank's shard of a Qwen3 model on backend `B`.
 pub struct Qwen3<B: Backend> {
     pub config: ModelConfig,
     pub shard: Shard,
     pub heads: HeadPlan,
     pub rope: RopeSpec,
-    embed: B::Tensor,
+    /// The decoder layers this rank runs (all but on a pipeline stage, see
+    /// [`crate::pipeline`]); `layers[i]` is model layer `stage.start + i`.
+    pub stage: Range<usize>,
+    /// On the first pipeline stage, and on the last when tied to the LM head.
+    embed: Option<B::Tensor>,
     /// None when tied to the embedding.
     lm_head: Option<B::Tensor>,
     vocab_start: usize,
-    norm: B::Tensor,
+    /// The final norm: on the last pipeline stage only.
+    norm: Option<B::Tensor>,
     layers: Vec<Layer<B::Tensor>>,
     eps: f32,
     weight_bytes: u64,
@@ -438,7 +461,28 @@ impl<B: Backend> Qwen3<B> {
         dtype: WeightDType,
         shard: Shard,
     ) -> Result<Self, ModelError> {
+        let all = 0..config.num_hidden_layers;
+        Self::load_stage(backend, store, config, dtype, shard, all)
+    }
+
+    /// Loads rank `shard` of the pipeline stage running decoder layers `stage` only: the
+    /// embedding on the first stage, the final norm and the LM head on the last.
+    pub fn load_stage(
+        backend: &B,
+        store: &WeightStore,
+        config: ModelConfig,
+        dtype: WeightDType,
+        shard: Shard,
+        stage: Range<usize>,
+    ) -> Result<Self, ModelError> {
         let cfg = &config;
+        if stage.is_empty() || stage.end > cfg.num_hidden_layers {
+            return Err(ModelError::Invalid(format!(
+                "pipeline stage of layers {stage:?} in a model of {} layers",
+                cfg.num_hidden_layers
+            )));
+        }
+        let (first, last) = (stage.start == 0, stage.end == cfg.num_hidden_layers);
         let heads = HeadPlan::new(cfg, shard)?;
         let (h, d, v) = (cfg.hidden_size, cfg.head_dim, cfg.vocab_size);
         let (hq, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -451,15 +495,23 @@ impl<B: Backend> Qwen3<B> {
             bytes: 0,
         };
         let vocab = shard.range(v);
-        let embed = ld.slice("model.embed_tokens.weight", &[v, h], 0, vocab.0, vocab.1)?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let embed = if first || (last && cfg.tie_word_embeddings) {
+            Some(ld.slice("model.embed_tokens.weight", &[v, h], 0, vocab.0, vocab.1)?)
+        } else {
+            None
+        };
+        let lm_head = if cfg.tie_word_embeddings || !last {
             None
         } else {
             Some(ld.slice("lm_head.weight", &[v, h], 0, vocab.0, vocab.1)?)
         };
-        let norm = ld.full("model.norm.weight", &[h])?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
+        let norm = if last {
+            Some(ld.full("model.norm.weight", &[h])?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(stage.len());
+        for l in stage.clone() {
             let p = format!("model.layers.{l}");
             let a = format!("{p}.self_attn");
             let (qs, qn) = (heads.q_start * d, heads.q_heads * d);
@@ -528,6 +580,7 @@ impl<B: Backend> Qwen3<B> {
             eps: cfg.rms_norm_eps as f32,
             heads,
             shard,
+            stage,
             embed,
             lm_head,
             vocab_start: vocab.0,
@@ -577,6 +630,36 @@ impl<B: Backend> Qwen3<B> {
         meta: &StepMeta<'_>,
         kv: &mut B::KvCache,
     ) -> Result<B::Tensor, ModelError> {
+        match self.stage_forward(backend, comm, meta, kv, None)? {
+            StageOut::Normed(h) => Ok(h),
+            StageOut::Hidden(_) => Err(ModelError::Invalid(format!(
+                "layers {:?} are not the model's last stage: it has no final norm",
+                self.stage
+            ))),
+        }
+    }
+
+    /// Whether this rank holds the first pipeline stage (it embeds the tokens).
+    pub fn is_first_stage(&self) -> bool {
+        self.stage.start == 0
+    }
+
+    /// Whether this rank holds the last pipeline stage (final norm, LM head, sampling).
+    pub fn is_last_stage(&self) -> bool {
+        self.stage.end == self.config.num_hidden_layers
+    }
+
+    /// Runs this stage's layers on `input`, the previous stage's hand-off (None on the first
+    /// stage, which embeds the step's tokens): the next stage's hand-off, or on the last
+    /// stage the final-normed hidden states.
+    pub fn stage_forward(
+        &self,
+        backend: &B,
+        comm: &dyn Communicator<B>,
+        meta: &StepMeta<'_>,
+        kv: &mut B::KvCache,
+        input: Option<StageHidden<B::Tensor>>,
+    ) -> Result<StageOut<B::Tensor>, ModelError> {
         let step = backend.prepare_step(meta)?;
         let d = self.config.head_dim;
         let geometry = AttnGeometry {
@@ -586,9 +669,20 @@ impl<B: Backend> Qwen3<B> {
             scale: 1.0 / (d as f32).sqrt(),
             sliding_window: None,
         };
-        let mut residual = backend.embedding(&self.embed, &step, self.vocab_start)?;
-        comm.all_reduce_sum(backend, &mut residual)?;
-        let mut pending: Option<B::Tensor> = None;
+        let (mut residual, mut pending) = match (input, &self.embed) {
+            (Some(h), _) => (h.residual, Some(h.mlp_out)),
+            (None, Some(embed)) if self.is_first_stage() => {
+                let mut r = backend.embedding(embed, &step, self.vocab_start)?;
+                comm.all_reduce_sum(backend, &mut r)?;
+                (r, None)
+            }
+            (None, _) => {
+                return Err(ModelError::Invalid(format!(
+                    "layers {:?} need the previous stage's hidden states",
+                    self.stage
+                )))
+            }
+        };
         for (l, layer) in self.layers.iter().enumerate() {
             let x = match pending.take() {
                 None => backend.rms_norm(&residual, &layer.input_norm, self.eps)?,
@@ -629,10 +723,17 @@ impl<B: Backend> Qwen3<B> {
             comm.all_reduce_sum(backend, &mut y)?;
             pending = Some(y);
         }
-        Ok(match pending {
-            Some(out) => backend.add_rms_norm(&out, &mut residual, &self.norm, self.eps)?,
-            None => backend.rms_norm(&residual, &self.norm, self.eps)?,
-        })
+        let Some(norm) = &self.norm else {
+            // Every stage has a layer, so `pending` holds the last one's MLP output.
+            return match pending {
+                Some(mlp_out) => Ok(StageOut::Hidden(StageHidden { residual, mlp_out })),
+                None => Err(ModelError::Invalid("a pipeline stage without layers".into())),
+            };
+        };
+        Ok(StageOut::Normed(match pending {
+            Some(out) => backend.add_rms_norm(&out, &mut residual, norm, self.eps)?,
+            None => backend.rms_norm(&residual, norm, self.eps)?,
+        }))
     }
 
     /// The logits `[rows.len(), vocab]` of the given rows of `hidden` (a collective at TP > 1:
@@ -645,7 +746,17 @@ impl<B: Backend> Qwen3<B> {
         rows: &[u32],
     ) -> Result<B::Tensor, ModelError> {
         let picked = backend.select_rows(hidden, rows)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let head = self
+            .lm_head
+            .as_ref()
+            .or(self.embed.as_ref())
+            .filter(|_| self.is_last_stage())
+            .ok_or_else(|| {
+                ModelError::Invalid(format!(
+                    "layers {:?} are not the model's last stage: it has no LM head",
+                    self.stage
+                ))
+            })?;
         let local = backend.linear(&picked, head)?;
         Ok(comm.all_gather_cols(backend, local)?)
     }

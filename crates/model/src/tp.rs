@@ -1,5 +1,6 @@
 //! Tensor parallelism: one worker thread per rank, each owning its device, its shard and its
-//! KV cache, driven in lock-step; rank 0 samples from the gathered logits.
+//! KV cache, driven in lock-step; rank 0 samples from the gathered logits. With pipeline
+//! parallelism the ranks run one stage, and rank 0 samples on the last stage only.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -11,10 +12,19 @@ use qwen3_step::{Batch, Executor, ExecutorError, StepOutput};
 
 use crate::error::ModelError;
 use crate::executor::{exec_err, ResizableExecutor, SeqStates, StepArrays, Worker};
+use crate::pipeline_exec::StageLinks;
 
 /// What a rank thread is given to build itself on its own thread (devices bind per thread).
 pub type RankInit<B> =
     Box<dyn FnOnce() -> Result<(Worker<B>, Box<dyn Communicator<B>>), ModelError> + Send + 'static>;
+
+/// Like [`RankInit`], for a rank of one pipeline stage: also its links to the neighbouring
+/// stages.
+pub type StageRankInit<B> = Box<
+    dyn FnOnce() -> Result<(Worker<B>, Box<dyn Communicator<B>>, StageLinks<B>), ModelError>
+        + Send
+        + 'static,
+>;
 
 enum Job {
     Step(Arc<Batch>),
@@ -49,13 +59,13 @@ pub struct TpExecutor {
 
 fn rank_loop<B: Backend>(
     rank: usize,
-    init: RankInit<B>,
+    init: StageRankInit<B>,
     jobs: Receiver<Job>,
     replies: Sender<Reply>,
     ready: Sender<Result<(), ModelError>>,
     abort: Arc<dyn Fn() + Send + Sync>,
 ) {
-    let (mut worker, comm) = match init() {
+    let (mut worker, comm, links) = match init() {
         Ok(w) => {
             let _ = ready.send(Ok(()));
             w
@@ -94,13 +104,13 @@ fn rank_loop<B: Backend>(
         // Every rank keeps the sequences' prompts: all must compute the same prompt-logprob
         // rows, as the lm_head's gather is a collective. Only rank 0 samples.
         states.update(&batch);
+        // None: nothing to run, or a stage before the last (nothing to sample).
         let result = if batch.seqs.is_empty() {
             Ok(None)
         } else {
             let spans = states.prompt_spans(&batch);
             worker
-                .step(&batch, &mut arrays, &spans, rank == 0, comm.as_ref())
-                .map(Some)
+                .stage_step(&links, &batch, &mut arrays, &spans, rank == 0, comm.as_ref())
                 .map_err(exec_err)
         };
         if result.is_err() {
@@ -129,6 +139,20 @@ impl TpExecutor {
     /// loaded its shard. `abort` releases ranks blocked in collectives when one fails.
     pub fn start<B: Backend>(
         inits: Vec<RankInit<B>>,
+        abort: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Self, ModelError> {
+        let inits = inits
+            .into_iter()
+            .map(|init| -> StageRankInit<B> {
+                Box::new(move || init().map(|(w, c)| (w, c, StageLinks::none())))
+            })
+            .collect();
+        Self::start_stage(inits, abort)
+    }
+
+    /// Like [`TpExecutor::start`], for the ranks of one pipeline stage.
+    pub fn start_stage<B: Backend>(
+        inits: Vec<StageRankInit<B>>,
         abort: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Self, ModelError> {
         let mut ranks = Vec::with_capacity(inits.len());
