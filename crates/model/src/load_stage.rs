@@ -68,6 +68,11 @@ impl StageLink<AscendBackend> for HcclPeer {
     fn recv(&self, backend: &AscendBackend, shape: &[usize]) -> Result<AscendTensor, BackendError> {
         self.comm.recv_new(backend, self.dt, shape, self.peer)
     }
+
+    fn wait_sent(&self, backend: &AscendBackend) -> Result<(), BackendError> {
+        // HcclSend completes once the peer has received (HCCL API reference).
+        backend.synchronize()
+    }
 }
 
 /// This node's stage on the NPUs `devices` (one per TP rank): every rank thread joins its

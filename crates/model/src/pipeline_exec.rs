@@ -19,6 +19,10 @@ pub trait StageLink<B: Backend>: Send + Sync {
     fn send(&self, backend: &B, t: &B::Tensor) -> Result<(), BackendError>;
     /// Receives a tensor of `shape` from the peer stage.
     fn recv(&self, backend: &B, shape: &[usize]) -> Result<B::Tensor, BackendError>;
+    /// Waits until this rank's sends are done: a stage that hands on its hidden states reads
+    /// no result back, so without this its steps would queue without bound, and a failed
+    /// transfer would surface a step late.
+    fn wait_sent(&self, backend: &B) -> Result<(), BackendError>;
 }
 
 /// A rank's links to the stages before and after it (None at the ends of the pipeline, and
@@ -77,6 +81,7 @@ impl<B: Backend> Worker<B> {
                 })?;
                 next.send(backend, &h.residual)?;
                 next.send(backend, &h.mlp_out)?;
+                next.wait_sent(backend)?;
                 Ok(None)
             }
             StageOut::Normed(hidden) => {

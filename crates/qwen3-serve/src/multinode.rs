@@ -1,17 +1,23 @@
 //! Start-up across nodes (`--nnodes > 1`) on the NPU: this process's HCCL timeouts, then the
 //! rendezvous (node 0 waits for the other nodes and refuses one with another model, build or
-//! layout; the others join node 0), before any weights are loaded.
+//! layout; the others join node 0), before any weights are loaded; then each node loads its
+//! pipeline stage: node 0 as the engine's executor, the others headless, stepped by node 0.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use qwen3_backend_ascend::comm::{root_info, root_info_bytes};
+use qwen3_backend_ascend::comm::{
+    root_info, root_info_bytes, root_info_from_bytes, HcclRootInfo,
+};
 use qwen3_backend_ascend::AscendBackend;
-use qwen3_model::load::Placement;
+use qwen3_model::load::{LoadOptions, Placement};
+use qwen3_model::load_stage::{ascend_stage_executor, PipelinePlace};
 use qwen3_model::pipeline::stage_layers;
-use qwen3_model::rendezvous::{join, Fingerprint, Layout, Leader};
+use qwen3_model::pipeline_node::{serve_stage, PipelineLeader};
+use qwen3_model::rendezvous::{join, Fingerprint, Layout, Leader, NodeLink};
+use qwen3_model::ResizableExecutor;
 use tracing::info;
 
 use crate::cli::ModelArgs;
@@ -78,7 +84,9 @@ impl HcclTimeout {
 /// Sets HCCL_CONNECT_TIMEOUT and HCCL_EXEC_TIMEOUT in this process before any communicator
 /// is made (HCCL reads them then), so that a node that never joins or dies ends its peers'
 /// wait with HCCL's timeout error rather than a hang.
-fn set_hccl_timeouts(args: &ModelArgs) -> anyhow::Result<()> {
+/// Returns the execution timeout's seconds.
+fn set_hccl_timeouts(args: &ModelArgs) -> anyhow::Result<u64> {
+    let mut exec = EXEC.default;
     for (t, flag) in [
         (CONNECT, args.hccl_connect_timeout),
         (EXEC, args.hccl_exec_timeout),
@@ -87,8 +95,11 @@ fn set_hccl_timeouts(args: &ModelArgs) -> anyhow::Result<()> {
         // Start-up, before the rank threads exist: nothing reads the environment meanwhile.
         std::env::set_var(t.var, secs.to_string());
         info!("{}={secs} ({source})", t.var);
+        if t.var == EXEC.var {
+            exec = secs;
+        }
     }
-    Ok(())
+    Ok(exec)
 }
 
 fn master(args: &ModelArgs) -> anyhow::Result<SocketAddr> {
@@ -100,14 +111,29 @@ fn master(args: &ModelArgs) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--master-addr {host} has no address"))
 }
 
+/// What this node is once every node has met.
+pub struct Role {
+    place: PipelinePlace,
+    /// HCCL's execution timeout: how long node 0 waits for a node's answer to a step.
+    exec_timeout: Duration,
+    kind: RoleKind,
+}
+
+enum RoleKind {
+    /// Node 0: the engine and the API, with links to every other node.
+    Leader(Vec<NodeLink>),
+    /// Another node: headless, stepped by node 0 over this link.
+    Headless(NodeLink),
+}
+
 /// Everything a multi-node start does before loading; errors for the CPU, whose scale-out is
-/// replicas, and, once every node has met, for the pipeline stages this build lacks.
+/// replicas.
 pub fn start(
     args: &ModelArgs,
     dir: &std::path::Path,
     placement: &Placement,
     num_layers: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Role> {
     let nnodes = args.nnodes;
     let Placement::Npu {
         cann,
@@ -124,7 +150,7 @@ pub fn start(
         "pipeline stage {} of {}: decoder layers {}..{} of {num_layers}",
         args.node_rank, args.pipeline_parallel_size, layers.start, layers.end
     );
-    set_hccl_timeouts(args)?;
+    let exec_timeout = Duration::from_secs(set_hccl_timeouts(args)?);
     let layout = Layout {
         nnodes: nnodes as u32,
         tensor_parallel_size: args.tensor_parallel_size as u32,
@@ -139,12 +165,31 @@ pub fn start(
             "rendezvous: node 0 (model {fingerprint}) waits on {master} up to {timeout:?} for {} other node(s)",
             nnodes - 1
         );
-        let rank0 = devices.first().copied().context("no NPU for rank 0")?;
-        leader.gather(timeout, || {
-            // The root info carries rank 0's device: made with it current.
-            let backend = AscendBackend::with_options(Arc::clone(cann), rank0, options.clone())?;
-            root_info(&backend).map(|r| root_info_bytes(&r))
+        let mut roots = Vec::new();
+        let nodes = leader.gather(timeout, || {
+            // One pipeline group per TP rank, whose rank 0 is that TP rank here on stage 0:
+            // its root info carries that device, so it is made with the device current.
+            let mut bytes = Vec::new();
+            for &device in devices {
+                let backend =
+                    AscendBackend::with_options(Arc::clone(cann), device, options.clone())?;
+                let r = root_info(&backend)?;
+                bytes.extend(root_info_bytes(&r));
+                roots.push(r);
+            }
+            Ok::<_, qwen3_backend::BackendError>(bytes)
         })?;
+        info!("rendezvous: all {nnodes} nodes met");
+        Ok(Role {
+            place: PipelinePlace {
+                stage: 0,
+                stages: args.pipeline_parallel_size,
+                layers,
+                roots,
+            },
+            exec_timeout,
+            kind: RoleKind::Leader(nodes),
+        })
     } else {
         info!(
             "rendezvous: node {} (model {fingerprint}) joins node 0 at {master}, up to {timeout:?}",
@@ -152,11 +197,75 @@ pub fn start(
         );
         let joined = join(master, args.node_rank as u32, layout, fingerprint, timeout)?;
         info!("rendezvous: joined a group of {} HCCL ranks", joined.world);
+        let size = std::mem::size_of::<HcclRootInfo>();
+        let roots = joined
+            .root_info
+            .chunks(size)
+            .map(root_info_from_bytes)
+            .collect::<Result<Vec<_>, _>>()?;
+        if roots.len() != args.tensor_parallel_size {
+            bail!(
+                "node 0 sent {} pipeline root infos for tensor parallel size {}",
+                roots.len(),
+                args.tensor_parallel_size
+            );
+        }
+        Ok(Role {
+            place: PipelinePlace {
+                stage: args.node_rank,
+                stages: args.pipeline_parallel_size,
+                layers,
+                roots,
+            },
+            exec_timeout,
+            kind: RoleKind::Headless(joined.link),
+        })
     }
-    info!("rendezvous: all {nnodes} nodes met");
-    bail!(
-        "--nnodes {nnodes}: all nodes met at the rendezvous, but serving one model across nodes (pipeline stages over HCCL) is not in this build yet; see deploy/README.md"
-    )
+}
+
+/// Loads this node's stage. Node 0 gets the executor the engine drives; another node serves
+/// its stage headless until node 0 stops the group, then the process exits (it has no API,
+/// output or engine of its own), or fails with the reason the group broke.
+pub fn executor(
+    role: Role,
+    opts: &LoadOptions,
+    placement: &Placement,
+) -> anyhow::Result<Box<dyn ResizableExecutor>> {
+    let Placement::Npu {
+        cann,
+        devices,
+        options,
+    } = placement
+    else {
+        bail!("pipeline stages run on the NPU only");
+    };
+    let t0 = std::time::Instant::now();
+    let stage = role.place.stage;
+    let ex = ascend_stage_executor(
+        opts,
+        Arc::clone(cann),
+        devices,
+        options.clone(),
+        role.place,
+    )?;
+    info!(
+        "pipeline stage {stage} loaded on NPU {devices:?} in {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
+    match role.kind {
+        RoleKind::Leader(nodes) => {
+            // A node's stage fails its own HCCL transfers within the timeout; its answer
+            // (with the reason) may take a little longer to arrive.
+            let wait = role.exec_timeout + Duration::from_secs(30);
+            Ok(Box::new(PipelineLeader::new(ex, nodes, wait)?))
+        }
+        RoleKind::Headless(link) => {
+            info!("pipeline stage {stage}: headless, stepped by node 0");
+            serve_stage(link, ex)?;
+            info!("node 0 stopped the group; exiting");
+            std::process::exit(0)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -250,9 +250,16 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
                 capture_sizes(&options.capture_batch_sizes, &config, limits.max_num_seqs);
         }
     }
-    if args.nnodes > 1 {
-        crate::multinode::start(args, &dir, &placement, config.num_hidden_layers)?;
-    }
+    let role = if args.nnodes > 1 {
+        Some(crate::multinode::start(
+            args,
+            &dir,
+            &placement,
+            config.num_hidden_layers,
+        )?)
+    } else {
+        None
+    };
     let max_model_len = max_model_len(&config, args.max_model_len)?;
     let on_npu = matches!(placement, Placement::Npu { .. });
     let dtype = weight_dtype(args.dtype, on_npu, config.head_dim);
@@ -286,7 +293,8 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         max_num_batched_tokens,
         profile_tokens,
     };
-    let (mut executor, num_blocks) = load_and_profile(&opts, &placement, args, limits, &profile)?;
+    let (mut executor, num_blocks) =
+        load_and_profile(&opts, &placement, args, limits, &profile, role)?;
     let fits = num_blocks.saturating_sub(1) * block_size;
     if fits < max_model_len {
         let more = match placement {
@@ -442,11 +450,15 @@ fn load_and_profile(
     args: &ModelArgs,
     limits: &Limits,
     profile: &Profile,
+    role: Option<crate::multinode::Role>,
 ) -> anyhow::Result<(Box<dyn ResizableExecutor>, usize)> {
     let (dir, world) = (opts.dir.display(), opts.tensor_parallel_size);
     let t0 = std::time::Instant::now();
     let heap_before = crate::alloc::current();
-    let mut executor = load_executor(opts, placement)?;
+    let mut executor = match role {
+        Some(role) => crate::multinode::executor(role, opts, placement)?,
+        None => load_executor(opts, placement)?,
+    };
     let secs = t0.elapsed().as_secs_f64();
     let num_blocks = match placement {
         Placement::Cpu { .. } => {

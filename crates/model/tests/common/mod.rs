@@ -184,17 +184,32 @@ pub fn structured_engine(model: &str, s: &Setup) -> (EngineHandle, Arc<qwen3_gui
     )
 }
 
-fn engine_parts(model: &str, s: &Setup) -> (EngineConfig, Box<dyn Executor>, Arc<Tokenizer>) {
-    let block_size = 16;
-    let opts = LoadOptions {
+/// How `model` is laid out for a test's engine (blocks of 16).
+pub fn load_options(model: &str, s: &Setup) -> LoadOptions {
+    LoadOptions {
         dir: fixtures().join(model),
         config: config(model, None),
         dtype: s.dtype,
         tensor_parallel_size: s.tp,
-        block_size,
+        block_size: BLOCK_SIZE,
         num_blocks: s.num_blocks,
-    };
-    let executor = cpu_executor(&opts).expect("executor");
+    }
+}
+
+/// The engine over `executor` (which must hold `model` as [`load_options`] lays it out).
+pub fn engine_over(model: &str, s: &Setup, executor: Box<dyn Executor>) -> EngineHandle {
+    let (cfg, tok) = engine_config(model, s);
+    EngineHandle::start(cfg, executor, tok).expect("engine starts")
+}
+
+fn engine_parts(model: &str, s: &Setup) -> (EngineConfig, Box<dyn Executor>, Arc<Tokenizer>) {
+    let executor = cpu_executor(&load_options(model, s)).expect("executor");
+    let (cfg, tok) = engine_config(model, s);
+    (cfg, executor, tok)
+}
+
+fn engine_config(model: &str, s: &Setup) -> (EngineConfig, Arc<Tokenizer>) {
+    let block_size = BLOCK_SIZE;
     let tok =
         Tokenizer::from_file(fixtures().join(model).join("tokenizer.json")).expect("tokenizer");
     let cfg = EngineConfig {
@@ -208,7 +223,7 @@ fn engine_parts(model: &str, s: &Setup) -> (EngineConfig, Box<dyn Executor>, Arc
         max_waiting_requests: 64,
         eos_token_ids: vec![151645, 151643],
     };
-    (cfg, executor, Arc::new(tok))
+    (cfg, Arc::new(tok))
 }
 
 /// Anonymous resident bytes of this process (loaded weights; the mmapped files are not anonymous).
