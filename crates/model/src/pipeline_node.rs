@@ -112,19 +112,23 @@ impl Executor for PipelineLeader {
             }
         }
         let mut out = StepOutput::default();
-        let mut failure = local.err().map(|e| format!("pipeline node 0: {}", e.0));
+        // The other nodes' failures first: a node that died is the cause, node 0's transfer
+        // to it timing out the consequence.
+        let mut failures = Vec::new();
         for r in self.replies() {
             match r {
                 Ok(Reply::Output(o)) => out = o,
                 Ok(Reply::Done) => {}
-                Ok(Reply::Failed(why)) | Err(why) => {
-                    failure.get_or_insert(why);
-                }
+                Ok(Reply::Failed(why)) | Err(why) => failures.push(why),
             }
         }
-        match failure {
-            Some(why) => Err(self.fail(why)),
-            None => Ok(out),
+        if let Err(e) = local {
+            failures.push(format!("pipeline node 0: {}", e.0));
+        }
+        if failures.is_empty() {
+            Ok(out)
+        } else {
+            Err(self.fail(failures.join("; ")))
         }
     }
 

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use qwen3_backend_ascend::comm::{
     root_info, root_info_bytes, root_info_from_bytes, HcclRootInfo,
 };
-use qwen3_backend_ascend::AscendBackend;
+use qwen3_backend_ascend::{AscendBackend, AscendOptions};
 use qwen3_model::load::{LoadOptions, Placement};
 use qwen3_model::load_stage::{ascend_stage_executor, PipelinePlace};
 use qwen3_model::pipeline::stage_layers;
@@ -241,13 +241,15 @@ pub fn executor(
     };
     let t0 = std::time::Instant::now();
     let stage = role.place.stage;
-    let ex = ascend_stage_executor(
-        opts,
-        Arc::clone(cann),
-        devices,
-        options.clone(),
-        role.place,
-    )?;
+    // HCCL ranks run eagerly (collectives are not captured); without capture a decode step
+    // must not be padded to a capture size either, as each stage sizes the hidden states it
+    // receives from the step's tokens.
+    let options = AscendOptions {
+        graph_capture: false,
+        capture_batch_sizes: Vec::new(),
+        ..options.clone()
+    };
+    let ex = ascend_stage_executor(opts, Arc::clone(cann), devices, options, role.place)?;
     info!(
         "pipeline stage {stage} loaded on NPU {devices:?} in {:.2}s",
         t0.elapsed().as_secs_f64()
