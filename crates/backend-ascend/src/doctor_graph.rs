@@ -51,6 +51,8 @@ pub struct GraphTiming {
 
 const BLOCK: usize = 128;
 const STEPS: usize = 5;
+/// Rows of the embedding table the step's token ids index.
+const VOCAB: usize = 64;
 
 struct Layer {
     norm: crate::AscendTensor,
@@ -92,15 +94,14 @@ fn step(
     b: &AscendBackend,
     s: &DecodeShape,
     ws: &[Layer],
+    embed: &crate::AscendTensor,
     cache: &mut crate::AscendKvCache,
     meta: &StepMeta<'_>,
 ) -> Result<Vec<f32>> {
     let st = b.prepare_step(meta)?;
-    let n = meta.token_ids.len();
-    let x: Vec<bf16> = (0..n * s.hidden)
-        .map(|i| bf16::from_f32(((i % 13) as f32 - 6.0) * 0.05))
-        .collect();
-    let mut x = b.upload(HostData::BF16(&x), &[n, s.hidden])?;
+    // From the step's token ids, as the model does: a graph reads its inputs from buffers
+    // it owns (an upload outside it would be a new buffer at every replay).
+    let mut x = b.embedding(embed, &st, 0)?;
     let g = AttnGeometry {
         num_heads: s.heads,
         num_kv_heads: s.kv_heads,
@@ -143,6 +144,7 @@ fn time_mode(cann: &Arc<Cann>, s: &DecodeShape, graph: Option<bool>) -> Result<(
         (Some(true), GraphKind::Piecewise(why)) => format!("piecewise (not full: {why})"),
     };
     let ws = layers(&b, s)?;
+    let embed = weight(&b, VOCAB, s.hidden, 9)?;
     let blocks_per_seq = s.context.div_ceil(BLOCK) + 1;
     let mut cache = b.alloc_kv_cache(KvCacheShape {
         num_layers: s.layers,
@@ -187,7 +189,7 @@ fn time_mode(cann: &Arc<Cann>, s: &DecodeShape, graph: Option<bool>) -> Result<(
             rope: &rope,
         };
         let t0 = Instant::now();
-        step(&b, s, &ws, &mut cache, &meta)?;
+        step(&b, s, &ws, &embed, &mut cache, &meta)?;
         if t >= 2 {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -224,7 +226,12 @@ pub fn write_timings(f: &mut std::fmt::Formatter<'_>, t: &[GraphTiming]) -> std:
     for g in t {
         match (&g.step_ms, &g.error) {
             (Some(ms), _) => writeln!(f, "  {:<10} {ms:.3} ms", g.mode)?,
-            (None, e) => writeln!(f, "  {:<10} failed: {}", g.mode, e.as_deref().unwrap_or("?"))?,
+            (None, e) => writeln!(
+                f,
+                "  {:<10} failed: {}",
+                g.mode,
+                e.as_deref().unwrap_or("?")
+            )?,
         }
     }
     Ok(())

@@ -1,9 +1,10 @@
 //! Full-graph decode (`graph_full.rs`) through the real engine on the emulated CANN: at TP 1
-//! and TP 2 (all-reduces inside the graphs), dense and MoE, BF16 and quantized, the tokens
+//! and TP 2 (all-reduces inside the graphs), dense and MoE at head_dim 128, the tokens
 //! equal eager decode's exactly (greedy over bit-identical logits), the first token equals
 //! transformers' golden (BF16 drifts from the F32 goldens after it: see
 //! `e2e_engine::bf16_tp1_and_tp2_first_tokens_match_goldens`), and every replay updated
-//! fused attention's lengths through the task-update API.
+//! fused attention's lengths through the task-update API. (The quantized fixtures have
+//! head_dim 32, which fused attention refuses: they run on the F32 cache, piecewise.)
 
 mod common;
 
@@ -11,10 +12,10 @@ use common::*;
 use qwen3_backend_ascend::AscendOptions;
 use qwen3_model::WeightDType;
 
-/// Every golden prompt of the dense fixture, submitted at once (decode batches of several
+/// Every golden prompt of `model`, submitted at once (decode batches of several
 /// sequences, padded to the captured sizes), `max_tokens` each.
 fn tokens(emu: &Emu, model: &str, tp: usize, dtype: WeightDType, graph: bool) -> Vec<Vec<u32>> {
-    let golden = golden(DENSE);
+    let golden = golden(model);
     let opts = AscendOptions {
         graph_capture: graph,
         capture_batch_sizes: vec![1, 2, 4, 8],
@@ -48,7 +49,7 @@ fn tokens(emu: &Emu, model: &str, tp: usize, dtype: WeightDType, graph: bool) ->
     out
 }
 
-fn full_equals_eager(model: &str, dtype: WeightDType, first_is_golden: bool) {
+fn full_equals_eager(model: &str, dtype: WeightDType) {
     let emu = Emu::new();
     for tp in [1, 2] {
         let eager = tokens(&emu, model, tp, dtype, false);
@@ -62,34 +63,28 @@ fn full_equals_eager(model: &str, dtype: WeightDType, first_is_golden: bool) {
         if tp > 1 {
             assert!(s.collectives > before, "{model} TP {tp}: no collective ran");
         }
-        assert_eq!(full, eager, "{model} TP {tp}: full graphs differ from eager");
-        if first_is_golden {
-            let g = golden(DENSE);
-            let want: Vec<u32> = g
-                .cases
-                .iter()
-                .filter(|c| c.config_overrides.is_none())
-                .map(|c| c.greedy_ids[0])
-                .collect();
-            let got: Vec<u32> = full.iter().map(|t| t[0]).collect();
-            assert_eq!(got, want, "{model} TP {tp}: first tokens");
-        }
+        assert_eq!(
+            full, eager,
+            "{model} TP {tp}: full graphs differ from eager"
+        );
+        let want: Vec<u32> = golden(model)
+            .cases
+            .iter()
+            .filter(|c| c.config_overrides.is_none())
+            .map(|c| c.greedy_ids[0])
+            .collect();
+        let got: Vec<u32> = full.iter().map(|t| t[0]).collect();
+        assert_eq!(got, want, "{model} TP {tp}: first tokens");
     }
     emu.assert_clean();
 }
 
 #[test]
 fn full_graph_decode_equals_eager_dense_tp1_tp2() {
-    full_equals_eager(DENSE, WeightDType::BF16, true);
+    full_equals_eager(DENSE, WeightDType::BF16);
 }
 
 #[test]
 fn full_graph_decode_equals_eager_moe_tp1_tp2() {
-    full_equals_eager("tiny-qwen3-moe-hd128", WeightDType::BF16, true);
-}
-
-#[test]
-fn full_graph_decode_equals_eager_awq_and_w8a8_tp1_tp2() {
-    full_equals_eager("tiny-qwen3-awq", WeightDType::BF16, false);
-    full_equals_eager("tiny-qwen3-w8a8", WeightDType::BF16, false);
+    full_equals_eager("tiny-qwen3-moe-hd128", WeightDType::BF16);
 }

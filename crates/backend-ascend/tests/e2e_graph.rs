@@ -307,7 +307,11 @@ fn decode_warmup_captures_every_configured_size() {
         let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[1, 2, 4]);
         qwen3_model::profile::decode_warmup(&mut ex, &[1, 2, 4], BLOCK_SIZE).expect("warm-up");
         assert_eq!(ex.worker().backend.captured_sizes(), vec![1, 2, 4]);
-        assert_eq!(ex.worker().backend.captured_segments(), 3, "one graph a size");
+        assert_eq!(
+            ex.worker().backend.captured_segments(),
+            3,
+            "one graph a size"
+        );
         ex.worker().model.config.num_hidden_layers
     };
     let mut ex = executor_piecewise(&emu, 0, WeightDType::BF16, &[1, 2, 4]);

@@ -247,8 +247,7 @@ pub extern "C" fn aclmdlRICaptureTaskUpdateEnd(stream: aclrtStream) -> aclError 
     code_of((|| {
         let what = "aclmdlRICaptureTaskUpdateEnd";
         let s = stream_of(stream, what)?;
-        let TgState::Updating { group, tasks, bad } = std::mem::take(&mut s.task_group().0)
-        else {
+        let TgState::Updating { group, tasks, bad } = std::mem::take(&mut s.task_group().0) else {
             return Err(invalid(format!(
                 "{what}: no update was begun on this stream"
             )));

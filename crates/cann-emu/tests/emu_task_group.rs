@@ -46,7 +46,9 @@ fn an_update_replaces_a_groups_host_arguments_for_later_replays() {
         acl.aclmdlRICaptureTaskUpdateEnd.unwrap(),
     );
     let exec = acl.aclmdlRIExecuteAsync.unwrap();
-    let x = s.upload(D::ACL_FLOAT, &[2], &f32_bytes(&[1.0, 10.0])).unwrap();
+    let x = s
+        .upload(D::ACL_FLOAT, &[2], &f32_bytes(&[1.0, 10.0]))
+        .unwrap();
     let y = s.upload(D::ACL_FLOAT, &[2], &f32_bytes(&[0.0; 2])).unwrap();
     let (mut ri, mut grp) = (std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: live stream, descriptors and out-pointers throughout.
@@ -125,7 +127,8 @@ fn a_capture_ending_inside_a_group_or_a_group_with_a_copy_is_refused() {
     let acl = s.cann.acl.clone();
     let buf = s.malloc(64).unwrap();
     let relaxed = aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED;
-    let (mut ri, mut grp): (*mut c_void, *mut c_void) = (std::ptr::null_mut(), std::ptr::null_mut());
+    let (mut ri, mut grp): (*mut c_void, *mut c_void) =
+        (std::ptr::null_mut(), std::ptr::null_mut());
     // SAFETY: live stream and buffer; valid out-pointers.
     unsafe {
         assert_eq!((acl.aclmdlRICaptureBegin.unwrap())(s.stream, relaxed), 0);
