@@ -99,6 +99,12 @@ pub type aclmdlRICaptureGetInfo = unsafe extern "C" fn(
 pub type aclmdlRIExecuteAsync =
     unsafe extern "C" fn(modelRI: aclmdlRI, stream: aclrtStream) -> aclError;
 pub type aclmdlRIDestroy = unsafe extern "C" fn(modelRI: aclmdlRI) -> aclError;
+pub type aclmdlRICaptureTaskGrpBegin = unsafe extern "C" fn(stream: aclrtStream) -> aclError;
+pub type aclmdlRICaptureTaskGrpEnd =
+    unsafe extern "C" fn(stream: aclrtStream, handle: *mut aclrtTaskGrp) -> aclError;
+pub type aclmdlRICaptureTaskUpdateBegin =
+    unsafe extern "C" fn(stream: aclrtStream, handle: aclrtTaskGrp) -> aclError;
+pub type aclmdlRICaptureTaskUpdateEnd = unsafe extern "C" fn(stream: aclrtStream) -> aclError;
 pub type aclrtGetVersion = unsafe extern "C" fn(
     majorVersion: *mut i32,
     minorVersion: *mut i32,

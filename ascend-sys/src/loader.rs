@@ -167,6 +167,10 @@ api_table! {
             aclmdlRICaptureGetInfo: "~8.1.RC1",
             aclmdlRIExecuteAsync: "~8.1.RC1",
             aclmdlRIDestroy: "~8.1.RC1",
+            aclmdlRICaptureTaskGrpBegin: "~8.1.RC1",
+            aclmdlRICaptureTaskGrpEnd: "~8.1.RC1",
+            aclmdlRICaptureTaskUpdateBegin: "~8.1.RC1",
+            aclmdlRICaptureTaskUpdateEnd: "~8.1.RC1",
         }
     }
 }

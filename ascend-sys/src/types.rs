@@ -28,6 +28,9 @@ pub type aclrtContext = *mut c_void;
 pub type aclrtEvent = *mut c_void;
 /// `typedef void *aclmdlRI;` — a captured graph (model runtime instance).
 pub type aclmdlRI = *mut c_void;
+/// `typedef void *aclrtTaskGrp;` — a task group recorded inside a graph capture
+/// (`aclmdlRICaptureTaskGrpEnd`), whose tasks `aclmdlRICaptureTaskUpdateBegin/End` re-record.
+pub type aclrtTaskGrp = *mut c_void;
 /// `typedef void *HcclComm;`
 pub type HcclComm = *mut c_void;
 
@@ -461,6 +464,7 @@ codes! {
         ACL_ERROR_RT_DEVICE_OOM = 207018,
         ACL_ERROR_RT_INTERNAL_ERROR = 507000,
         ACL_ERROR_RT_TS_ERROR = 507001,
+        ACL_ERROR_RT_TASK_TYPE_NOT_SUPPORT = 507009,
         ACL_ERROR_RT_LOST_HEARTBEAT = 507010,
         ACL_ERROR_RT_MODEL_EXECUTE = 507011,
         ACL_ERROR_RT_AICORE_TIMEOUT = 507014,

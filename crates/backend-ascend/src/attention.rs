@@ -38,6 +38,9 @@ impl AscendBackend {
         if !self.in_graph_mode() {
             return self.attention_now(q, cache, layer, step, g);
         }
+        if self.full_graph_step() {
+            return self.attention_full(q, cache, layer, step, g);
+        }
         // The next segment reads attention's output from a buffer of the graph; attention
         // itself runs eagerly with this step's lengths and pool buffers, then lands there.
         // (The K/V write before it usually opened the eager region already.)

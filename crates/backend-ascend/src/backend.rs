@@ -34,6 +34,8 @@ pub struct AscendBackend {
     pub(crate) graphs_disabled: std::sync::atomic::AtomicBool,
     /// Decode steps run by replaying a captured graph.
     pub(crate) replays: std::sync::atomic::AtomicU64,
+    /// The decode graph mode was logged (`graph_full.rs`).
+    pub(crate) graph_kind_logged: std::sync::atomic::AtomicBool,
     /// The start-up self-check of FIA V4 (`fia_check.rs`).
     pub(crate) fia_v4_check: Option<crate::fia_check::FiaV4Check>,
     /// When the step being run started.
@@ -108,6 +110,7 @@ impl AscendBackend {
             padding: Mutex::new(None),
             graphs_disabled: std::sync::atomic::AtomicBool::new(false),
             replays: std::sync::atomic::AtomicU64::new(0),
+            graph_kind_logged: std::sync::atomic::AtomicBool::new(false),
             fia_v4_check: None,
             step_started: Mutex::new(None),
         };

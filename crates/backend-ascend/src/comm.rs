@@ -74,7 +74,7 @@ impl HcclCommunicator {
     ) -> Result<Self> {
         let dev = backend.device();
         dev.bind()?;
-        // Collectives are not captured: this rank's steps stay eager.
+        // Collectives are captured in full graphs only: piecewise graphs stay off.
         backend.disable_graphs();
         let cann = Arc::clone(&dev.cann);
         let h = cann.hccl().map_err(coll_err)?;
@@ -211,6 +211,11 @@ impl Communicator<AscendBackend> for HcclCommunicator {
         let dev = backend.device();
         dev.bind()?;
         let out = backend.empty(t.dtype(), t.shape())?;
+        if dev.skip_launch() {
+            // Replaying a full graph: the collective is in it.
+            *t = out;
+            return Ok(());
+        }
         let h = self.cann.hccl().map_err(coll_err)?;
         // SAFETY: both buffers hold `n` elements of the type on this rank's device; queued
         // on its stream, which keeps them alive in order.
@@ -244,7 +249,7 @@ impl Communicator<AscendBackend> for HcclCommunicator {
         // HcclAllGather concatenates along the first dimension: [world, rows, cols].
         let gathered = backend.empty(t.dtype(), &[w, rows, cols])?;
         let h = self.cann.hccl().map_err(coll_err)?;
-        if rows * cols > 0 {
+        if rows * cols > 0 && !dev.skip_launch() {
             // SAFETY: send holds rows*cols elements, recv world times that; on this rank's
             // device and stream.
             let rc = unsafe {
@@ -278,7 +283,9 @@ impl Communicator<AscendBackend> for HcclCommunicator {
         }
         // The gather ends the forward pass: wait here so that ranks which never read a
         // result (all but rank 0) do not queue steps without bound, and so that their
-        // queued collectives have run before the next step's uploads are staged.
+        // queued collectives have run before the next step's uploads are staged. A graph
+        // step ends here (those ranks never read a result, which is where it ends on rank 0).
+        backend.finish_graph_step()?;
         dev.synchronize()?;
         Ok(out)
     }

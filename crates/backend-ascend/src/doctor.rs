@@ -49,6 +49,8 @@ pub struct DoctorReport {
     pub host_staging_bytes: usize,
     /// Op checks on device 0.
     pub checks: Vec<OpCheck>,
+    /// One decode step timed eager, piecewise and full graph (`doctor_graph.rs`).
+    pub decode_graphs: Vec<crate::doctor_graph::GraphTiming>,
     /// Problems that stopped part of the diagnosis (no device, device open failed...).
     pub errors: Vec<String>,
 }
@@ -143,6 +145,7 @@ impl fmt::Display for DoctorReport {
                 }
             }
         }
+        crate::doctor_graph::write_timings(f, &self.decode_graphs)?;
         for e in &self.errors {
             writeln!(f, "error: {e}")?;
         }
@@ -204,6 +207,7 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
     r.checks = op_checks(&backend);
     r.workspace = Some(backend.workspace_stats());
     drop(backend);
+    r.decode_graphs = crate::doctor_graph::decode_graph_timings(&cann);
     r
 }
 

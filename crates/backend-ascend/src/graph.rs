@@ -9,6 +9,8 @@
 //! [`capture_sizes_within_budget`]); later ones replay: the model still calls every op, but
 //! the backend only hands back the buffers the capture used (in allocation order) and
 //! refills the graph's input buffers, launching nothing until a segment ends.
+//! Where CANN has the task-update API, a step is instead captured whole, attention and
+//! collectives included (`graph_full.rs`); segment boundaries then do nothing.
 
 use std::sync::Arc;
 
@@ -78,9 +80,7 @@ pub fn capture_sizes_within_budget(sizes: &[usize], graphs_per_size: usize) -> V
     }
 }
 
-fn diverged(what: &str) -> BackendError {
-    BackendError::Device(format!("graph replay diverged from its capture: {what}"))
-}
+use crate::graph_full::diverged;
 
 impl AscendBackend {
     /// Captured decode steps (one per padded token count).
@@ -127,7 +127,8 @@ impl AscendBackend {
         self.replays.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Turns graph capture off for good (tensor parallelism: collectives stay eager).
+    /// Turns piecewise graphs off for good (tensor parallelism: collectives are captured
+    /// in full graphs only).
     pub fn disable_graphs(&self) {
         self.graphs_disabled
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -183,12 +184,13 @@ impl AscendBackend {
         Some(p)
     }
 
-    fn graph_eligible(&self, m: &StepMeta<'_>) -> bool {
+    fn graph_eligible(&self, m: &StepMeta<'_>, full: bool) -> bool {
         let acl = &self.cann().acl;
         self.opts.graph_capture
-            && !self
-                .graphs_disabled
-                .load(std::sync::atomic::Ordering::Relaxed)
+            && (full
+                || !self
+                    .graphs_disabled
+                    .load(std::sync::atomic::Ordering::Relaxed))
             && !m.token_ids.is_empty()
             && m.query_len.iter().all(|&l| l == 1)
             && self.opts.capture_batch_sizes.contains(&m.token_ids.len())
@@ -205,9 +207,12 @@ impl AscendBackend {
         if let Ok(mut p) = self.padding.lock() {
             *p = None;
         }
-        if !self.graph_eligible(m) {
+        let full = self.opts.graph_capture
+            && matches!(self.graph_kind(), crate::graph_full::GraphKind::Full);
+        if !self.graph_eligible(m, full) {
             return Ok(());
         }
+        self.log_graph_kind();
         // What graphs read but do not own must exist before capturing.
         if self.refresh_rope(m.rope, m.positions)? {
             self.drop_graphs()?;
@@ -233,6 +238,8 @@ impl AscendBackend {
                     cursor: 0,
                     segment: 0,
                     eager: false,
+                    group: 0,
+                    updating: false,
                 };
             }
             None => {
@@ -247,7 +254,9 @@ impl AscendBackend {
                 if segments + per_graph > MAX_CAPTURED_GRAPHS {
                     return Ok(());
                 }
-                *dev.graph_state() = GraphMode::Capture(Recording::default());
+                let mut rec = Recording::default();
+                rec.full = full;
+                *dev.graph_state() = GraphMode::Capture(rec);
                 if let Ok(mut c) = self.capturing.lock() {
                     *c = Some(key);
                 }
@@ -259,6 +268,9 @@ impl AscendBackend {
 
     /// Before attention: end (capture) or launch (replay) the segment so far.
     pub(crate) fn graph_segment_end(&self) -> Result<()> {
+        if self.full_graph_step() {
+            return Ok(());
+        }
         let dev = self.device();
         let mut g = dev.graph_state();
         match &mut *g {
@@ -293,6 +305,9 @@ impl AscendBackend {
 
     /// After attention: the next segment starts.
     pub(crate) fn graph_segment_begin(&self) -> Result<()> {
+        if self.full_graph_step() {
+            return Ok(());
+        }
         let dev = self.device();
         let mut g = dev.graph_state();
         match &mut *g {
@@ -339,16 +354,21 @@ impl AscendBackend {
             step,
             cursor,
             segment,
+            group,
             ..
         } = mode
         else {
             return Ok(());
         };
-        if cursor != step.allocs.len() || segment + 1 != step.segments.len() {
+        if cursor != step.allocs.len()
+            || segment + 1 != step.segments.len()
+            || group != step.groups.len()
+        {
             return Err(diverged(&format!(
-                "{cursor} of {} allocations, segment {segment} of {}",
+                "{cursor} of {} allocations, segment {segment} of {}, task group {group} of {}",
                 step.allocs.len(),
-                step.segments.len()
+                step.segments.len(),
+                step.groups.len()
             )));
         }
         dev.launch_segment(step.segments[segment])?;

@@ -36,8 +36,9 @@ impl AscendBackend {
                 return Err(unsupported(&why));
             }
         }
-        // Captured steps never touch the cache (K/V writes and attention run between
-        // segments), so graphs captured before the cache was sized stay valid.
+        // Piecewise steps never touch the cache (K/V writes and attention run between
+        // segments), so those graphs stay valid; full graphs hold its address and go.
+        self.kv_cache_changed()?;
         let shape = [s.num_blocks, s.block_size, s.num_kv_heads, s.head_dim];
         let dt = self.kv_dt();
         let bytes = shape.iter().product::<usize>() * dt.size();

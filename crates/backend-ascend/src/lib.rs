@@ -20,8 +20,10 @@ pub mod comm;
 pub mod desc;
 pub mod device_query;
 pub mod doctor;
+pub mod doctor_graph;
 pub mod fia_check;
 mod graph;
+mod graph_full;
 pub mod host_calls;
 mod kv_cache;
 mod mask;
@@ -52,6 +54,7 @@ use qwen3_backend::{
 pub use attn_rules::AttentionPath;
 pub use backend::AscendBackend;
 pub use graph::{capture_sizes_within_budget, MAX_CAPTURED_GRAPHS};
+pub use graph_full::GraphKind;
 pub use kv_cache::AscendKvCache;
 pub use mem::{MemByKind, MemKind, PoolStats};
 pub use options::{AscendOptions, AttentionBackend};

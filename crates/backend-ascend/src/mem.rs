@@ -96,6 +96,10 @@ pub struct CapturedStep {
     pub segments: Vec<DevPtr>,
     /// Tensor buffers, in allocation order (replays hand them out again in that order).
     pub allocs: Vec<(DevPtr, usize)>,
+    /// A full-graph step (`graph_full.rs`): one segment, attention inside, and the task
+    /// group of each attention call, updated with the step's lengths before each replay.
+    pub full: bool,
+    pub groups: Vec<DevPtr>,
     /// Every device allocation the graph owns (tensors) with its bytes, freed with it.
     owned: Vec<(DevPtr, usize)>,
     /// The shared operator workspaces its ops were captured with.
@@ -124,6 +128,8 @@ impl Drop for CapturedStep {
 pub struct Recording {
     pub segments: Vec<DevPtr>,
     pub allocs: Vec<(DevPtr, usize)>,
+    pub full: bool,
+    pub groups: Vec<DevPtr>,
     owned: Vec<(DevPtr, usize)>,
     /// Shared operator workspaces the captured ops use (kept alive by the graph).
     pub workspaces: Vec<Arc<crate::workspace::WorkspaceBuf>>,
@@ -146,6 +152,10 @@ pub enum GraphMode {
         cursor: usize,
         segment: usize,
         eager: bool,
+        /// Full graphs: the next task group to update, and whether an update is being
+        /// issued (its launches run; its buffers still come from the capture).
+        group: usize,
+        updating: bool,
     },
 }
 
@@ -519,7 +529,14 @@ impl Device {
 
     /// Whether aclnn launches are skipped (replaying outside an eager region).
     pub fn skip_launch(&self) -> bool {
-        matches!(&*self.graph_state(), GraphMode::Replay { eager: false, .. })
+        matches!(
+            &*self.graph_state(),
+            GraphMode::Replay {
+                eager: false,
+                updating: false,
+                ..
+            }
+        )
     }
 
     /// Starts recording the stream (relaxed mode: the blocking copies that fill the graph's
@@ -621,6 +638,8 @@ impl Device {
             dev: Arc::clone(self),
             segments: rec.segments,
             allocs: rec.allocs,
+            full: rec.full,
+            groups: rec.groups,
             owned,
             _workspaces: rec.workspaces,
         }

@@ -20,6 +20,10 @@ pub struct AscendOptions {
     /// Needs the aclmdlRI capture API; not used with tensor parallelism.
     pub graph_capture: bool,
     pub capture_batch_sizes: Vec<usize>,
+    /// With `graph_capture`: capture the whole decode step, attention and collectives
+    /// included, where CANN exports the task-update API (`graph_full.rs`); false, or
+    /// without it, decode graphs are piecewise (and off under tensor parallelism).
+    pub full_graph: bool,
     /// Load each dense MLP's gate and up projections as one weight (one matmul and one
     /// SwiGlu per layer instead of two matmuls, two copies and a SwiGlu).
     pub merge_gate_up: bool,
@@ -62,6 +66,7 @@ impl Default for AscendOptions {
             kv_cache_f32: false,
             graph_capture: false,
             capture_batch_sizes: vec![1, 2, 4, 8, 16, 32, 64],
+            full_graph: true,
             merge_gate_up: true,
             attention_api: None,
             attention_backend: AttentionBackend::Fia,

@@ -1,6 +1,8 @@
 //! Graph-captured decode equals eager decode on the emulated CANN: the same logits bit for
 //! bit for a two-sequence batch over several steps (the first captures, the rest replay),
 //! with both attention paths, and the engine with graph capture on gives the goldens.
+//! BF16 steps are captured whole by default (`graph_full.rs`; F32-cache attention stays
+//! piecewise); the `piecewise_*` tests force piecewise graphs.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use qwen3_backend::Backend;
-use qwen3_backend_ascend::{AscendBackend, AscendOptions};
+use qwen3_backend_ascend::{AscendBackend, AscendOptions, GraphKind};
 use qwen3_engine::{Batch, ScheduledSeq};
 use qwen3_model::{Qwen3, ResizableExecutor, Shard, SingleExecutor, WeightDType, Worker};
 
@@ -22,6 +24,16 @@ fn executor(
     executor_with_blocks(emu, device, dtype, graph, sizes, 4, None)
 }
 
+/// Decode graphs captured in segments, attention eager between them.
+fn executor_piecewise(
+    emu: &Emu,
+    device: i32,
+    dtype: WeightDType,
+    sizes: &[usize],
+) -> SingleExecutor<AscendBackend> {
+    executor_opts(emu, device, dtype, true, sizes, 4, None, false)
+}
+
 fn executor_with_blocks(
     emu: &Emu,
     device: i32,
@@ -31,10 +43,25 @@ fn executor_with_blocks(
     blocks: usize,
     overrides: Option<&serde_json::Value>,
 ) -> SingleExecutor<AscendBackend> {
+    executor_opts(emu, device, dtype, graph, sizes, blocks, overrides, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn executor_opts(
+    emu: &Emu,
+    device: i32,
+    dtype: WeightDType,
+    graph: bool,
+    sizes: &[usize],
+    blocks: usize,
+    overrides: Option<&serde_json::Value>,
+    full_graph: bool,
+) -> SingleExecutor<AscendBackend> {
     let opts = AscendOptions {
         kv_cache_f32: dtype == WeightDType::F32,
         graph_capture: graph,
         capture_batch_sizes: sizes.to_vec(),
+        full_graph,
         ..AscendOptions::default()
     };
     let backend = AscendBackend::with_options(Arc::clone(&emu.cann), device, opts).expect("device");
@@ -130,14 +157,27 @@ fn assert_same_logits(dtype: WeightDType, eager: &[Vec<f32>], graph: &[Vec<f32>]
 
 /// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
 fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
+    graph_equals_eager_as(dtype, sizes, true)
+}
+
+fn graph_equals_eager_as(dtype: WeightDType, sizes: &[usize], full: bool) {
     let emu = Emu::new();
     let eager = {
         let mut ex = executor(&emu, 0, dtype, false, &[]);
         run(&mut ex, 6)
     };
     let graph = {
-        let mut ex = executor(&emu, 1, dtype, true, sizes);
+        let mut ex = executor_opts(&emu, 1, dtype, true, sizes, 4, None, full);
+        let kind = ex.worker().backend.graph_kind();
+        let want_full = full && dtype == WeightDType::BF16;
+        assert_eq!(kind == GraphKind::Full, want_full, "{kind:?}");
+        let before = emu.stats();
         let out = run(&mut ex, 6);
+        let s = emu.stats();
+        // Full graphs: one task group per layer, updated at every replay.
+        let layers = ex.worker().model.config.num_hidden_layers as u64;
+        let updates = s.task_updates - before.task_updates;
+        assert_eq!(updates, if want_full { 5 * layers } else { 0 });
         assert_eq!(
             ex.worker().backend.captured_graphs(),
             1,
@@ -161,6 +201,12 @@ fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
 #[test]
 fn graph_decode_equals_eager_fused_attention() {
     graph_equals_eager(WeightDType::BF16, &[2]);
+}
+
+#[test]
+fn piecewise_graph_decode_equals_eager_fused_attention() {
+    graph_equals_eager_as(WeightDType::BF16, &[2], false);
+    graph_equals_eager_as(WeightDType::BF16, &[4], false);
 }
 
 #[test]
@@ -219,7 +265,7 @@ fn engine_with_graph_capture_matches_goldens() {
 #[test]
 fn graphs_survive_a_kv_resize() {
     let emu = Emu::new();
-    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[2]);
+    let mut ex = executor_piecewise(&emu, 0, WeightDType::BF16, &[2]);
     let first = run(&mut ex, 3);
     assert_eq!(ex.worker().backend.captured_graphs(), 1);
     ex.resize_kv(6, BLOCK_SIZE).expect("resize");
@@ -232,14 +278,44 @@ fn graphs_survive_a_kv_resize() {
     emu.assert_clean();
 }
 
+/// Full graphs hold the KV cache's address: a new cache drops them, the next decode step
+/// captures again, and the results do not change (a replay of a graph on the freed cache
+/// would be refused by the emulator as a use after free).
+#[test]
+fn full_graphs_are_captured_again_after_a_kv_resize() {
+    let emu = Emu::new();
+    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[2]);
+    let first = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    ex.resize_kv(6, BLOCK_SIZE).expect("resize");
+    assert_eq!(ex.worker().backend.captured_graphs(), 0);
+    let second = run(&mut ex, 3);
+    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    assert_eq!(ex.worker().backend.graph_replays(), 4);
+    assert_eq!(first, second);
+    drop(ex);
+    emu.assert_clean();
+}
+
 /// Start-up's warm-up captures one graph per configured size (keyed by padded size only),
-/// each with layers + 1 segments, before any request; serving then only replays.
+/// each with layers + 1 segments (piecewise) or one (full), before any request; serving
+/// then only replays.
 #[test]
 fn decode_warmup_captures_every_configured_size() {
     let emu = Emu::new();
-    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[1, 2, 4]);
+    let layers = {
+        let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[1, 2, 4]);
+        qwen3_model::profile::decode_warmup(&mut ex, &[1, 2, 4], BLOCK_SIZE).expect("warm-up");
+        assert_eq!(ex.worker().backend.captured_sizes(), vec![1, 2, 4]);
+        assert_eq!(
+            ex.worker().backend.captured_segments(),
+            3,
+            "one graph a size"
+        );
+        ex.worker().model.config.num_hidden_layers
+    };
+    let mut ex = executor_piecewise(&emu, 0, WeightDType::BF16, &[1, 2, 4]);
     qwen3_model::profile::decode_warmup(&mut ex, &[1, 2, 4], BLOCK_SIZE).expect("warm-up");
-    let layers = ex.worker().model.config.num_hidden_layers;
     assert_eq!(ex.worker().backend.captured_sizes(), vec![1, 2, 4]);
     assert_eq!(ex.worker().backend.captured_segments(), 3 * (layers + 1));
     let eager = run(&mut executor(&emu, 1, WeightDType::BF16, false, &[]), 3);

@@ -473,12 +473,17 @@ fn enqueue(
             return Err(para(format!("{what}: root {root} out of range")));
         }
     }
-    let id = seq.fetch_add(1, Ordering::SeqCst);
     if !s.is_capturing() {
         bump(&STATS.hccl_launches);
     }
     s.enqueue(Arc::new(move || {
         bump(&STATS.collectives);
+        // Numbered when it runs, not when it is issued: a collective captured in a graph
+        // runs again at every replay, each time the communicator's next collective (HCCL
+        // matches collectives across ranks by their order on the communicator; HCCL's
+        // env reference, HCCL_OP_EXPANSION_MODE, documents communication operators inside
+        // graph capture, "图捕获（aclgraph）场景").
+        let id = seq.fetch_add(1, Ordering::SeqCst);
         let mine = mem::read(sa, sbytes as usize, what)?;
         let all = g.exchange(id, rank, mine)?;
         let out = match &coll {

@@ -46,6 +46,7 @@ mod ops_moe;
 mod ops_quant;
 mod rt;
 mod state;
+mod task_group;
 mod workspace;
 
 /// Counters of the emulator, read by tests through the exported `cannEmuStats`.
@@ -104,6 +105,9 @@ pub struct CannEmuStats {
     /// Calls in which the host waits for the device: stream, event and device
     /// synchronisations and blocking copies.
     pub host_syncs: u64,
+    /// Task-group updates issued (`aclmdlRICaptureTaskUpdateEnd`): fused attention's
+    /// per-step arguments refreshed inside a full decode graph.
+    pub task_updates: u64,
 }
 
 impl CannEmuStats {

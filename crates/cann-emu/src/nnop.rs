@@ -555,7 +555,7 @@ pub fn phase2(
             }
             task
         };
-        s.enqueue(task);
+        s.enqueue_op(name, task);
         Ok(())
     })();
     match r {

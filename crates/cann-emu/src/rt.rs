@@ -22,6 +22,9 @@ pub struct Stream {
     capture: Mutex<Option<(aclmdlRICaptureMode, std::thread::ThreadId, Vec<Task>)>>,
     /// Held while the queue runs, so that two threads never run one stream at once.
     run: Mutex<()>,
+    /// Task groups (`task_group.rs`): recording or updating one, and the groups made
+    /// during the current capture.
+    tg: Mutex<(crate::task_group::TgState, Vec<u64>)>,
 }
 
 struct EventState {
@@ -68,6 +71,7 @@ pub fn reset() {
     rt.events.clear();
     rt.contexts.clear();
     rt.graphs.clear();
+    crate::task_group::reset();
     CUR_DEV.with(|c| c.set(None));
 }
 
@@ -126,12 +130,26 @@ fn new_stream(dev: i32) -> Stream {
         queue: Mutex::new(VecDeque::new()),
         capture: Mutex::new(None),
         run: Mutex::new(()),
+        tg: Mutex::new(Default::default()),
     }
 }
 
 impl Stream {
     /// Queues work, or records it while the stream is being captured.
     pub fn enqueue(&self, t: Task) {
+        self.enqueue_kind(None, t)
+    }
+
+    /// Queues (or records) one aclnn operator's work: the only kind of task a task group
+    /// may hold.
+    pub fn enqueue_op(&self, name: &'static str, t: Task) {
+        self.enqueue_kind(Some(name), t)
+    }
+
+    fn enqueue_kind(&self, op: Option<&'static str>, t: Task) {
+        let Some(t) = crate::task_group::route(&mut lock(&self.tg).0, op, t) else {
+            return;
+        };
         let mut cap = lock(&self.capture);
         if let Some((_, _, tasks)) = cap.as_mut() {
             tasks.push(t);
@@ -143,6 +161,30 @@ impl Stream {
 
     pub fn is_capturing(&self) -> bool {
         lock(&self.capture).is_some()
+    }
+
+    pub(crate) fn task_group(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (crate::task_group::TgState, Vec<u64>)> {
+        lock(&self.tg)
+    }
+
+    /// Tasks recorded so far, while capturing.
+    pub(crate) fn captured_len(&self) -> Option<usize> {
+        lock(&self.capture).as_ref().map(|c| c.2.len())
+    }
+
+    /// The recorded tasks from `start` on, taken out of the capture.
+    pub(crate) fn take_captured_from(&self, start: usize) -> Option<Vec<Task>> {
+        let mut cap = lock(&self.capture);
+        let tasks = &mut cap.as_mut()?.2;
+        Some(tasks.split_off(start.min(tasks.len())))
+    }
+
+    pub(crate) fn push_captured(&self, t: Task) {
+        if let Some(c) = lock(&self.capture).as_mut() {
+            c.2.push(t);
+        }
     }
 
     /// Runs queued work in order. After a failure the rest of the queue is dropped, as
@@ -649,9 +691,28 @@ pub unsafe extern "C" fn aclmdlRICaptureEnd(stream: aclrtStream, ri: *mut aclmdl
                 "aclmdlRICaptureEnd: the stream is not being captured",
             )
         })?;
+        let (open, made) = {
+            let mut tg = s.task_group();
+            let open = !matches!(tg.0, crate::task_group::TgState::None);
+            tg.0 = Default::default();
+            (open, std::mem::take(&mut tg.1))
+        };
+        if open {
+            // The group's tasks die with the capture (aclmdlRICaptureTaskGrpBegin/End are
+            // used in pairs: "成对使用", aclcppdevg_03_1823).
+            crate::task_group::capture_ended(made, None);
+            return Err(Fail::new(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "aclmdlRICaptureEnd: a task group is still open (aclmdlRICaptureTaskGrpEnd first)",
+            ));
+        }
         let mut rt = lock(&RT);
-        stream_budget_check(&rt, s.dev, "aclmdlRICaptureEnd")?;
+        if let Err(e) = stream_budget_check(&rt, s.dev, "aclmdlRICaptureEnd") {
+            crate::task_group::capture_ended(made, None);
+            return Err(e);
+        }
         let h = rt.graphs.insert((s.dev, Arc::new(tasks.2)));
+        crate::task_group::capture_ended(made, Some(h));
         bump(&STATS.live_graphs);
         out(ri, h as aclmdlRI)
     })())
@@ -696,6 +757,7 @@ pub extern "C" fn aclmdlRIExecuteAsync(ri: aclmdlRI, stream: aclrtStream) -> acl
 pub extern "C" fn aclmdlRIDestroy(ri: aclmdlRI) -> aclError {
     code_of(match lock(&RT).graphs.remove(ri as u64) {
         Some(_) => {
+            crate::task_group::graph_destroyed(ri as u64);
             drop1(&STATS.live_graphs);
             Ok(())
         }

@@ -65,6 +65,7 @@ counters!(
     d2h_copies,
     d2h_bytes,
     host_syncs,
+    task_updates,
 );
 
 pub static STATS: std::sync::LazyLock<Counters> = std::sync::LazyLock::new(Counters::default);

@@ -201,10 +201,14 @@ pub fn pick_device(
             Ok(Placement::Npu {
                 cann: Arc::new(cann),
                 devices,
-                // Decode graphs cut the host time between launches; the backend captures only
-                // single-rank decode steps and falls back to eager where CANN cannot capture.
+                // Decode graphs cut the host time between launches; the backend captures whole
+                // steps where CANN has the task-update API (piecewise, single-rank only,
+                // where not) and falls back to eager where CANN cannot capture.
+                // `QWEN3_SERVE_DECODE_GRAPHS=piecewise` keeps them piecewise, to compare.
                 options: AscendOptions {
                     graph_capture: !enforce_eager,
+                    full_graph: std::env::var("QWEN3_SERVE_DECODE_GRAPHS")
+                        .map_or(true, |v| v != "piecewise"),
                     ..Default::default()
                 },
             })
