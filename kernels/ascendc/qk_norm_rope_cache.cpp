@@ -2,7 +2,8 @@
 // batch (prefill chunks and decodes alike are rows of tokens). Per token: each q head and k
 // head is normalised over head_dim (Qwen3's q_norm / k_norm), scaled by its weight, rotated
 // by the cos/sin table row at the token's position (tables as inputs, so YaRN-scaled tables
-// work unchanged); q goes to q_out, k and v to the cache slot `slot_mapping[token]`
+// work unchanged; rows `rope_stride` floats apart, so a backend's full-width [rows, head_dim]
+// table serves as is); q goes to q_out, k and v to the cache slot `slot_mapping[token]`
 // (negative: a padding token, nothing written). Tokens are split over blocks in contiguous runs.
 #include "attention_core.h"
 #include "tiling.h"
@@ -25,8 +26,8 @@ class QkNormRopeCache {
     q_out_.SetGlobalBuffer(reinterpret_cast<__gm__ bfloat16_t *>(q_out), tokens * t.num_q_heads * d);
     k_cache_.SetGlobalBuffer(reinterpret_cast<__gm__ bfloat16_t *>(k_cache), static_cast<uint64_t>(t.num_slots) * t.num_kv_heads * d);
     v_cache_.SetGlobalBuffer(reinterpret_cast<__gm__ bfloat16_t *>(v_cache), static_cast<uint64_t>(t.num_slots) * t.num_kv_heads * d);
-    cos_.SetGlobalBuffer(reinterpret_cast<__gm__ float *>(cos), static_cast<uint64_t>(t.rope_rows) * d / 2);
-    sin_.SetGlobalBuffer(reinterpret_cast<__gm__ float *>(sin), static_cast<uint64_t>(t.rope_rows) * d / 2);
+    cos_.SetGlobalBuffer(reinterpret_cast<__gm__ float *>(cos), static_cast<uint64_t>(t.rope_rows) * t.rope_stride);
+    sin_.SetGlobalBuffer(reinterpret_cast<__gm__ float *>(sin), static_cast<uint64_t>(t.rope_rows) * t.rope_stride);
     pos_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t *>(positions), tokens);
     slot_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t *>(slot_mapping), tokens);
     GlobalTensor<bfloat16_t> qw, kw;
@@ -73,10 +74,10 @@ class QkNormRopeCache {
     const int32_t pos = pos_.GetValue(tok);
     const int32_t slot = slot_.GetValue(tok);
     LocalTensor<float> c = tab_.AllocTensor<float>();
-    AscendC::DataCopy(c, cos_[static_cast<uint64_t>(pos) * half], half);
+    AscendC::DataCopy(c, cos_[static_cast<uint64_t>(pos) * t_.rope_stride], half);
     tab_.EnQue(c);
     LocalTensor<float> s = tab_.AllocTensor<float>();
-    AscendC::DataCopy(s, sin_[static_cast<uint64_t>(pos) * half], half);
+    AscendC::DataCopy(s, sin_[static_cast<uint64_t>(pos) * t_.rope_stride], half);
     tab_.EnQue(s);
     c = tab_.DeQue<float>();
     s = tab_.DeQue<float>();

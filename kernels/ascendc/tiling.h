@@ -16,7 +16,7 @@ struct QkNormRopeCacheTiling {
   uint32_t tokens_per_block; // contiguous tokens each block index handles
   uint32_t block_dim;
   float eps;
-  uint32_t reserved;
+  uint32_t rope_stride;      // floats per cos/sin table row (>= head_dim/2): a row's first head_dim/2 are read
 };
 
 // Paged decode attention: one task per (sequence, KV head, KV split).

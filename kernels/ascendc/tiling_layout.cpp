@@ -16,7 +16,7 @@ extern "C" uint32_t qwen3_tiling_layout(uint32_t which, uint32_t *out, uint32_t 
       using S = QkNormRopeCacheTiling;
       const uint32_t l[] = {sizeof(S), FIELD(S, num_tokens), FIELD(S, num_q_heads), FIELD(S, num_kv_heads), FIELD(S, head_dim),
                             FIELD(S, num_slots), FIELD(S, rope_rows), FIELD(S, tokens_per_block), FIELD(S, block_dim), FIELD(S, eps),
-                            FIELD(S, reserved)};
+                            FIELD(S, rope_stride)};
       for (uint32_t x : l) v[n++] = x;
       break;
     }

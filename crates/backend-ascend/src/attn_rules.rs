@@ -54,6 +54,8 @@ pub enum AttentionPath {
     EagerF32 { why: String },
     /// BF16 KV cache wanted, but no FIA is exported: attention fails.
     Unavailable,
+    /// BF16 KV cache through qwen3-serve's own AscendC kernels (`--attention-backend custom`).
+    Custom,
 }
 
 impl fmt::Display for AttentionPath {
@@ -67,6 +69,11 @@ impl fmt::Display for AttentionPath {
             Self::EagerF32 { why } => {
                 write!(f, "matmul + softmax over an F32 KV cache ({why})")
             }
+            Self::Custom => write!(
+                f,
+                "custom AscendC kernels (qwen3-serve kernels/: split-KV paged decode, chunked \
+                 prefill), paged BF16 KV"
+            ),
             Self::Unavailable => write!(
                 f,
                 "none (no aclnnFusedInferAttentionScore V2/V3/V4 exported; attention will fail)"

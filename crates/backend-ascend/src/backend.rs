@@ -94,8 +94,15 @@ impl AscendBackend {
                     "--attention-backend custom attends over the BF16 KV cache only (this model runs an F32 cache)",
                 ));
             }
-            crate::attention_custom::kernels_api(&cann)?;
+            crate::custom_kernels::kernels_api(&cann)?;
         }
+        let attention_path = match (opts.attention_backend, attention_path) {
+            (
+                AttentionBackend::Custom,
+                AttentionPath::Fused { .. } | AttentionPath::Unavailable,
+            ) => AttentionPath::Custom,
+            (_, path) => path,
+        };
         let dev = Device::open(cann, device)?;
         let forced = opts.attention_api.is_some();
         let mut b = Self {

@@ -51,6 +51,8 @@ pub struct DoctorReport {
     pub checks: Vec<OpCheck>,
     /// One decode step timed eager, piecewise and full graph (`doctor_graph.rs`).
     pub decode_graphs: Vec<crate::doctor_graph::GraphTiming>,
+    /// qwen3-serve's own kernels at a real layer's shape, timed (`doctor_kernels.rs`).
+    pub kernels: Vec<crate::doctor_kernels::KernelCheck>,
     /// Problems that stopped part of the diagnosis (no device, device open failed...).
     pub errors: Vec<String>,
 }
@@ -70,7 +72,10 @@ impl Default for OpCheck {
 impl DoctorReport {
     /// True when nothing failed.
     pub fn ok(&self) -> bool {
-        self.errors.is_empty() && self.device_count > 0 && self.checks.iter().all(|c| c.passed)
+        self.errors.is_empty()
+            && self.device_count > 0
+            && self.checks.iter().all(|c| c.passed)
+            && self.kernels.iter().all(|c| c.passed)
     }
 }
 
@@ -146,6 +151,7 @@ impl fmt::Display for DoctorReport {
             }
         }
         crate::doctor_graph::write_timings(f, &self.decode_graphs)?;
+        write!(f, "{}", crate::doctor_kernels::KernelLines(&self.kernels))?;
         for e in &self.errors {
             writeln!(f, "error: {e}")?;
         }
@@ -205,6 +211,7 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
         }
     }
     r.checks = op_checks(&backend);
+    r.kernels = crate::doctor_kernels::kernel_checks(&backend);
     r.workspace = Some(backend.workspace_stats());
     drop(backend);
     r.decode_graphs = crate::doctor_graph::decode_graph_timings(&cann);
@@ -227,7 +234,7 @@ fn memory_of(cann: &Cann, d: i32, b0: &AscendBackend) -> std::result::Result<Dev
 }
 
 /// Deterministic values in [-1, 1).
-fn data(n: usize, seed: u32) -> Vec<f32> {
+pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
     (0..n)
         .map(|_| {
@@ -243,7 +250,7 @@ fn bf(v: &[f32]) -> Vec<bf16> {
     v.iter().map(|&x| bf16::from_f32(x)).collect()
 }
 
-fn max_err(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_err(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {
         return f32::INFINITY;
     }
@@ -579,7 +586,10 @@ pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
     // qwen3-serve's own attention kernels, when their library is there and the KV cache is
     // BF16 (what they read): the same case, so the first run on an Atlas box says whether
     // `--attention-backend custom` is right.
-    let bf16_cache = matches!(backend.attention_path(), AttentionPath::Fused { .. });
+    let bf16_cache = matches!(
+        backend.attention_path(),
+        AttentionPath::Fused { .. } | AttentionPath::Custom
+    );
     if backend.cann().kernels.is_some() && bf16_cache {
         let opts = AscendOptions {
             attention_backend: AttentionBackend::Custom,

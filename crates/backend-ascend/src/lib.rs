@@ -17,10 +17,12 @@ mod attention_custom;
 pub mod attn_rules;
 mod backend;
 pub mod comm;
+mod custom_kernels;
 pub mod desc;
 pub mod device_query;
 pub mod doctor;
 pub mod doctor_graph;
+pub mod doctor_kernels;
 pub mod fia_check;
 mod graph;
 mod graph_full;
@@ -30,6 +32,7 @@ mod mask;
 pub mod mem;
 mod mem_kind;
 mod moe;
+mod norm_rope_cache;
 mod ops;
 mod options;
 mod prompt_logprobs;
@@ -205,6 +208,21 @@ impl Backend for AscendBackend {
         step: &AscendStep,
     ) -> Result<()> {
         self.write_kv_impl(cache, layer, k, v, step)
+    }
+
+    fn qk_norm_rope_write_kv(
+        &self,
+        q: &mut AscendTensor,
+        k: AscendTensor,
+        v: &AscendTensor,
+        norms: (&AscendTensor, &AscendTensor),
+        eps: f32,
+        cache: &mut AscendKvCache,
+        layer: usize,
+        step: &AscendStep,
+        head_dim: usize,
+    ) -> Result<()> {
+        self.qk_norm_rope_write_kv_impl(q, k, v, norms, eps, cache, layer, step, head_dim)
     }
 
     fn attention(

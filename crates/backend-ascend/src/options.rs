@@ -1,5 +1,5 @@
 //! The backend's options: fused RoPE and KV-scatter ops, the KV cache's dtype, graph
-//! capture, the fused-attention version and the attention kernels.
+//! capture, the fused-attention version and the custom kernels.
 
 use ascend_sys::AttentionApi;
 
@@ -31,6 +31,10 @@ pub struct AscendOptions {
     pub attention_api: Option<AttentionApi>,
     /// Which kernels attend over the BF16 paged cache.
     pub attention_backend: AttentionBackend,
+    /// Run each layer's q/k norm, RoPE and K/V write as one launch of qwen3-serve's fused
+    /// AscendC kernel where its library loads (BF16 layers and cache), under either
+    /// attention backend.
+    pub fused_qk_norm_rope_cache: bool,
 }
 
 /// Attention kernels for the BF16 paged cache (`--attention-backend`).
@@ -70,6 +74,7 @@ impl Default for AscendOptions {
             merge_gate_up: true,
             attention_api: None,
             attention_backend: AttentionBackend::Fia,
+            fused_qk_norm_rope_cache: true,
         }
     }
 }

@@ -9,10 +9,11 @@ use crate::{shape_err, AscendBackend, AscendStep, AscendTensor};
 
 pub(crate) struct RopeTable {
     spec: RopeSpec,
-    rows: usize,
-    head_dim: usize,
-    cos: AscendTensor,
-    sin: AscendTensor,
+    pub(crate) rows: usize,
+    pub(crate) head_dim: usize,
+    /// F32 `[rows, head_dim]`, both halves alike (the fused kernel reads the first).
+    pub(crate) cos: AscendTensor,
+    pub(crate) sin: AscendTensor,
     sin_signed: AscendTensor,
 }
 

@@ -12,6 +12,8 @@ pub struct AscendStep {
     pub(crate) num_tokens: usize,
     pub(crate) token_ids: Vec<u32>,
     pub(crate) slots_i32: AscendTensor,
+    /// The tokens' positions, for the fused norm/rope/cache kernel (when it runs).
+    pub(crate) positions_i32: Option<AscendTensor>,
     pub(crate) slots_i64: AscendTensor,
     pub(crate) block_table: AscendTensor,
     /// Cumulative query ends per sequence (FIA's `actualSeqLengths` in TND).
@@ -96,10 +98,17 @@ impl AscendBackend {
         let bt: Vec<i32> = m.block_tables.iter().map(|&b| b as i32).collect();
         self.enter_graph_mode(m, real_tokens)?;
         let (cos, sin, sin_signed) = self.gather_rope(m.rope, m.positions)?;
+        let positions_i32 = if self.fuses_qk_norm_rope_cache() {
+            let p: Vec<i32> = m.positions.iter().map(|&p| p as i32).collect();
+            Some(self.upload_i32(&p, &[n])?)
+        } else {
+            None
+        };
         Ok(AscendStep {
             num_tokens: n,
             token_ids: m.token_ids.to_vec(),
             slots_i32: self.upload_i32(&slots32, &[n])?,
+            positions_i32,
             slots_i64: self.upload_i64(&slots64, &[n, 1])?,
             block_table: self.upload_i32(&bt, &[seqs, m.max_blocks_per_seq])?,
             cu_q,

@@ -234,6 +234,25 @@ pub trait Backend: Send + Sync + 'static {
         v: &Self::Tensor,
         step: &Self::Step,
     ) -> Result<()>;
+    /// A layer's per-head q/k RMSNorm ([`Backend::head_rms_norm`]), rotary embedding of both
+    /// ([`Backend::rope_qk`]) and the K/V write ([`Backend::write_kv`]): one call where the
+    /// device has one fused kernel for the three (the NPU's `qk_norm_rope_cache`), else the
+    /// four ops. `q` is left ready for attention; `k` and `v` are only written to the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope_write_kv(
+        &self,
+        q: &mut Self::Tensor,
+        k: Self::Tensor,
+        v: &Self::Tensor,
+        norms: (&Self::Tensor, &Self::Tensor),
+        eps: f32,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        step: &Self::Step,
+        head_dim: usize,
+    ) -> Result<()> {
+        unfused_qk_norm_rope_write_kv(self, q, k, v, norms, eps, cache, layer, step, head_dim)
+    }
     /// Causal attention of the step's queries over each sequence's paged context (which
     /// already holds this step's K/V): prefill chunks and decodes in one call.
     fn attention(
@@ -277,4 +296,25 @@ pub trait Backend: Send + Sync + 'static {
         let host = self.to_host_f32(logits)?;
         Ok(logprobs::host_prompt_logprobs(&host, vocab, targets, top_n))
     }
+}
+
+/// [`Backend::qk_norm_rope_write_kv`] as its four ops, for backends without a fused kernel
+/// (or with one that does not fit the layer).
+#[allow(clippy::too_many_arguments)]
+pub fn unfused_qk_norm_rope_write_kv<B: Backend + ?Sized>(
+    b: &B,
+    q: &mut B::Tensor,
+    mut k: B::Tensor,
+    v: &B::Tensor,
+    norms: (&B::Tensor, &B::Tensor),
+    eps: f32,
+    cache: &mut B::KvCache,
+    layer: usize,
+    step: &B::Step,
+    head_dim: usize,
+) -> Result<()> {
+    b.head_rms_norm(q, norms.0, head_dim, eps)?;
+    b.head_rms_norm(&mut k, norms.1, head_dim, eps)?;
+    b.rope_qk(q, &mut k, step, head_dim)?;
+    b.write_kv(cache, layer, &k, v, step)
 }

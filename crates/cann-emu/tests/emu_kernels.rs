@@ -1,6 +1,8 @@
 //! The emulator's `aclrtlaunch_<kernel>` stubs for qwen3's AscendC kernels: launched on a
-//! stream with device buffers they give what the same kernels give on host slices, and an
-//! argument smaller than its tiling says faults the stream instead of being read past.
+//! stream with device buffers they give what the same kernels give on host slices, a
+//! capturing stream records them into a graph that replays them on new inputs (as CANN
+//! records any kernel launch on a capturing stream), and an argument smaller than its tiling
+//! says faults the stream instead of being read past.
 
 use ascend_sys::types::aclDataType as D;
 use ascend_sys::types::*;
@@ -184,4 +186,100 @@ fn an_argument_smaller_than_its_tiling_faults_the_stream() {
     let st = stats().unwrap();
     assert_eq!((st.oob_accesses, st.exec_errors), (1, 1));
     drop(s);
+}
+
+#[test]
+fn launches_on_a_capturing_stream_replay_from_the_graph_with_new_inputs() {
+    let fx = fixture();
+    let t =
+        paged_decode_tiling(&fx.shape, 2, 300, SplitKv::Max(3), &CoreSpec::ASCEND_910B2).unwrap();
+    let s = Session::new().unwrap();
+    let acl = &s.cann.acl;
+    let (_lib, decode, merge) = stubs();
+    let up = |b: Vec<u8>| s.upload(D::ACL_UINT8, &[b.len() as i64], &b).unwrap();
+    let q = up(bytes(&fx.q));
+    let (k, v) = (up(bytes(&fx.k)), up(bytes(&fx.v)));
+    let (table, lens) = (up(bytes(&fx.table)), up(bytes(&fx.lens)));
+    let tiling = up(bytes(std::slice::from_ref(&t)));
+    let out = up(vec![0; fx.q.len() * 2]);
+    let rows = (2 * t.num_splits * 8) as usize;
+    let po = up(vec![0; rows * 128 * 4]);
+    let ps = up(vec![0; rows * 2 * 4]);
+    s.sync().unwrap();
+    let mut ri: aclmdlRI = std::ptr::null_mut();
+    // SAFETY: device buffers of the sizes the tiling implies, a live stream, a graph handle
+    // written by CaptureEnd and destroyed once below.
+    unsafe {
+        let begin = acl.aclmdlRICaptureBegin.unwrap();
+        let mode = aclmdlRICaptureMode::ACL_MODEL_RI_CAPTURE_MODE_RELAXED;
+        assert_eq!(begin(s.stream, mode), 0);
+        let args = [
+            q.ptr, k.ptr, v.ptr, table.ptr, lens.ptr, out.ptr, po.ptr, ps.ptr,
+        ];
+        let [a0, a1, a2, a3, a4, a5, a6, a7] = args;
+        assert_eq!(
+            decode(
+                t.block_dim,
+                s.stream,
+                a0,
+                a1,
+                a2,
+                a3,
+                a4,
+                a5,
+                a6,
+                a7,
+                tiling.ptr
+            ),
+            0
+        );
+        assert_eq!(
+            merge(
+                t.merge_block_dim,
+                s.stream,
+                po.ptr,
+                ps.ptr,
+                out.ptr,
+                tiling.ptr
+            ),
+            0
+        );
+        assert_eq!((acl.aclmdlRICaptureEnd.unwrap())(s.stream, &mut ri), 0);
+    }
+    // Captured, not run.
+    assert!(s
+        .download(out.ptr, out.bytes)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    // New queries in the graph's input buffer, then a replay.
+    let q2 = values(fx.q.len(), 9);
+    // SAFETY: `q` holds as many bytes as `q2`; the graph is live.
+    unsafe {
+        let rc = (acl.aclrtMemcpy)(
+            q.ptr,
+            q.bytes,
+            q2.as_ptr().cast(),
+            q.bytes,
+            aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+        );
+        assert_eq!(rc, 0);
+        assert_eq!((acl.aclmdlRIExecuteAsync.unwrap())(ri, s.stream), 0);
+    }
+    let mut want = vec![bf16::ZERO; fx.q.len()];
+    let kv = PagedKv {
+        k_cache: &fx.k,
+        v_cache: &fx.v,
+        block_table: &fx.table,
+        context_lens: &fx.lens,
+    };
+    paged_decode_attention(&t, &q2, &kv, &mut want).unwrap();
+    assert_eq!(s.download(out.ptr, out.bytes).unwrap(), bytes(&want));
+    // SAFETY: made by CaptureEnd, nothing queued uses it any more.
+    assert_eq!(unsafe { (acl.aclmdlRIDestroy.unwrap())(ri) }, 0);
+    for d in [q, k, v, table, lens, tiling, out, po, ps] {
+        s.release(d).unwrap();
+    }
+    let st = s.finish().unwrap();
+    assert_eq!((st.leaks(), st.violations()), (0, 0));
 }

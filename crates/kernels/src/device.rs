@@ -109,7 +109,7 @@ impl Kernel {
                 let (n, d) = (u64::from(t.num_tokens), u64::from(t.head_dim));
                 let (hq, hk) = (u64::from(t.num_q_heads), u64::from(t.num_kv_heads));
                 let cache = u64::from(t.num_slots) * hk * d;
-                let table = u64::from(t.rope_rows) * d / 2;
+                let table = u64::from(t.rope_rows) * u64::from(t.rope_stride);
                 vec![
                     arg(n * hq * d, BF16, false),
                     arg(n * hk * d, BF16, false),

@@ -183,7 +183,8 @@ pub struct QkNormRopeCacheIo<'a> {
     /// `[head_dim]` each: Qwen3's q_norm and k_norm weights.
     pub q_weight: &'a [bf16],
     pub k_weight: &'a [bf16],
-    /// `[rope_rows, head_dim / 2]` F32: cos and sin of position x inverse frequency.
+    /// `[rope_rows, rope_stride]` F32: cos and sin of position x inverse frequency (the
+    /// first `head_dim / 2` of each row).
     pub cos: &'a [f32],
     pub sin: &'a [f32],
     /// Per token: its position, and its cache slot (negative: write nothing).

@@ -42,6 +42,8 @@ pub enum TilingError {
     Ub { need: u32, ub: u32 },
     #[error("{0} overflows 32 bits")]
     Overflow(&'static str),
+    #[error("rope table rows of {stride} floats: need a multiple of 8 (32 bytes) holding head_dim/2 = {half}")]
+    RopeStride { stride: u32, half: u32 },
 }
 
 /// Mirrors `QkNormRopeCacheTiling`.
@@ -57,7 +59,7 @@ pub struct QkNormRopeCacheTiling {
     pub tokens_per_block: u32,
     pub block_dim: u32,
     pub eps: f32,
-    pub reserved: u32,
+    pub rope_stride: u32,
 }
 
 /// Mirrors `PagedDecodeTiling`.
@@ -231,6 +233,9 @@ pub struct NormRopeShape {
     pub num_slots: u32,
     /// Rows of the cos/sin tables.
     pub rope_rows: u32,
+    /// Floats from one table row to the next: `head_dim / 2` for tables of the first halves
+    /// only, `head_dim` for a backend's full-width tables (whose first half is read).
+    pub rope_stride: u32,
     pub eps: f32,
 }
 
@@ -250,6 +255,12 @@ pub fn qk_norm_rope_cache_tiling(
             return Err(TilingError::Zero(name));
         }
     }
+    if s.rope_stride < s.head_dim / 2 || !s.rope_stride.is_multiple_of(8) {
+        return Err(TilingError::RopeStride {
+            stride: s.rope_stride,
+            half: s.head_dim / 2,
+        });
+    }
     let need = qk_norm_rope_cache_ub_bytes(s.num_kv_heads, s.head_dim);
     if need > cores.ub_bytes {
         return Err(TilingError::Ub {
@@ -268,7 +279,7 @@ pub fn qk_norm_rope_cache_tiling(
         tokens_per_block: per,
         block_dim: num_tokens.div_ceil(per),
         eps: s.eps,
-        reserved: 0,
+        rope_stride: s.rope_stride,
     })
 }
 
@@ -402,7 +413,7 @@ mod tests {
         assert_eq!(
             c_layout(0),
             layout!(QkNormRopeCacheTiling; num_tokens, num_q_heads, num_kv_heads, head_dim,
-                num_slots, rope_rows, tokens_per_block, block_dim, eps, reserved)
+                num_slots, rope_rows, tokens_per_block, block_dim, eps, rope_stride)
         );
         assert_eq!(
             c_layout(1),
@@ -504,12 +515,27 @@ mod tests {
                 head_dim: 128,
                 num_slots: 4096,
                 rope_rows: 4096,
+                rope_stride: 64,
                 eps: 1e-6,
             };
             let t = qk_norm_rope_cache_tiling(tokens, &s, &c).unwrap();
             assert!(t.block_dim <= 40);
             assert!(t.block_dim * t.tokens_per_block >= tokens);
             assert!((t.block_dim - 1) * t.tokens_per_block < tokens);
+            // Rows narrower than half a head, or not 32-byte multiples, are refused.
+            for stride in [32, 68] {
+                assert_eq!(
+                    qk_norm_rope_cache_tiling(
+                        tokens,
+                        &NormRopeShape {
+                            rope_stride: stride,
+                            ..s
+                        },
+                        &c
+                    ),
+                    Err(TilingError::RopeStride { stride, half: 64 })
+                );
+            }
         }
     }
 }

@@ -691,12 +691,10 @@ impl<B: Backend> Qwen3<B> {
                 }
             };
             let mut q = backend.linear(&x, &layer.q)?;
-            let mut k = backend.linear(&x, &layer.k)?;
+            let k = backend.linear(&x, &layer.k)?;
             let v = backend.linear(&x, &layer.v)?;
-            backend.head_rms_norm(&mut q, &layer.q_norm, d, self.eps)?;
-            backend.head_rms_norm(&mut k, &layer.k_norm, d, self.eps)?;
-            backend.rope_qk(&mut q, &mut k, &step, d)?;
-            backend.write_kv(kv, l, &k, &v, &step)?;
+            let norms = (&layer.q_norm, &layer.k_norm);
+            backend.qk_norm_rope_write_kv(&mut q, k, &v, norms, self.eps, kv, l, &step, d)?;
             let g = AttnGeometry {
                 sliding_window: layer.sliding_window,
                 ..geometry

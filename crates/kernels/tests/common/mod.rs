@@ -46,6 +46,8 @@ pub fn worst(got: &[bf16], want: &[f64], rel: f64, abs: f64) -> f64 {
     got.iter()
         .zip(want)
         .map(|(g, w)| (f64::from(g.to_f32()) - w).abs() / (rel * w.abs() + abs))
+        // f64::max drops NaN: a NaN result must fail the bound, not vanish.
+        .map(|e| if e.is_nan() { f64::INFINITY } else { e })
         .fold(0.0, f64::max)
 }
 
