@@ -144,6 +144,7 @@ fn bench_engine_core(c: &mut Criterion) {
             enable_chunked_prefill: true,
             max_waiting_requests: 10_000,
             eos_token_ids: vec![256],
+            async_scheduling: false,
         };
         let mut core =
             EngineCore::new(cfg, Box::new(NullExecutor), Arc::clone(&tok)).expect("config");

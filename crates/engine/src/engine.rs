@@ -6,7 +6,6 @@
 //! runs it on its own thread, and tests drive it step by step.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -15,15 +14,17 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::batch::{
-    Batch, Executor, ExecutorError, PromptLogprob, SamplingParams, SeqId, StepOutput,
-};
+use crate::batch::{Batch, Executor, PromptLogprob, SamplingParams, SeqId, StepOutput};
 use crate::detokenizer::{IncrementalDetokenizer, StopStrings};
 use crate::error::EngineError;
 use crate::metrics::EngineStats;
-use crate::scheduler::{SchedulerConfig, SeqParams, StepSummary, TokenStop};
+use crate::scheduler::{SchedulerConfig, SeqParams, TokenStop};
+use crate::step_thread::StepThread;
 use crate::structured::Constraints;
 use crate::Scheduler;
+
+mod stepping;
+pub use stepping::{Phase, PhaseSpan};
 
 /// Engine limits and cache geometry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +45,11 @@ pub struct EngineConfig {
     pub max_waiting_requests: usize,
     /// Tokens that end generation (unless a request sets ignore_eos).
     pub eos_token_ids: Vec<u32>,
+    /// vLLM's `--async-scheduling`: schedule step N+1 while the executor runs step N, on a
+    /// thread of its own; step N's tokens are processed one step later. Needs an executor
+    /// that resolves [`Batch::deferred_inputs`]; otherwise steps stay synchronous.
+    #[serde(default)]
+    pub async_scheduling: bool,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +64,7 @@ impl Default for EngineConfig {
             enable_chunked_prefill: true,
             max_waiting_requests: 4096,
             eos_token_ids: Vec::new(),
+            async_scheduling: false,
         }
     }
 }
@@ -328,10 +335,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where steps run: inline on the engine's thread, or (async scheduling) on a step thread.
+enum Runner {
+    Inline(Box<dyn Executor>),
+    Thread(StepThread),
+}
+
 pub struct EngineCore {
     config: EngineConfig,
     scheduler: Scheduler<ReqState>,
-    executor: Box<dyn Executor>,
+    runner: Runner,
+    /// Batches back from the step thread, reused for the next schedule.
+    spare_batches: Vec<Batch>,
+    /// Host-clock spans of each phase, when recording (see [`EngineCore::record_timeline`]).
+    timeline: Option<Vec<PhaseSpan>>,
     tokenizer: Arc<Tokenizer>,
     vocab_size: usize,
     batch: Batch,
@@ -355,10 +372,23 @@ impl EngineCore {
             num_kv_blocks: config.num_blocks - 1,
             ..EngineStats::default()
         };
+        let runner = if !config.async_scheduling {
+            Runner::Inline(executor)
+        } else if executor.resolves_deferred_inputs() {
+            Runner::Thread(StepThread::start(executor)?)
+        } else {
+            tracing::warn!(
+                "async scheduling asked for, but this executor cannot feed a step the tokens \
+                 of the one before it; steps stay synchronous"
+            );
+            Runner::Inline(executor)
+        };
         Ok(Self {
             vocab_size: tokenizer.get_vocab_size(true),
             scheduler,
-            executor,
+            runner,
+            spare_batches: Vec::new(),
+            timeline: None,
             tokenizer,
             batch: Batch::default(),
             by_request_id: HashMap::new(),
@@ -385,8 +415,14 @@ impl EngineCore {
         self.vocab_size
     }
 
+    /// Requests in flight, or steps launched whose tokens are still to be processed.
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work()
+        self.scheduler.has_work() || self.scheduler.num_launched() > 0
+    }
+
+    /// Whether steps run one ahead of their outputs (async scheduling in effect).
+    pub fn is_async(&self) -> bool {
+        matches!(self.runner, Runner::Thread(_))
     }
 
     pub fn num_running(&self) -> usize {
@@ -514,97 +550,6 @@ impl EngineCore {
             self.finish_slot(slot, FinishReason::Abort, None, Final::Empty);
         }
         self.publish_gauges(&mut lock(&self.stats));
-    }
-
-    /// Runs one step: schedule, execute, process the sampled tokens. Returns what was
-    /// scheduled (nothing when idle).
-    pub fn step(&mut self) -> StepSummary {
-        let summary = self.scheduler.schedule(&mut self.batch);
-        let now = Instant::now();
-        {
-            let stats_arc = Arc::clone(&self.stats);
-            let mut stats = lock(&stats_arc);
-            for i in 0..self.scheduler.admitted().len() {
-                let slot = self.scheduler.admitted()[i];
-                if let Some(seq) = self.scheduler.seq_mut(slot) {
-                    let st = &mut seq.payload;
-                    stats
-                        .request_queue_time
-                        .observe(now.duration_since(st.arrival).as_secs_f64());
-                    if st.counted {
-                        st.counted = false;
-                        self.queued.fetch_sub(1, Ordering::AcqRel);
-                    }
-                }
-            }
-        }
-        if summary.num_seqs == 0 {
-            if summary.num_preempted == 0
-                && self.scheduler.num_running() == 0
-                && self.scheduler.num_waiting() > 0
-            {
-                // Nothing runs and the head of the queue cannot start: validation should make
-                // this impossible; fail the request rather than spin.
-                let head = self.scheduler.waiting().next();
-                if let Some(slot) = head {
-                    tracing::error!("request cannot be scheduled on an idle engine; failing it");
-                    self.finish_slot(
-                        slot,
-                        FinishReason::Error("the request cannot be scheduled".into()),
-                        None,
-                        Final::Empty,
-                    );
-                }
-            }
-            self.publish_gauges(&mut lock(&self.stats));
-            return summary;
-        }
-        let executor = &mut self.executor;
-        let result = self
-            .constraints
-            .run_step(&mut self.batch, |batch| {
-                catch_unwind(AssertUnwindSafe(|| executor.execute(batch)))
-            })
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(ExecutorError(format!("executor panicked: {msg}")))
-            });
-        match result {
-            Ok(mut out) => match self.scheduler.update_from_output(&out) {
-                Ok(()) => {
-                    self.gather_prompt_logprobs(&mut out);
-                    self.process_outputs(&mut out)
-                }
-                Err(e) => self.fail_running(&e.to_string()),
-            },
-            Err(e) => self.fail_running(&e.to_string()),
-        }
-        self.publish_gauges(&mut lock(&self.stats));
-        summary
-    }
-
-    /// Whether the executor can never run another step (see [`Executor::is_broken`]).
-    pub(crate) fn executor_broken(&self) -> bool {
-        self.executor.is_broken()
-    }
-
-    /// An executor fault: every running request fails; waiting ones stay queued. The
-    /// blocks written by the failed step cannot be trusted, so the prefix cache is reset.
-    fn fail_running(&mut self, msg: &str) {
-        tracing::error!(error = msg, "step failed; failing the running requests");
-        while let Some(&slot) = self.scheduler.running().last() {
-            self.finish_slot(
-                slot,
-                FinishReason::Error(msg.to_string()),
-                None,
-                Final::Empty,
-            );
-        }
-        self.scheduler.reset_prefix_cache();
     }
 
     /// Appends each sequence's new prompt logprobs to what it has gathered. A recomputation

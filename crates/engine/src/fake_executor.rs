@@ -8,7 +8,8 @@
 //! simulating the KV cache, writing (token, position) into each slot and reading each
 //! sequence's whole context back through its block table — that no slot is shared by two
 //! live sequences except prefix-cache-shared full blocks holding identical content.
-//! A violation is returned as an `ExecutorError`.
+//! A violation is returned as an `ExecutorError`. It honours async scheduling's deferred
+//! inputs, checking that each is the token it sampled for that sequence in its previous step.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -72,6 +73,8 @@ struct FakeSeq {
     /// Tokens in the KV cache, None until first scheduled.
     computed: Option<usize>,
     table: Vec<u32>,
+    /// The step (count of steps run) that last sampled a token for this sequence.
+    sampled_at: Option<u64>,
 }
 
 pub struct FakeExecutor {
@@ -85,6 +88,10 @@ pub struct FakeExecutor {
     written: Vec<bool>,
     control: Arc<FakeControl>,
     check_kv: bool,
+    /// Steps run so far.
+    step_index: u64,
+    /// This step's input ids, deferred ones resolved.
+    inputs: Vec<u32>,
 }
 
 impl FakeExecutor {
@@ -101,6 +108,8 @@ impl FakeExecutor {
             written: vec![false; num_blocks * block_size],
             control: Arc::new(FakeControl::default()),
             check_kv: true,
+            step_index: 0,
+            inputs: Vec::new(),
         }
     }
 
@@ -142,7 +151,7 @@ impl FakeExecutor {
         Err(ExecutorError("every token id is suppressed".into()))
     }
 
-    fn check(&mut self, batch: &Batch) -> Result<(), String> {
+    fn check(&mut self, batch: &Batch, tokens: &[u32]) -> Result<(), String> {
         let bs = self.block_size;
         if batch.block_size != bs {
             return Err(format!("block_size {} != {bs}", batch.block_size));
@@ -194,7 +203,7 @@ impl FakeExecutor {
                 return Err(format!("seq {}: sample flag wrong", s.seq_id));
             }
             let q = s.query_start as usize..(s.query_start + s.query_len) as usize;
-            if batch.token_ids[q.clone()] != fs.tokens[start..end] {
+            if tokens[q.clone()] != fs.tokens[start..end] {
                 return Err(format!("seq {}: token ids differ from history", s.seq_id));
             }
             if !batch.positions[q.clone()]
@@ -230,7 +239,7 @@ impl FakeExecutor {
                     return Err(format!("slot {want} written twice in one step"));
                 }
                 self.written[want] = true;
-                self.kv[want] = Some((batch.token_ids[j], p as u32));
+                self.kv[want] = Some((tokens[j], p as u32));
             }
             offset += s.query_len;
         }
@@ -288,6 +297,10 @@ impl Executor for FakeExecutor {
         self.control.break_next.load(Ordering::Acquire)
     }
 
+    fn resolves_deferred_inputs(&self) -> bool {
+        true
+    }
+
     fn execute(&mut self, batch: &Batch) -> Result<StepOutput, ExecutorError> {
         for id in &batch.finished {
             if self.seqs.remove(id).is_none() {
@@ -315,6 +328,7 @@ impl Executor for FakeExecutor {
                     sampling: Arc::clone(&ns.sampling),
                     computed: None,
                     table: Vec::new(),
+                    sampled_at: None,
                 },
             );
         }
@@ -337,7 +351,17 @@ impl Executor for FakeExecutor {
         if c.panic_next.swap(false, Ordering::AcqRel) {
             panic!("injected executor panic");
         }
-        self.check(batch).map_err(ExecutorError)?;
+        self.step_index += 1;
+        let (seqs, step) = (&self.seqs, self.step_index);
+        let mut inputs = std::mem::take(&mut self.inputs);
+        let resolved = batch.resolve_inputs(&mut inputs, |id, pos| {
+            let fs = seqs.get(&id)?;
+            let last = fs.sampled_at == Some(step - 1) && fs.tokens.len() == pos + 1;
+            last.then(|| fs.tokens[pos])
+        });
+        let checked = resolved.and_then(|()| self.check(batch, &inputs).map_err(ExecutorError));
+        self.inputs = inputs;
+        checked?;
         let mut outputs = Vec::new();
         let masks = batch.masks.as_deref().map(|m| m.wait());
         for (i, s) in batch.seqs.iter().enumerate().filter(|(_, s)| s.sample) {
@@ -355,6 +379,7 @@ impl Executor for FakeExecutor {
             };
             if let Some(fs) = self.seqs.get_mut(&s.seq_id) {
                 fs.tokens.push(token);
+                fs.sampled_at = Some(self.step_index);
             }
             outputs.push(SeqOutput {
                 seq_id: s.seq_id,

@@ -19,12 +19,13 @@ pub mod handle;
 pub mod kv_cache_manager;
 pub mod metrics;
 pub mod scheduler;
+mod step_thread;
 mod structured;
 
 pub use block_pool::{BlockPool, NULL_BLOCK};
 pub use engine::{
-    validate_request, EngineConfig, EngineCore, EngineRequest, FinishReason, OutputSink,
-    RequestOutput, StopReason, TokenLogprob,
+    validate_request, EngineConfig, EngineCore, EngineRequest, FinishReason, OutputSink, Phase,
+    PhaseSpan, RequestOutput, StopReason, TokenLogprob,
 };
 pub use error::{EngineError, ErrorKind};
 pub use handle::{EngineHandle, RequestStream, Reservation};

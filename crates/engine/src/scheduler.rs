@@ -9,6 +9,14 @@
 //! running sequence is preempted: its blocks are freed and it goes back to the front of the
 //! waiting queue, to be recomputed later from its prompt and generated tokens.
 //!
+//! Async scheduling (vLLM's `--async-scheduling`): the engine may schedule step N+1 before
+//! step N's tokens have come back. A sequence sampled at N then has a token "in flight": it
+//! counts as known for scheduling, its decode at N+1 feeds it through
+//! [`Batch::deferred_inputs`], and it joins `tokens` (with its stop checks) when
+//! [`Scheduler::update_from_output`] takes N's output. Each launched step's plan is kept
+//! until then, keyed by sequence id, so a token for a sequence that finished, was aborted or
+//! was freed in the meantime is dropped, never appended.
+//!
 //! The scheduler is generic over a per-request payload `P` (the engine keeps its output
 //! channel and detokenizer there), so one slab holds everything about a request and a step
 //! does no look-ups. The steady-state decode path allocates nothing: every Vec is reused.
@@ -73,6 +81,9 @@ pub struct Seq<P> {
     known_to_executor: bool,
     admitted_once: bool,
     num_preemptions: u32,
+    /// Tokens sampled by launched steps whose ids have not come back yet (async scheduling;
+    /// always 0 between steps when synchronous).
+    num_in_flight: usize,
     pub payload: P,
 }
 
@@ -113,6 +124,14 @@ impl<P> Seq<P> {
     }
     pub fn block_table(&self) -> &[u32] {
         self.blocks.table()
+    }
+    /// Tokens sampled on the device whose ids the host does not know yet.
+    pub fn num_in_flight(&self) -> usize {
+        self.num_in_flight
+    }
+    /// Prompt and generated tokens, the ones still in flight included.
+    fn num_known_tokens(&self) -> usize {
+        self.tokens.len() + self.num_in_flight
     }
 }
 
@@ -159,6 +178,7 @@ pub struct StepSummary {
 #[derive(Clone, Copy, Debug)]
 struct Scheduled {
     slot: usize,
+    seq_id: SeqId,
     start: usize,
     len: usize,
     sample: bool,
@@ -174,6 +194,11 @@ pub struct Scheduler<P> {
     running: Vec<usize>,
     waiting: VecDeque<usize>,
     scheduled: Vec<Scheduled>,
+    /// Plans of the steps launched and not yet given to `update_from_output`, oldest first
+    /// (at most one while synchronous, two with async scheduling).
+    launched: VecDeque<Vec<Scheduled>>,
+    /// Emptied plans, reused so the steady state allocates nothing.
+    spare_plans: Vec<Vec<Scheduled>>,
     admitted: Vec<usize>,
     events: Vec<TokenEvent>,
     /// Finished or preempted sequences the executor still holds state for.
@@ -195,6 +220,8 @@ impl<P> Scheduler<P> {
             running: Vec::with_capacity(cap),
             waiting: VecDeque::new(),
             scheduled: Vec::with_capacity(cap),
+            launched: VecDeque::with_capacity(2),
+            spare_plans: Vec::with_capacity(2),
             admitted: Vec::with_capacity(cap),
             events: Vec::with_capacity(cap),
             pending_finished: Vec::with_capacity(cap),
@@ -253,6 +280,7 @@ impl<P> Scheduler<P> {
             known_to_executor: false,
             admitted_once: false,
             num_preemptions: 0,
+            num_in_flight: 0,
             payload,
         };
         let slot = match self.free_slots.pop() {
@@ -313,6 +341,21 @@ impl<P> Scheduler<P> {
         &self.admitted
     }
 
+    /// Steps scheduled (and so launched) whose outputs `update_from_output` has not taken.
+    pub fn num_launched(&self) -> usize {
+        self.launched.len()
+    }
+
+    /// Forgets every launched step's plan (their outputs will never come: the executor
+    /// failed). Tokens they had in flight are dropped.
+    pub fn forget_launched(&mut self) {
+        while let Some(mut plan) = self.launched.pop_front() {
+            self.release_in_flight(&plan);
+            plan.clear();
+            self.spare_plans.push(plan);
+        }
+    }
+
     /// Tokens sampled in the last `update_from_output`, in batch order.
     pub fn events(&self) -> &[TokenEvent] {
         &self.events
@@ -350,8 +393,13 @@ impl<P> Scheduler<P> {
                 self.running.remove(i);
                 continue;
             };
-            let remaining = seq.tokens.len() - seq.num_computed_tokens;
-            if remaining == 0 {
+            let remaining = seq.num_known_tokens() - seq.num_computed_tokens;
+            // A token still in flight may be the last the sequence can have: computing after
+            // it would be wasted (and could need a block beyond what validation reserved).
+            let at_limit = seq.num_in_flight > 0
+                && (seq.num_output_tokens() + seq.num_in_flight >= seq.max_tokens
+                    || seq.num_known_tokens() >= self.cfg.max_model_len);
+            if remaining == 0 || at_limit {
                 i += 1;
                 continue;
             }
@@ -383,13 +431,16 @@ impl<P> Scheduler<P> {
             let Some(seq) = self.slots[slot].as_mut() else {
                 continue;
             };
+            let sample = seq.num_computed_tokens + n == seq.num_known_tokens();
             self.scheduled.push(Scheduled {
                 slot,
+                seq_id: seq.seq_id,
                 start: seq.num_computed_tokens,
                 len: n,
-                sample: seq.num_computed_tokens + n == seq.tokens.len(),
+                sample,
             });
             seq.num_computed_tokens += n;
+            seq.num_in_flight += usize::from(sample);
             budget -= n;
             i += 1;
         }
@@ -406,6 +457,10 @@ impl<P> Scheduler<P> {
                     self.waiting.pop_front();
                     continue;
                 };
+                if seq.num_in_flight > 0 {
+                    // Preempted with a token in flight: recompute once it has come back.
+                    break;
+                }
                 // A request for prompt logprobs needs the logits of every prompt position, so
                 // it recomputes its prompt instead of reading cached blocks (as vLLM does);
                 // the blocks it computes are still cached for others.
@@ -448,13 +503,16 @@ impl<P> Scheduler<P> {
                     num_prompt_tokens: seq.num_prompt_tokens,
                     sampling: Arc::clone(&seq.sampling),
                 });
+                let sample = hit + n == seq.tokens.len();
                 self.scheduled.push(Scheduled {
                     slot,
+                    seq_id: seq.seq_id,
                     start: hit,
                     len: n,
-                    sample: hit + n == seq.tokens.len(),
+                    sample,
                 });
                 seq.num_computed_tokens += n;
+                seq.num_in_flight += usize::from(sample);
                 budget -= n;
                 self.running.push(slot);
             }
@@ -476,7 +534,15 @@ impl<P> Scheduler<P> {
             };
             let query_start = batch.token_ids.len() as u32;
             let end = s.start + s.len;
-            batch.token_ids.extend_from_slice(&seq.tokens[s.start..end]);
+            let known_end = end.min(seq.tokens.len());
+            batch
+                .token_ids
+                .extend_from_slice(&seq.tokens[s.start.min(known_end)..known_end]);
+            // Inputs sampled by a step still in flight: the executor fills them in.
+            for _ in known_end.max(s.start)..end {
+                batch.deferred_inputs.push(batch.token_ids.len() as u32);
+                batch.token_ids.push(0);
+            }
             batch.positions.extend(s.start as u32..end as u32);
             let table = seq.blocks.table();
             batch
@@ -487,8 +553,11 @@ impl<P> Scheduler<P> {
                 .block_tables
                 .resize(batch.block_tables.len() + (max_blocks - table.len()), 0);
             let mut suppressed = Vec::new();
-            if s.sample && seq.num_output_tokens() < seq.min_tokens && !seq.suppress_ids.is_empty()
-            {
+            // Outputs before this step's token: the in-flight ones count (this step's own is
+            // already among them).
+            let outputs_before =
+                seq.num_output_tokens() + seq.num_in_flight - usize::from(s.sample);
+            if s.sample && outputs_before < seq.min_tokens && !seq.suppress_ids.is_empty() {
                 suppressed = self.suppressed_pool.pop().unwrap_or_default();
                 suppressed.extend_from_slice(&seq.suppress_ids);
             }
@@ -504,6 +573,9 @@ impl<P> Scheduler<P> {
         // Finished ids travel with the next executed step; an empty step is not executed.
         if !batch.seqs.is_empty() {
             batch.finished.append(&mut self.pending_finished);
+            let mut plan = self.spare_plans.pop().unwrap_or_default();
+            plan.extend_from_slice(&self.scheduled);
+            self.launched.push_back(plan);
         }
         StepSummary {
             num_seqs: batch.seqs.len(),
@@ -513,19 +585,37 @@ impl<P> Scheduler<P> {
         }
     }
 
-    /// Appends the sampled tokens of the last scheduled step and runs the token-level stop
-    /// checks; the results are in [`Scheduler::events`]. Nothing changes on error.
+    /// Takes the output of the oldest launched step: appends its sampled tokens and runs the
+    /// token-level stop checks; the results are in [`Scheduler::events`]. A token for a
+    /// sequence no longer live (finished or aborted since the step was scheduled) is dropped.
+    /// On a mismatch with the step's plan nothing is appended, and the plan is dropped.
     pub fn update_from_output(&mut self, out: &StepOutput) -> Result<(), ScheduleError> {
         self.events.clear();
+        let Some(mut plan) = self.launched.pop_front() else {
+            return Err(ScheduleError::OutputMismatch(
+                "an output for a step that was never scheduled".into(),
+            ));
+        };
+        let result = self.check_output(&plan, out);
+        if result.is_ok() {
+            self.apply_output(&plan, out);
+        } else {
+            self.release_in_flight(&plan);
+        }
+        plan.clear();
+        self.spare_plans.push(plan);
+        result
+    }
+
+    fn check_output(&self, plan: &[Scheduled], out: &StepOutput) -> Result<(), ScheduleError> {
         let mut k = 0;
-        for s in self.scheduled.iter().filter(|s| s.sample) {
-            let seq_id = self.slots[s.slot].as_ref().map_or(SeqId::MAX, |q| q.seq_id);
+        for s in plan.iter().filter(|s| s.sample) {
             match out.outputs.get(k) {
-                Some(o) if o.seq_id == seq_id => {}
+                Some(o) if o.seq_id == s.seq_id => {}
                 Some(o) => {
                     return Err(ScheduleError::OutputMismatch(format!(
-                        "output {k} is for sequence {}, expected {seq_id}",
-                        o.seq_id
+                        "output {k} is for sequence {}, expected {}",
+                        o.seq_id, s.seq_id
                     )))
                 }
                 None => {
@@ -543,11 +633,33 @@ impl<P> Scheduler<P> {
                 out.outputs.len()
             )));
         }
+        Ok(())
+    }
+
+    /// The live sequence a plan entry was made for (None once it finished: its slot may
+    /// hold another sequence by now).
+    fn planned_seq<'a>(slots: &'a mut [Option<Seq<P>>], s: &Scheduled) -> Option<&'a mut Seq<P>> {
+        slots
+            .get_mut(s.slot)
+            .and_then(Option::as_mut)
+            .filter(|q| q.seq_id == s.seq_id)
+    }
+
+    fn release_in_flight(&mut self, plan: &[Scheduled]) {
+        for s in plan.iter().filter(|s| s.sample) {
+            if let Some(seq) = Self::planned_seq(&mut self.slots, s) {
+                seq.num_in_flight = seq.num_in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    fn apply_output(&mut self, plan: &[Scheduled], out: &StepOutput) {
         let max_model_len = self.cfg.max_model_len;
-        for (k, s) in self.scheduled.iter().filter(|s| s.sample).enumerate() {
-            let Some(seq) = self.slots[s.slot].as_mut() else {
+        for (k, s) in plan.iter().filter(|s| s.sample).enumerate() {
+            let Some(seq) = Self::planned_seq(&mut self.slots, s) else {
                 continue;
             };
+            seq.num_in_flight = seq.num_in_flight.saturating_sub(1);
             let token = out.outputs[k].sampled.token;
             seq.tokens.push(token);
             let stop = check_token_stop(seq, token, max_model_len, &self.cfg.eos_token_ids);
@@ -558,7 +670,6 @@ impl<P> Scheduler<P> {
                 stop,
             });
         }
-        Ok(())
     }
 
     /// Removes a sequence (finished, aborted or failed), freeing its blocks; returns its state.

@@ -40,6 +40,11 @@ impl Constraints {
         Ok(())
     }
 
+    /// Whether any live sequence is constrained.
+    pub(crate) fn any(&self) -> bool {
+        !self.matchers.is_empty()
+    }
+
     pub(crate) fn remove(&mut self, seq_id: SeqId) {
         self.matchers.remove(&seq_id);
         self.failed.remove(&seq_id);

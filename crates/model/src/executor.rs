@@ -1,7 +1,10 @@
 //! Executors: run the engine's [`Batch`] through the model and sample on the backend.
 //!
 //! Like vLLM V1's workers, an executor keeps each sequence's token history and sampling
-//! parameters from the step that introduced it, so later steps ship only new tokens.
+//! parameters from the step that introduced it, so later steps ship only new tokens. That
+//! history also feeds async scheduling's deferred inputs (`Batch::deferred_inputs`): a
+//! decode whose input the engine has not seen yet takes the token this executor sampled for
+//! it in the step before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +108,23 @@ impl SeqStates {
         })
     }
 
+    /// Records tokens another rank sampled (tensor parallelism: rank 0 samples, and every
+    /// rank needs them for deferred inputs).
+    pub fn record_sampled(&mut self, sampled: &[(SeqId, u32)]) {
+        for &(id, t) in sampled {
+            if let Some(st) = self.seqs.get_mut(&id) {
+                st.tokens.push(t);
+            }
+        }
+    }
+
+    /// The token sampled last for `id`, when it sits at `position` (what a deferred input
+    /// at that position must be).
+    pub fn sampled_at(&self, id: SeqId, position: usize) -> Option<u32> {
+        let st = self.seqs.get(&id)?;
+        (st.tokens.len() == position + 1 && position >= st.num_prompt).then(|| st.tokens[position])
+    }
+
     /// A sequence's prompt and `prompt_logprobs` count, when it asked for prompt logprobs.
     pub fn prompt_logprobs_of(&self, id: SeqId) -> Option<(&[u32], u32)> {
         let st = self.seqs.get(&id)?;
@@ -135,6 +155,8 @@ pub struct StepArrays {
     context_len: Vec<u32>,
     /// Flattened row of each sequence's last token, for those that sample.
     sample_rows: Vec<u32>,
+    /// The step's input ids with its deferred inputs filled in (used only when it has some).
+    inputs: Vec<u32>,
 }
 
 impl StepArrays {
@@ -161,9 +183,26 @@ impl StepArrays {
         }
     }
 
+    /// Fills the batch's deferred inputs from the tokens `states` sampled in the step before.
+    pub fn resolve_inputs(
+        &mut self,
+        batch: &Batch,
+        states: &SeqStates,
+    ) -> Result<(), ExecutorError> {
+        if batch.deferred_inputs.is_empty() {
+            return Ok(());
+        }
+        batch.resolve_inputs(&mut self.inputs, |id, pos| states.sampled_at(id, pos))
+    }
+
     pub fn meta<'a>(&'a self, batch: &'a Batch, rope: &'a qwen3_backend::RopeSpec) -> StepMeta<'a> {
+        let token_ids = if batch.deferred_inputs.is_empty() {
+            &batch.token_ids
+        } else {
+            &self.inputs
+        };
         StepMeta {
-            token_ids: &batch.token_ids,
+            token_ids,
             positions: &batch.positions,
             slot_mapping: &batch.slot_mapping,
             query_start: &self.query_start,
@@ -319,6 +358,7 @@ impl<B: Backend> Executor for SingleExecutor<B> {
         }
         let (worker, arrays, states) = (&mut self.worker, &mut self.arrays, &mut self.states);
         B::run_step(move || {
+            arrays.resolve_inputs(batch, states)?;
             let spans = states.prompt_spans(batch);
             let (logits, prompt) = worker
                 .step(batch, arrays, &spans, true, &SingleRank)
@@ -327,5 +367,9 @@ impl<B: Backend> Executor for SingleExecutor<B> {
             out.prompt_logprobs = prompt;
             Ok(out)
         })
+    }
+
+    fn resolves_deferred_inputs(&self) -> bool {
+        true
     }
 }

@@ -1,6 +1,8 @@
 //! Tensor parallelism: one worker thread per rank, each owning its device, its shard and its
-//! KV cache, driven in lock-step; rank 0 samples from the gathered logits. With pipeline
-//! parallelism the ranks run one stage, and rank 0 samples on the last stage only.
+//! KV cache, driven in lock-step; rank 0 samples from the gathered logits and hands the
+//! tokens to the other ranks, whose histories then stay whole (async scheduling's deferred
+//! inputs are filled from them on every rank). With pipeline parallelism the ranks run one
+//! stage, and rank 0 samples on the last stage only.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::thread::JoinHandle;
 
 use qwen3_backend::comm::Communicator;
 use qwen3_backend::Backend;
-use qwen3_step::{Batch, Executor, ExecutorError, StepOutput};
+use qwen3_step::{Batch, Executor, ExecutorError, SeqId, StepOutput};
 
 use crate::error::ModelError;
 use crate::executor::{exec_err, ResizableExecutor, SeqStates, StepArrays, Worker};
@@ -43,6 +45,16 @@ enum Reply {
     Bytes(u64),
 }
 
+/// Sampled tokens of one step, from rank 0 to each other rank.
+type Tokens = Arc<Vec<(SeqId, u32)>>;
+
+/// A rank's end of the sampled-token hand-off.
+enum TokenShare {
+    /// Rank 0: one sender per other rank.
+    Send(Vec<Sender<Tokens>>),
+    Receive(Receiver<Tokens>),
+}
+
 struct Rank {
     tx: Sender<Job>,
     rx: Receiver<Reply>,
@@ -60,6 +72,7 @@ pub struct TpExecutor {
 fn rank_loop<B: Backend>(
     rank: usize,
     init: StageRankInit<B>,
+    share: TokenShare,
     jobs: Receiver<Job>,
     replies: Sender<Reply>,
     ready: Sender<Result<(), ModelError>>,
@@ -109,24 +122,54 @@ fn rank_loop<B: Backend>(
             Ok(None)
         } else {
             let spans = states.prompt_spans(&batch);
-            worker
-                .stage_step(&links, &batch, &mut arrays, &spans, rank == 0, comm.as_ref())
-                .map_err(exec_err)
+            arrays.resolve_inputs(&batch, &states).and_then(|()| {
+                worker
+                    .stage_step(&links, &batch, &mut arrays, &spans, rank == 0, comm.as_ref())
+                    .map_err(exec_err)
+            })
         };
         if result.is_err() {
             abort();
         }
-        let reply = if rank == 0 {
-            Reply::Sampled(result.and_then(|logits| match logits {
-                Some((l, prompt)) => {
-                    let mut out = states.sample(&worker.backend, &batch, &l)?;
-                    out.prompt_logprobs = prompt;
-                    Ok(out)
+        let samples = batch.seqs.iter().any(|s| s.sample);
+        let reply = match &share {
+            TokenShare::Send(peers) => {
+                let out = result.and_then(|logits| match logits {
+                    Some((l, prompt)) => {
+                        let mut out = states.sample(&worker.backend, &batch, &l)?;
+                        out.prompt_logprobs = prompt;
+                        Ok(out)
+                    }
+                    None => Ok(StepOutput::default()),
+                });
+                if samples {
+                    // Sent on failure too (empty), so no peer waits forever.
+                    let tokens: Tokens = Arc::new(match &out {
+                        Ok(o) => o
+                            .outputs
+                            .iter()
+                            .map(|o| (o.seq_id, o.sampled.token))
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    });
+                    for p in peers {
+                        let _ = p.send(Arc::clone(&tokens));
+                    }
                 }
-                None => Ok(StepOutput::default()),
-            }))
-        } else {
-            Reply::Done(result.map(|_| ()))
+                Reply::Sampled(out)
+            }
+            TokenShare::Receive(from_rank0) => {
+                let result = result.and_then(|_| {
+                    if samples {
+                        let tokens = from_rank0.recv().map_err(|_| {
+                            ExecutorError("rank 0 stopped before sharing its tokens".into())
+                        })?;
+                        states.record_sampled(&tokens);
+                    }
+                    Ok(())
+                });
+                Reply::Done(result)
+            }
         };
         if replies.send(reply).is_err() {
             return;
@@ -157,14 +200,18 @@ impl TpExecutor {
     ) -> Result<Self, ModelError> {
         let mut ranks = Vec::with_capacity(inits.len());
         let mut readies = Vec::with_capacity(inits.len());
-        for (rank, init) in inits.into_iter().enumerate() {
+        let (token_txs, token_rxs): (Vec<Sender<Tokens>>, Vec<Receiver<Tokens>>) =
+            (1..inits.len()).map(|_| channel()).unzip();
+        let shares = std::iter::once(TokenShare::Send(token_txs))
+            .chain(token_rxs.into_iter().map(TokenShare::Receive));
+        for ((rank, init), share) in inits.into_iter().enumerate().zip(shares) {
             let (job_tx, job_rx) = channel();
             let (rep_tx, rep_rx) = channel();
             let (ready_tx, ready_rx) = channel();
             let abort_r = abort.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("tp-rank-{rank}"))
-                .spawn(move || rank_loop(rank, init, job_rx, rep_tx, ready_tx, abort_r))
+                .spawn(move || rank_loop(rank, init, share, job_rx, rep_tx, ready_tx, abort_r))
                 .map_err(|e| ModelError::Invalid(format!("cannot start rank {rank}: {e}")))?;
             ranks.push(Rank {
                 tx: job_tx,
@@ -277,6 +324,10 @@ impl Executor for TpExecutor {
 
     fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    fn resolves_deferred_inputs(&self) -> bool {
+        true
     }
 }
 

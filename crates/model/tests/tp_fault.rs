@@ -39,6 +39,7 @@ fn engine_with_short_kv(tp: usize) -> EngineHandle {
         enable_chunked_prefill: true,
         max_waiting_requests: 16,
         eos_token_ids: vec![151645, 151643],
+        async_scheduling: false,
     };
     EngineHandle::start(cfg, executor, Arc::new(tok)).expect("engine starts")
 }

@@ -59,6 +59,12 @@ pub struct Batch {
     /// None when no row in this step is constrained. Filled while the step runs: a sampler
     /// calls [`StepMasks::wait`] just before it needs them.
     pub masks: Option<Arc<StepMasks>>,
+    /// Async scheduling: flattened indices into `token_ids` whose input is the token the
+    /// executor sampled for that sequence in the step it ran just before this one (the engine
+    /// does not know it yet; `token_ids` holds a placeholder 0 there). Each is a decode's one
+    /// token, at position `context_len - 1`. Empty with synchronous scheduling. An executor
+    /// honours it only if [`Executor::resolves_deferred_inputs`] says so.
+    pub deferred_inputs: Vec<u32>,
 }
 
 impl Batch {
@@ -73,6 +79,43 @@ impl Batch {
         &self.block_tables[i * w..(i + 1) * w]
     }
 
+    /// `token_ids` with every deferred input filled in, into `out` (its capacity reused).
+    /// `sampled(seq_id, position)` is the token the executor sampled for that sequence in
+    /// its previous step, which must sit at `position`; None (not sampled there) is an error.
+    pub fn resolve_inputs(
+        &self,
+        out: &mut Vec<u32>,
+        mut sampled: impl FnMut(SeqId, usize) -> Option<u32>,
+    ) -> Result<(), ExecutorError> {
+        out.clear();
+        out.extend_from_slice(&self.token_ids);
+        for &j in &self.deferred_inputs {
+            let i = self
+                .seqs
+                .partition_point(|s| s.query_start <= j)
+                .checked_sub(1)
+                .ok_or_else(|| ExecutorError(format!("deferred input {j} before any sequence")))?;
+            let s = &self.seqs[i];
+            let offset = j - s.query_start;
+            if offset >= s.query_len {
+                return Err(ExecutorError(format!(
+                    "deferred input {j} is in no sequence"
+                )));
+            }
+            let pos = (s.context_len - s.query_len + offset) as usize;
+            let t = sampled(s.seq_id, pos).ok_or_else(|| {
+                ExecutorError(format!(
+                    "sequence {}: no token sampled at position {pos} for its deferred input",
+                    s.seq_id
+                ))
+            })?;
+            if let Some(slot) = out.get_mut(j as usize) {
+                *slot = t;
+            }
+        }
+        Ok(())
+    }
+
     /// Resets for reuse without freeing capacity (the scheduler reuses one Batch per step).
     pub fn clear(&mut self) {
         self.new_seqs.clear();
@@ -84,6 +127,7 @@ impl Batch {
         self.block_tables.clear();
         self.max_blocks_per_seq = 0;
         self.masks = None;
+        self.deferred_inputs.clear();
     }
 }
 
@@ -124,6 +168,13 @@ pub trait Executor: Send {
     /// tensor-parallel group whose collectives were aborted); the engine then stops, so
     /// `/health` turns 503 and an orchestrator restarts the process.
     fn is_broken(&self) -> bool {
+        false
+    }
+
+    /// Whether this executor fills [`Batch::deferred_inputs`] from the tokens it sampled in
+    /// its previous step, which lets the engine schedule a step before the previous one's
+    /// tokens reach it (async scheduling). Executors that do not stay synchronous.
+    fn resolves_deferred_inputs(&self) -> bool {
         false
     }
 }

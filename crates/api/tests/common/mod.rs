@@ -168,6 +168,7 @@ pub async fn start(o: Opts) -> TestServer {
         enable_chunked_prefill: true,
         max_waiting_requests: o.max_waiting,
         eos_token_ids: vec![IM_END, ENDOFTEXT],
+        async_scheduling: false,
     };
     let fake = FakeExecutor::new(config.block_size, config.num_blocks, vocab)
         .with_token_fn(token_fn(vocab));

@@ -184,6 +184,8 @@ pub struct Setup {
     pub max_num_seqs: usize,
     pub prefix_caching: bool,
     pub dtype: WeightDType,
+    /// Async scheduling (the host one step ahead of the device).
+    pub async_scheduling: bool,
 }
 
 impl Default for Setup {
@@ -195,6 +197,7 @@ impl Default for Setup {
             max_num_seqs: 8,
             prefix_caching: true,
             dtype: WeightDType::F32,
+            async_scheduling: false,
         }
     }
 }
@@ -228,6 +231,7 @@ pub fn engine_with(emu: &Emu, model: &str, s: &Setup, backend: AscendOptions) ->
         enable_chunked_prefill: true,
         max_waiting_requests: 512,
         eos_token_ids: vec![151645, 151643],
+        async_scheduling: s.async_scheduling,
     };
     EngineHandle::start(cfg, executor, Arc::new(tok)).expect("engine starts")
 }

@@ -42,6 +42,7 @@ pub fn config() -> EngineConfig {
         enable_chunked_prefill: false,
         max_waiting_requests: 1000,
         eos_token_ids: vec![EOS],
+        async_scheduling: false,
     }
 }
 

@@ -134,6 +134,8 @@ pub struct Setup {
     pub max_num_seqs: usize,
     pub prefix_caching: bool,
     pub dtype: WeightDType,
+    /// Async scheduling (the host one step ahead of the executor).
+    pub async_scheduling: bool,
 }
 
 impl Default for Setup {
@@ -145,6 +147,7 @@ impl Default for Setup {
             max_num_seqs: 8,
             prefix_caching: true,
             dtype: WeightDType::BF16,
+            async_scheduling: false,
         }
     }
 }
@@ -222,6 +225,7 @@ fn engine_config(model: &str, s: &Setup) -> (EngineConfig, Arc<Tokenizer>) {
         enable_chunked_prefill: true,
         max_waiting_requests: 64,
         eos_token_ids: vec![151645, 151643],
+        async_scheduling: s.async_scheduling,
     };
     (cfg, Arc::new(tok))
 }
