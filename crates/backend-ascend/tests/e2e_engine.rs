@@ -231,3 +231,19 @@ fn bf16_tp1_and_tp2_first_tokens_match_goldens() {
     }
     emu.assert_clean();
 }
+
+#[test]
+fn async_scheduling_matches_goldens_tp1_tp2_and_moe() {
+    // The host one step ahead: decode inputs are the previous step's sampled tokens, filled
+    // in by the executor; outputs must not change.
+    let emu = Emu::new();
+    let on = Setup {
+        async_scheduling: true,
+        max_num_batched_tokens: 7,
+        ..Setup::default()
+    };
+    run_goldens(&emu, DENSE, &on);
+    run_goldens(&emu, DENSE, &Setup { tp: 2, ..on });
+    run_goldens(&emu, "tiny-qwen3-moe", &on);
+    emu.assert_clean();
+}

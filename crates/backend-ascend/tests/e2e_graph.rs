@@ -98,6 +98,7 @@ fn two_seq_batch(ids: [&[u32]; 2], past: [usize; 2]) -> Batch {
         max_blocks_per_seq: 1,
         block_size: BLOCK_SIZE,
         masks: None,
+        deferred_inputs: Vec::new(),
     };
     for s in 0..2 {
         let start = b.token_ids.len() as u32;
@@ -417,6 +418,7 @@ fn long_seq_batch(ids: &[u32], past: usize, max_blocks: usize) -> Batch {
         max_blocks_per_seq: max_blocks,
         block_size: BLOCK_SIZE,
         masks: None,
+        deferred_inputs: Vec::new(),
     }
 }
 

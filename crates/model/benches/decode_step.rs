@@ -64,6 +64,7 @@ fn multi_seq_batch(seqs: &[(u64, &[u32], usize, bool)]) -> qwen3_engine::Batch {
         max_blocks_per_seq: BLOCKS_PER_SEQ,
         block_size: BLOCK,
         masks: None,
+        deferred_inputs: Vec::new(),
     };
     for (i, &(seq_id, ids, start, new)) in seqs.iter().enumerate() {
         let first = 1 + i * BLOCKS_PER_SEQ;

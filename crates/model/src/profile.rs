@@ -51,6 +51,7 @@ pub fn single_seq_batch(
         max_blocks_per_seq: blocks,
         block_size,
         masks: None,
+        deferred_inputs: Vec::new(),
     }
 }
 
@@ -106,6 +107,7 @@ pub fn decode_warmup(
             max_blocks_per_seq: 1,
             block_size,
             masks: None,
+            deferred_inputs: Vec::new(),
         };
         executor
             .execute(&batch)

@@ -139,3 +139,31 @@ fn tensor_parallel_2_and_4_in_the_engine_match() {
         }
     }
 }
+
+#[test]
+fn async_scheduling_gives_the_goldens_batched_chunked_preempted_and_tp2() {
+    let on = Setup {
+        async_scheduling: true,
+        ..Setup::default()
+    };
+    for model in ["tiny-qwen3", "tiny-qwen3-moe"] {
+        run_all(model, &on);
+    }
+    run_all(
+        "tiny-qwen3",
+        &Setup {
+            max_num_batched_tokens: 7,
+            tp: 2,
+            ..on
+        },
+    );
+    let e = run_all(
+        "tiny-qwen3",
+        &Setup {
+            num_blocks: 9,
+            prefix_caching: false,
+            ..on
+        },
+    );
+    assert!(e.stats().num_preemptions_total > 0, "expected preemptions");
+}

@@ -93,6 +93,7 @@ pub fn run(
         enable_prefix_caching: false,
         enable_chunked_prefill: true,
         max_waiting_requests: batch_size.max(1),
+        async_scheduling: None,
     };
     let loaded = load(model, &limits)?;
     let shape = std::fs::read_to_string(loaded.dir.join("config.json"))

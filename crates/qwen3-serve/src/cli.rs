@@ -321,6 +321,13 @@ pub struct ServeArgs {
     pub enable_chunked_prefill: bool,
     #[arg(long, overrides_with = "enable_chunked_prefill")]
     pub no_enable_chunked_prefill: bool,
+    /// Schedule step N+1 while the device runs step N, as vLLM's `--async-scheduling`
+    /// (default: on for the NPU, off for the CPU, where the host and the "device" share the
+    /// same cores). Requests with structured outputs still run synchronous steps.
+    #[arg(long, overrides_with = "no_async_scheduling")]
+    pub async_scheduling: bool,
+    #[arg(long, overrides_with = "async_scheduling")]
+    pub no_async_scheduling: bool,
     /// Most requests waiting for a slot before new ones get 429.
     #[arg(long, default_value_t = 4096)]
     pub max_waiting_requests: usize,

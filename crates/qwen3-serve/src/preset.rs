@@ -45,7 +45,7 @@ pub fn preset_flags(path: &Path) -> anyhow::Result<Vec<String>> {
                 // The "off" spelling of the switches that are on by default.
                 if matches!(
                     key.as_str(),
-                    "enable_prefix_caching" | "enable_chunked_prefill"
+                    "enable_prefix_caching" | "enable_chunked_prefill" | "async_scheduling"
                 ) {
                     flags.push(format!("--no-{}", key.replace('_', "-")));
                 }

@@ -56,6 +56,8 @@ pub struct Limits {
     pub enable_prefix_caching: bool,
     pub enable_chunked_prefill: bool,
     pub max_waiting_requests: usize,
+    /// None: the device's default (on for the NPU, off for the CPU).
+    pub async_scheduling: Option<bool>,
 }
 
 fn model_config(dir: &std::path::Path, args: &ModelArgs) -> anyhow::Result<ModelConfig> {
@@ -328,7 +330,18 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         enable_chunked_prefill: chunked,
         max_waiting_requests: limits.max_waiting_requests,
         eos_token_ids: eos_ids(&dir, &config),
+        // On the CPU the step thread would compete with the compute pool for the same cores,
+        // and the host's share of a CPU step is small: off unless asked for.
+        async_scheduling: limits.async_scheduling.unwrap_or(on_npu),
     };
+    info!(
+        "scheduling: {}",
+        if engine_config.async_scheduling {
+            "async (the host one step ahead of the device)"
+        } else {
+            "synchronous"
+        }
+    );
     Ok(Loaded {
         dir,
         tokenizer: Arc::new(tokenizer),
@@ -642,6 +655,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         enable_prefix_caching: false,
         enable_chunked_prefill: true,
         max_waiting_requests: 1,
+        async_scheduling: None,
     };
     let loaded = load(&args.model, &limits)?;
     let prompt_ids = loaded
@@ -748,6 +762,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         enable_prefix_caching: !args.no_enable_prefix_caching,
         enable_chunked_prefill: !args.no_enable_chunked_prefill,
         max_waiting_requests: args.max_waiting_requests,
+        async_scheduling: match (args.async_scheduling, args.no_async_scheduling) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
     };
     args.validate()?;
     let conn_limits = args.conn_limits()?;
