@@ -110,7 +110,14 @@ fn rank_loop<B: Backend>(
         } else {
             let spans = states.prompt_spans(&batch);
             worker
-                .stage_step(&links, &batch, &mut arrays, &spans, rank == 0, comm.as_ref())
+                .stage_step(
+                    &links,
+                    &batch,
+                    &mut arrays,
+                    &spans,
+                    rank == 0,
+                    comm.as_ref(),
+                )
                 .map_err(exec_err)
         };
         if result.is_err() {
