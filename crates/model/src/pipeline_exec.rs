@@ -11,6 +11,9 @@ use crate::executor::{StepArrays, Worker};
 use crate::prompt_logprobs::{self, PromptSpan};
 use crate::qwen3::{StageHidden, StageOut};
 
+/// The last stage's logits of the sampling rows, and the prompt logprobs.
+pub type StageLogits<B> = (<B as Backend>::Tensor, Vec<SeqPromptLogprobs>);
+
 /// A rank's point-to-point link to the same tensor-parallel rank of a neighbouring stage.
 /// Each rank of a stage holds the whole (all-reduced) hidden states, so each talks to its
 /// own peer, as vLLM's pipeline groups pair ranks of equal TP rank.
@@ -54,7 +57,7 @@ impl<B: Backend> Worker<B> {
         spans: &[PromptSpan],
         emit: bool,
         comm: &dyn Communicator<B>,
-    ) -> Result<Option<(B::Tensor, Vec<SeqPromptLogprobs>)>, ModelError> {
+    ) -> Result<Option<StageLogits<B>>, ModelError> {
         if links.prev.is_none() && links.next.is_none() {
             return self.step(batch, arrays, spans, emit, comm).map(Some);
         }

@@ -71,10 +71,11 @@ impl PipelineLeader {
                 let r = match read_frame(&mut n.stream) {
                     Ok(Some(f)) => Reply::decode(&f).map_err(|e| e.to_string()),
                     Ok(None) => Err("closed the connection (the node stopped)".into()),
-                    Err(e) if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
                     {
                         Err("no answer within HCCL's execution timeout".into())
                     }
@@ -176,7 +177,10 @@ impl Drop for PipelineLeader {
 /// What the headless loop's reader hands the stepping thread.
 enum Job {
     Step(Batch),
-    ResizeKv { num_blocks: usize, block_size: usize },
+    ResizeKv {
+        num_blocks: usize,
+        block_size: usize,
+    },
 }
 
 /// Reads node 0's commands: steps and resizes go to `jobs`; masks are published to the step

@@ -27,9 +27,15 @@ fn bad(what: impl Into<String>) -> RendezvousError {
 /// Node 0 to the other nodes.
 #[derive(Debug)]
 pub enum Command {
-    Step { batch: Batch, masks_follow: bool },
+    Step {
+        batch: Batch,
+        masks_follow: bool,
+    },
     Masks(Vec<Option<TokenBitmask>>),
-    ResizeKv { num_blocks: usize, block_size: usize },
+    ResizeKv {
+        num_blocks: usize,
+        block_size: usize,
+    },
     Stop,
 }
 
@@ -89,13 +95,19 @@ impl R<'_> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn f32(&mut self) -> Result<f32> {
-        Ok(f32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(f32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     /// A count of items each at least `min` bytes long, refused when the rest cannot hold it.
     fn len(&mut self, min: usize) -> Result<usize> {
@@ -444,8 +456,8 @@ mod tests {
         let r = Reply::decode(&Reply::Output(out.clone()).encode()).unwrap();
         assert_eq!(r, Reply::Output(out));
         let masks = vec![None, Some(TokenBitmask::from(vec![0xffu32, 1]))];
-        let Command::Masks(m) = Command::decode(&Command::Masks(masks.clone()).encode().unwrap())
-            .unwrap()
+        let Command::Masks(m) =
+            Command::decode(&Command::Masks(masks.clone()).encode().unwrap()).unwrap()
         else {
             panic!("not masks")
         };

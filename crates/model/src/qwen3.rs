@@ -725,7 +725,9 @@ impl<B: Backend> Qwen3<B> {
             // Every stage has a layer, so `pending` holds the last one's MLP output.
             return match pending {
                 Some(mlp_out) => Ok(StageOut::Hidden(StageHidden { residual, mlp_out })),
-                None => Err(ModelError::Invalid("a pipeline stage without layers".into())),
+                None => Err(ModelError::Invalid(
+                    "a pipeline stage without layers".into(),
+                )),
             };
         };
         Ok(StageOut::Normed(match pending {

@@ -32,7 +32,11 @@ struct ChannelLink {
 }
 
 impl StageLink<CpuBackend> for ChannelLink {
-    fn send(&self, backend: &CpuBackend, t: &<CpuBackend as Backend>::Tensor) -> Result<(), BackendError> {
+    fn send(
+        &self,
+        backend: &CpuBackend,
+        t: &<CpuBackend as Backend>::Tensor,
+    ) -> Result<(), BackendError> {
         let v = backend.to_host_f32(t)?;
         self.tx
             .lock()
@@ -41,7 +45,11 @@ impl StageLink<CpuBackend> for ChannelLink {
             .map_err(|_| BackendError::Collective("the next stage is gone".into()))
     }
 
-    fn recv(&self, backend: &CpuBackend, shape: &[usize]) -> Result<<CpuBackend as Backend>::Tensor, BackendError> {
+    fn recv(
+        &self,
+        backend: &CpuBackend,
+        shape: &[usize],
+    ) -> Result<<CpuBackend as Backend>::Tensor, BackendError> {
         let v = self
             .rx
             .lock()
@@ -78,8 +86,22 @@ fn stages(model: &str, s: &Setup) -> (Box<dyn ResizableExecutor>, Box<dyn Resiza
     for (rank, (c0, c1)) in g0.into_iter().zip(g1).enumerate() {
         let (down, up) = link_pair();
         for (stage, comm, links) in [
-            (0, c0, StageLinks { prev: None, next: Some(Box::new(down) as Box<dyn StageLink<_>>) }),
-            (1, c1, StageLinks { prev: Some(Box::new(up) as Box<dyn StageLink<_>>), next: None }),
+            (
+                0,
+                c0,
+                StageLinks {
+                    prev: None,
+                    next: Some(Box::new(down) as Box<dyn StageLink<_>>),
+                },
+            ),
+            (
+                1,
+                c1,
+                StageLinks {
+                    prev: Some(Box::new(up) as Box<dyn StageLink<_>>),
+                    next: None,
+                },
+            ),
         ] {
             let opts = opts.clone();
             let layers = stage_layers(n, 2, stage).expect("split");
@@ -88,7 +110,11 @@ fn stages(model: &str, s: &Setup) -> (Box<dyn ResizableExecutor>, Box<dyn Resiza
                 let comm: Box<dyn Communicator<CpuBackend>> = Box::new(comm);
                 Ok((w, comm, links))
             });
-            if stage == 0 { firsts.push(init) } else { lasts.push(init) }
+            if stage == 0 {
+                firsts.push(init)
+            } else {
+                lasts.push(init)
+            }
         }
     }
     let start = |inits| -> Box<dyn ResizableExecutor> {
@@ -103,8 +129,14 @@ fn tcp_pair() -> (NodeLink, NodeLink) {
     let c = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (a, _) = l.accept().expect("accept");
     (
-        NodeLink { node_rank: 1, stream: a },
-        NodeLink { node_rank: 1, stream: c },
+        NodeLink {
+            node_rank: 1,
+            stream: a,
+        },
+        NodeLink {
+            node_rank: 1,
+            stream: c,
+        },
     )
 }
 
@@ -124,10 +156,15 @@ fn goldens_through_two_stages(model: &str, tp: usize) {
     let (first, last) = stages(model, &s);
     let (to_node1, node1) = tcp_pair();
     let headless = std::thread::spawn(move || serve_stage(node1, last));
-    let leader = PipelineLeader::new(first, vec![to_node1], Duration::from_secs(60)).expect("leader");
+    let leader =
+        PipelineLeader::new(first, vec![to_node1], Duration::from_secs(60)).expect("leader");
     let e = engine_over(model, &s, Box::new(leader));
     let golden = golden(model);
-    let cases: Vec<&Case> = golden.cases.iter().filter(|c| c.config_overrides.is_none()).collect();
+    let cases: Vec<&Case> = golden
+        .cases
+        .iter()
+        .filter(|c| c.config_overrides.is_none())
+        .collect();
     rt().block_on(async {
         let streams: Vec<_> = cases
             .iter()
@@ -143,7 +180,10 @@ fn goldens_through_two_stages(model: &str, tp: usize) {
             let mut toks = Vec::new();
             while let Some(o) = st.next().await {
                 toks.extend(o.token_ids);
-                assert!(!matches!(o.finish_reason, Some(qwen3_engine::FinishReason::Error(_))));
+                assert!(!matches!(
+                    o.finish_reason,
+                    Some(qwen3_engine::FinishReason::Error(_))
+                ));
             }
             assert_eq!(toks, c.greedy_ids, "{model} tp{tp}×pp2 {}", c.name);
         }
@@ -151,7 +191,10 @@ fn goldens_through_two_stages(model: &str, tp: usize) {
     e.shutdown(Duration::from_secs(5));
     drop(e);
     // Node 0's executor says stop when dropped: the headless loop ends cleanly.
-    headless.join().expect("headless thread").expect("headless loop ends cleanly");
+    headless
+        .join()
+        .expect("headless thread")
+        .expect("headless loop ends cleanly");
 }
 
 #[test]

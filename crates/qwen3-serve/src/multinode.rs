@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use qwen3_backend_ascend::comm::{
-    root_info, root_info_bytes, root_info_from_bytes, HcclRootInfo,
-};
+use qwen3_backend_ascend::comm::{root_info, root_info_bytes, root_info_from_bytes, HcclRootInfo};
 use qwen3_backend_ascend::{AscendBackend, AscendOptions};
 use qwen3_model::load::{LoadOptions, Placement};
 use qwen3_model::load_stage::{ascend_stage_executor, PipelinePlace};

@@ -101,6 +101,8 @@ fn node(model: &str, rank: &str, port: &str, extra: &[&str]) -> Command {
         .args(["--nnodes", "2", "--pipeline-parallel-size", "2"])
         .args(["--node-rank", rank, "--master-addr", "127.0.0.1"])
         .args(["--master-port", port])
+        // The emulated HBM (256 MiB) holds a KV cache for short sequences only.
+        .args(["--max-model-len", "256"])
         .args(extra);
     c
 }
@@ -153,6 +155,7 @@ fn npu_node_0_refuses_another_model_and_meets_the_right_node() {
         &["--rendezvous-timeout", "120"],
     )
     .stderr(Stdio::piped())
+    .stdout(Stdio::piped())
     .spawn()
     .expect("node 0");
     let err = failed_with(node("tiny-qwen3", "1", &port, &[]).output().unwrap());
@@ -183,6 +186,11 @@ fn npu_node_0_refuses_another_model_and_meets_the_right_node() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("refused node 1"), "{err}");
     assert!(err.contains("all 2 nodes met"), "{err}");
+    // Node 0 generated through both stages.
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "{err}"
+    );
 }
 
 #[test]

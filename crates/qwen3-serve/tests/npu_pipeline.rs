@@ -34,8 +34,20 @@ fn node(rank: &str, port: &str) -> Command {
         .args(["--device", "npu", "--port", "0", "--served-model-name", "m"])
         // F32: the goldens are transformers' F32 greedy tokens (1e-3 parity path).
         .args(["--dtype", "float32", "--max-model-len", "256"])
-        .args(["--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"])
-        .args(["--nnodes", "2", "--node-rank", rank, "--master-addr", "127.0.0.1"])
+        .args([
+            "--tensor-parallel-size",
+            "2",
+            "--pipeline-parallel-size",
+            "2",
+        ])
+        .args([
+            "--nnodes",
+            "2",
+            "--node-rank",
+            rank,
+            "--master-addr",
+            "127.0.0.1",
+        ])
         .args(["--master-port", port, "--rendezvous-timeout", "120"])
         .args(["--hccl-exec-timeout", &EXEC_TIMEOUT_S.to_string()])
         .stdout(Stdio::null())
@@ -111,7 +123,10 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
