@@ -71,9 +71,11 @@ impl AscendBackend {
         self.upload_bytes(bytes, Dt::I32, &[words])
     }
 
-    /// The status a launch stub returned, as an error naming it.
+    /// The status a launch stub returned, as an error naming it (a launch counts as an
+    /// operator launch in `host_calls`).
     pub(crate) fn launched(&self, stub: &'static str, rc: u32) -> Result<()> {
         if rc == 0 {
+            crate::host_calls::bump(crate::host_calls::Counter::Op);
             return Ok(());
         }
         Err(dev_err(ascend_sys::AclError::new(

@@ -362,9 +362,10 @@ pub fn kernel_checks(backend: &AscendBackend) -> Vec<KernelCheck> {
 
 /// Runs each kernel on a backend of `backend`'s device, against the default path's ops on
 /// another and the CPU backend, with `h` heads of head_dim 128 in blocks of 128. Empty when
-/// the kernels library did not load.
+/// the kernels library did not load or the KV cache is F32 (CANN < 8.3), which they do not
+/// read.
 pub fn kernel_checks_at(backend: &AscendBackend, h: Heads) -> Vec<KernelCheck> {
-    if backend.cann().kernels.is_none() {
+    if backend.cann().kernels.is_none() || backend.opts.kv_cache_f32 {
         return Vec::new();
     }
     let open = |attention_backend, fused| {

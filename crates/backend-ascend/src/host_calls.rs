@@ -56,7 +56,8 @@ pub(crate) fn set_decode(decode: bool) {
 pub struct Calls {
     /// Steps prepared (every rank counts its own).
     pub steps: u64,
-    /// aclnn operators launched (second phases called while not replaying a graph).
+    /// aclnn operators (second phases called while not replaying a graph) and custom
+    /// AscendC kernels launched.
     pub op_launches: u64,
     /// Captured graphs launched (`aclmdlRIExecuteAsync`).
     pub graph_launches: u64,

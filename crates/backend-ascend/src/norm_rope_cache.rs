@@ -4,10 +4,9 @@
 //! else the four aclnn ops. In a graph step the launch opens the eager region, as the K/V
 //! write it replaces did, so no graph holds the cache's address.
 
-use qwen3_backend::{unfused_qk_norm_rope_write_kv, Result};
+use qwen3_backend::{unfused_qk_norm_rope_write_kv, BackendError, Result};
 use qwen3_kernels::{qk_norm_rope_cache_tiling, NormRopeShape, QkNormRopeCacheTiling};
 
-use crate::custom_kernels::missing;
 use crate::desc::Dt;
 use crate::{shape_err, AscendBackend, AscendKvCache, AscendStep, AscendTensor};
 
@@ -36,36 +35,34 @@ impl AscendBackend {
         step: &AscendStep,
         head_dim: usize,
     ) -> Result<()> {
-        let fits = self.fuses_qk_norm_rope_cache()
-            && step.positions_i32.is_some()
-            && [&*q, &k, v, norms.0, norms.1]
-                .iter()
-                .all(|t| t.dt == Dt::BF16 && t.quant.is_none());
-        let tiling = fits
-            .then(|| self.norm_rope_tiling(q, &k, v, cache, layer, step, head_dim, eps))
-            .transpose()?
-            .flatten();
-        let Some(t) = tiling else {
-            return unfused_qk_norm_rope_write_kv(
-                self, q, k, v, norms, eps, cache, layer, step, head_dim,
-            );
-        };
         let launch = self
             .cann_ref()
             .kernels
             .as_ref()
             .and_then(|k| k.aclrtlaunch_qk_norm_rope_cache)
-            .ok_or_else(|| missing("aclrtlaunch_qk_norm_rope_cache"))?;
-        let positions = step
-            .positions_i32
-            .as_ref()
-            .ok_or_else(|| missing("the step's positions"))?;
+            .filter(|_| self.fuses_qk_norm_rope_cache());
+        let bf16 = [&*q, &k, v, norms.0, norms.1]
+            .iter()
+            .all(|t| t.dt == Dt::BF16 && t.quant.is_none());
+        let tiling = (launch.is_some() && bf16)
+            .then(|| self.norm_rope_tiling(q, &k, v, norms, cache, layer, step, head_dim, eps))
+            .transpose()?
+            .flatten();
+        let (Some(launch), Some(t), Some(positions)) =
+            (launch, tiling, step.positions_i32.as_ref())
+        else {
+            return unfused_qk_norm_rope_write_kv(
+                self, q, k, v, norms, eps, cache, layer, step, head_dim,
+            );
+        };
         // The write opens the eager region attention closes (see `write_kv_impl`).
         self.graph_segment_end()?;
         let q_out = self.empty(Dt::BF16, &q.shape)?;
         let tiling = self.upload_tiling(&t)?;
         let rope = self.rope.lock().unwrap_or_else(|p| p.into_inner());
-        let table = rope.as_ref().ok_or_else(|| missing("the rope table"))?;
+        let table = rope
+            .as_ref()
+            .ok_or_else(|| BackendError::Device("the rope table is gone".into()))?;
         self.dev.bind()?;
         // SAFETY: device buffers of the extents `t` implies, checked by `norm_rope_tiling`:
         // q and q_out `[tokens, q_heads * head_dim]`, k and v `[tokens, kv_heads * head_dim]`,
@@ -107,6 +104,7 @@ impl AscendBackend {
         q: &AscendTensor,
         k: &AscendTensor,
         v: &AscendTensor,
+        norms: (&AscendTensor, &AscendTensor),
         cache: &AscendKvCache,
         layer: usize,
         step: &AscendStep,
@@ -122,6 +120,8 @@ impl AscendBackend {
             || !qw.is_multiple_of(head_dim.max(1))
             || k.shape != v.shape
             || k.matrix() != (t, kv_row)
+            || norms.0.numel() != head_dim
+            || norms.1.numel() != head_dim
             || step.block_size != s.block_size
         {
             return Err(shape_err(

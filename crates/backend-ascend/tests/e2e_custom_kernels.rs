@@ -229,23 +229,9 @@ fn fused_norm_rope_cache_replaces_four_ops_and_keeps_the_logits() {
     emu.assert_clean();
 }
 
-/// Top-2 margin of a row.
-fn margin(row: &[f32]) -> f32 {
-    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &v in row {
-        if v > a {
-            (a, b) = (v, a);
-        } else if v > b {
-            b = v;
-        }
-    }
-    a - b
-}
-
 /// The engine's greedy tokens (BF16, custom attention, graph capture on) are the goldens'
 /// wherever they can be held to them: along each case's path, every token whose F32
-/// reference margin is decisive (more than twice what transformers' own BF16 run moved that
-/// row, the CPU's BF16 promise in `model/tests/parity_bf16.rs`) must match, up to the first
+/// reference margin is decisive under BF16 (`bf16_decisive`) must match, up to the first
 /// token that differs where the margin is not decisive (after it, the paths part lawfully).
 #[test]
 fn engine_with_custom_attention_and_graph_capture_gives_the_goldens() {
@@ -255,32 +241,11 @@ fn engine_with_custom_attention_and_graph_capture_gives_the_goldens() {
     let cases = golden.cases.iter().filter(|c| c.config_overrides.is_none());
     let (mut decisive, mut matched) = (0, 0);
     for (case, ours) in cases.zip(&got) {
-        let f32_ref = recorded(case);
-        let bf16_case = Case {
-            logits_file: case
-                .logits_file
-                .replace(".safetensors", "__bf16.safetensors"),
-            name: case.name.clone(),
-            prompt_ids: case.prompt_ids.clone(),
-            greedy_ids: case.greedy_ids.clone(),
-            config_overrides: None,
-            min_top2_gap: 0.0,
-            router_margins: None,
-        };
-        let tf_bf16 = recorded(&bf16_case);
+        let (f32_ref, bf16_ref) = (recorded(case), recorded_bf16(case));
         for (i, &want) in case.greedy_ids.iter().enumerate() {
-            let row = &f32_ref.decode[i];
-            let all: Vec<usize> = (0..row.len()).collect();
-            let moved = max_diff(&tf_bf16.decode[i], row, &all);
-            if margin(row) > 2.0 * moved {
+            if bf16_decisive(&f32_ref, &bf16_ref, i) {
                 decisive += 1;
-                assert_eq!(
-                    ours[i],
-                    want,
-                    "{}: greedy token {i} (margin {}, transformers BF16 moved {moved})",
-                    case.name,
-                    margin(row)
-                );
+                assert_eq!(ours[i], want, "{}: greedy token {i}", case.name);
             } else if ours[i] != want {
                 break;
             }

@@ -181,8 +181,9 @@ fn two_hundred_requests_leave_no_leaks() {
 }
 
 /// BF16 serving (fused attention, BF16 collectives) at TP 1 and TP 2: the first greedy
-/// token of every golden prompt is transformers' (later tokens may part ways: BF16 rounds
-/// the partial sums of the two ranks differently from one rank's sum).
+/// token of every golden prompt is transformers' where its margin is decisive under BF16
+/// (`bf16_decisive`), else one of the golden's top two (later tokens may part ways: BF16
+/// rounds the partial sums of the two ranks differently from one rank's sum).
 #[test]
 fn bf16_tp1_and_tp2_first_tokens_match_goldens() {
     let emu = Emu::new();
@@ -217,18 +218,33 @@ fn bf16_tp1_and_tp2_first_tokens_match_goldens() {
         stop(e);
         runs.push(out);
     }
+    let mut decisive = 0;
     for (i, c) in cases.iter().enumerate() {
+        let (f32_ref, bf16_ref) = (recorded(c), recorded_bf16(c));
         for (tp, run) in runs.iter().enumerate() {
             assert_eq!(run[i].len(), 4, "{}", c.name);
-            assert_eq!(
-                run[i][0],
-                c.greedy_ids[0],
-                "{}: first token at TP {}",
-                c.name,
-                tp + 1
-            );
+            if bf16_decisive(&f32_ref, &bf16_ref, 0) {
+                decisive += 1;
+                assert_eq!(
+                    run[i][0],
+                    c.greedy_ids[0],
+                    "{}: first token at TP {}",
+                    c.name,
+                    tp + 1
+                );
+            } else {
+                let near = top2(&f32_ref, 0);
+                assert!(
+                    near.contains(&run[i][0]),
+                    "{}: first token at TP {}: {} not in {near:?}",
+                    c.name,
+                    tp + 1,
+                    run[i][0]
+                );
+            }
         }
     }
+    assert!(decisive > 0, "no decisive first token");
     emu.assert_clean();
 }
 

@@ -83,6 +83,28 @@ fn fixture() -> Fx {
     }
 }
 
+/// The fixture's inputs on the device, the tiling, a zeroed output and the split partials:
+/// `[q, k, v, table, lens, tiling, out, partial out, partial stats]`.
+fn split_decode_buffers(
+    s: &Session,
+    fx: &Fx,
+    t: &qwen3_kernels::PagedDecodeTiling,
+) -> [DevTensor; 9] {
+    let up = |b: Vec<u8>| s.upload(D::ACL_UINT8, &[b.len() as i64], &b).unwrap();
+    let rows = (2 * t.num_splits * 8) as usize;
+    [
+        up(bytes(&fx.q)),
+        up(bytes(&fx.k)),
+        up(bytes(&fx.v)),
+        up(bytes(&fx.table)),
+        up(bytes(&fx.lens)),
+        up(bytes(std::slice::from_ref(t))),
+        up(vec![0; fx.q.len() * 2]),
+        up(vec![0; rows * 128 * 4]),
+        up(vec![0; rows * 2 * 4]),
+    ]
+}
+
 #[test]
 fn decode_with_split_kv_through_the_launch_stubs_matches_the_host_run() {
     let fx = fixture();
@@ -100,15 +122,7 @@ fn decode_with_split_kv_through_the_launch_stubs_matches_the_host_run() {
 
     let s = Session::new().unwrap();
     let (_lib, decode, merge) = stubs();
-    let up = |b: Vec<u8>| s.upload(D::ACL_UINT8, &[b.len() as i64], &b).unwrap();
-    let q = up(bytes(&fx.q));
-    let (k, v) = (up(bytes(&fx.k)), up(bytes(&fx.v)));
-    let (table, lens) = (up(bytes(&fx.table)), up(bytes(&fx.lens)));
-    let tiling = up(bytes(std::slice::from_ref(&t)));
-    let out = up(vec![0; fx.q.len() * 2]);
-    let rows = (2 * t.num_splits * 8) as usize;
-    let po = up(vec![0; rows * 128 * 4]);
-    let ps = up(vec![0; rows * 2 * 4]);
+    let [q, k, v, table, lens, tiling, out, po, ps] = split_decode_buffers(&s, &fx, &t);
     // SAFETY: device buffers of the sizes the tiling implies, a live stream.
     unsafe {
         let rc = decode(
@@ -196,15 +210,7 @@ fn launches_on_a_capturing_stream_replay_from_the_graph_with_new_inputs() {
     let s = Session::new().unwrap();
     let acl = &s.cann.acl;
     let (_lib, decode, merge) = stubs();
-    let up = |b: Vec<u8>| s.upload(D::ACL_UINT8, &[b.len() as i64], &b).unwrap();
-    let q = up(bytes(&fx.q));
-    let (k, v) = (up(bytes(&fx.k)), up(bytes(&fx.v)));
-    let (table, lens) = (up(bytes(&fx.table)), up(bytes(&fx.lens)));
-    let tiling = up(bytes(std::slice::from_ref(&t)));
-    let out = up(vec![0; fx.q.len() * 2]);
-    let rows = (2 * t.num_splits * 8) as usize;
-    let po = up(vec![0; rows * 128 * 4]);
-    let ps = up(vec![0; rows * 2 * 4]);
+    let [q, k, v, table, lens, tiling, out, po, ps] = split_decode_buffers(&s, &fx, &t);
     s.sync().unwrap();
     let mut ri: aclmdlRI = std::ptr::null_mut();
     // SAFETY: device buffers of the sizes the tiling implies, a live stream, a graph handle

@@ -274,6 +274,10 @@ pub struct ModelArgs {
     /// our own AscendC kernels (custom; not yet validated on hardware, see `doctor`).
     #[arg(long, value_enum, default_value_t = AttentionBackendArg::Fia)]
     pub attention_backend: AttentionBackendArg,
+    /// NPU: norm, rotate and cache each layer's q/k/v with CANN's ops rather than our fused
+    /// AscendC kernel (used by default where libqwen3_ascendc_kernels.so loads).
+    #[arg(long)]
+    pub no_fused_qk_norm_rope_cache: bool,
     /// CPU threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub cpu_threads: Option<usize>,

@@ -251,6 +251,7 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
             AttentionBackendArg::Fia => AttentionBackend::Fia,
             AttentionBackendArg::Custom => AttentionBackend::Custom,
         };
+        options.fused_qk_norm_rope_cache = !args.no_fused_qk_norm_rope_cache;
         if options.graph_capture {
             options.capture_batch_sizes =
                 capture_sizes(&options.capture_batch_sizes, &config, limits.max_num_seqs);

@@ -131,6 +131,51 @@ pub fn recorded(case: &Case) -> RecordedLogits {
     }
 }
 
+/// Transformers' BF16 run of `case` (the `__bf16` goldens of `make_fixtures.py bf16-refs`,
+/// teacher-forced with the F32 greedy tokens).
+pub fn recorded_bf16(case: &Case) -> RecordedLogits {
+    recorded(&Case {
+        logits_file: case
+            .logits_file
+            .replace(".safetensors", "__bf16.safetensors"),
+        name: case.name.clone(),
+        prompt_ids: case.prompt_ids.clone(),
+        greedy_ids: case.greedy_ids.clone(),
+        config_overrides: None,
+        min_top2_gap: 0.0,
+        router_margins: None,
+    })
+}
+
+/// Whether greedy token `i` of `case` is decisive under BF16: the F32 reference's top-2
+/// margin before it exceeds twice what transformers' own BF16 run moved that row (the CPU's
+/// BF16 promise, `model/tests/parity_bf16.rs`). Elsewhere two BF16 computations may
+/// lawfully pick either of the near-tied tokens.
+pub fn bf16_decisive(f32_ref: &RecordedLogits, bf16_ref: &RecordedLogits, i: usize) -> bool {
+    let (row, moved) = (&f32_ref.decode[i], &bf16_ref.decode[i]);
+    let all: Vec<usize> = (0..row.len()).collect();
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in row {
+        if v > a {
+            (a, b) = (v, a);
+        } else if v > b {
+            b = v;
+        }
+    }
+    a - b > 2.0 * max_diff(moved, row, &all)
+}
+
+/// The golden's top two tokens before greedy token `i`.
+pub fn top2(f32_ref: &RecordedLogits, i: usize) -> [u32; 2] {
+    let row = &f32_ref.decode[i];
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
+    [
+        f32_ref.columns[idx[0]] as u32,
+        f32_ref.columns[idx[1]] as u32,
+    ]
+}
+
 pub fn config(model: &str, overrides: Option<&serde_json::Value>) -> ModelConfig {
     let text = std::fs::read_to_string(fixtures().join(model).join("config.json")).expect("config");
     ModelConfig::from_json_str_with_overrides(&text, overrides).expect("config parses")
