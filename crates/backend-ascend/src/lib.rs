@@ -28,6 +28,7 @@ mod mask;
 pub mod mem;
 mod mem_kind;
 mod moe;
+mod moe_w8a8;
 mod ops;
 mod options;
 mod prompt_logprobs;
