@@ -8,7 +8,10 @@
 //!   with the F32 weight scale and the per-token scales.
 //!
 //! Both matmuls write BF16 (the A2 dtype table has no F32 output); F32 models are cast there
-//! and back. The weight stays `[n, k]` INT8 in ND and is read with `transposeX2` (vllm-ascend
+//! and back. `deq_scale` always reaches the op as FLOAT32 (which its A2 rows take with a
+//! BF16 out): the INT64 form msModelSlim writes for FLOAT16 checkpoints (the FP32 bits in an
+//! int64) is decoded on the host by the loader, so the device never sees an INT64 scale
+//! (that dtype is for `aclnnTransQuantParamV2`'s packing, which we do not need). The weight stays `[n, k]` INT8 in ND and is read with `transposeX2` (vllm-ascend
 //! casts it to FRACTAL_NZ for speed; not done here). MoE experts take grouped matmul's INT8
 //! path ([`crate::moe_w8a8`]).
 

@@ -247,15 +247,8 @@ fn quantized_moe_experts_match_the_dequantized_weights() {
     let emu = Emu::new();
     {
         let b = AscendBackend::open(Arc::clone(&emu.cann), 0).expect("device");
-        let (t, h, inter, ne, top_k) = (6, 64, 32, 4, 2);
-        let x: Vec<f32> = (0..t * h)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-            .collect();
-        let router: Vec<f32> = (0..t * ne)
-            .map(|i| ((i * 13 % 11) as f32 - 5.0) / 3.0)
-            .collect();
-        let xt = b.upload(HostData::F32(&x), &[t, h]).expect("x");
-        let rt = b.upload(HostData::F32(&router), &[t, ne]).expect("router");
+        let (t, h, inter, ne, top_k) = quant_check::MOE_SHAPE;
+        let input = quant_check::MoeInput::new(&b);
         let silu = |v: f32| v / (1.0 + (-v).exp());
         let bf = |v: f32| half::bf16::from_f32(v).to_f32();
         // (bits, groups of gate/up, groups of down, symmetric, act-order). Asymmetric groups
@@ -284,21 +277,15 @@ fn quantized_moe_experts_match_the_dequantized_weights() {
             };
             assert_eq!(b.shape(&experts.gate), &[ne, inter, h]);
             let got = b
-                .to_host_f32(&b.moe(&xt, &rt, &experts).expect("moe"))
+                .to_host_f32(&b.moe(&input.xt, &input.rt, &experts).expect("moe"))
                 .expect("y");
             // Reference: softmax of the top-k logits, SwiGLU experts on BF16 activations.
             let mut worst = 0f32;
             for r in 0..t {
-                let logits = &router[r * ne..(r + 1) * ne];
-                let mut idx: Vec<usize> = (0..ne).collect();
-                idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-                let top = &idx[..top_k];
-                let z: f32 = top.iter().map(|&i| logits[i].exp()).sum();
-                let xr: Vec<f32> = x[r * h..(r + 1) * h].iter().map(|&v| bf(v)).collect();
+                let (top, xr) = input.routed(r);
                 let mut want = vec![0f32; h];
                 let mut scale = vec![0f32; h];
-                for &ex in top {
-                    let wgt = logits[ex].exp() / z;
+                for (ex, wgt) in top {
                     let act: Vec<f32> = (0..inter)
                         .map(|o| {
                             let g: f32 = (0..h).map(|i| xr[i] * gh.weight(ex, o, i)).sum();

@@ -110,15 +110,8 @@ fn w8a8_moe_experts_match_the_scheme_reference() {
     let emu = Emu::new();
     {
         let b = AscendBackend::open(Arc::clone(&emu.cann), 0).expect("device");
-        let (t, h, inter, ne, top_k) = (6, 64, 32, 4, 2);
-        let x: Vec<f32> = (0..t * h)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
-            .collect();
-        let router: Vec<f32> = (0..t * ne)
-            .map(|i| ((i * 13 % 11) as f32 - 5.0) / 3.0)
-            .collect();
-        let xt = b.upload(HostData::F32(&x), &[t, h]).expect("x");
-        let rt = b.upload(HostData::F32(&router), &[t, ne]).expect("router");
+        let (t, h, inter, ne, top_k) = quant_check::MOE_SHAPE;
+        let input = quant_check::MoeInput::new(&b);
         let bf = |v: f32| half::bf16::from_f32(v).to_f32();
         // Scales a BF16 holds exactly (the op takes the weight scale in BF16).
         let stack = |seed: usize, n: usize, k: usize| -> (Vec<i8>, Vec<f32>) {
@@ -156,20 +149,14 @@ fn w8a8_moe_experts_match_the_scheme_reference() {
             renormalize: true,
         };
         let got = b
-            .to_host_f32(&b.moe(&xt, &rt, &experts).expect("moe"))
+            .to_host_f32(&b.moe(&input.xt, &input.rt, &experts).expect("moe"))
             .expect("y");
         let silu = |v: f32| v / (1.0 + (-v).exp());
         let mut worst = 0f32;
         for r in 0..t {
-            let logits = &router[r * ne..(r + 1) * ne];
-            let mut idx: Vec<usize> = (0..ne).collect();
-            idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-            let top = &idx[..top_k];
-            let z: f32 = top.iter().map(|&i| logits[i].exp()).sum();
-            let xr: Vec<f32> = x[r * h..(r + 1) * h].iter().map(|&v| bf(v)).collect();
+            let (top, xr) = input.routed(r);
             let (mut want, mut size) = (vec![0f32; h], vec![0f32; h]);
-            for &ex in top {
-                let wgt = logits[ex].exp() / z;
+            for (ex, wgt) in top {
                 let g = gh.matmul_reference(ex, &xr, 1);
                 let u = uh.matmul_reference(ex, &xr, 1);
                 // SwiGLU on the BF16 outputs, its result BF16 into the next quantization.

@@ -438,45 +438,29 @@ fn grouped_matmul_int8_dequantizes_per_channel_and_per_token() {
             };
         acc as f32 * scale[ex * n + c] * if pertoken { pert[r] } else { 1.0 }
     };
+    let check_bf16 = |c: &Call, with_bias: bool, pertoken: bool| {
+        let y = from_bf16(&run(c).unwrap());
+        for (i, &v) in y.iter().enumerate() {
+            let w = bf16_round(want(i / n, i % n, with_bias, pertoken));
+            assert_eq!(v, w, "[{}, {}]", i / n, i % n);
+        }
+    };
     // Dynamic (per-token), cumulative ends and counts alike.
     for (groups, list_type) in [(&tends, 0), (&tcounts, 1)] {
-        let y = from_bf16(
-            &run(&Call {
-                groups,
-                list_type,
-                ..ok
-            })
-            .unwrap(),
-        );
-        for r in 0..m {
-            for c in 0..n {
-                assert_eq!(
-                    y[r * n + c],
-                    bf16_round(want(r, c, false, true)),
-                    "[{r}, {c}]"
-                );
-            }
-        }
-    }
-    // Static: the INT32 bias before the scale, no per-token scale; a contiguous [E, K, N]
-    // view of the same bytes is another (valid) weight, checked against its own reading.
-    let y = from_bf16(
-        &run(&Call {
-            bias: Some((&tb, D::ACL_INT32)),
-            pert: None,
+        let c = Call {
+            groups,
+            list_type,
             ..ok
-        })
-        .unwrap(),
-    );
-    for r in 0..m {
-        for c in 0..n {
-            assert_eq!(
-                y[r * n + c],
-                bf16_round(want(r, c, true, false)),
-                "[{r}, {c}]"
-            );
-        }
+        };
+        check_bf16(&c, false, true);
     }
+    // Static: the INT32 bias before the scale, no per-token scale.
+    let c = Call {
+        bias: Some((&tb, D::ACL_INT32)),
+        pert: None,
+        ..ok
+    };
+    check_bf16(&c, true, false);
     // FLOAT32 scale with a FLOAT16 out (the other A2 row).
     let yh = run(&Call {
         scale: Some((&tsc32, D::ACL_FLOAT, &[ei, ni])),

@@ -239,3 +239,48 @@ pub fn check_tp2(
     );
     emu.assert_clean();
 }
+
+/// The MoE op tests' shape: tokens, hidden, intermediate, experts, top-k.
+pub const MOE_SHAPE: (usize, usize, usize, usize, usize) = (6, 64, 32, 4, 2);
+
+/// The MoE op tests' activations `[t, h]` and router logits `[t, ne]` (of [`MOE_SHAPE`]), on
+/// the host and uploaded.
+pub struct MoeInput {
+    pub x: Vec<f32>,
+    pub router: Vec<f32>,
+    pub xt: qwen3_backend_ascend::AscendTensor,
+    pub rt: qwen3_backend_ascend::AscendTensor,
+}
+
+impl MoeInput {
+    pub fn new(b: &AscendBackend) -> Self {
+        use qwen3_backend::{Backend, HostData};
+        let (t, h, _, ne, _) = MOE_SHAPE;
+        let x: Vec<f32> = (0..t * h)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let router: Vec<f32> = (0..t * ne)
+            .map(|i| ((i * 13 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let xt = b.upload(HostData::F32(&x), &[t, h]).expect("x");
+        let rt = b.upload(HostData::F32(&router), &[t, ne]).expect("router");
+        Self { x, router, xt, rt }
+    }
+
+    /// Token `r`'s top-k experts and their weights (the softmax of the top-k logits), and its
+    /// activations as the quantized operators see them (BF16).
+    pub fn routed(&self, r: usize) -> (Vec<(usize, f32)>, Vec<f32>) {
+        let (_, h, _, ne, top_k) = MOE_SHAPE;
+        let logits = &self.router[r * ne..(r + 1) * ne];
+        let mut idx: Vec<usize> = (0..ne).collect();
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let top = &idx[..top_k];
+        let z: f32 = top.iter().map(|&i| logits[i].exp()).sum();
+        let experts = top.iter().map(|&e| (e, logits[e].exp() / z)).collect();
+        let xr = self.x[r * h..(r + 1) * h]
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        (experts, xr)
+    }
+}
