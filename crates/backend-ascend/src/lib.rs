@@ -32,6 +32,7 @@ mod mask;
 pub mod mem;
 mod mem_kind;
 mod moe;
+mod moe_w8a8;
 mod norm_rope_cache;
 mod ops;
 mod options;

@@ -125,7 +125,7 @@ impl AscendBackend {
                 ..w.view()
             };
             let xv = input.view().reshape(&[rows, kin])?;
-            self.grouped_matmul(&xv, &wt, None, &group_list, &out.view())?;
+            self.grouped_matmul(&xv, &wt, GmmQuant::Float, &group_list, &out.view())?;
             Ok(out)
         };
         let g = gmm(&expanded, &e.gate, h, inter)?;
@@ -152,12 +152,12 @@ impl AscendBackend {
     /// `out = x @ w[e]` for the rows of each expert `e`, through `aclnnGroupedMatmulV4` as
     /// every MoE projection calls it: splitItem 3 / groupType 0 (one x, one stacked weight
     /// `[E, K, N]`, one y, grouped along m), groupListType 0 (`group_list` INT64 cumulative
-    /// ends), no activation; `antiquant` (scale, offset) for weight-quantized experts.
+    /// ends), no activation; `q` says how the weights are quantized.
     pub(crate) fn grouped_matmul(
         &self,
         x: &View,
         w: &View,
-        antiquant: Option<(&View, &View)>,
+        q: GmmQuant<'_>,
         group_list: &AscendTensor,
         out: &View,
     ) -> Result<()> {
@@ -171,17 +171,30 @@ impl AscendBackend {
         let list =
             |v: &View| -> Result<TensorListDesc<'_>> { TensorListDesc::new(c, vec![self.td(v)?]) };
         let (xl, wl, yl) = (list(x)?, list(w)?, list(out)?);
-        let (sl, ol) = match antiquant {
-            Some((s, o)) => (Some(list(s)?), Some(list(o)?)),
-            None => (None, None),
+        let pair = |a: &View, b: &View| -> Result<_> { Ok((Some(list(a)?), Some(list(b)?))) };
+        let ((aqs, aqo), (sc, pt)) = match q {
+            GmmQuant::Float => ((None, None), (None, None)),
+            GmmQuant::Antiquant(s, o) => (pair(s, o)?, (None, None)),
+            GmmQuant::PerToken(s, p) => ((None, None), pair(s, p)?),
         };
         let nl = std::ptr::null();
         let nm = std::ptr::null_mut();
         let raw = |l: &Option<TensorListDesc<'_>>| l.as_ref().map_or(nl, |l| l.raw.cast_const());
-        let (sr, or) = (raw(&sl), raw(&ol));
+        let (aqs, aqo, sc, pt) = (raw(&aqs), raw(&aqo), raw(&sc), raw(&pt));
         let gl = self.td(&group_list.view())?;
         aclnn!(&self.dev, "aclnnGroupedMatmulV4", ws, run;
-            xl.raw, wl.raw, nl, nl, nl, sr, or, nl, gl.raw, nl, nl, nl,
+            xl.raw, wl.raw, nl, sc, nl, aqs, aqo, pt, gl.raw, nl, nl, nl,
             3i64, 0i64, 0i64, 0i64, yl.raw, nm, nm)
     }
+}
+
+/// How a grouped matmul's weights are quantized, and the op's inputs that say so.
+pub(crate) enum GmmQuant<'a> {
+    /// Float weights in the activations' dtype.
+    Float,
+    /// Weight-only ("伪量化"): antiquant scale and offset, `[E, N]` or `[E, G, N]`.
+    Antiquant(&'a View, &'a View),
+    /// INT8 activations and weights (A8W8): the per-channel weight scale `[E, N]` and the
+    /// per-token activation scales `[rows]`, applied in the op's epilogue.
+    PerToken(&'a View, &'a View),
 }

@@ -23,6 +23,7 @@ use half::bf16;
 use qwen3_backend::{BackendError, QuantizedHost, Result};
 
 use crate::desc::{Dt, IntArrayDesc, ScalarDesc};
+use crate::moe::GmmQuant;
 use crate::{shape_err, unsupported, AscendBackend, AscendTensor};
 
 /// A quantized weight's reading instructions: weight-only (AWQ / GPTQ, here) or W8A8
@@ -30,6 +31,8 @@ use crate::{shape_err, unsupported, AscendBackend, AscendTensor};
 pub(crate) enum Quantized {
     WeightOnly(QuantWeight),
     W8A8(crate::w8a8::W8A8Weight),
+    /// Stacked W8A8_DYNAMIC MoE experts ([`crate::moe_w8a8`]).
+    W8A8Experts(crate::moe_w8a8::W8A8Experts),
 }
 
 impl Quantized {
@@ -38,6 +41,7 @@ impl Quantized {
         match self {
             Quantized::WeightOnly(q) => q.param_bytes(),
             Quantized::W8A8(q) => q.param_bytes(),
+            Quantized::W8A8Experts(q) => q.param_bytes(),
         }
     }
 }
@@ -262,6 +266,9 @@ impl AscendBackend {
         let q = match q {
             Quantized::WeightOnly(q) => q,
             Quantized::W8A8(q) => return self.w8a8_linear(x, w, q),
+            Quantized::W8A8Experts(_) => {
+                return Err(shape_err("linear", "W8A8 MoE experts are no linear".into()))
+            }
         };
         let (m, k) = x.matrix();
         if q.experts != 1 || k != q.k {
@@ -339,9 +346,12 @@ impl AscendBackend {
         q: &Quantized,
         group_list: &AscendTensor,
     ) -> Result<AscendTensor> {
-        let Quantized::WeightOnly(q) = q else {
-            // Refused at upload; kept total.
-            return Err(unsupported("W8A8 MoE experts on the NPU"));
+        let q = match q {
+            Quantized::WeightOnly(q) => q,
+            Quantized::W8A8Experts(q) => return self.w8a8_grouped_matmul(input, w, q, group_list),
+            Quantized::W8A8(_) => {
+                return Err(shape_err("moe", "a W8A8 linear is no expert stack".into()))
+            }
         };
         let (rows, k) = input.matrix();
         if q.experts != group_list.numel() || k != q.k {
@@ -384,8 +394,9 @@ impl AscendBackend {
         let y = self.empty(Dt::BF16, &[rows, q.n])?;
         let xv = xin.view().reshape(&[rows, k])?;
         let wv = crate::desc::View::contiguous(w.buf.ptr, wdt, &wshape);
-        let aq = (&q.scale.view(), &q.offset.view());
-        self.grouped_matmul(&xv, &wv, Some(aq), group_list, &y.view())?;
+        let (sv, ov) = (q.scale.view(), q.offset.view());
+        let aq = GmmQuant::Antiquant(&sv, &ov);
+        self.grouped_matmul(&xv, &wv, aq, group_list, &y.view())?;
         if let Some(b) = &q.zero_term {
             self.add_zero_term(xin, b, q.group_size, group_list, &y)?;
         }
@@ -431,7 +442,13 @@ impl AscendBackend {
             .cast(&sums, Dt::BF16)?
             .ok_or_else(|| BackendError::Device("cast".into()))?;
         let term = self.empty(Dt::BF16, &[rows, y.matrix().1])?;
-        self.grouped_matmul(&sums_bf.view(), &b.view(), None, group_list, &term.view())?;
+        self.grouped_matmul(
+            &sums_bf.view(),
+            &b.view(),
+            GmmQuant::Float,
+            group_list,
+            &term.view(),
+        )?;
         let (yd, td) = (self.td(&y.view())?, self.td(&term.view())?);
         let one = ScalarDesc::f32(c, 1.0)?;
         aclnn!(&self.dev, "aclnnInplaceAdd", c.ops.aclnnInplaceAddGetWorkspaceSize,

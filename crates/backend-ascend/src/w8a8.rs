@@ -8,9 +8,12 @@
 //!   with the F32 weight scale and the per-token scales.
 //!
 //! Both matmuls write BF16 (the A2 dtype table has no F32 output); F32 models are cast there
-//! and back. The weight stays `[n, k]` INT8 in ND and is read with `transposeX2` (vllm-ascend
-//! casts it to FRACTAL_NZ for speed; not done here). MoE experts (grouped matmul's INT8
-//! path) are refused at upload.
+//! and back. `deq_scale` always reaches the op as FLOAT32 (which its A2 rows take with a
+//! BF16 out): the INT64 form msModelSlim writes for FLOAT16 checkpoints (the FP32 bits in an
+//! int64) is decoded on the host by the loader, so the device never sees an INT64 scale
+//! (that dtype is for `aclnnTransQuantParamV2`'s packing, which we do not need). The weight stays `[n, k]` INT8 in ND and is read with `transposeX2` (vllm-ascend
+//! casts it to FRACTAL_NZ for speed; not done here). MoE experts take grouped matmul's INT8
+//! path ([`crate::moe_w8a8`]).
 
 use qwen3_backend::{ActQuant, Result, W8A8Host};
 
@@ -43,7 +46,12 @@ impl W8A8Weight {
 
 impl AscendBackend {
     /// A weight that lives as long as the model: an exact-size allocation, uploaded now.
-    fn upload_weight_bytes(&self, bytes: &[u8], dt: Dt, shape: &[usize]) -> Result<AscendTensor> {
+    pub(crate) fn upload_weight_bytes(
+        &self,
+        bytes: &[u8],
+        dt: Dt,
+        shape: &[usize],
+    ) -> Result<AscendTensor> {
         let buf = self.dev.alloc_direct(bytes.len(), MemKind::Weights)?;
         self.dev.upload_blocking(&buf, bytes)?;
         Ok(AscendTensor {
@@ -57,9 +65,7 @@ impl AscendBackend {
     pub(crate) fn upload_w8a8_weight(&self, w: &W8A8Host<'_>) -> Result<AscendTensor> {
         w.validate()?;
         if w.count != 1 {
-            return Err(unsupported(
-                "W8A8 MoE experts on the NPU (grouped matmul's INT8 path is not wired yet); serve this model on the CPU",
-            ));
+            return self.upload_w8a8_experts(w);
         }
         let (n, k) = (w.out_features, w.in_features);
         let f32s = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_ne_bytes()).collect() };
@@ -88,6 +94,37 @@ impl AscendBackend {
             act,
         })));
         Ok(t)
+    }
+
+    /// Per-token symmetric INT8 quantization of `x` `[m, k]` into `xq` through
+    /// `aclnnDynamicQuant` (which takes FLOAT16/BFLOAT16: F32 is cast to BF16); returns the
+    /// F32 `[m]` scales.
+    pub(crate) fn dynamic_quant(
+        &self,
+        x: &AscendTensor,
+        xq: &AscendTensor,
+    ) -> Result<AscendTensor> {
+        let (m, k) = x.matrix();
+        let c = self.cann_ref();
+        let (Some(ws), Some(run)) = (
+            c.ops.aclnnDynamicQuantGetWorkspaceSize,
+            c.ops.aclnnDynamicQuant,
+        ) else {
+            return Err(unsupported(
+                "dynamic activation quantization (aclnnDynamicQuant) is not exported by this CANN",
+            ));
+        };
+        let xb16 = self.cast(x, Dt::BF16)?;
+        let xb = xb16.as_ref().unwrap_or(x);
+        let scales = self.empty(Dt::F32, &[m])?;
+        let (a, qd, sd) = (
+            self.td(&xb.view().reshape(&[m, k])?)?,
+            self.td(&xq.view().reshape(&[m, k])?)?,
+            self.td(&scales.view())?,
+        );
+        aclnn!(&self.dev, "aclnnDynamicQuant", ws, run;
+            a.raw, std::ptr::null(), qd.raw, sd.raw)?;
+        Ok(scales)
     }
 
     /// `x @ W^T` for a W8A8 weight: quantize `x` per the scheme, INT8 matmul, dequantize in
@@ -145,27 +182,7 @@ impl AscendBackend {
                         a.raw, s.raw, o.raw, false, mode, 2i32, -1i32, qd.raw)?;
                     None
                 }
-                None => {
-                    let (Some(ws), Some(run)) = (
-                        c.ops.aclnnDynamicQuantGetWorkspaceSize,
-                        c.ops.aclnnDynamicQuant,
-                    ) else {
-                        return Err(unsupported(
-                            "dynamic activation quantization (aclnnDynamicQuant) is not exported by this CANN",
-                        ));
-                    };
-                    let xb16 = self.cast(x, Dt::BF16)?;
-                    let xb = xb16.as_ref().unwrap_or(x);
-                    let scales = self.empty(Dt::F32, &[m])?;
-                    let (a, qd, sd) = (
-                        self.td(&xb.view().reshape(&[m, k])?)?,
-                        self.td(&xq.view())?,
-                        self.td(&scales.view())?,
-                    );
-                    aclnn!(&self.dev, "aclnnDynamicQuant", ws, run;
-                        a.raw, std::ptr::null(), qd.raw, sd.raw)?;
-                    Some(scales)
-                }
+                None => Some(self.dynamic_quant(x, &xq)?),
             };
             let wv = View::contiguous(w.buf.ptr, Dt::I8, &[q.n, q.k]);
             let (a, b, s, yd) = (

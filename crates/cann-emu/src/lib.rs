@@ -44,6 +44,7 @@ mod ops_attn;
 mod ops_logprob;
 mod ops_moe;
 mod ops_quant;
+mod ops_quant_gmm;
 mod rt;
 mod state;
 mod task_group;

@@ -352,6 +352,24 @@ fn gmm_quant_weights(
     })))
 }
 
+/// Each group's end row from a group list: cumulative ends (groupListType 0) or counts (1);
+/// the docs want them non-decreasing and non-negative, within x's `m` rows.
+pub(crate) fn group_ends(g: &[i64], group_list_type: i64, m: i64) -> Res<Vec<usize>> {
+    let mut ends = Vec::with_capacity(g.len());
+    let mut acc = 0i64;
+    for &v in g {
+        let end = if group_list_type == 0 { v } else { acc + v };
+        if end < acc || end > m {
+            return Err(exec_err(format!(
+                "groupList {g:?} is not a valid split of {m} rows"
+            )));
+        }
+        ends.push(end as usize);
+        acc = end;
+    }
+    Ok(ends)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
     x: TL,
@@ -378,10 +396,6 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
 ) -> aclnnStatus {
     phase1("aclnnGroupedMatmulV4", ws, ex, || {
         for (what, p) in [
-            ("biasOptional", bias),
-            ("scaleOptional", scale),
-            ("offsetOptional", offset),
-            ("perTokenScaleOptional", per_token_scale),
             ("activationInputOptional", activation_input),
             ("activationQuantScaleOptional", activation_quant_scale),
             ("activationQuantOffsetOptional", activation_quant_offset),
@@ -396,6 +410,10 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
         }
         let aq_scale = opt_tensor_list(antiquant_scale, "antiquantScaleOptional")?;
         let aq_offset = opt_tensor_list(antiquant_offset, "antiquantOffsetOptional")?;
+        let bias = opt_tensor_list(bias, "biasOptional")?;
+        let scale = opt_tensor_list(scale, "scaleOptional")?;
+        let offset = opt_tensor_list(offset, "offsetOptional")?;
+        let per_token = opt_tensor_list(per_token_scale, "perTokenScaleOptional")?;
         let xs = tensor_list(x, "x")?;
         let wsl = tensor_list(weight, "weight")?;
         let outs = tensor_list(out, "out")?;
@@ -421,7 +439,6 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             )));
         }
         let (xt, ot) = (xs[0].clone(), outs[0].clone());
-        need_float(&xt, "x")?;
         if xt.rank() != 2 {
             return Err(invalid(format!("x must be [M, K], got {:?}", xt.dims)));
         }
@@ -429,9 +446,43 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             return Err(invalid("groupListOptional must be a 1-D INT64 tensor"));
         }
         let e = gl.dims[0];
+        // The docs (groupType 0, single tensors): at most 1024 groups.
+        if e > 1024 {
+            return Err(invalid(format!("{e} groups (at most 1024)")));
+        }
         // Workspace (workspace.rs): the system part plus each group's offsets and a FLOAT
         // row of partial sums per token.
         crate::workspace::user(((e.max(1) * 64 + xt.dims[0].max(1) * 64 * 4) as u64).min(8 << 20));
+        if xt.dtype == D::ACL_INT8 {
+            let inputs = crate::ops_quant_gmm::A8W8Inputs {
+                x: xt,
+                weight: wsl,
+                bias,
+                scale,
+                offset,
+                antiquant: aq_scale.is_some() || aq_offset.is_some(),
+                per_token,
+                out: ot,
+                groups: e,
+            };
+            let m = inputs.x.dims[0];
+            return crate::ops_quant_gmm::a8w8(inputs, move || {
+                group_ends(&gl.read_i64("groupListOptional")?, group_list_type, m)
+            });
+        }
+        for (what, p) in [
+            ("biasOptional", bias),
+            ("scaleOptional", scale),
+            ("offsetOptional", offset),
+            ("perTokenScaleOptional", per_token),
+        ] {
+            if p.is_some() {
+                return Err(invalid(format!(
+                    "{what}: the quantized (INT8 x) mode only; not supported by the emulator for a float x (must be null)"
+                )));
+            }
+        }
+        need_float(&xt, "x")?;
         let quantized = wsl
             .first()
             .is_some_and(|w| matches!(w.dtype, D::ACL_INT8 | D::ACL_INT4 | D::ACL_INT32));
@@ -482,20 +533,11 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
         same_dtype(&xt, &ot, "x/out")?;
         need_shape(&ot, &[xt.dims[0], n], "out")?;
         Ok(Box::new(move || {
-            let g = gl.read_i64("groupListOptional")?;
-            let m = xt.dims[0];
-            let mut ends = Vec::with_capacity(g.len());
-            let mut acc = 0i64;
-            for &v in &g {
-                let end = if group_list_type == 0 { v } else { acc + v };
-                if end < acc || end > m {
-                    return Err(exec_err(format!(
-                        "groupList {g:?} is not a valid split of {m} rows"
-                    )));
-                }
-                ends.push(end);
-                acc = end;
-            }
+            let ends = group_ends(
+                &gl.read_i64("groupListOptional")?,
+                group_list_type,
+                xt.dims[0],
+            )?;
             let (k, n) = (k as usize, n as usize);
             // Expert `i`'s weight [K, N] as floats: (w + offset) * scale when quantized.
             let expert_weight: Box<dyn Fn(usize) -> Res<Vec<f32>> + '_> = match &weights {
@@ -543,7 +585,6 @@ pub unsafe extern "C" fn aclnnGroupedMatmulV4GetWorkspaceSize(
             let mut out = ot.read_f32("out")?;
             let mut start = 0usize;
             for (i, &end) in ends.iter().enumerate() {
-                let end = end as usize;
                 if end > start {
                     let wv = expert_weight(i)?;
                     for r in start..end {

@@ -287,3 +287,254 @@ fn quant_matmul_v4_int8_with_int32_bias_or_per_token_scale() {
     }
     finish(s, vec![ta, tw, tsc, tp, tb, ty, tyf, tyh, tw_bad]);
 }
+
+/// aclnnGroupedMatmulV4's INT8 mode (A8W8), against the doc's formula
+/// `y_i = (x_i × weight_i + bias_i) · scale_i · per_token_scale_i`: per-token dynamic with a
+/// BF16 scale and BF16 out (what vllm-ascend's W8A8_DYNAMIC experts call), static with an
+/// INT32 bias, the FLOAT32-scale / FLOAT16-out row, an empty group and counts (groupListType
+/// 1), the weight as stored `[E, N, K]` read transposed; then the doc's rejections.
+#[test]
+fn grouped_matmul_int8_dequantizes_per_channel_and_per_token() {
+    let s = Session::new().unwrap();
+    let ops = s.cann.ops.clone();
+    let nn = s.cann.nnop.clone();
+    let (e, m, k, n) = (3usize, 7usize, 40usize, 12usize);
+    let (ei, mi, ki, ni) = (e as i64, m as i64, k as i64, n as i64);
+    let x: Vec<i8> = (0..m * k)
+        .map(|i| ((i * 53 + 7) % 255) as u8 as i8)
+        .collect();
+    // Stored [E, N, K], as checkpoints hold experts.
+    let w: Vec<i8> = (0..e * n * k)
+        .map(|i| ((i * 29 + 3) % 251) as u8 as i8)
+        .collect();
+    let scale: Vec<f32> = (0..e * n)
+        .map(|i| bf16_round(1e-4 * (i as f32 + 1.0)))
+        .collect();
+    let pert: Vec<f32> = (0..m).map(|i| 0.25 + i as f32 / 3.0).collect();
+    let bias: Vec<i32> = (0..e * n).map(|i| i as i32 * 300 - 4000).collect();
+    let up8 = |v: &[i8], dims: &[i64]| {
+        let b: Vec<u8> = v.iter().map(|&x| x as u8).collect();
+        s.upload(D::ACL_INT8, dims, &b).unwrap()
+    };
+    let tx = up8(&x, &[mi, ki]);
+    let tw = up8(&w, &[ei, ni, ki]);
+    let tsc = s
+        .upload(D::ACL_BF16, &[ei, ni], &bf16_bytes(&scale))
+        .unwrap();
+    let tsc32 = s
+        .upload(D::ACL_FLOAT, &[ei, ni], &f32_bytes(&scale))
+        .unwrap();
+    let tp = s.upload(D::ACL_FLOAT, &[mi], &f32_bytes(&pert)).unwrap();
+    let tb = s
+        .upload(D::ACL_INT32, &[ei, ni], &i32_bytes(&bias))
+        .unwrap();
+    let ty = zeros(&s, D::ACL_BF16, &[mi, ni]);
+    let tyh = zeros(&s, D::ACL_FLOAT16, &[mi, ni]);
+    let tyf = zeros(&s, D::ACL_FLOAT, &[mi, ni]);
+    // Rows 0-1 expert 0, none for expert 1, rows 2-6 expert 2.
+    let tends = s
+        .upload(D::ACL_INT64, &[ei], &i64_bytes(&[2, 2, 7]))
+        .unwrap();
+    let tcounts = s
+        .upload(D::ACL_INT64, &[ei], &i64_bytes(&[2, 0, 5]))
+        .unwrap();
+    let tshort = s
+        .upload(D::ACL_INT64, &[ei], &i64_bytes(&[2, 2, 6]))
+        .unwrap();
+    // The weight as the op reads it, [E, K, N]: a transposed view of the stored [E, N, K].
+    let wt_strides = [ni * ki, 1, ki];
+    struct Call<'a> {
+        w: (D, Option<&'a [i64]>),
+        scale: Option<(&'a DevTensor, D, &'a [i64])>,
+        pert: Option<(&'a DevTensor, D)>,
+        bias: Option<(&'a DevTensor, D)>,
+        offset: bool,
+        groups: &'a DevTensor,
+        list_type: i64,
+        out: (&'a DevTensor, D),
+    }
+    let ok = Call {
+        w: (D::ACL_INT8, Some(&wt_strides)),
+        scale: Some((&tsc, D::ACL_BF16, &[ei, ni])),
+        pert: Some((&tp, D::ACL_FLOAT)),
+        bias: None,
+        offset: false,
+        groups: &tends,
+        list_type: 0,
+        out: (&ty, D::ACL_BF16),
+    };
+    let run = |c: &Call| -> Result<Vec<u8>, String> {
+        // SAFETY: descriptors over live device tensors; the lists own (and destroy) them.
+        unsafe {
+            let mk = |t: &DevTensor, dt: D, dims: &[i64], st: Option<&[i64]>| {
+                s.describe(t.ptr, dt, dims, st, 0).unwrap() as *const aclTensor
+            };
+            let list = |t: *const aclTensor| (nn.aclCreateTensorList)([t].as_ptr(), 1);
+            let xl = list(mk(&tx, D::ACL_INT8, &[mi, ki], None));
+            let wl = list(mk(&tw, c.w.0, &[ei, ki, ni], c.w.1));
+            let yl = list(mk(c.out.0, c.out.1, &[mi, ni], None));
+            let sl = c
+                .scale
+                .map_or(null_mut(), |(t, dt, d)| list(mk(t, dt, d, None)));
+            let pl = c
+                .pert
+                .map_or(null_mut(), |(t, dt)| list(mk(t, dt, &[mi], None)));
+            let bl = c
+                .bias
+                .map_or(null_mut(), |(t, dt)| list(mk(t, dt, &[ei, ni], None)));
+            let ol = if c.offset {
+                list(mk(&tsc32, D::ACL_FLOAT, &[ei, ni], None))
+            } else {
+                null_mut()
+            };
+            let r = s.run_op(
+                "gmm int8",
+                |ws, ex| {
+                    (ops.aclnnGroupedMatmulV4GetWorkspaceSize.unwrap())(
+                        xl,
+                        wl,
+                        bl,
+                        sl,
+                        ol,
+                        null(),
+                        null(),
+                        pl,
+                        c.groups.tensor,
+                        null(),
+                        null(),
+                        null(),
+                        3,
+                        0,
+                        c.list_type,
+                        0,
+                        yl,
+                        null_mut(),
+                        null_mut(),
+                        ws,
+                        ex,
+                    )
+                },
+                ops.aclnnGroupedMatmulV4.unwrap(),
+            );
+            for l in [xl, wl, yl, sl, pl, bl, ol] {
+                if !l.is_null() {
+                    (nn.aclDestroyTensorList)(l);
+                }
+            }
+            r.and_then(|_| s.sync())?;
+            s.download(c.out.0.ptr, c.out.0.bytes)
+        }
+    };
+    let expert = |r: usize| if r < 2 { 0 } else { 2 };
+    let want = |r: usize, c: usize, with_bias: bool, pertoken: bool| -> f32 {
+        let ex = expert(r);
+        let acc: i64 = (0..k)
+            .map(|j| x[r * k + j] as i64 * w[(ex * n + c) * k + j] as i64)
+            .sum::<i64>()
+            + if with_bias {
+                bias[ex * n + c] as i64
+            } else {
+                0
+            };
+        acc as f32 * scale[ex * n + c] * if pertoken { pert[r] } else { 1.0 }
+    };
+    let check_bf16 = |c: &Call, with_bias: bool, pertoken: bool| {
+        let y = from_bf16(&run(c).unwrap());
+        for (i, &v) in y.iter().enumerate() {
+            let w = bf16_round(want(i / n, i % n, with_bias, pertoken));
+            assert_eq!(v, w, "[{}, {}]", i / n, i % n);
+        }
+    };
+    // Dynamic (per-token), cumulative ends and counts alike.
+    for (groups, list_type) in [(&tends, 0), (&tcounts, 1)] {
+        let c = Call {
+            groups,
+            list_type,
+            ..ok
+        };
+        check_bf16(&c, false, true);
+    }
+    // Static: the INT32 bias before the scale, no per-token scale.
+    let c = Call {
+        bias: Some((&tb, D::ACL_INT32)),
+        pert: None,
+        ..ok
+    };
+    check_bf16(&c, true, false);
+    // FLOAT32 scale with a FLOAT16 out (the other A2 row).
+    let yh = run(&Call {
+        scale: Some((&tsc32, D::ACL_FLOAT, &[ei, ni])),
+        out: (&tyh, D::ACL_FLOAT16),
+        ..ok
+    })
+    .unwrap();
+    for (i, c) in yh.chunks_exact(2).enumerate() {
+        let got = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+        let w = half::f16::from_f32(want(i / n, i % n, false, true)).to_f32();
+        assert_eq!(got, w, "f16 [{i}]");
+    }
+    // The doc's rejections (161002 in phase 1).
+    let rejected: [(&str, Call); 8] = [
+        (
+            "F32 scale with a BF16 out",
+            Call {
+                scale: Some((&tsc32, D::ACL_FLOAT, &[ei, ni])),
+                ..ok
+            },
+        ),
+        (
+            "per-tensor scale [E, 1]",
+            Call {
+                scale: Some((&tsc, D::ACL_BF16, &[ei, 1])),
+                ..ok
+            },
+        ),
+        ("no scale (INT32 out row)", Call { scale: None, ..ok }),
+        (
+            "F16 per-token scale",
+            Call {
+                pert: Some((&tsc, D::ACL_FLOAT16)),
+                ..ok
+            },
+        ),
+        (
+            "F32 bias",
+            Call {
+                bias: Some((&tsc32, D::ACL_FLOAT)),
+                ..ok
+            },
+        ),
+        ("an offset", Call { offset: true, ..ok }),
+        (
+            "INT4 weight",
+            Call {
+                w: (D::ACL_INT4, None),
+                ..ok
+            },
+        ),
+        (
+            "F32 out",
+            Call {
+                out: (&tyf, D::ACL_FLOAT),
+                ..ok
+            },
+        ),
+    ];
+    for (what, c) in &rejected {
+        let err = run(c).expect_err(what);
+        assert!(err.contains("phase 1: 161002"), "{what}: {err}");
+    }
+    // A group list that leaves rows out fails when the op runs.
+    let err = run(&Call {
+        groups: &tshort,
+        ..ok
+    })
+    .expect_err("short group list");
+    assert!(!err.contains("phase 1"), "{err}");
+    finish(
+        s,
+        vec![
+            tx, tw, tsc, tsc32, tp, tb, ty, tyh, tyf, tends, tcounts, tshort,
+        ],
+    );
+}

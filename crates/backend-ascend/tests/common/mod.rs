@@ -2,6 +2,8 @@
 //! goldens (as crates/model/tests/common reads them), and an engine on the Ascend backend.
 #![allow(dead_code)]
 
+pub mod quant_check;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
 

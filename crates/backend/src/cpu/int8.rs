@@ -9,7 +9,8 @@
 //! padded with zero weights to a multiple of 64 bytes. The same code serves decode (one to a
 //! few rows: the weight is read once) and prefill (a task keeps its weight rows hot while all
 //! activation rows stream by). Kernels, chosen at run time: AVX512-VNNI, AVX-VNNI, the
-//! portable twin compiled for AVX2, and the portable twin itself; all give the same integers.
+//! portable twin compiled for AVX2, NEON `sdot` (AArch64 with the dot-product extension,
+//! Kunpeng 920 and later), and the portable twin itself; all give the same integers.
 
 use std::cell::RefCell;
 
@@ -276,6 +277,69 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::*;
+    use std::arch::aarch64::*;
+
+    /// `acc += a · b`: four INT32 lanes, each the sum of four signed byte products (`sdot`,
+    /// FEAT_DotProd). Its intrinsic (`vdotq_s32`) is not stable Rust yet, the instruction is.
+    ///
+    /// # Safety
+    /// The CPU must support the dot-product extension.
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn sdot(acc: &mut int32x4_t, a: int8x16_t, b: int8x16_t) {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) *acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+
+    /// 16 bytes per `sdot`, sixteen independent accumulators. `sdot` multiplies signed by
+    /// signed bytes (the mixed-sign `usdot` needs FEAT_I8MM, which Kunpeng 920 lacks), so the
+    /// biased activations get their top bit flipped back to the signed codes (`x_q + 128`
+    /// XOR 0x80 = `x_q`), and one more `sdot` per weight row against −128 gives the
+    /// `128 · Σ w` that the tile's contract (biased activations) includes:
+    /// `Σ (x_q + 128)·w = Σ x_q·w − Σ (−128)·w`.
+    ///
+    /// # Safety
+    /// The CPU must support the dot-product extension; every row holds the same multiple of
+    /// 16 bytes.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn tile_sdot(ws: &[&[i8]; T], xs: &[&[u8]; T], acc: &mut [[i32; T]; T]) {
+        let kp = ws[0].len();
+        let flip = vdupq_n_u8(0x80);
+        let minus128 = vdupq_n_s8(i8::MIN);
+        let mut s = [[vdupq_n_s32(0); T]; T];
+        let mut wsum = [vdupq_n_s32(0); T];
+        let mut j = 0;
+        while j < kp {
+            // SAFETY: j + 16 <= kp, the length of every row.
+            let xv: [int8x16_t; T] = std::array::from_fn(|i| unsafe {
+                vreinterpretq_s8_u8(veorq_u8(vld1q_u8(xs[i].as_ptr().add(j)), flip))
+            });
+            for ((w, sw), ws) in ws.iter().zip(s.iter_mut()).zip(wsum.iter_mut()) {
+                let wv = unsafe { vld1q_s8(w.as_ptr().add(j)) };
+                for (sx, x) in sw.iter_mut().zip(&xv) {
+                    unsafe { sdot(sx, *x, wv) };
+                }
+                unsafe { sdot(ws, minus128, wv) };
+            }
+            j += 16;
+        }
+        for ((a, sw), ws) in acc.iter_mut().zip(&s).zip(&wsum) {
+            let neg_bias = vaddvq_s32(*ws);
+            for (v, sx) in a.iter_mut().zip(sw) {
+                *v = vaddvq_s32(*sx).wrapping_sub(neg_bias);
+            }
+        }
+    }
+}
+
 /// Which kernel [`pick`] chooses on this CPU at the level in force (for benches and logs).
 pub fn kernel_name() -> &'static str {
     kernels().0
@@ -299,6 +363,14 @@ fn kernels() -> (&'static str, TileFn) {
         if l >= Level::Avx2 as u8 {
             // SAFETY: the level is only in force when AVX2 is detected.
             return ("avx2", |w, x, a| unsafe { x86::tile_avx2(w, x, a) });
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use super::simd::{level, Level};
+        if level() == Level::Neon && std::arch::is_aarch64_feature_detected!("dotprod") {
+            // SAFETY: the extension was just detected.
+            return ("neon-sdot", |w, x, a| unsafe { arm::tile_sdot(w, x, a) });
         }
     }
     ("portable", tile_portable)
@@ -417,7 +489,7 @@ mod tests {
         let wr: [&[i8]; T] = std::array::from_fn(|i| &q.weight[i * q.kp..(i + 1) * q.kp]);
         let mut want = [[0; T]; T];
         tile_portable(&wr, &xr, &mut want);
-        #[allow(unused_mut)] // only x86 adds kernels
+        #[allow(unused_mut)] // only x86 and aarch64 add kernels
         let mut tiles: Vec<TileFn> = vec![pick()];
         // SAFETY (each closure below): pushed only when its features were just detected.
         #[cfg(target_arch = "x86_64")]
@@ -430,6 +502,14 @@ mod tests {
             }
             if std::is_x86_feature_detected!("avx512vnni") {
                 tiles.push(|w, x, a| unsafe { x86::tile_vnni512(w, x, a) });
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                tiles.push(|w, x, a| unsafe { arm::tile_sdot(w, x, a) });
+            } else {
+                eprintln!("no dot-product extension: the sdot kernel is not checked");
             }
         }
         for t in tiles {
