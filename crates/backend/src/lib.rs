@@ -54,6 +54,22 @@ impl HostData<'_> {
     }
 }
 
+/// Host data handed over for good (see [`Backend::upload_owned`]).
+#[derive(Debug)]
+pub enum HostVec {
+    F32(Vec<f32>),
+    BF16(Vec<half::bf16>),
+}
+
+impl HostVec {
+    pub fn as_data(&self) -> HostData<'_> {
+        match self {
+            HostVec::F32(d) => HostData::F32(d),
+            HostVec::BF16(d) => HostData::BF16(d),
+        }
+    }
+}
+
 /// Rotary embedding parameters after any scaling (linear, dynamic, YaRN) has been folded in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RopeSpec {
@@ -127,6 +143,11 @@ pub trait Backend: Send + Sync + 'static {
     fn memory_info(&self) -> Result<(u64, u64)>;
 
     fn upload(&self, data: HostData<'_>, shape: &[usize]) -> Result<Self::Tensor>;
+    /// As [`Self::upload`], from data the caller no longer needs: a backend that computes in
+    /// host memory keeps the vector instead of copying it (a copy of every weight at load).
+    fn upload_owned(&self, data: HostVec, shape: &[usize]) -> Result<Self::Tensor> {
+        self.upload(data.as_data(), shape)
+    }
     /// A weight-only quantized weight (shape [`QuantizedHost::shape`]) that [`Self::linear`]
     /// (and [`Self::moe`] for a stack of experts) accepts as it accepts a dense one. Backends
     /// without quantized kernels keep this default.

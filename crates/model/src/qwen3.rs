@@ -5,9 +5,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use qwen3_backend::comm::Communicator;
-use qwen3_backend::{
-    AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, RopeSpec, StepMeta,
-};
+use qwen3_backend::{AttnGeometry, Backend, HostVec, KvCacheShape, MoeWeights, RopeSpec, StepMeta};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -240,7 +238,7 @@ impl<B: Backend> Loader<'_, B> {
                 } else {
                     self.store.load_bf16_slice(name, shape, dim, start, len)?
                 };
-                self.backend.upload(HostData::BF16(&data), &out_shape)?
+                self.backend.upload_owned(HostVec::BF16(data), &out_shape)?
             }
             WeightDType::F32 => {
                 let data = if whole {
@@ -248,7 +246,7 @@ impl<B: Backend> Loader<'_, B> {
                 } else {
                     self.store.load_f32_slice(name, shape, dim, start, len)?
                 };
-                self.backend.upload(HostData::F32(&data), &out_shape)?
+                self.backend.upload_owned(HostVec::F32(data), &out_shape)?
             }
         };
         self.bytes += self.backend.size_bytes(&t);
@@ -319,17 +317,19 @@ impl<B: Backend> Loader<'_, B> {
                 let mut all = Vec::with_capacity(out_shape[0] * out_shape[1]);
                 for p in prefixes {
                     let name = format!("{p}.weight");
-                    all.extend(self.store.load_bf16_slice(&name, shape, 0, start, len)?);
+                    self.store
+                        .append_bf16_slice(&name, shape, 0, start, len, &mut all)?;
                 }
-                self.backend.upload(HostData::BF16(&all), &out_shape)?
+                self.backend.upload_owned(HostVec::BF16(all), &out_shape)?
             }
             WeightDType::F32 => {
                 let mut all = Vec::with_capacity(out_shape[0] * out_shape[1]);
                 for p in prefixes {
                     let name = format!("{p}.weight");
-                    all.extend(self.store.load_f32_slice(&name, shape, 0, start, len)?);
+                    self.store
+                        .append_f32_slice(&name, shape, 0, start, len, &mut all)?;
                 }
-                self.backend.upload(HostData::F32(&all), &out_shape)?
+                self.backend.upload_owned(HostVec::F32(all), &out_shape)?
             }
         };
         self.bytes += self.backend.size_bytes(&t);
@@ -423,17 +423,19 @@ impl<B: Backend> Loader<'_, B> {
                 let mut all = Vec::with_capacity(per * n);
                 for e in 0..n {
                     let name = format!("{prefix}.experts.{e}.{proj}.weight");
-                    all.extend(self.store.load_bf16_slice(&name, shape, dim, start, len)?);
+                    self.store
+                        .append_bf16_slice(&name, shape, dim, start, len, &mut all)?;
                 }
-                self.backend.upload(HostData::BF16(&all), &out_shape3)?
+                self.backend.upload_owned(HostVec::BF16(all), &out_shape3)?
             }
             WeightDType::F32 => {
                 let mut all = Vec::with_capacity(per * n);
                 for e in 0..n {
                     let name = format!("{prefix}.experts.{e}.{proj}.weight");
-                    all.extend(self.store.load_f32_slice(&name, shape, dim, start, len)?);
+                    self.store
+                        .append_f32_slice(&name, shape, dim, start, len, &mut all)?;
                 }
-                self.backend.upload(HostData::F32(&all), &out_shape3)?
+                self.backend.upload_owned(HostVec::F32(all), &out_shape3)?
             }
         };
         self.bytes += self.backend.size_bytes(&t);

@@ -381,9 +381,25 @@ impl WeightStore {
         start: usize,
         len: usize,
     ) -> Result<Vec<bf16>, WeightError> {
+        let mut out = Vec::new();
+        self.append_bf16_slice(name, full_shape, dim, start, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Self::load_bf16_slice`], appended to `out` (weights stacked at load are read
+    /// straight into their stack, not copied there).
+    pub fn append_bf16_slice(
+        &self,
+        name: &str,
+        full_shape: &[usize],
+        dim: usize,
+        start: usize,
+        len: usize,
+        out: &mut Vec<bf16>,
+    ) -> Result<(), WeightError> {
         let (e, float) = self.float_entry(name, full_shape)?;
         let runs = slice_runs(name, e, float.size(), dim, start, len)?;
-        self.read(e, float, runs, decode_bf16)
+        self.read_into(e, float, runs, decode_bf16, out)
     }
 
     /// As [`Self::load_bf16_slice`], as f32.
@@ -395,9 +411,24 @@ impl WeightStore {
         start: usize,
         len: usize,
     ) -> Result<Vec<f32>, WeightError> {
+        let mut out = Vec::new();
+        self.append_f32_slice(name, full_shape, dim, start, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Self::load_f32_slice`], appended to `out`.
+    pub fn append_f32_slice(
+        &self,
+        name: &str,
+        full_shape: &[usize],
+        dim: usize,
+        start: usize,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<(), WeightError> {
         let (e, float) = self.float_entry(name, full_shape)?;
         let runs = slice_runs(name, e, float.size(), dim, start, len)?;
-        self.read(e, float, runs, decode_f32)
+        self.read_into(e, float, runs, decode_f32, out)
     }
 
     /// Raw little-endian bytes of a tensor of any supported dtype (for packed int32
@@ -509,7 +540,7 @@ impl WeightStore {
             .ok_or_else(|| corrupt(&self.path(e), "a tensor lies outside the file".into()))
     }
 
-    /// Converts `runs` of `e`'s data into a new vector, in parallel for big reads.
+    /// Converts `runs` of `e`'s data into a new vector.
     fn read<T: Copy + Default + Send>(
         &self,
         e: &Entry,
@@ -517,11 +548,25 @@ impl WeightStore {
         runs: Runs,
         decode: fn(Float, &[u8], &mut [T]),
     ) -> Result<Vec<T>, WeightError> {
+        let mut out = Vec::new();
+        self.read_into(e, float, runs, decode, &mut out)?;
+        Ok(out)
+    }
+
+    /// Converts `runs` of `e`'s data onto the end of `out`, in parallel for big reads.
+    fn read_into<T: Copy + Default + Send>(
+        &self,
+        e: &Entry,
+        float: Float,
+        runs: Runs,
+        decode: fn(Float, &[u8], &mut [T]),
+        out: &mut Vec<T>,
+    ) -> Result<(), WeightError> {
         let src = self.data(e)?;
         let size = float.size();
         let total = runs.count * runs.elems;
         if total == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         // The last run must end inside the tensor; then every indexing below is in range.
         let last_end = (runs.count - 1) * runs.stride + runs.first + runs.elems * size;
@@ -531,7 +576,9 @@ impl WeightStore {
                 "a slice lies outside its tensor".into(),
             ));
         }
-        let mut out = vec![T::default(); total];
+        let at = out.len();
+        out.resize(at + total, T::default());
+        let dst = &mut out[at..];
         // One contiguous run is cut into PAR_CHUNK pieces so it still spreads over threads.
         let (chunk, step) = if runs.count == 1 {
             (PAR_CHUNK, PAR_CHUNK * size)
@@ -543,13 +590,13 @@ impl WeightStore {
             decode(float, &src[off..off + dst.len() * size], dst);
         };
         if total >= PAR_CHUNK {
-            out.par_chunks_mut(chunk).enumerate().for_each(convert);
+            dst.par_chunks_mut(chunk).enumerate().for_each(convert);
         } else {
-            out.chunks_mut(chunk).enumerate().for_each(convert);
+            dst.chunks_mut(chunk).enumerate().for_each(convert);
         }
         self.bytes_read
             .fetch_add((total * size) as u64, Ordering::Relaxed);
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -79,6 +79,10 @@ pub fn gemm_bf16_at(
     let _ = level;
     #[cfg(target_arch = "x86_64")]
     if has_kernel(level) {
+        // Prefill-sized batches on AMX tiles where the CPU has them.
+        if super::gemm_amx::gemm_amx(x, m, k, w, n, out) {
+            return;
+        }
         let kp = padded_k(k);
         with_scratch(&XB, |xb| {
             xb.clear();

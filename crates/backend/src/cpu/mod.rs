@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod bandwidth;
 pub mod comm;
+pub mod gemm_amx;
 pub mod gemm_bf16;
 pub mod gemv;
 pub mod int8;
@@ -36,8 +37,8 @@ use rayon::prelude::*;
 use crate::logprobs::{row_prompt_logprob, PromptLogprob};
 use crate::sampling::{sample_row, SampleRow, Sampled};
 use crate::{
-    AttnGeometry, Backend, BackendError, HostData, KvCacheShape, MoeWeights, QuantizedHost, Result,
-    StepMeta, W8A8Host,
+    AttnGeometry, Backend, BackendError, HostData, HostVec, KvCacheShape, MoeWeights,
+    QuantizedHost, Result, StepMeta, W8A8Host,
 };
 use attention::{PagedKv, TokenPlace};
 use matmul::matmul_t;
@@ -309,18 +310,25 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, data: HostData<'_>, shape: &[usize]) -> Result<CpuTensor> {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(shape_err(
-                "upload",
-                format!("{} elements for shape {shape:?}", data.len()),
-            ));
-        }
+        // Checked before copying, so a wrong shape costs no copy.
+        Dims::checked("upload", shape, data.len())?;
+        self.upload_owned(
+            match data {
+                HostData::F32(d) => HostVec::F32(d.to_vec()),
+                HostData::BF16(d) => HostVec::BF16(d.to_vec()),
+            },
+            shape,
+        )
+    }
+
+    fn upload_owned(&self, data: HostVec, shape: &[usize]) -> Result<CpuTensor> {
+        let shape = Dims::checked("upload", shape, data.as_data().len())?;
         let data = match data {
-            HostData::F32(d) => CpuData::F32(d.to_vec()),
-            HostData::BF16(d) => CpuData::BF16(d.to_vec()),
+            HostVec::F32(d) => CpuData::F32(d),
+            HostVec::BF16(d) => CpuData::BF16(d),
         };
         Ok(CpuTensor {
-            shape: Dims::new("upload", shape)?,
+            shape,
             data,
             reuse: None,
         })

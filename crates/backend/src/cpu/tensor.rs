@@ -47,6 +47,14 @@ impl Dims {
         })
     }
 
+    /// The shape, checked to hold `len` elements.
+    pub(super) fn checked(op: &'static str, s: &[usize], len: usize) -> Result<Self> {
+        if s.iter().product::<usize>() != len {
+            return Err(shape_err(op, format!("{len} elements for shape {s:?}")));
+        }
+        Self::new(op, s)
+    }
+
     pub(super) fn matrix(rows: usize, cols: usize) -> Self {
         Self {
             d: [rows, cols, 0, 0],
