@@ -31,6 +31,20 @@ fn executor_with_blocks(
     blocks: usize,
     overrides: Option<&serde_json::Value>,
 ) -> SingleExecutor<AscendBackend> {
+    executor_of(emu, DENSE, device, dtype, graph, sizes, blocks, overrides)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn executor_of(
+    emu: &Emu,
+    model: &str,
+    device: i32,
+    dtype: WeightDType,
+    graph: bool,
+    sizes: &[usize],
+    blocks: usize,
+    overrides: Option<&serde_json::Value>,
+) -> SingleExecutor<AscendBackend> {
     let opts = AscendOptions {
         kv_cache_f32: dtype == WeightDType::F32,
         graph_capture: graph,
@@ -38,7 +52,6 @@ fn executor_with_blocks(
         ..AscendOptions::default()
     };
     let backend = AscendBackend::with_options(Arc::clone(&emu.cann), device, opts).expect("device");
-    let model = DENSE;
     let m = Qwen3::load(
         &backend,
         &fixtures().join(model),
@@ -95,7 +108,12 @@ fn two_seq_batch(ids: [&[u32]; 2], past: [usize; 2]) -> Batch {
 
 /// Prefill two golden prompts, then decode `steps` steps greedily; every step's logits.
 fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
-    let g = golden(DENSE);
+    run_model(ex, DENSE, steps)
+}
+
+/// [`run`] with `model`'s golden prompts.
+fn run_model(ex: &mut SingleExecutor<AscendBackend>, model: &str, steps: usize) -> Vec<Vec<f32>> {
+    let g = golden(model);
     let (p0, p1) = (&g.cases[0].prompt_ids, &g.cases[1].prompt_ids);
     let vocab = ex.worker().model.config.vocab_size;
     let b = two_seq_batch([p0, p1], [0, 0]);
@@ -130,14 +148,18 @@ fn assert_same_logits(dtype: WeightDType, eager: &[Vec<f32>], graph: &[Vec<f32>]
 
 /// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
 fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
+    graph_equals_eager_for(DENSE, dtype, sizes);
+}
+
+fn graph_equals_eager_for(model: &str, dtype: WeightDType, sizes: &[usize]) {
     let emu = Emu::new();
     let eager = {
-        let mut ex = executor(&emu, 0, dtype, false, &[]);
-        run(&mut ex, 6)
+        let mut ex = executor_of(&emu, model, 0, dtype, false, &[], 4, None);
+        run_model(&mut ex, model, 6)
     };
     let graph = {
-        let mut ex = executor(&emu, 1, dtype, true, sizes);
-        let out = run(&mut ex, 6);
+        let mut ex = executor_of(&emu, model, 1, dtype, true, sizes, 4, None);
+        let out = run_model(&mut ex, model, 6);
         assert_eq!(
             ex.worker().backend.captured_graphs(),
             1,
@@ -166,6 +188,14 @@ fn graph_decode_equals_eager_fused_attention() {
 #[test]
 fn graph_decode_equals_eager_f32_attention() {
     graph_equals_eager(WeightDType::F32, &[2]);
+}
+
+/// The MoE fixture at head_dim 128: routing, grouped expert matmuls and the combine inside
+/// captured segments, fused attention (BF16) or the F32 path between them.
+#[test]
+fn moe_hd128_graph_decode_equals_eager() {
+    graph_equals_eager_for(MOE_HD128, WeightDType::BF16, &[2]);
+    graph_equals_eager_for(MOE_HD128, WeightDType::F32, &[4]);
 }
 
 #[test]
