@@ -1,5 +1,6 @@
 //! `qwen3-serve doctor`: what CANN and the devices report, and every backend op run on
-//! small shapes on the NPU and compared with the CPU backend.
+//! small shapes on the NPU and compared with the CPU backend (plus, unless quick, the
+//! real-shape layer checks of `doctor_layers`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,19 +16,41 @@ use serde::Serialize;
 
 pub use crate::device_query::DeviceMemory;
 use crate::device_query::{device_count, device_memory};
+use crate::doctor_layers::real_shape_checks;
+pub use crate::doctor_layers::{LayerDims, MlpDims, RealShapes};
 use crate::{AscendBackend, AscendOptions, AttentionBackend, AttentionPath};
 
 /// One op compared with the CPU backend.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OpCheck {
-    pub op: &'static str,
+    pub op: String,
+    /// The shapes it ran at ("small": the quick checks' few-element tensors).
+    pub shape: String,
     pub passed: bool,
     /// Largest absolute difference from the CPU result (NaN when the op failed to run; JSON
     /// has no NaN, so `doctor --json` writes null).
     pub max_error: f32,
-    pub tolerance: f32,
+    /// The largest `max_error` that passes.
+    pub bound: f32,
+    /// Device time of the checked ops, from events on the stream (`None`: not timed).
+    pub device_us: Option<f64>,
     /// The error, when the op failed to run.
     pub error: Option<String>,
+}
+
+/// What `doctor` runs besides its small-shape op checks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DoctorOptions {
+    /// Real layers' checks (`None`: quick, small shapes only).
+    pub real_shapes: Option<RealShapes>,
+}
+
+impl Default for DoctorOptions {
+    fn default() -> Self {
+        Self {
+            real_shapes: Some(RealShapes::default()),
+        }
+    }
 }
 
 /// Everything `doctor` found; `doctor --json` serializes it as is.
@@ -60,10 +83,12 @@ pub struct DoctorReport {
 impl Default for OpCheck {
     fn default() -> Self {
         Self {
-            op: "",
+            op: String::new(),
+            shape: String::new(),
             passed: false,
             max_error: f32::NAN,
-            tolerance: 0.0,
+            bound: 0.0,
+            device_us: None,
             error: None,
         }
     }
@@ -137,15 +162,22 @@ impl fmt::Display for DoctorReport {
             )?;
         }
         if !self.checks.is_empty() {
-            writeln!(f, "Op checks on device 0 (against the CPU backend):")?;
+            writeln!(
+                f,
+                "Op checks on device 0 (against the CPU backend; max error / bound, device time, shape):"
+            )?;
             for c in &self.checks {
                 let status = if c.passed { "ok  " } else { "FAIL" };
+                let time = match c.device_us {
+                    Some(us) => format!("{us:>10.1} us"),
+                    None => format!("{:>13}", "-"),
+                };
                 match &c.error {
-                    Some(e) => writeln!(f, "  {status} {:<16} error: {e}", c.op)?,
+                    Some(e) => writeln!(f, "  {status} {:<36} error: {e}", c.op)?,
                     None => writeln!(
                         f,
-                        "  {status} {:<16} max error {:.2e} (tolerance {:.0e})",
-                        c.op, c.max_error, c.tolerance
+                        "  {status} {:<36} {:.2e} / {:.2e} {time}  {}",
+                        c.op, c.max_error, c.bound, c.shape
                     )?,
                 }
             }
@@ -167,8 +199,13 @@ impl fmt::Display for DoctorReport {
     }
 }
 
-/// Diagnoses the installation `cann` was loaded from and device 0's ops.
+/// Diagnoses the installation `cann` was loaded from and device 0's ops, at real shapes too.
 pub fn doctor(cann: &Cann) -> DoctorReport {
+    doctor_with(cann, &DoctorOptions::default())
+}
+
+/// [`doctor`] with the real-shape checks `opts` asks for.
+pub fn doctor_with(cann: &Cann, opts: &DoctorOptions) -> DoctorReport {
     let mut r = DoctorReport {
         libraries: cann
             .libraries()
@@ -211,6 +248,9 @@ pub fn doctor(cann: &Cann) -> DoctorReport {
         }
     }
     r.checks = op_checks(&backend);
+    if let Some(shapes) = &opts.real_shapes {
+        r.checks.extend(real_shape_checks(&backend, shapes));
+    }
     r.kernels = crate::doctor_kernels::kernel_checks(&backend);
     r.workspace = Some(backend.workspace_stats());
     drop(backend);
@@ -326,7 +366,7 @@ type Scenario<B> = fn(&B, &StepData) -> Result<Vec<f32>>;
 
 struct Case {
     op: &'static str,
-    tolerance: f32,
+    bound: f32,
     cpu: Scenario<CpuBackend>,
     npu: Scenario<AscendBackend>,
 }
@@ -335,7 +375,7 @@ macro_rules! case {
     ($op:literal, $tol:expr, $f:ident) => {
         Case {
             op: $op,
-            tolerance: $tol,
+            bound: $tol,
             cpu: $f::<CpuBackend>,
             npu: $f::<AscendBackend>,
         }
@@ -578,7 +618,7 @@ pub fn op_checks(backend: &AscendBackend) -> Vec<OpCheck> {
     match AscendBackend::with_options(Arc::clone(backend.cann()), backend.device_id(), opts) {
         Ok(b) => out.extend(run_cases(&b, f32_cache_cases())),
         Err(e) => out.push(OpCheck {
-            op: "attention f32",
+            op: "attention f32".into(),
             error: Some(e.to_string()),
             ..OpCheck::default()
         }),
@@ -630,7 +670,7 @@ fn attention_variant(backend: &AscendBackend, op: &'static str, opts: AscendOpti
             r.pop().unwrap_or_default()
         }
         Err(e) => OpCheck {
-            op,
+            op: op.into(),
             error: Some(e.to_string()),
             ..OpCheck::default()
         },
@@ -645,30 +685,42 @@ fn run_cases(backend: &AscendBackend, cases: Vec<Case>) -> Vec<OpCheck> {
         .map(|c| {
             let want = (c.cpu)(&cpu, &s);
             let got = (c.npu)(backend, &s);
-            match (want, got) {
-                (Ok(w), Ok(g)) => {
-                    let e = max_err(&w, &g);
-                    OpCheck {
-                        op: c.op,
-                        passed: e <= c.tolerance,
-                        max_error: e,
-                        tolerance: c.tolerance,
-                        error: None,
-                    }
-                }
-                (_, Err(e)) => OpCheck {
-                    op: c.op,
-                    tolerance: c.tolerance,
-                    error: Some(e.to_string()),
-                    ..OpCheck::default()
-                },
-                (Err(e), _) => OpCheck {
-                    op: c.op,
-                    tolerance: c.tolerance,
-                    error: Some(format!("CPU reference failed: {e}")),
-                    ..OpCheck::default()
-                },
-            }
+            verdict(c.op.into(), "small".into(), want, got, |_| c.bound)
         })
         .collect()
+}
+
+/// The check of `got` (the NPU's) against `want` (the CPU's) under `bound(want)`.
+pub(crate) fn verdict(
+    op: String,
+    shape: String,
+    want: Result<Vec<f32>>,
+    got: Result<Vec<f32>>,
+    bound: impl Fn(&[f32]) -> f32,
+) -> OpCheck {
+    match (want, got) {
+        (Ok(w), Ok(g)) => {
+            let (e, bound) = (max_err(&w, &g), bound(&w));
+            OpCheck {
+                op,
+                shape,
+                passed: e <= bound,
+                max_error: e,
+                bound,
+                ..OpCheck::default()
+            }
+        }
+        (_, Err(e)) => OpCheck {
+            op,
+            shape,
+            error: Some(e.to_string()),
+            ..OpCheck::default()
+        },
+        (Err(e), _) => OpCheck {
+            op,
+            shape,
+            error: Some(format!("CPU reference failed: {e}")),
+            ..OpCheck::default()
+        },
+    }
 }

@@ -78,16 +78,19 @@ fn tensor_parallel_2_matches_goldens() {
 #[test]
 fn moe_matches_goldens_tp1_and_tp2() {
     let emu = Emu::new();
-    for tp in [1, 2] {
-        run_goldens(
-            &emu,
-            "tiny-qwen3-moe",
-            &Setup {
-                tp,
-                max_num_batched_tokens: 64,
-                ..Setup::default()
-            },
-        );
+    // The small-head fixture and the one at real Qwen3's head_dim 128.
+    for model in ["tiny-qwen3-moe", MOE_HD128] {
+        for tp in [1, 2] {
+            run_goldens(
+                &emu,
+                model,
+                &Setup {
+                    tp,
+                    max_num_batched_tokens: 64,
+                    ..Setup::default()
+                },
+            );
+        }
     }
     emu.assert_clean();
 }

@@ -31,7 +31,7 @@ fn executor_piecewise(
     dtype: WeightDType,
     sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
-    executor_opts(emu, device, dtype, true, sizes, 4, None, false)
+    executor_of(emu, DENSE, device, dtype, true, sizes, 4, None, false)
 }
 
 fn executor_with_blocks(
@@ -43,12 +43,13 @@ fn executor_with_blocks(
     blocks: usize,
     overrides: Option<&serde_json::Value>,
 ) -> SingleExecutor<AscendBackend> {
-    executor_opts(emu, device, dtype, graph, sizes, blocks, overrides, true)
+    executor_of(emu, DENSE, device, dtype, graph, sizes, blocks, overrides, true)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn executor_opts(
+fn executor_of(
     emu: &Emu,
+    model: &str,
     device: i32,
     dtype: WeightDType,
     graph: bool,
@@ -65,7 +66,6 @@ fn executor_opts(
         ..AscendOptions::default()
     };
     let backend = AscendBackend::with_options(Arc::clone(&emu.cann), device, opts).expect("device");
-    let model = DENSE;
     let m = Qwen3::load(
         &backend,
         &fixtures().join(model),
@@ -123,7 +123,12 @@ fn two_seq_batch(ids: [&[u32]; 2], past: [usize; 2]) -> Batch {
 
 /// Prefill two golden prompts, then decode `steps` steps greedily; every step's logits.
 fn run(ex: &mut SingleExecutor<AscendBackend>, steps: usize) -> Vec<Vec<f32>> {
-    let g = golden(DENSE);
+    run_model(ex, DENSE, steps)
+}
+
+/// [`run`] with `model`'s golden prompts.
+fn run_model(ex: &mut SingleExecutor<AscendBackend>, model: &str, steps: usize) -> Vec<Vec<f32>> {
+    let g = golden(model);
     let (p0, p1) = (&g.cases[0].prompt_ids, &g.cases[1].prompt_ids);
     let vocab = ex.worker().model.config.vocab_size;
     let b = two_seq_batch([p0, p1], [0, 0]);
@@ -158,22 +163,26 @@ fn assert_same_logits(dtype: WeightDType, eager: &[Vec<f32>], graph: &[Vec<f32>]
 
 /// `sizes`: the captured token counts (2 exactly, or 4 with the two sequences padded).
 fn graph_equals_eager(dtype: WeightDType, sizes: &[usize]) {
-    graph_equals_eager_as(dtype, sizes, true)
+    graph_equals_eager_for(DENSE, dtype, sizes, true)
 }
 
 fn graph_equals_eager_as(dtype: WeightDType, sizes: &[usize], full: bool) {
+    graph_equals_eager_for(DENSE, dtype, sizes, full)
+}
+
+fn graph_equals_eager_for(model: &str, dtype: WeightDType, sizes: &[usize], full: bool) {
     let emu = Emu::new();
     let eager = {
-        let mut ex = executor(&emu, 0, dtype, false, &[]);
-        run(&mut ex, 6)
+        let mut ex = executor_of(&emu, model, 0, dtype, false, &[], 4, None, true);
+        run_model(&mut ex, model, 6)
     };
     let graph = {
-        let mut ex = executor_opts(&emu, 1, dtype, true, sizes, 4, None, full);
+        let mut ex = executor_of(&emu, model, 1, dtype, true, sizes, 4, None, full);
         let kind = ex.worker().backend.graph_kind();
         let want_full = full && dtype == WeightDType::BF16;
         assert_eq!(kind == GraphKind::Full, want_full, "{kind:?}");
         let before = emu.stats();
-        let out = run(&mut ex, 6);
+        let out = run_model(&mut ex, model, 6);
         let s = emu.stats();
         // Full graphs: one task group per layer, updated at every replay.
         let layers = ex.worker().model.config.num_hidden_layers as u64;
@@ -213,6 +222,14 @@ fn piecewise_graph_decode_equals_eager_fused_attention() {
 #[test]
 fn graph_decode_equals_eager_f32_attention() {
     graph_equals_eager(WeightDType::F32, &[2]);
+}
+
+/// The MoE fixture at head_dim 128: routing, grouped expert matmuls and the combine inside
+/// captured segments, fused attention (BF16) or the F32 path between them.
+#[test]
+fn moe_hd128_graph_decode_equals_eager() {
+    graph_equals_eager_for(MOE_HD128, WeightDType::BF16, &[2], true);
+    graph_equals_eager_for(MOE_HD128, WeightDType::F32, &[4], true);
 }
 
 #[test]

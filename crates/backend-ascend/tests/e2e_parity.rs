@@ -19,9 +19,6 @@ const TOL_BF16: f32 = 0.25;
 /// 47-token prompt's fourth decode step, 0.19 on the short prompts).
 const TOL_BF16_MOE: f32 = 0.5;
 
-/// The MoE fixture at real Qwen3's head_dim 128 (8 q / 2 kv heads).
-const MOE_HD128: &str = "tiny-qwen3-moe-hd128";
-
 fn executor(emu: &Emu, model: &str, dtype: WeightDType) -> SingleExecutor<AscendBackend> {
     let opts = AscendOptions {
         kv_cache_f32: dtype == WeightDType::F32,

@@ -171,6 +171,21 @@ fn moe_f32_matches_goldens_on_the_npu() {
     check("tiny-qwen3-moe", WeightDType::F32, 1e-2, true);
 }
 
+/// The MoE fixture at real Qwen3's head_dim 128 (what fused attention's TND layout takes).
+const MOE_HD128: &str = "tiny-qwen3-moe-hd128";
+
+#[test]
+fn moe_hd128_f32_matches_goldens_on_the_npu() {
+    check(MOE_HD128, WeightDType::F32, 1e-2, true);
+}
+
+/// BF16 experts, routing and fused attention: the bound e2e_parity.rs uses for this
+/// fixture on the emulator (0.5: a BF16 router logit can swap a token's k-th expert).
+#[test]
+fn moe_hd128_bf16_close_to_goldens_on_the_npu() {
+    check(MOE_HD128, WeightDType::BF16, 0.5, false);
+}
+
 #[test]
 fn doctor_is_clean_on_the_npu() {
     let Some(cann) = cann() else { return };

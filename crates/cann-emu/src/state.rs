@@ -242,6 +242,14 @@ pub fn skip_math() -> bool {
     std::env::var_os("CANN_EMU_SKIP_MATH").is_some_and(|v| v == "1")
 }
 
+/// `CANN_EMU_FAULT_OP=<aclnn operator>` (e.g. `aclnnRmsNorm`): a fault injected for tests, not
+/// a CANN rule. That operator passes both phases' checks and its memory is checked when it
+/// runs, but its arithmetic is skipped, so its outputs keep what their buffers held: a wrong
+/// op that only a comparison of results (`doctor`'s op checks) can catch.
+pub fn faulty_op(name: &str) -> bool {
+    std::env::var_os("CANN_EMU_FAULT_OP").is_some_and(|v| v == name)
+}
+
 /// Streams a device has for streams the host creates plus captured graphs
 /// (`CANN_EMU_STREAM_BUDGET`, default 2,048): see `rt::stream_budget_check`.
 pub fn stream_budget() -> u64 {

@@ -20,7 +20,7 @@ static GLOBAL: alloc::Counting = alloc::Counting;
 
 use cli::{BenchCommand, Cli, Command};
 use qwen3_backend_ascend::device_query::Cann;
-use qwen3_backend_ascend::doctor::DoctorReport;
+use qwen3_backend_ascend::doctor::{DoctorOptions, DoctorReport, RealShapes};
 
 /// Errors reach the user as one line (`Error: outer: cause: cause`), never with anyhow's
 /// backtrace, which `RUST_BACKTRACE=1` would otherwise attach to every start-up error.
@@ -69,7 +69,10 @@ fn doctor(args: &cli::DoctorArgs) -> anyhow::Result<()> {
     };
     let (report, failure) = match cann {
         Ok(c) => {
-            let report = qwen3_backend_ascend::doctor::doctor(&c);
+            let opts = DoctorOptions {
+                real_shapes: (!args.quick).then(RealShapes::default),
+            };
+            let report = qwen3_backend_ascend::doctor::doctor_with(&c, &opts);
             let failure = (!report.ok()).then_some("doctor: some checks failed (see the report)");
             (report, failure)
         }

@@ -26,6 +26,10 @@ pub const BLOCK_SIZE: usize = 128;
 /// fixtures stay only where attention is the F32 matmul + softmax path (any head_dim).
 pub const DENSE: &str = "tiny-qwen3-hd128";
 
+/// The MoE fixture at real Qwen3's head_dim 128 (8 q / 2 kv heads; made by the fixture
+/// script with transformers goldens, like DENSE).
+pub const MOE_HD128: &str = "tiny-qwen3-moe-hd128";
+
 /// The emulator, fresh, for one test at a time (its counters are process-wide).
 pub struct Emu {
     pub cann: Arc<Cann>,
