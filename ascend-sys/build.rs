@@ -87,6 +87,9 @@ mod header_check {
         "aclnn_index_select.h",
         "aclnn_gather.h",
         "aclnn_copy.h",
+        "aclnn_bitwise_and_tensor.h",
+        "aclnn_eq_scalar.h",
+        "aclnn_masked_fill_scalar.h",
     ];
 
     /// Collects enum variants and integer macros as bindgen parses them.

@@ -523,6 +523,34 @@ pub type aclnnGtTensorGetWorkspaceSize =
     unsafe extern "C" fn(self_: T, other: T, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;
 pub type aclnnGtTensor = AclnnRun;
 
+// aclnn_bitwise_and_tensor.h (ops-math math/bitwise_and, docs/aclnnBitwiseAndTensor.md):
+// out = self & other, element-wise over broadcast shapes.
+pub type aclnnBitwiseAndTensorGetWorkspaceSize =
+    unsafe extern "C" fn(self_: T, other: T, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;
+pub type aclnnBitwiseAndTensor = AclnnRun;
+
+// aclnn_eq_scalar.h (ops-math math/equal, docs/aclnnEqScalar&aclnnInplaceEqScalar.md):
+// out = (self == other).
+pub type aclnnEqScalarGetWorkspaceSize = unsafe extern "C" fn(
+    self_: T,
+    other: *const aclScalar,
+    out: TMut,
+    ws: Ws,
+    ex: Ex,
+) -> aclnnStatus;
+pub type aclnnEqScalar = AclnnRun;
+
+// aclnn_masked_fill_scalar.h (ops-math conversion/masked_fill,
+// docs/aclnnInplaceMaskedFillScalar.md): selfRef[i] = value where mask[i].
+pub type aclnnInplaceMaskedFillScalarGetWorkspaceSize = unsafe extern "C" fn(
+    selfRef: TMut,
+    mask: T,
+    value: *const aclScalar,
+    ws: Ws,
+    ex: Ex,
+) -> aclnnStatus;
+pub type aclnnInplaceMaskedFillScalar = AclnnRun;
+
 // aclnn_cast.h (ops-math math/cast).
 pub type aclnnCastGetWorkspaceSize =
     unsafe extern "C" fn(self_: T, dtype: aclDataType, out: TMut, ws: Ws, ex: Ex) -> aclnnStatus;

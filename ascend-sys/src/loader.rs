@@ -208,8 +208,9 @@ api_table! {
     /// (MoE models only), weight-quantized matmul (quantized models only), ReduceSum
     /// (asymmetric grouped quantized MoE experts, and prompt logprobs), LogSoftmax with
     /// GtTensor (prompt logprobs on the device; without them the host computes them) and the
-    /// W8A8 ops (W8A8 models only; the releases given are the earliest we found documented,
-    /// not verified on hardware).
+    /// W8A8 ops (W8A8 models only), BitwiseAndTensor, EqScalar and InplaceMaskedFillScalar
+    /// (structured-output masks on the device; without them masked rows go to the host whole)
+    /// (the releases given are the earliest we found documented, not verified on hardware).
     pub struct OpsApi {
         required {
             aclnnMatmulGetWorkspaceSize: "7.0 or earlier",
@@ -284,6 +285,12 @@ api_table! {
             aclnnAscendQuantV3: "8.0.0",
             aclnnQuantMatmulV4GetWorkspaceSize: "8.0.0",
             aclnnQuantMatmulV4: "8.0.0",
+            aclnnBitwiseAndTensorGetWorkspaceSize: "8.0.0",
+            aclnnBitwiseAndTensor: "8.0.0",
+            aclnnEqScalarGetWorkspaceSize: "8.0.0",
+            aclnnEqScalar: "8.0.0",
+            aclnnInplaceMaskedFillScalarGetWorkspaceSize: "8.0.0",
+            aclnnInplaceMaskedFillScalar: "8.0.0",
         }
     }
 }

@@ -239,13 +239,25 @@ pub struct ScalarDesc<'a> {
 impl<'a> ScalarDesc<'a> {
     pub fn f32(cann: &'a Cann, v: f32) -> Result<Self> {
         let mut v = v;
-        // SAFETY: `v` is a valid f32 for the call; nnopbase copies the value.
-        let raw = unsafe {
-            (cann.nnop.aclCreateScalar)(
-                (&mut v as *mut f32).cast::<c_void>(),
-                aclDataType::ACL_FLOAT,
-            )
-        };
+        Self::new(
+            cann,
+            (&mut v as *mut f32).cast::<c_void>(),
+            aclDataType::ACL_FLOAT,
+        )
+    }
+
+    pub fn i32(cann: &'a Cann, v: i32) -> Result<Self> {
+        let mut v = v;
+        Self::new(
+            cann,
+            (&mut v as *mut i32).cast::<c_void>(),
+            aclDataType::ACL_INT32,
+        )
+    }
+
+    fn new(cann: &'a Cann, value: *mut c_void, dt: aclDataType) -> Result<Self> {
+        // SAFETY: `value` points to one valid value of `dt` for the call; nnopbase copies it.
+        let raw = unsafe { (cann.nnop.aclCreateScalar)(value, dt) };
         if raw.is_null() {
             return Err(BackendError::Device(format!(
                 "aclCreateScalar failed: {}",

@@ -43,6 +43,7 @@ mod quant;
 mod rope;
 pub mod sample;
 mod sample_device;
+mod sample_mask;
 mod staging;
 mod step;
 pub mod telemetry;

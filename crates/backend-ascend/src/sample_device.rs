@@ -27,13 +27,48 @@ impl AscendBackend {
             return Ok(Vec::new());
         }
         let lc = self.cast(logits, Dt::F32)?;
-        let l = lc.as_ref().unwrap_or(logits);
+        let mask_ops = self.mask_ops(vocab);
+        let plans: Vec<RowPlan> = rows
+            .iter()
+            .map(|r| plan_row(r, vocab, mask_ops.is_some()))
+            .collect();
+        // Masks applied on the device, for the rows that select there (a full row goes to
+        // the host unmasked: its logprobs are of the raw distribution, and the host masks).
+        let masks: Vec<Option<&[u32]>> = rows
+            .iter()
+            .zip(&plans)
+            .map(|(r, p)| r.allowed.filter(|_| *p != RowPlan::Full))
+            .collect();
+        let mut own = None;
+        if let Some(ops) = mask_ops.filter(|_| masks.iter().any(Option::is_some)) {
+            // In place on the cast copy, else on a copy: the caller's logits stay as given.
+            let t = match lc {
+                Some(t) => t,
+                None => {
+                    let t = self.empty(Dt::F32, &[n, vocab])?;
+                    let src = View {
+                        shape: vec![n as i64, vocab as i64],
+                        ..logits.view()
+                    };
+                    self.copy_view(&t.view(), &src)?;
+                    t
+                }
+            };
+            let v = View {
+                shape: vec![n as i64, vocab as i64],
+                ..t.view()
+            };
+            self.apply_masks_on_device(ops, &v, &masks)?;
+            own = Some(t);
+        } else if let Some(t) = lc {
+            own = Some(t);
+        }
+        let l = own.as_ref().unwrap_or(logits);
         // A padded step's real rows come first.
         let lv = View {
             shape: vec![n as i64, vocab as i64],
             ..l.view()
         };
-        let plans: Vec<RowPlan> = rows.iter().map(|r| plan_row(r, vocab)).collect();
         let c = self.cann_ref();
         let mut argmax: Option<Vec<i64>> = None;
         if plans.contains(&RowPlan::Argmax) {
@@ -83,8 +118,8 @@ impl AscendBackend {
                     sample_candidates(v, i, keep, row)
                 }
                 RowPlan::Full => {
-                    // Penalties, bias, logprobs or an unbounded top-k: this row's logits
-                    // go to the host whole.
+                    // Penalties, bias, logprobs, an unbounded top-k or a mask the device
+                    // cannot apply: this row's logits go to the host whole.
                     let mut bytes = vec![0u8; vocab * 4];
                     let off = r * vocab * 4;
                     let p = DevPtr(l.buf.ptr.0.cast::<u8>().wrapping_add(off).cast());

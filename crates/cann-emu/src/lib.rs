@@ -42,6 +42,7 @@ mod nnop;
 mod ops;
 mod ops_attn;
 mod ops_logprob;
+mod ops_mask;
 mod ops_moe;
 mod ops_quant;
 mod ops_quant_gmm;

@@ -3,7 +3,7 @@
 //! cached by content so repeated schemas (the usual case) cost nothing.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use llguidance::api::{ParserLimits, TopLevelGrammar};
 use llguidance::toktrie::TokEnv;
@@ -68,33 +68,100 @@ struct Cache {
     order: VecDeque<ConstraintKind>,
 }
 
+/// The parser factory, or why it could not be built (the token table is built once).
+type Factory = Result<ParserFactory, String>;
+
 /// Compiles constraints for one tokenizer and vocabulary; shared by the API (which
 /// validates before scheduling) and the engine (which makes the matchers).
 pub struct Compiler {
-    factory: ParserFactory,
+    /// Set once the token table is built: at construction, or by a background thread
+    /// ([`Compiler::in_background`]) that the first compile waits for.
+    factory: Arc<OnceLock<Factory>>,
+    vocab: usize,
     limits: CompilerLimits,
     cache: Mutex<Cache>,
 }
 
+fn factory_for(tok_env: &TokEnv, limits: &CompilerLimits) -> Factory {
+    let mut factory = ParserFactory::new_simple(tok_env).map_err(|e| format!("{e:#}"))?;
+    factory.quiet();
+    *factory.limits_mut() = limits.parser.clone();
+    Ok(factory)
+}
+
 impl Compiler {
     pub fn new(tok_env: TokEnv, limits: CompilerLimits) -> Result<Self, GuidedError> {
-        let mut factory = ParserFactory::new_simple(&tok_env)
-            .map_err(|e| GuidedError::Tokenizer(format!("{e:#}")))?;
-        factory.quiet();
-        *factory.limits_mut() = limits.parser.clone();
-        Ok(Self {
+        let vocab = tok_env.tok_trie().vocab_size();
+        let factory = factory_for(&tok_env, &limits).map_err(GuidedError::Tokenizer)?;
+        Ok(Self::with_cell(
+            Arc::new(OnceLock::from(Ok(factory))),
+            vocab,
+            limits,
+        ))
+    }
+
+    /// A compiler whose token table `tok_env` builds on a thread of its own, so start-up
+    /// does not wait for it; the first compile does (and fails, with the build's error,
+    /// if the build did). `vocab` is the model's vocabulary the table is padded to.
+    /// `on_ready` is told how the build went and how long it took.
+    pub fn in_background(
+        vocab: usize,
+        limits: CompilerLimits,
+        tok_env: impl FnOnce() -> Result<TokEnv, GuidedError> + Send + 'static,
+        on_ready: impl FnOnce(Result<(), &str>, std::time::Duration) + Send + 'static,
+    ) -> Self {
+        let cell = Arc::new(OnceLock::new());
+        let (out, parser_limits) = (Arc::clone(&cell), limits.clone());
+        let spawned = std::thread::Builder::new()
+            .name("guided-tok-env".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    tok_env()
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| factory_for(&t, &parser_limits))
+                }))
+                .unwrap_or_else(|_| Err("building the token table panicked".into()));
+                on_ready(
+                    built.as_ref().map(|_| ()).map_err(String::as_str),
+                    started.elapsed(),
+                );
+                let _ = out.set(built);
+            });
+        if let Err(e) = spawned {
+            let _ = cell.set(Err(format!("cannot start the token-table thread: {e}")));
+        }
+        Self::with_cell(cell, vocab, limits)
+    }
+
+    fn with_cell(factory: Arc<OnceLock<Factory>>, vocab: usize, limits: CompilerLimits) -> Self {
+        Self {
             factory,
+            vocab,
             limits,
             cache: Mutex::new(Cache {
                 map: HashMap::new(),
                 order: VecDeque::new(),
             }),
-        })
+        }
+    }
+
+    /// The parser factory, waiting for the token table if it is still being built.
+    fn factory(&self) -> Result<&ParserFactory, GuidedError> {
+        self.factory
+            .wait()
+            .as_ref()
+            .map_err(|e| GuidedError::Tokenizer(e.clone()))
+    }
+
+    /// Whether the token table is built (a compile will not wait for it).
+    pub fn is_ready(&self) -> bool {
+        self.factory.get().is_some()
     }
 
     /// Rows of the mask (the model's vocabulary).
     pub fn vocab_size(&self) -> usize {
-        self.factory.tok_env().tok_trie().vocab_size()
+        self.vocab
     }
 
     /// Compiles `kind`, or returns the cached grammar for the same content.
@@ -111,7 +178,7 @@ impl Compiler {
         }
         let grammar = top_level(kind, self.limits.any_whitespace)?;
         let parser = self
-            .factory
+            .factory()?
             .create_parser(grammar)
             .map_err(|e| GuidedError::Invalid(format!("{e:#}")))?;
         let compiled = Arc::new(CompiledGrammar {

@@ -36,6 +36,30 @@ pub fn compiler_for(
     )
 }
 
+/// [`compiler_for`] with the token table built on a thread of its own (see
+/// [`Compiler::in_background`]): start-up does not wait for it, the first constrained
+/// request does.
+pub fn compiler_in_background(
+    tokenizer_json: std::path::PathBuf,
+    tokenizer: Arc<tokenizers::Tokenizer>,
+    model_vocab: usize,
+    eos_token_ids: Vec<u32>,
+    limits: CompilerLimits,
+    on_ready: impl FnOnce(Result<(), &str>, std::time::Duration) + Send + 'static,
+) -> Compiler {
+    Compiler::in_background(
+        model_vocab,
+        limits,
+        move || {
+            let text = std::fs::read_to_string(&tokenizer_json).map_err(|e| {
+                GuidedError::Tokenizer(format!("{}: {e}", tokenizer_json.display()))
+            })?;
+            tok_env(&text, tokenizer, model_vocab, &eos_token_ids)
+        },
+        on_ready,
+    )
+}
+
 /// Why a constraint could not be compiled or followed.
 #[derive(Debug, thiserror::Error)]
 pub enum GuidedError {

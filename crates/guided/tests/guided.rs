@@ -282,3 +282,41 @@ fn the_constraint_starts_after_the_reasoning_end() {
     assert!(!mask_allows(&mask, word));
     assert!(mask_allows(&mask, tok.token_to_id("yes").unwrap()));
 }
+
+/// The token table built in the background: the compiler exists before the table does
+/// (start-up does not wait), the first compile waits for it and then works, and a table
+/// that fails to build fails each compile with its error instead of blocking.
+#[test]
+fn the_token_table_builds_in_the_background_and_the_first_compile_waits() {
+    let (json, tok) = fixture_tokenizer();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let c = Compiler::in_background(
+        VOCAB,
+        CompilerLimits::default(),
+        move || {
+            // Held until the test lets it go: the compiler must not need it before.
+            wait.recv().ok();
+            qwen3_guided::tok_env(&json, tok, VOCAB, &EOS)
+        },
+        move |built, _| {
+            ready_tx.send(built.is_ok()).ok();
+        },
+    );
+    assert!(!c.is_ready());
+    assert_eq!(c.vocab_size(), VOCAB);
+    go.send(()).expect("the build thread waits");
+    let kind = ConstraintKind::Choice(vec!["yes".into(), "no".into()]);
+    c.compile(&kind).expect("compiles once the table is built");
+    assert!(c.is_ready());
+    assert!(ready_rx.recv().expect("told"));
+
+    let failing = Compiler::in_background(
+        VOCAB,
+        CompilerLimits::default(),
+        || Err(GuidedError::Tokenizer("no table".into())),
+        |built, _| assert!(built.is_err()),
+    );
+    let err = failing.compile(&kind).err().expect("refused");
+    assert!(err.to_string().contains("no table"), "{err}");
+}

@@ -258,6 +258,21 @@ pub fn engine(emu: &Emu, model: &str, s: &Setup) -> EngineHandle {
 }
 
 pub fn engine_with(emu: &Emu, model: &str, s: &Setup, backend: AscendOptions) -> EngineHandle {
+    let (cfg, executor, tok) = engine_parts(emu, model, s, backend);
+    EngineHandle::start(cfg, executor, tok).expect("engine starts")
+}
+
+/// What an engine on the emulated NPU is made of: its config, the executor, the tokenizer.
+pub fn engine_parts(
+    emu: &Emu,
+    model: &str,
+    s: &Setup,
+    backend: AscendOptions,
+) -> (
+    EngineConfig,
+    Box<dyn qwen3_engine::Executor>,
+    Arc<tokenizers::Tokenizer>,
+) {
     let opts = LoadOptions {
         dir: fixtures().join(model),
         config: config(model, None),
@@ -284,7 +299,7 @@ pub fn engine_with(emu: &Emu, model: &str, s: &Setup, backend: AscendOptions) ->
         eos_token_ids: vec![151645, 151643],
         async_scheduling: s.async_scheduling,
     };
-    EngineHandle::start(cfg, executor, Arc::new(tok)).expect("engine starts")
+    (cfg, executor, Arc::new(tok))
 }
 
 pub fn request(id: &str, prompt: &[u32], max_tokens: usize) -> EngineRequest {
