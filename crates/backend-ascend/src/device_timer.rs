@@ -10,7 +10,9 @@ use qwen3_backend::Result;
 use crate::mem::{dev_err, Device};
 use crate::AscendBackend;
 
-/// One event of the device's stream, destroyed on drop.
+/// One event of the device's stream, destroyed on drop. Plain `aclrtCreateEvent` events time
+/// (the ACL docs, 6.0.1 to 8.x: "can be used to compute the elapsed time between two events,
+/// synchronize streams"); `ACL_EVENT_TIME_LINE` ones would only time.
 struct Event {
     dev: Arc<Device>,
     raw: aclrtEvent,
@@ -83,6 +85,8 @@ impl DeviceTimer {
         };
         self.dev.bind()?;
         let cann = &self.dev.cann;
+        // The docs ask for the stream's work to be done before aclrtEventElapsedTime: the
+        // last end event is, and the stream runs in order, so every span before it too.
         // SAFETY: the event is alive; the stream it was recorded on too.
         let rc = unsafe { (cann.acl.aclrtSynchronizeEvent)(last.raw) };
         cann.check(rc, "aclrtSynchronizeEvent").map_err(dev_err)?;

@@ -9,14 +9,12 @@ use ascend_sys::{AttentionApi, Cann};
 use half::bf16;
 use qwen3_backend::cpu::CpuBackend;
 use qwen3_backend::sampling::{SampleRow, SamplingParams};
-use qwen3_backend::{
-    AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, Result, RopeSpec, StepMeta,
-};
+use qwen3_backend::{AttnGeometry, Backend, HostData, KvCacheShape, MoeWeights, Result, RopeSpec};
 use serde::Serialize;
 
 pub use crate::device_query::DeviceMemory;
 use crate::device_query::{device_count, device_memory};
-use crate::doctor_layers::real_shape_checks;
+use crate::doctor_layers::{real_shape_checks, StepHost as StepData, BLOCK as BS};
 pub use crate::doctor_layers::{LayerDims, MlpDims, RealShapes};
 use crate::{AscendBackend, AscendOptions, AttentionBackend, AttentionPath};
 
@@ -307,58 +305,26 @@ pub(crate) fn max_err(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// A two-sequence step: a 3-token prefill (positions 0..3) and one decode token at
-/// position 4 of a 5-token context, blocks of 128.
-struct StepData {
-    ids: Vec<u32>,
-    positions: Vec<u32>,
-    slots: Vec<u32>,
-    query_start: Vec<u32>,
-    query_len: Vec<u32>,
-    context_len: Vec<u32>,
-    block_tables: Vec<u32>,
-    rope: RopeSpec,
-}
-
-const BS: usize = 128;
 /// Real Qwen3's head dim: fused attention in layout TND takes 64, 128 or 192 only, so a
 /// smaller one would fail here on hardware where real models run.
 const HEAD_DIM: usize = 128;
 
-fn step_data() -> StepData {
-    StepData {
-        ids: vec![3, 17, 40, 9],
-        positions: vec![0, 1, 2, 4],
-        // Sequence 0 in block 1, sequence 1 in block 2.
-        slots: vec![BS as u32, BS as u32 + 1, BS as u32 + 2, 2 * BS as u32 + 4],
-        query_start: vec![0, 3],
-        query_len: vec![3, 1],
-        context_len: vec![3, 5],
-        block_tables: vec![1, 2],
-        rope: RopeSpec {
-            inv_freq: (0..HEAD_DIM / 2)
-                .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / HEAD_DIM as f32))
-                .collect(),
-            mscale: 1.0,
-        },
+fn small_rope() -> RopeSpec {
+    RopeSpec {
+        inv_freq: (0..HEAD_DIM / 2)
+            .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / HEAD_DIM as f32))
+            .collect(),
+        mscale: 1.0,
     }
 }
 
-impl StepData {
-    fn meta(&self) -> StepMeta<'_> {
-        StepMeta {
-            token_ids: &self.ids,
-            positions: &self.positions,
-            slot_mapping: &self.slots,
-            query_start: &self.query_start,
-            query_len: &self.query_len,
-            context_len: &self.context_len,
-            block_tables: &self.block_tables,
-            max_blocks_per_seq: 1,
-            block_size: BS,
-            rope: &self.rope,
-        }
-    }
+/// A two-sequence step: a 3-token prefill (positions 0..3, block 1) and one decode token at
+/// position 4 of a 5-token context (block 2), blocks of 128.
+fn step_data() -> StepData {
+    let mut s = StepData::new(&[(3, 3, &[1]), (5, 1, &[2])], 1, &small_rope());
+    // The embedding check's vocabulary slice is [10, 30): ids 3 and 9 are another rank's.
+    s.ids = vec![3, 17, 40, 9];
+    s
 }
 
 /// Runs one scenario on a backend and returns the host results to compare.
@@ -472,16 +438,7 @@ fn attention_with<B: Backend>(b: &B, s: &StepData, window: Option<usize>) -> Res
     };
     let mut cache = b.alloc_kv_cache(shape)?;
     // The decode sequence's first 4 tokens come from an earlier step.
-    let early = StepData {
-        ids: vec![1, 2, 3, 4],
-        positions: vec![0, 1, 2, 3],
-        slots: (0..4).map(|i| 2 * BS as u32 + i).collect(),
-        query_start: vec![0],
-        query_len: vec![4],
-        context_len: vec![4],
-        block_tables: vec![2],
-        rope: s.rope.clone(),
-    };
+    let early = StepData::new(&[(4, 4, &[2])], 1, &s.rope);
     let early_step = b.prepare_step(&early.meta())?;
     let kw = kv_heads * HEAD_DIM;
     let k0 = up(b, &data(4 * kw, 14), &[4, kw])?;

@@ -99,7 +99,7 @@ impl Default for RealShapes {
 }
 
 /// Fused attention's TND layout takes paged blocks of 128, 512 or 1024 tokens.
-const BLOCK: usize = 128;
+pub(crate) const BLOCK: usize = 128;
 /// BF16's unit roundoff: rounding moves a value by at most this fraction of itself.
 const BF16_ROUNDOFF: f32 = 1.0 / 256.0;
 /// Qwen3's `rope_theta`.
@@ -134,8 +134,8 @@ impl Stopwatch for DeviceTimer {
 }
 
 /// One step's metadata, owned.
-struct StepHost {
-    ids: Vec<u32>,
+pub(crate) struct StepHost {
+    pub ids: Vec<u32>,
     positions: Vec<u32>,
     slots: Vec<u32>,
     query_start: Vec<u32>,
@@ -143,13 +143,13 @@ struct StepHost {
     context_len: Vec<u32>,
     block_tables: Vec<u32>,
     max_blocks: usize,
-    rope: RopeSpec,
+    pub rope: RopeSpec,
 }
 
 impl StepHost {
     /// Sequences as (context length, new tokens at its end, block table); tables are padded
     /// with block 0 to `max_blocks`.
-    fn new(seqs: &[(usize, usize, &[u32])], max_blocks: usize, rope: &RopeSpec) -> Self {
+    pub fn new(seqs: &[(usize, usize, &[u32])], max_blocks: usize, rope: &RopeSpec) -> Self {
         let mut s = Self {
             ids: Vec::new(),
             positions: Vec::new(),
@@ -178,7 +178,7 @@ impl StepHost {
         s
     }
 
-    fn meta(&self) -> StepMeta<'_> {
+    pub fn meta(&self) -> StepMeta<'_> {
         StepMeta {
             token_ids: &self.ids,
             positions: &self.positions,
@@ -332,16 +332,15 @@ impl Activations for CpuBackend {
     }
 }
 
-/// The same random weights on the CPU and on the NPU (generated once, one tensor at a time,
-/// so the host holds at most one).
-fn weights(
-    cpu: &CpuBackend,
-    npu: &AscendBackend,
-    d: &LayerDims,
-) -> Result<(
+/// A layer's weights on the CPU and on the NPU.
+type WeightPair = (
     Weights<<CpuBackend as Backend>::Tensor>,
     Weights<<AscendBackend as Backend>::Tensor>,
-)> {
+);
+
+/// The same random weights on the CPU and on the NPU (generated once, one tensor at a time,
+/// so the host holds at most one).
+fn weights(cpu: &CpuBackend, npu: &AscendBackend, d: &LayerDims) -> Result<WeightPair> {
     let both = |v: Vec<bf16>, shape: &[usize]| -> Result<_> {
         Ok((up(cpu, &v, shape)?, up(npu, &v, shape)?))
     };
