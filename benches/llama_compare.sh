@@ -109,10 +109,11 @@ serve_once() { # ours|theirs PORT
         grep -m1 'llama_kv_cache: size' "$TMP/server.log" >"$TMP/kv-$1.txt" || true
     fi
     if [ "$3" = serve ]; then
-        "$QS" bench serve --base-url "http://127.0.0.1:$2" --tokenizer "$HF_MODEL" \
+        "$QS" bench serve --base-url "http://127.0.0.1:$2" --tokenizer "$HF_MODEL/tokenizer.json" \
             --random-input-len 128 --random-output-len 128 --num-prompts "$NUM_PROMPTS" \
             --max-concurrency 8 --ignore-eos --disable-tqdm --save-result \
-            --result-dir "$TMP" --result-filename "serve-$1.json" >"$TMP/serve.log" 2>&1
+            --result-dir "$TMP" --result-filename "serve-$1.json" >"$TMP/serve.log" 2>&1 ||
+            tail -5 "$TMP/serve.log" >&2
         record serve8_output "$1" "$(jq -r '.output_throughput' "$TMP/serve-$1.json")" tok/s
         record serve8_ttft_median "$1" "$(jq -r '.median_ttft_ms' "$TMP/serve-$1.json")" ms
     fi
