@@ -112,6 +112,9 @@ fn master(args: &ModelArgs) -> anyhow::Result<SocketAddr> {
 /// What this node is once every node has met.
 pub struct Role {
     place: PipelinePlace,
+    cann: Arc<qwen3_backend_ascend::device_query::Cann>,
+    devices: Vec<i32>,
+    options: AscendOptions,
     /// HCCL's execution timeout: how long node 0 waits for a node's answer to a step.
     exec_timeout: Duration,
     kind: RoleKind,
@@ -186,6 +189,9 @@ pub fn start(
                 roots,
             },
             exec_timeout,
+            cann: Arc::clone(cann),
+            devices: devices.clone(),
+            options: options.clone(),
             kind: RoleKind::Leader(nodes),
         })
     } else {
@@ -216,6 +222,9 @@ pub fn start(
                 roots,
             },
             exec_timeout,
+            cann: Arc::clone(cann),
+            devices: devices.clone(),
+            options: options.clone(),
             kind: RoleKind::Headless(joined.link),
         })
     }
@@ -224,19 +233,8 @@ pub fn start(
 /// Loads this node's stage. Node 0 gets the executor the engine drives; another node serves
 /// its stage headless until node 0 stops the group, then the process exits (it has no API,
 /// output or engine of its own), or fails with the reason the group broke.
-pub fn executor(
-    role: Role,
-    opts: &LoadOptions,
-    placement: &Placement,
-) -> anyhow::Result<Box<dyn ResizableExecutor>> {
-    let Placement::Npu {
-        cann,
-        devices,
-        options,
-    } = placement
-    else {
-        bail!("pipeline stages run on the NPU only");
-    };
+pub fn executor(role: Role, opts: &LoadOptions) -> anyhow::Result<Box<dyn ResizableExecutor>> {
+    let devices = &role.devices;
     let t0 = std::time::Instant::now();
     let stage = role.place.stage;
     // HCCL ranks run eagerly (collectives are not captured); without capture a decode step
@@ -245,9 +243,9 @@ pub fn executor(
     let options = AscendOptions {
         graph_capture: false,
         capture_batch_sizes: Vec::new(),
-        ..options.clone()
+        ..role.options
     };
-    let ex = ascend_stage_executor(opts, Arc::clone(cann), devices, options, role.place)?;
+    let ex = ascend_stage_executor(opts, role.cann, devices, options, role.place)?;
     info!(
         "pipeline stage {stage} loaded on NPU {devices:?} in {:.2}s",
         t0.elapsed().as_secs_f64()

@@ -474,7 +474,7 @@ fn load_and_profile(
     let t0 = std::time::Instant::now();
     let heap_before = crate::alloc::current();
     let mut executor = match role {
-        Some(role) => crate::multinode::executor(role, opts, placement)?,
+        Some(role) => crate::multinode::executor(role, opts)?,
         None => load_executor(opts, placement)?,
     };
     let secs = t0.elapsed().as_secs_f64();
