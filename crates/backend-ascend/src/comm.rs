@@ -166,6 +166,14 @@ impl HcclCommunicator {
                 if send { "send to" } else { "receive from" }
             )));
         }
+        if backend.in_graph_mode() {
+            // A captured send/recv would replay with the message numbers of its capture
+            // (the emulator numbers them when issued) and is skipped by no replay: pipeline
+            // stages run their steps eagerly until that is handled.
+            return Err(coll_err(
+                "point-to-point transfers inside a decode graph are not supported: run pipeline stages with --enforce-eager",
+            ));
+        }
         let dev = backend.device();
         dev.bind()?;
         let h = self.cann.hccl().map_err(coll_err)?;

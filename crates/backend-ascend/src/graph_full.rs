@@ -35,18 +35,29 @@ impl Device {
         f.ok_or_else(|| BackendError::Unsupported(name.into()))
     }
 
+    /// Calls one of the task API's functions that take only the device's stream.
+    fn on_stream(
+        &self,
+        f: Option<
+            unsafe extern "C" fn(ascend_sys::types::aclrtStream) -> ascend_sys::types::aclError,
+        >,
+        name: &'static str,
+    ) -> Result<()> {
+        let f = self.task_fn(f, name)?;
+        self.bind()?;
+        // SAFETY: the device's stream, in the state the caller's step put it in (capturing
+        // for a group's Begin, updating for an update's End).
+        let rc = unsafe { f(self.stream.0) };
+        self.cann.check(rc, name).map_err(dev_err)
+    }
+
     /// Opens a task group on the capturing stream.
     pub(crate) fn task_group_begin(&self) -> Result<()> {
-        let f = self.task_fn(
-            self.cann.acl.aclmdlRICaptureTaskGrpBegin,
+        let acl = &self.cann.acl;
+        self.on_stream(
+            acl.aclmdlRICaptureTaskGrpBegin,
             "aclmdlRICaptureTaskGrpBegin",
-        )?;
-        self.bind()?;
-        // SAFETY: the device's stream, being captured.
-        let rc = unsafe { f(self.stream.0) };
-        self.cann
-            .check(rc, "aclmdlRICaptureTaskGrpBegin")
-            .map_err(dev_err)
+        )
     }
 
     /// Closes the task group and keeps its handle with the recording.
@@ -83,16 +94,11 @@ impl Device {
     }
 
     pub(crate) fn task_update_end(&self) -> Result<()> {
-        let f = self.task_fn(
-            self.cann.acl.aclmdlRICaptureTaskUpdateEnd,
+        let acl = &self.cann.acl;
+        self.on_stream(
+            acl.aclmdlRICaptureTaskUpdateEnd,
             "aclmdlRICaptureTaskUpdateEnd",
-        )?;
-        self.bind()?;
-        // SAFETY: the stream the update was begun on.
-        let rc = unsafe { f(self.stream.0) };
-        self.cann
-            .check(rc, "aclmdlRICaptureTaskUpdateEnd")
-            .map_err(dev_err)
+        )
     }
 }
 

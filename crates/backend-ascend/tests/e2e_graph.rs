@@ -282,15 +282,21 @@ fn engine_with_graph_capture_matches_goldens() {
 /// refuse the replay (use after free) and the results would differ.
 #[test]
 fn graphs_survive_a_kv_resize() {
+    kv_resize(false, 1, 5);
+}
+
+/// Runs, resizes the KV cache, runs again: the graphs left right after the resize, and the
+/// replays in all.
+fn kv_resize(full: bool, graphs_after: usize, replays: u64) {
     let emu = Emu::new();
-    let mut ex = executor_piecewise(&emu, 0, WeightDType::BF16, &[2]);
+    let mut ex = executor_opts(&emu, 0, WeightDType::BF16, true, &[2], 4, None, full);
     let first = run(&mut ex, 3);
     assert_eq!(ex.worker().backend.captured_graphs(), 1);
     ex.resize_kv(6, BLOCK_SIZE).expect("resize");
-    assert_eq!(ex.worker().backend.captured_graphs(), 1);
+    assert_eq!(ex.worker().backend.captured_graphs(), graphs_after);
     let second = run(&mut ex, 3);
     assert_eq!(ex.worker().backend.captured_graphs(), 1);
-    assert_eq!(ex.worker().backend.graph_replays(), 5);
+    assert_eq!(ex.worker().backend.graph_replays(), replays);
     assert_eq!(first, second);
     drop(ex);
     emu.assert_clean();
@@ -301,18 +307,7 @@ fn graphs_survive_a_kv_resize() {
 /// would be refused by the emulator as a use after free).
 #[test]
 fn full_graphs_are_captured_again_after_a_kv_resize() {
-    let emu = Emu::new();
-    let mut ex = executor(&emu, 0, WeightDType::BF16, true, &[2]);
-    let first = run(&mut ex, 3);
-    assert_eq!(ex.worker().backend.captured_graphs(), 1);
-    ex.resize_kv(6, BLOCK_SIZE).expect("resize");
-    assert_eq!(ex.worker().backend.captured_graphs(), 0);
-    let second = run(&mut ex, 3);
-    assert_eq!(ex.worker().backend.captured_graphs(), 1);
-    assert_eq!(ex.worker().backend.graph_replays(), 4);
-    assert_eq!(first, second);
-    drop(ex);
-    emu.assert_clean();
+    kv_resize(true, 0, 4);
 }
 
 /// Start-up's warm-up captures one graph per configured size (keyed by padded size only),

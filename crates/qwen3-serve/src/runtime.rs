@@ -313,6 +313,13 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
         );
     }
     executor.resize_kv(num_blocks, block_size)?;
+    if let Placement::Npu { options, .. } = &placement {
+        if options.graph_capture {
+            // Full decode graphs hold the KV cache's address, so the resize dropped them:
+            // capture them again now, not in the first requests (piecewise ones replay).
+            decode_warmup(executor.as_mut(), &options.capture_batch_sizes, block_size)?;
+        }
+    }
     let block_bytes = executor.kv_block_bytes(block_size)?;
     info!(
         "KV cache: {num_blocks} blocks of {block_size} tokens ({:.2} GiB over {world} rank(s)); maximum concurrency for {max_model_len} tokens per request: {:.2}x",
