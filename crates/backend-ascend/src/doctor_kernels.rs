@@ -20,6 +20,8 @@ use crate::{AscendBackend, AscendOptions, AttentionBackend};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct KernelCheck {
     pub kernel: &'static str,
+    /// The layer's heads, head_dim and block size.
+    pub shape: String,
     /// What it replaces on the default path.
     pub baseline: &'static str,
     pub passed: bool,
@@ -39,6 +41,7 @@ impl KernelCheck {
     fn new(kernel: &'static str, baseline: &'static str, tolerance: f32) -> Self {
         Self {
             kernel,
+            shape: String::new(),
             baseline,
             passed: false,
             max_error: f32::NAN,
@@ -411,6 +414,10 @@ pub fn kernel_checks_at(backend: &AscendBackend, h: Heads) -> Vec<KernelCheck> {
             time_norm_rope_cache(&base, h),
         ),
     ));
+    let shape = format!(
+        "{} q / {} KV heads, head_dim {D}, blocks of {BS}",
+        h.q, h.kv
+    );
     for (kernel, mix) in [
         ("paged decode attention, split-KV", DECODE),
         ("paged decode attention, one split", DECODE_SHORT),
@@ -420,6 +427,7 @@ pub fn kernel_checks_at(backend: &AscendBackend, h: Heads) -> Vec<KernelCheck> {
         let detail = decode.then(|| decode_splits(&custom, h, mix));
         out.push(KernelCheck {
             detail,
+            shape: shape.clone(),
             ..compare(
                 kernel,
                 "fused infer attention",
@@ -436,6 +444,7 @@ pub fn kernel_checks_at(backend: &AscendBackend, h: Heads) -> Vec<KernelCheck> {
             )
         });
     }
+    out[0].shape = shape;
     out
 }
 
@@ -513,7 +522,8 @@ impl fmt::Display for KernelLines<'_> {
         }
         writeln!(
             f,
-            "Custom kernels at Qwen3-8B's layer shape (32/8 heads, head_dim 128, blocks of 128), vs the CPU; device time per call:"
+            "Custom kernels at a real layer's shape ({}) vs the CPU; device time per call:",
+            self.0[0].shape
         )?;
         let us = |t: Option<f64>| t.map_or("n/a".to_string(), |t| format!("{t:.1} us"));
         for c in self.0 {
