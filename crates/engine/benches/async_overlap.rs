@@ -49,6 +49,18 @@ fn overlap(spans: &[PhaseSpan], phase: Phase) -> (f64, f64) {
     (total * 1e6, hidden * 1e6)
 }
 
+/// Mean gap, in microseconds, between one Execute span's end and the next one's start: the
+/// time the device would sit idle waiting for the host.
+fn device_idle(spans: &[PhaseSpan]) -> f64 {
+    let mut exec: Vec<&PhaseSpan> = spans.iter().filter(|s| s.phase == Phase::Execute).collect();
+    exec.sort_by_key(|s| s.start);
+    let gaps: Vec<f64> = exec
+        .windows(2)
+        .map(|w| w[1].start.saturating_duration_since(w[0].end).as_secs_f64() * 1e6)
+        .collect();
+    gaps.iter().sum::<f64>() / gaps.len().max(1) as f64
+}
+
 fn run(async_scheduling: bool, device: Duration) -> (f64, Vec<PhaseSpan>) {
     let cfg = config(async_scheduling);
     let fake = FakeExecutor::new(cfg.block_size, cfg.num_blocks, 257).without_kv_check();
@@ -108,10 +120,14 @@ fn main() {
             sched / steps,
             proc_ / steps
         );
-        println!("  sync : {sync_us:.0} us per step");
         println!(
-            "  async: {async_us:.0} us per step; host work hidden under a running step: \
-             schedule {:.0}%, process {:.0}%",
+            "  sync : {sync_us:.0} us per step; device idle between steps {:.0} us",
+            device_idle(&sync_spans)
+        );
+        println!(
+            "  async: {async_us:.0} us per step; device idle between steps {:.0} us; host work \
+             hidden under a running step: schedule {:.0}%, process {:.0}%",
+            device_idle(&async_spans),
             100.0 * a_sched_hidden / a_sched.max(1e-9),
             100.0 * a_proc_hidden / a_proc.max(1e-9)
         );

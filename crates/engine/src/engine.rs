@@ -2,8 +2,9 @@
 //!
 //! A request goes waiting → running → (preempted → waiting) → finished, finishing on a stop
 //! string, a stop token, EOS (unless ignore_eos), max_tokens / the max_model_len cap, abort,
-//! or an error. [`EngineCore`] is synchronous and single-threaded: [`crate::EngineHandle`]
-//! runs it on its own thread, and tests drive it step by step.
+//! or an error. [`EngineCore`] is driven from one thread: [`crate::EngineHandle`] runs it on
+//! its own thread, and tests drive it step by step. With async scheduling the executor runs
+//! on a step thread of its own, one step behind the scheduler (`engine/stepping.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -115,18 +115,7 @@ fn async_equals_sync_across_configs() {
 
 #[test]
 fn preemption_under_a_tiny_cache_matches_sync() {
-    let mut rng = Rng(3);
-    let reqs: Vec<_> = (0..4)
-        .map(|i| {
-            let prompt: Vec<u32> = (0..rng.range(20, 40))
-                .map(|_| rng.range(0, 256) as u32)
-                .collect();
-            let mut r = EngineRequest::new(format!("p{i}"), prompt);
-            r.max_tokens = Some(40);
-            r.ignore_eos = true;
-            (0, r)
-        })
-        .collect();
+    let reqs = preemption_workload();
     for chunked in [false, true] {
         for caching in [false, true] {
             let cfg = EngineConfig {

@@ -210,19 +210,7 @@ fn prefix_shared_by_concurrent_requests() {
 
 #[test]
 fn preemption_under_a_tiny_cache_keeps_outputs() {
-    // 4 requests of up to 40 + 40 tokens; 24 usable blocks of 4 tokens hold barely one.
-    let mut rng = Rng(3);
-    let reqs: Vec<_> = (0..4)
-        .map(|i| {
-            let prompt: Vec<u32> = (0..rng.range(20, 40))
-                .map(|_| rng.range(0, 256) as u32)
-                .collect();
-            let mut r = EngineRequest::new(format!("p{i}"), prompt);
-            r.max_tokens = Some(40);
-            r.ignore_eos = true;
-            (0, r)
-        })
-        .collect();
+    let reqs = preemption_workload();
     let alone = run_alone(None, &reqs);
     for chunked in [false, true] {
         for caching in [false, true] {

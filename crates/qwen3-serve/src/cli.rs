@@ -500,6 +500,16 @@ impl ServeArgs {
         self.conn_limits().map(drop)
     }
 
+    /// `--async-scheduling` / `--no-async-scheduling` (the last given wins); None: the
+    /// device's default.
+    pub fn async_scheduling(&self) -> Option<bool> {
+        match (self.async_scheduling, self.no_async_scheduling) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+
     /// The connection timeouts and bound from their flags.
     pub fn conn_limits(&self) -> anyhow::Result<qwen3_api::ConnLimits> {
         Ok(qwen3_api::ConnLimits {
@@ -554,6 +564,23 @@ mod tests {
             let e = serve_args(flags).validate().expect_err(names);
             assert!(e.to_string().contains(names), "{flags:?}: {e}");
         }
+    }
+
+    #[test]
+    fn async_scheduling_flags_last_one_wins() {
+        assert_eq!(serve_args(&[]).async_scheduling(), None);
+        assert_eq!(
+            serve_args(&["--async-scheduling"]).async_scheduling(),
+            Some(true)
+        );
+        assert_eq!(
+            serve_args(&["--no-async-scheduling"]).async_scheduling(),
+            Some(false)
+        );
+        let both = ["--async-scheduling", "--no-async-scheduling"];
+        assert_eq!(serve_args(&both).async_scheduling(), Some(false));
+        let both = ["--no-async-scheduling", "--async-scheduling"];
+        assert_eq!(serve_args(&both).async_scheduling(), Some(true));
     }
 
     #[test]

@@ -770,11 +770,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         enable_prefix_caching: !args.no_enable_prefix_caching,
         enable_chunked_prefill: !args.no_enable_chunked_prefill,
         max_waiting_requests: args.max_waiting_requests,
-        async_scheduling: match (args.async_scheduling, args.no_async_scheduling) {
-            (true, _) => Some(true),
-            (_, true) => Some(false),
-            _ => None,
-        },
+        async_scheduling: args.async_scheduling(),
     };
     args.validate()?;
     let conn_limits = args.conn_limits()?;

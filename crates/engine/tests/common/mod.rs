@@ -198,6 +198,23 @@ impl Rng {
     }
 }
 
+/// 4 requests of up to 40 + 40 tokens, all at once: 24 usable blocks of 4 tokens (a
+/// `num_blocks: 25` config) hold barely one, so they preempt each other.
+pub fn preemption_workload() -> Vec<(usize, EngineRequest)> {
+    let mut rng = Rng(3);
+    (0..4)
+        .map(|i| {
+            let prompt: Vec<u32> = (0..rng.range(20, 40))
+                .map(|_| rng.range(0, 256) as u32)
+                .collect();
+            let mut r = EngineRequest::new(format!("p{i}"), prompt);
+            r.max_tokens = Some(40);
+            r.ignore_eos = true;
+            (0, r)
+        })
+        .collect()
+}
+
 /// A mixed workload: varied lengths, shared prefixes, staggered arrivals.
 pub fn workload(
     seed: u64,
