@@ -289,7 +289,7 @@ fn graphs_survive_a_kv_resize() {
 /// replays in all.
 fn kv_resize(full: bool, graphs_after: usize, replays: u64) {
     let emu = Emu::new();
-    let mut ex = executor_opts(&emu, 0, WeightDType::BF16, true, &[2], 4, None, full);
+    let mut ex = executor_of(&emu, DENSE, 0, WeightDType::BF16, true, &[2], 4, None, full);
     let first = run(&mut ex, 3);
     assert_eq!(ex.worker().backend.captured_graphs(), 1);
     ex.resize_kv(6, BLOCK_SIZE).expect("resize");

@@ -152,7 +152,13 @@ fn put_batch(w: &mut W, b: &Batch) -> Result<()> {
         w.u8(u8::from(s.sample));
         w.u32s(&s.suppressed);
     }
-    for v in [&b.token_ids, &b.positions, &b.slot_mapping, &b.block_tables] {
+    for v in [
+        &b.token_ids,
+        &b.positions,
+        &b.slot_mapping,
+        &b.block_tables,
+        &b.deferred_inputs,
+    ] {
         w.u32s(v);
     }
     w.u64(b.max_blocks_per_seq as u64);
@@ -192,6 +198,7 @@ fn get_batch(r: &mut R) -> Result<Batch> {
     b.positions = r.u32s()?;
     b.slot_mapping = r.u32s()?;
     b.block_tables = r.u32s()?;
+    b.deferred_inputs = r.u32s()?;
     b.max_blocks_per_seq = r.u64()? as usize;
     b.block_size = r.u64()? as usize;
     Ok(b)
@@ -417,6 +424,7 @@ mod tests {
             max_blocks_per_seq: 2,
             block_size: 16,
             masks: None,
+            deferred_inputs: vec![2],
         };
         let bytes = Command::Step {
             batch: batch.clone(),
