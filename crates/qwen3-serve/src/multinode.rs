@@ -160,7 +160,7 @@ pub fn start(
     let fingerprint = Fingerprint::of_model(dir)?;
     let master = master(args)?;
     let timeout = Duration::from_secs_f64(args.rendezvous_timeout);
-    if args.node_rank == 0 {
+    let (roots, kind) = if args.node_rank == 0 {
         let leader = Leader::bind(master, layout, fingerprint)?;
         info!(
             "rendezvous: node 0 (model {fingerprint}) waits on {master} up to {timeout:?} for {} other node(s)",
@@ -181,19 +181,7 @@ pub fn start(
             Ok::<_, qwen3_backend::BackendError>(bytes)
         })?;
         info!("rendezvous: all {nnodes} nodes met");
-        Ok(Role {
-            place: PipelinePlace {
-                stage: 0,
-                stages: args.pipeline_parallel_size,
-                layers,
-                roots,
-            },
-            exec_timeout,
-            cann: Arc::clone(cann),
-            devices: devices.clone(),
-            options: options.clone(),
-            kind: RoleKind::Leader(nodes),
-        })
+        (roots, RoleKind::Leader(nodes))
     } else {
         info!(
             "rendezvous: node {} (model {fingerprint}) joins node 0 at {master}, up to {timeout:?}",
@@ -214,20 +202,21 @@ pub fn start(
                 args.tensor_parallel_size
             );
         }
-        Ok(Role {
-            place: PipelinePlace {
-                stage: args.node_rank,
-                stages: args.pipeline_parallel_size,
-                layers,
-                roots,
-            },
-            exec_timeout,
-            cann: Arc::clone(cann),
-            devices: devices.clone(),
-            options: options.clone(),
-            kind: RoleKind::Headless(joined.link),
-        })
-    }
+        (roots, RoleKind::Headless(joined.link))
+    };
+    Ok(Role {
+        place: PipelinePlace {
+            stage: args.node_rank,
+            stages: args.pipeline_parallel_size,
+            layers,
+            roots,
+        },
+        exec_timeout,
+        cann: Arc::clone(cann),
+        devices: devices.clone(),
+        options: options.clone(),
+        kind,
+    })
 }
 
 /// Loads this node's stage. Node 0 gets the executor the engine drives; another node serves
