@@ -250,7 +250,7 @@ mod amx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gemm_bf16::{gemm_bf16_scalar, round_bf16};
+    use crate::cpu::gemm_bf16::twin_check;
 
     #[test]
     fn tiles_match_scalar_twin_on_odd_sizes() {
@@ -269,29 +269,9 @@ mod tests {
             (129, 160, 224),
         ] {
             assert!(fits(m, k, n));
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-                .collect();
-            let w: Vec<bf16> = (0..n * k)
-                .map(|i| bf16::from_f32(((i * 29 % 89) as f32 - 44.0) / 31.0))
-                .collect();
-            let mut want = vec![0.0; m * n];
-            gemm_bf16_scalar(&x, m, k, &w, n, &mut want);
-            let mut got = vec![f32::NAN; m * n];
-            assert!(gemm_amx(&x, m, k, &w, n, &mut got));
-            for i in 0..m {
-                for j in 0..n {
-                    // Sum of |products| bounds the F32 reordering error.
-                    let mag: f32 = (0..k)
-                        .map(|l| (round_bf16(x[i * k + l]) * w[j * k + l].to_f32()).abs())
-                        .sum();
-                    let (a, b) = (got[i * n + j], want[i * n + j]);
-                    assert!(
-                        (a - b).abs() <= 1e-5 * (1.0 + mag),
-                        "{m}x{k}x{n} [{i},{j}]: {a} vs {b}"
-                    );
-                }
-            }
+            twin_check::check("amx", (m, k, n), |x, w, out| {
+                assert!(gemm_amx(x, m, k, w, n, out))
+            });
         }
     }
 

@@ -260,6 +260,44 @@ mod avx512 {
     }
 }
 
+/// Test support shared with the AMX twin: one odd-sized case against the scalar twin.
+#[cfg(test)]
+pub(crate) mod twin_check {
+    use super::*;
+
+    /// Runs `kernel` on a deterministic `m × k` input and `n × k` weights and checks every
+    /// output against [`gemm_bf16_scalar`], within the F32 reordering error (1e-5 of the sum
+    /// of |products|, since the kernels add in another order).
+    pub(crate) fn check(
+        what: &str,
+        (m, k, n): (usize, usize, usize),
+        kernel: impl Fn(&[f32], &[bf16], &mut [f32]),
+    ) {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
+        let w: Vec<bf16> = (0..n * k)
+            .map(|i| bf16::from_f32(((i * 29 % 89) as f32 - 44.0) / 31.0))
+            .collect();
+        let mut want = vec![0.0; m * n];
+        gemm_bf16_scalar(&x, m, k, &w, n, &mut want);
+        let mut got = vec![f32::NAN; m * n];
+        kernel(&x, &w, &mut got);
+        for i in 0..m {
+            for j in 0..n {
+                let mag: f32 = (0..k)
+                    .map(|l| (round_bf16(x[i * k + l]) * w[j * k + l].to_f32()).abs())
+                    .sum();
+                let (a, b) = (got[i * n + j], want[i * n + j]);
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + mag),
+                    "{what} {m}x{k}x{n} [{i},{j}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,33 +319,10 @@ mod tests {
             (6, 2048, 13),
             (33, 31, 129),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-                .collect();
-            let w: Vec<bf16> = (0..n * k)
-                .map(|i| bf16::from_f32(((i * 29 % 89) as f32 - 44.0) / 31.0))
-                .collect();
-            let mut want = vec![0.0; m * n];
-            gemm_bf16_scalar(&x, m, k, &w, n, &mut want);
-            // Sum of |products| per output bounds the F32 reordering error.
-            let mag = |i: usize, j: usize| -> f32 {
-                (0..k)
-                    .map(|l| (round_bf16(x[i * k + l]) * w[j * k + l].to_f32()).abs())
-                    .sum()
-            };
             for level in supported_levels() {
-                let mut got = vec![f32::NAN; m * n];
-                gemm_bf16_at(level, &x, m, k, &w, n, &mut got);
-                for i in 0..m {
-                    for j in 0..n {
-                        let (a, b) = (got[i * n + j], want[i * n + j]);
-                        assert!(
-                            (a - b).abs() <= 1e-5 * (1.0 + mag(i, j)),
-                            "{} {m}x{k}x{n} [{i},{j}]: {a} vs {b}",
-                            level.name()
-                        );
-                    }
-                }
+                twin_check::check(level.name(), (m, k, n), |x, w, out| {
+                    gemm_bf16_at(level, x, m, k, w, n, out)
+                });
             }
         }
     }
