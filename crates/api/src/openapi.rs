@@ -64,7 +64,8 @@ pub struct SamplingSchema {
     guided_decoding_backend: Option<String>,
     /// Accepted and ignored (llguidance's JSON whitespace rules apply).
     guided_whitespace_pattern: Option<String>,
-    /// vLLM's: the prompt's and each choice's token ids in the response (not with `stream`).
+    /// vLLM's: the prompt's and each choice's token ids in the response (streamed: the
+    /// prompt's in each choice's first chunk, each chunk's own ids with it).
     return_token_ids: Option<bool>,
     /// vLLM's: logprobs name tokens `token_id:N` instead of their text.
     return_tokens_as_token_ids: Option<bool>,

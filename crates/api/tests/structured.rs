@@ -297,3 +297,70 @@ async fn return_tokens_as_token_ids_names_logprob_tokens_by_id() {
         .as_array()
         .is_some_and(|p| !p.is_empty()));
 }
+
+/// Streamed `return_token_ids`, as vLLM: each choice's first chunk carries the prompt's
+/// ids, and the ids the chunks carry, joined, are the choice's tokens (which decode to its
+/// text), on chat and completions, with n = 2.
+#[tokio::test]
+async fn streamed_return_token_ids_give_prompt_and_output_ids() {
+    let srv = start(Opts::default()).await;
+    let tok = tokenizer();
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({"messages": user("stream ids"), "guided_json": schema(), "stream": true,
+                   "n": 2, "max_tokens": 60, "return_token_ids": true}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "stream ids", "guided_json": schema(), "stream": true,
+                   "n": 2, "max_tokens": 60, "return_token_ids": true}),
+        ),
+    ] {
+        let r = post(&srv.addr, path, &body).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let chat = path.contains("chat");
+        let (mut ids, mut texts) = (vec![Vec::<u32>::new(); 2], vec![String::new(); 2]);
+        let mut prompts: Vec<Option<Value>> = vec![None; 2];
+        for c in r.chunks() {
+            for ch in c["choices"].as_array().into_iter().flatten() {
+                let i = ch["index"].as_u64().expect("index") as usize;
+                let prompt = if chat {
+                    &c["prompt_token_ids"]
+                } else {
+                    &ch["prompt_token_ids"]
+                };
+                if !prompt.is_null() {
+                    assert!(
+                        prompts[i].is_none(),
+                        "{path}: prompt ids twice for choice {i}"
+                    );
+                    prompts[i] = Some(prompt.clone());
+                }
+                if let Some(t) = ch["token_ids"].as_array() {
+                    ids[i].extend(t.iter().map(|x| x.as_u64().expect("id") as u32));
+                }
+                let text = if chat {
+                    &ch["delta"]["content"]
+                } else {
+                    &ch["text"]
+                };
+                texts[i].push_str(text.as_str().unwrap_or_default());
+            }
+        }
+        for i in 0..2 {
+            valid(&texts[i]);
+            assert_eq!(
+                tok.decode(&ids[i], true).expect("decode"),
+                texts[i],
+                "{path}"
+            );
+            let p: Vec<u32> = serde_json::from_value(prompts[i].clone().expect("prompt ids"))
+                .expect("prompt ids");
+            assert!(!p.is_empty(), "{path}");
+            if !chat {
+                assert_eq!(p, tok.encode("stream ids", true).expect("enc").get_ids());
+            }
+        }
+    }
+}

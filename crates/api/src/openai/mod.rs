@@ -329,12 +329,6 @@ impl SamplingRequest {
         }
         let structured = parse_structured(f)?;
         let return_token_ids = f.opt::<bool>("return_token_ids")?.unwrap_or(false);
-        if return_token_ids && stream {
-            return Err(ApiError::unsupported(
-                "return_token_ids",
-                "`return_token_ids` with `stream`",
-            ));
-        }
         let _user = f.opt::<String>("user")?;
         Ok(Self {
             temperature,

@@ -371,8 +371,10 @@ fn response_shapes() {
             logprobs: None,
             finish_reason: None,
             stop_reason: None,
+            token_ids: None,
         }],
         usage: Some(None),
+        prompt_token_ids: None,
     };
     assert_eq!(
         serde_json::to_value(&chunk).unwrap_or_default(),

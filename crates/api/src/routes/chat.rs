@@ -265,6 +265,7 @@ pub async fn chat_completions(
             model: model.clone(),
             choices: vec![choice],
             usage: include_usage.then_some(None),
+            prompt_token_ids: None,
         };
         // As OpenAI: each choice starts with the role.
         for i in 0..n {
@@ -278,8 +279,15 @@ pub async fn chat_completions(
                 logprobs: None,
                 finish_reason: None,
                 stop_reason: None,
+                token_ids: None,
             };
-            if !tx.json(&chunk(first)).await {
+            // As vLLM: with `return_token_ids`, each choice's first chunk carries the
+            // prompt's ids, and every chunk the ids it adds.
+            let first = ChatCompletionChunk {
+                prompt_token_ids: prompt_token_ids.clone(),
+                ..chunk(first)
+            };
+            if !tx.json(&first).await {
                 return log.done("client disconnected");
             }
         }
@@ -313,7 +321,8 @@ pub async fn chat_completions(
             let delta = parsers[i].delta(&o.text, last);
             let logprobs = (want_logprobs && !o.logprobs.is_empty())
                 .then(|| chat_logprobs(TokenNames::new(&s, tokens_as_ids), &o.logprobs));
-            if delta.is_empty() && !last && logprobs.is_none() {
+            let has_ids = return_ids && !o.token_ids.is_empty();
+            if delta.is_empty() && !last && logprobs.is_none() && !has_ids {
                 continue;
             }
             let finish_reason = match &parsers[i].tools {
@@ -327,6 +336,7 @@ pub async fn chat_completions(
                 logprobs,
                 finish_reason,
                 stop_reason: last.then(|| stop_reason_json(&o.stop_reason)),
+                token_ids: return_ids.then(|| o.token_ids.clone()),
             };
             if !tx.json(&chunk(c)).await {
                 return log.done("client disconnected");
@@ -345,6 +355,7 @@ pub async fn chat_completions(
                     log.output_tokens,
                     log.cached_tokens,
                 ))),
+                prompt_token_ids: None,
             };
             tx.json(&u).await;
         }

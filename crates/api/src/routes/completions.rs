@@ -198,6 +198,7 @@ pub async fn completions(
     }
     let include_usage = req.sampling.include_usage;
     let (logprobs, echo) = (req.logprobs, req.echo);
+    let return_ids = req.sampling.return_token_ids;
     Ok(sse(move |tx| async move {
         let chunk = |choice: CompletionChoice| CompletionResponse {
             id: id.clone(),
@@ -234,6 +235,10 @@ pub async fn completions(
         };
         let (mut prompt, mut output, mut cached) = (vec![0; k], vec![0; k], vec![0; k]);
         let mut finishes = vec![None; k];
+        // As vLLM: with `return_token_ids`, a choice's first chunk carries its prompt ids
+        // and each chunk the ids it adds.
+        let mut prompt_ids_left: Vec<Option<Vec<u32>>> =
+            all_prompt_ids.into_iter().map(Some).collect();
         let mut merged = merge_streams(streams);
         loop {
             let (i, o) = match tx.next_or_gone(&mut merged).await {
@@ -268,7 +273,8 @@ pub async fn completions(
                 return log.done("error");
             }
             let has_logprobs = logprobs.is_some() && !o.logprobs.is_empty() && !echo_only;
-            if o.text.is_empty() && o.finish_reason.is_none() && !has_logprobs {
+            let has_ids = return_ids && !o.token_ids.is_empty() && !echo_only;
+            if o.text.is_empty() && o.finish_reason.is_none() && !has_logprobs && !has_ids {
                 continue; // tokens held back by the detokenizer: nothing to show yet
             }
             finishes[i] = finish_str(&o.finish_reason);
@@ -290,8 +296,8 @@ pub async fn completions(
                     stop_reason_json(&o.stop_reason)
                 },
                 prompt_logprobs: None,
-                prompt_token_ids: None,
-                token_ids: None,
+                prompt_token_ids: prompt_ids_left.get_mut(i).and_then(Option::take),
+                token_ids: return_ids.then(|| if echo_only { Vec::new() } else { o.token_ids }),
             };
             if !tx.json(&chunk(c)).await {
                 return log.done("client disconnected");
