@@ -43,7 +43,9 @@ fn executor_with_blocks(
     blocks: usize,
     overrides: Option<&serde_json::Value>,
 ) -> SingleExecutor<AscendBackend> {
-    executor_of(emu, DENSE, device, dtype, graph, sizes, blocks, overrides, true)
+    executor_of(
+        emu, DENSE, device, dtype, graph, sizes, blocks, overrides, true,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -124,7 +124,14 @@ fn rank_loop<B: Backend>(
             let spans = states.prompt_spans(&batch);
             arrays.resolve_inputs(&batch, &states).and_then(|()| {
                 worker
-                    .stage_step(&links, &batch, &mut arrays, &spans, rank == 0, comm.as_ref())
+                    .stage_step(
+                        &links,
+                        &batch,
+                        &mut arrays,
+                        &spans,
+                        rank == 0,
+                        comm.as_ref(),
+                    )
                     .map_err(exec_err)
             })
         };
