@@ -19,19 +19,7 @@ fn executor(
     graph: bool,
     sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
-    executor_with_blocks(emu, device, dtype, graph, sizes, 4, None)
-}
-
-fn executor_with_blocks(
-    emu: &Emu,
-    device: i32,
-    dtype: WeightDType,
-    graph: bool,
-    sizes: &[usize],
-    blocks: usize,
-    overrides: Option<&serde_json::Value>,
-) -> SingleExecutor<AscendBackend> {
-    executor_of(emu, DENSE, device, dtype, graph, sizes, blocks, overrides)
+    executor_of(emu, DENSE, device, dtype, graph, sizes, 4, None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -401,8 +389,9 @@ fn decode_past_the_first_rope_table_after_a_captured_graph() {
         out
     };
     for dtype in [WeightDType::BF16, WeightDType::F32] {
-        let eager = steps(&mut executor_with_blocks(
+        let eager = steps(&mut executor_of(
             &emu,
+            DENSE,
             0,
             dtype,
             false,
@@ -410,7 +399,7 @@ fn decode_past_the_first_rope_table_after_a_captured_graph() {
             blocks,
             Some(&yarn),
         ));
-        let mut ex = executor_with_blocks(&emu, 1, dtype, true, &[1], blocks, Some(&yarn));
+        let mut ex = executor_of(&emu, DENSE, 1, dtype, true, &[1], blocks, Some(&yarn));
         let graph = steps(&mut ex);
         assert!(
             ex.worker().backend.captured_graphs() >= 1,
