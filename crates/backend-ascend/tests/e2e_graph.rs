@@ -21,7 +21,7 @@ fn executor(
     graph: bool,
     sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
-    executor_with_blocks(emu, device, dtype, graph, sizes, 4, None)
+    executor_of(emu, DENSE, device, dtype, graph, sizes, 4, None, true)
 }
 
 /// Decode graphs captured in segments, attention eager between them.
@@ -32,20 +32,6 @@ fn executor_piecewise(
     sizes: &[usize],
 ) -> SingleExecutor<AscendBackend> {
     executor_of(emu, DENSE, device, dtype, true, sizes, 4, None, false)
-}
-
-fn executor_with_blocks(
-    emu: &Emu,
-    device: i32,
-    dtype: WeightDType,
-    graph: bool,
-    sizes: &[usize],
-    blocks: usize,
-    overrides: Option<&serde_json::Value>,
-) -> SingleExecutor<AscendBackend> {
-    executor_of(
-        emu, DENSE, device, dtype, graph, sizes, blocks, overrides, true,
-    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -463,16 +449,18 @@ fn decode_past_the_first_rope_table_after_a_captured_graph() {
         out
     };
     for dtype in [WeightDType::BF16, WeightDType::F32] {
-        let eager = steps(&mut executor_with_blocks(
+        let eager = steps(&mut executor_of(
             &emu,
+            DENSE,
             0,
             dtype,
             false,
             &[],
             blocks,
             Some(&yarn),
+            true,
         ));
-        let mut ex = executor_with_blocks(&emu, 1, dtype, true, &[1], blocks, Some(&yarn));
+        let mut ex = executor_of(&emu, DENSE, 1, dtype, true, &[1], blocks, Some(&yarn), true);
         let graph = steps(&mut ex);
         assert!(
             ex.worker().backend.captured_graphs() >= 1,
