@@ -194,14 +194,44 @@ mod tests {
         assert_eq!(plan_row(&r0, 128, true), RowPlan::Full);
     }
 
+    fn params(top_k: u32, temperature: f32, top_p: f32, min_p: f32) -> SamplingParams {
+        SamplingParams {
+            top_k,
+            temperature,
+            top_p,
+            min_p,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// What the device path draws for `r` over `logits` (as the device holds them): the
+    /// plan's top k, returned in reverse (the device's order is not relied on), then the
+    /// host's draw over those candidates.
+    fn device_draw(logits: &[f32], r: &SampleRow<'_>) -> u32 {
+        let RowPlan::TopK { k, keep } = plan_row(r, logits.len(), true) else {
+            panic!("expected a top-k plan");
+        };
+        let mut idx: Vec<usize> = (0..logits.len()).collect();
+        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        idx.truncate(k);
+        idx.reverse();
+        let vals: Vec<f32> = idx.iter().map(|&i| logits[i]).collect();
+        let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+        sample_candidates(&vals, &ids, keep, r).token
+    }
+
+    fn test_logits(vocab: usize) -> Vec<f32> {
+        (0..vocab)
+            .map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0)
+            .collect()
+    }
+
     /// A masked row drawn from the device's candidates over the masked logits (what
     /// `sample_mask` leaves) gives the reference's draw over the whole row with the mask.
     #[test]
     fn masked_candidates_match_the_reference() {
         let vocab = 320;
-        let logits: Vec<f32> = (0..vocab)
-            .map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0)
-            .collect();
+        let logits = test_logits(vocab);
         let mask: Vec<u32> = (0..vocab / 32)
             .map(|w| (0x9E37_79B9u32).rotate_left(w as u32 * 7) & 0x0101_1111)
             .collect();
@@ -211,28 +241,14 @@ mod tests {
         for (top_k, temp, top_p, min_p) in
             [(0, 1.0, 1.0, 0.0), (3, 0.7, 1.0, 0.0), (0, 1.3, 0.8, 0.1)]
         {
-            let p = SamplingParams {
-                top_k,
-                temperature: temp,
-                top_p,
-                min_p,
-                ..SamplingParams::default()
-            };
+            let p = params(top_k, temp, top_p, min_p);
             for i in 0..200u64 {
                 let r = SampleRow {
                     allowed: Some(&mask),
                     ..row(&p, &supp, draw_seed(5, i))
                 };
                 let want = sample_row(&logits, &r, &mut Vec::new()).token;
-                let RowPlan::TopK { k, keep } = plan_row(&r, vocab, true) else {
-                    panic!("expected a top-k plan");
-                };
-                let mut idx: Vec<usize> = (0..vocab).collect();
-                idx.sort_by(|&a, &b| masked[b].total_cmp(&masked[a]).then(a.cmp(&b)));
-                idx.truncate(k);
-                let vals: Vec<f32> = idx.iter().map(|&i| masked[i]).collect();
-                let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-                assert_eq!(sample_candidates(&vals, &ids, keep, &r).token, want);
+                assert_eq!(device_draw(&masked, &r), want);
             }
         }
     }
@@ -240,10 +256,7 @@ mod tests {
     /// The candidate path draws exactly what the reference draws over the whole row.
     #[test]
     fn candidates_match_the_reference() {
-        let vocab = 300;
-        let logits: Vec<f32> = (0..vocab)
-            .map(|i| ((i * 7919) % 97) as f32 / 13.0 - 3.0)
-            .collect();
+        let logits = test_logits(300);
         let supp = [5u32, 17];
         for (top_k, temp, top_p, min_p) in [
             (1, 1.0, 1.0, 0.0),
@@ -251,27 +264,11 @@ mod tests {
             (40, 1.3, 0.8, 0.0),
             (40, 1.0, 1.0, 0.2),
         ] {
-            let p = SamplingParams {
-                top_k,
-                temperature: temp,
-                top_p,
-                min_p,
-                ..SamplingParams::default()
-            };
+            let p = params(top_k, temp, top_p, min_p);
             for i in 0..200u64 {
                 let r = row(&p, &supp, draw_seed(9, i));
                 let want = sample_row(&logits, &r, &mut Vec::new()).token;
-                let RowPlan::TopK { k, keep } = plan_row(&r, vocab, true) else {
-                    panic!("expected a top-k plan");
-                };
-                // What the device returns: the k largest, in any order.
-                let mut idx: Vec<usize> = (0..vocab).collect();
-                idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-                idx.truncate(k);
-                idx.reverse();
-                let vals: Vec<f32> = idx.iter().map(|&i| logits[i]).collect();
-                let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
-                assert_eq!(sample_candidates(&vals, &ids, keep, &r).token, want);
+                assert_eq!(device_draw(&logits, &r), want);
             }
         }
     }

@@ -110,8 +110,7 @@ pub fn run(
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let compiler = crate::structured::compiler(&loaded, Default::default())
-                .context("structured outputs are unavailable for this tokenizer")?;
+            let compiler = crate::structured::compiler(&loaded, Default::default());
             let kind = qwen3_engine::batch::ConstraintKind::JsonSchema(text);
             compiler.compile(&kind)?;
             Some((compiler, kind))

@@ -808,7 +808,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let max_model_len = loaded.engine_config.max_model_len;
-    let structured = crate::structured::compiler(&loaded, structured_limits);
+    let structured = Some(crate::structured::compiler(&loaded, structured_limits));
     let mut core = qwen3_engine::EngineCore::new(
         loaded.engine_config,
         loaded.executor,

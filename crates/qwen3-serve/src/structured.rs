@@ -59,28 +59,26 @@ pub fn check_flags(config: Option<&str>, backend: Option<&str>) -> anyhow::Resul
     Ok(limits)
 }
 
-/// The compiler for `loaded`'s tokenizer, or None (with a warning) when llguidance cannot
-/// read it: structured-output requests are then refused with a 400.
-pub fn compiler(loaded: &Loaded, limits: CompilerLimits) -> Option<Arc<Compiler>> {
-    let started = std::time::Instant::now();
-    match qwen3_guided::compiler_for(
-        &loaded.dir.join("tokenizer.json"),
+/// The compiler for `loaded`'s tokenizer. Its token table (~0.65 s for Qwen3's 151,936
+/// tokens in a debug build) is built on a thread of its own so readiness does not wait for
+/// it; the first constrained request does. If llguidance cannot read the tokenizer, a
+/// warning says so and constrained requests are refused with a 400 naming the field.
+pub fn compiler(loaded: &Loaded, limits: CompilerLimits) -> Arc<Compiler> {
+    let vocab = loaded.vocab_size;
+    Arc::new(qwen3_guided::compiler_in_background(
+        loaded.dir.join("tokenizer.json"),
         loaded.tokenizer.clone(),
-        loaded.vocab_size,
-        &loaded.engine_config.eos_token_ids,
+        vocab,
+        loaded.engine_config.eos_token_ids.clone(),
         limits,
-    ) {
-        Ok(c) => {
-            info!(
-                "structured outputs: llguidance over {} tokens, ready in {:.2} s",
-                loaded.vocab_size,
-                started.elapsed().as_secs_f64()
-            );
-            Some(Arc::new(c))
+        move |built, took| {
+            match built {
+            Ok(()) => info!(
+                "structured outputs: llguidance over {vocab} tokens, ready in {:.2} s (built in the background)",
+                took.as_secs_f64()
+            ),
+            Err(e) => warn!("structured outputs are off: {e}"),
         }
-        Err(e) => {
-            warn!("structured outputs are off: {e}");
-            None
-        }
-    }
+        },
+    ))
 }
