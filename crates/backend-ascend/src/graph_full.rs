@@ -156,10 +156,7 @@ impl AscendBackend {
     /// A new KV cache: full graphs hold the old one's address, so they go (and are
     /// captured again at their next decode step).
     pub(crate) fn kv_cache_changed(&self) -> Result<()> {
-        let full = self
-            .graphs
-            .lock()
-            .map_or(false, |g| g.values().any(|s| s.full));
+        let full = self.graphs.lock().is_ok_and(|g| g.values().any(|s| s.full));
         if full {
             self.drop_graphs()?;
         }

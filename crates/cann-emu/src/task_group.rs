@@ -49,8 +49,11 @@ pub enum TgState {
     },
 }
 
-/// Live groups: handle → (group, the graph holding it once its capture ended).
-static GROUPS: LazyLock<Mutex<Handles<(Arc<TaskGroup>, Option<u64>)>>> =
+/// A live group and the graph holding it once its capture ended.
+type GroupEntry = (Arc<TaskGroup>, Option<u64>);
+
+/// Live groups by handle.
+static GROUPS: LazyLock<Mutex<Handles<GroupEntry>>> =
     LazyLock::new(|| Mutex::new(Handles::new(0x5500_0000_0000_0000)));
 
 pub fn reset() {
