@@ -14,6 +14,12 @@
 //! over all of k, four `tdpbf16ps` per four tile loads. Tiles need whole 32-wide k steps and
 //! 32-row weight pairs, so [`fits`] says which shapes run here (every Qwen3 projection does).
 
+// Elsewhere nothing runs on tiles: `gemm_amx` always declines.
+#![cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux")),
+    allow(dead_code, unused_imports)
+)]
+
 use std::cell::RefCell;
 
 use half::bf16;
