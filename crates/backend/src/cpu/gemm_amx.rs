@@ -14,6 +14,12 @@
 //! over all of k, four `tdpbf16ps` per four tile loads. Tiles need whole 32-wide k steps and
 //! 32-row weight pairs, so [`fits`] says which shapes run here (every Qwen3 projection does).
 
+// Elsewhere nothing runs on tiles: `gemm_amx` always declines.
+#![cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux")),
+    allow(dead_code, unused_imports)
+)]
+
 use std::cell::RefCell;
 
 use half::bf16;
@@ -31,7 +37,7 @@ pub const MIN_ROWS: usize = 16;
 /// Whether the shape runs on tiles: whole 32-value k steps, whole 32-row weight pairs, and at
 /// least [`MIN_ROWS`] rows of `x`.
 pub fn fits(m: usize, k: usize, n: usize) -> bool {
-    m >= MIN_ROWS && k > 0 && k % 32 == 0 && n > 0 && n % 32 == 0
+    m >= MIN_ROWS && k > 0 && k.is_multiple_of(32) && n > 0 && n.is_multiple_of(32)
 }
 
 /// Whether AMX-BF16 can run here: the CPU has it, the kernel let this process use the tile
@@ -163,7 +169,7 @@ mod amx {
         n: usize,
         out: *mut f32,
     ) {
-        debug_assert!(xv.len() >= mp * k && (r1 - r0) % 32 == 0 && k % 32 == 0);
+        debug_assert!(xv.len() >= mp * k && (r1 - r0).is_multiple_of(32) && k.is_multiple_of(32));
         // Four 16 × 16 result tiles: [weight half][x half][16 weight rows][16 x rows].
         let mut c = [[[[0f32; 16]; 16]; 2]; 2];
         asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
