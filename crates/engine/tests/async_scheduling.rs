@@ -232,53 +232,6 @@ fn n_identical_choices_match_sync() {
     assert!(stats.prefix_cache_hits_total > 0);
 }
 
-#[test]
-fn executor_error_with_a_step_in_flight_fails_requests_and_engine_survives() {
-    let cfg = EngineConfig {
-        enable_prefix_caching: true,
-        ..with_async(&config())
-    };
-    for panic in [false, true] {
-        let (mut core, control) = core_with(&cfg, None);
-        let mk = |id: &str| {
-            let mut r = EngineRequest::new(id, (0..20).collect());
-            r.max_tokens = Some(10);
-            r.ignore_eos = true;
-            r
-        };
-        let mut a = add(&mut core, mk("a"));
-        let mut b = add(&mut core, mk("b"));
-        core.step();
-        core.step();
-        let flag = if panic {
-            &control.panic_next
-        } else {
-            &control.fail_next
-        };
-        flag.store(true, Ordering::SeqCst);
-        while core.has_work() {
-            core.step();
-        }
-        a.drain();
-        b.drain();
-        for t in [&a, &b] {
-            assert!(
-                matches!(&t.out.finish, Some(FinishReason::Error(_))),
-                "{:?}",
-                t.out.finish
-            );
-        }
-        assert_eq!(core.num_free_blocks(), cfg.num_blocks - 1);
-        let mut c = add(&mut core, mk("c"));
-        while core.has_work() {
-            core.step();
-        }
-        c.drain();
-        assert_eq!(c.out.finish, Some(FinishReason::Length));
-        assert_eq!(c.out.tokens.len(), 10);
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     /// Any workload under any limits gives the same outputs with async scheduling as without.

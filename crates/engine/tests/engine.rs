@@ -507,11 +507,14 @@ fn logprobs_when_asked() {
 
 #[test]
 fn executor_error_fails_in_flight_and_engine_survives() {
-    let cfg = EngineConfig {
-        enable_prefix_caching: true,
-        ..config()
-    };
-    for panic in [false, true] {
+    for (panic, async_scheduling) in [(false, false), (true, false), (false, true), (true, true)] {
+        // With async scheduling a step is in flight when the fault comes: it is waited for
+        // and its tokens dropped.
+        let cfg = EngineConfig {
+            enable_prefix_caching: true,
+            async_scheduling,
+            ..config()
+        };
         let (mut core, control) = core_with(&cfg, None);
         let mk = |id: &str| {
             let mut r = EngineRequest::new(id, (0..20).collect());
@@ -528,7 +531,9 @@ fn executor_error_fails_in_flight_and_engine_survives() {
         } else {
             control.fail_next.store(true, Ordering::SeqCst);
         }
-        core.step();
+        while core.has_work() {
+            core.step();
+        }
         a.drain();
         b.drain();
         for t in [&a, &b] {
