@@ -12,8 +12,8 @@ use qwen3_backend::{AttnGeometry, Backend, BackendError, HostData, KvCacheShape,
 use qwen3_backend::{RopeSpec, StepMeta};
 use serde::Serialize;
 
+use crate::device_timer::DeviceTimer;
 use crate::doctor::{data, max_err};
-use crate::mem::dev_err;
 use crate::{AscendBackend, AscendOptions, AttentionBackend};
 
 /// One custom kernel against its CANN counterpart and the CPU backend.
@@ -249,77 +249,21 @@ fn norm_rope_cache<B: Backend>(b: &B, bf16_acts: bool, h: Heads) -> Result<Vec<f
     Ok(out)
 }
 
-/// Two events on the backend's stream, destroyed when dropped.
-struct Events<'a> {
-    b: &'a AscendBackend,
-    start: ascend_sys::types::aclrtEvent,
-    end: ascend_sys::types::aclrtEvent,
-}
-
-impl<'a> Events<'a> {
-    fn new(b: &'a AscendBackend) -> Result<Self> {
-        let acl = &b.cann().acl;
-        let mut ev = [std::ptr::null_mut(); 2];
-        for e in &mut ev {
-            // SAFETY: writes one event handle.
-            let rc = unsafe { (acl.aclrtCreateEvent)(e) };
-            b.cann().check(rc, "aclrtCreateEvent").map_err(dev_err)?;
-        }
-        Ok(Self {
-            b,
-            start: ev[0],
-            end: ev[1],
-        })
-    }
-
-    fn record(&self, e: ascend_sys::types::aclrtEvent) -> Result<()> {
-        // SAFETY: a live event and the backend's live stream.
-        let rc = unsafe { (self.b.cann().acl.aclrtRecordEvent)(e, self.b.dev.stream.0) };
-        self.b.cann().check(rc, "aclrtRecordEvent").map_err(dev_err)
-    }
-
-    /// Milliseconds between the two recorded events, once the second has completed.
-    fn elapsed_ms(&self) -> Result<f32> {
-        let acl = &self.b.cann().acl;
-        // SAFETY: a live, recorded event.
-        let rc = unsafe { (acl.aclrtSynchronizeEvent)(self.end) };
-        self.b
-            .cann()
-            .check(rc, "aclrtSynchronizeEvent")
-            .map_err(dev_err)?;
-        let mut ms = 0f32;
-        // SAFETY: two live, completed events; writes one float.
-        let rc = unsafe { (acl.aclrtEventElapsedTime)(&mut ms, self.start, self.end) };
-        self.b
-            .cann()
-            .check(rc, "aclrtEventElapsedTime")
-            .map_err(dev_err)?;
-        Ok(ms)
-    }
-}
-
-impl Drop for Events<'_> {
-    fn drop(&mut self) {
-        for e in [self.start, self.end] {
-            // SAFETY: events this guard created, destroyed once.
-            unsafe { (self.b.cann().acl.aclrtDestroyEvent)(e) };
-        }
-    }
-}
-
 /// Device microseconds per call of `f` (which queues work on `b`'s stream), over `ITERS`
 /// calls after a warm-up call.
 fn device_us(b: &AscendBackend, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     b.synchronize()?;
-    b.dev.bind()?;
-    let ev = Events::new(b)?;
-    ev.record(ev.start)?;
+    let mut timer = DeviceTimer::new(b);
+    timer.start()?;
     for _ in 0..ITERS {
         f()?;
     }
-    ev.record(ev.end)?;
-    Ok(f64::from(ev.elapsed_ms()?) * 1000.0 / f64::from(ITERS))
+    timer.stop()?;
+    let total = timer
+        .total_us()?
+        .ok_or_else(|| BackendError::Device("no span was timed".into()))?;
+    Ok(total / f64::from(ITERS))
 }
 
 fn time_attention(b: &AscendBackend, h: Heads, mix: Mix) -> Result<f64> {
