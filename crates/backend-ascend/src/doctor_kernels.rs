@@ -8,12 +8,13 @@ use std::fmt;
 
 use half::bf16;
 use qwen3_backend::cpu::CpuBackend;
+use qwen3_backend::RopeSpec;
 use qwen3_backend::{AttnGeometry, Backend, BackendError, HostData, KvCacheShape, Result};
-use qwen3_backend::{RopeSpec, StepMeta};
 use serde::Serialize;
 
 use crate::device_timer::DeviceTimer;
 use crate::doctor::{data, max_err};
+use crate::doctor_layers::StepHost;
 use crate::{AscendBackend, AscendOptions, AttentionBackend};
 
 /// One custom kernel against its CANN counterpart and the CPU backend.
@@ -64,7 +65,8 @@ pub struct Heads {
 
 pub const QWEN3_8B: Heads = Heads { q: 32, kv: 8 };
 const D: usize = 128;
-const BS: usize = 128;
+/// The block size `StepHost` lays sequences out in.
+const BS: usize = crate::doctor_layers::BLOCK;
 const EPS: f32 = 1e-6;
 /// Timed calls per measurement (after one untimed warm-up call).
 const ITERS: u32 = 5;
@@ -79,79 +81,33 @@ const DECODE_SHORT: Mix = &[(127, 1), (56, 1)];
 /// exactly), a fresh 17-token prompt.
 const MIXED: Mix = &[(160, 32), (128, 1), (255, 1), (0, 17)];
 
-/// A step's metadata, owned.
-struct Plan {
-    ids: Vec<u32>,
-    positions: Vec<u32>,
-    slots: Vec<u32>,
-    query_start: Vec<u32>,
-    query_len: Vec<u32>,
-    context_len: Vec<u32>,
-    block_tables: Vec<u32>,
-    max_blocks: usize,
-    rope: RopeSpec,
-}
-
-impl Plan {
-    /// Sequence `i`'s tokens `from..to` of `mix`, each sequence in blocks of its own after
-    /// the null block 0; sequences with no such tokens are left out.
-    fn new(mix: Mix, part: impl Fn(usize, usize) -> (usize, usize)) -> Plan {
-        let blocks: Vec<usize> = mix.iter().map(|&(c, n)| (c + n).div_ceil(BS)).collect();
-        let max_blocks = blocks.iter().copied().max().unwrap_or(1);
-        let mut p = Plan {
-            ids: Vec::new(),
-            positions: Vec::new(),
-            slots: Vec::new(),
-            query_start: Vec::new(),
-            query_len: Vec::new(),
-            context_len: Vec::new(),
-            block_tables: Vec::new(),
-            max_blocks,
-            rope: RopeSpec {
-                inv_freq: (0..D / 2)
-                    .map(|i| 1.0 / 1e6f32.powf(2.0 * i as f32 / D as f32))
-                    .collect(),
-                mscale: 1.0,
-            },
-        };
-        let mut first = 1;
-        for (&(c, n), &nb) in mix.iter().zip(&blocks) {
-            let (from, to) = part(c, n);
-            let table: Vec<u32> = (first..first + nb as u32).collect();
-            first += nb as u32;
-            if from == to {
-                continue;
-            }
-            p.query_start.push(p.ids.len() as u32);
-            p.query_len.push((to - from) as u32);
-            p.context_len.push(to as u32);
-            for pos in from..to {
-                p.ids.push(pos as u32 % 97);
-                p.positions.push(pos as u32);
-                p.slots
-                    .push(table[pos / BS] * BS as u32 + (pos % BS) as u32);
-            }
-            p.block_tables.extend(&table);
-            p.block_tables
-                .extend(std::iter::repeat_n(0, max_blocks - table.len()));
-        }
-        p
-    }
-
-    fn meta(&self) -> StepMeta<'_> {
-        StepMeta {
-            token_ids: &self.ids,
-            positions: &self.positions,
-            slot_mapping: &self.slots,
-            query_start: &self.query_start,
-            query_len: &self.query_len,
-            context_len: &self.context_len,
-            block_tables: &self.block_tables,
-            max_blocks_per_seq: self.max_blocks,
-            block_size: BS,
-            rope: &self.rope,
-        }
-    }
+/// Sequence `i`'s tokens `from..to` of `mix` as one step, each sequence in blocks of its own
+/// after the null block 0; sequences with no such tokens are left out.
+fn plan(mix: Mix, part: impl Fn(usize, usize) -> (usize, usize)) -> StepHost {
+    let mut first = 1u32;
+    let tables: Vec<Vec<u32>> = mix
+        .iter()
+        .map(|&(c, n)| {
+            let nb = (c + n).div_ceil(BS) as u32;
+            first += nb;
+            (first - nb..first).collect()
+        })
+        .collect();
+    let max_blocks = tables.iter().map(Vec::len).max().unwrap_or(1);
+    let seqs: Vec<(usize, usize, &[u32])> = mix
+        .iter()
+        .zip(&tables)
+        .map(|(&(c, n), t)| (part(c, n), t))
+        .filter(|((from, to), _)| from != to)
+        .map(|((from, to), t)| (to, to - from, t.as_slice()))
+        .collect();
+    let rope = RopeSpec {
+        inv_freq: (0..D / 2)
+            .map(|i| 1.0 / 1e6f32.powf(2.0 * i as f32 / D as f32))
+            .collect(),
+        mscale: 1.0,
+    };
+    StepHost::new(&seqs, max_blocks, &rope)
 }
 
 /// Activations as the model runs them: BF16 on the NPU, F32 of the same values on the CPU.
@@ -194,7 +150,7 @@ fn layer<B: Backend>(b: &B, bf16_acts: bool, h: Heads, mix: Mix) -> Result<Layer
         head_dim: D,
     })?;
     let kw = h.kv * D;
-    let early = Plan::new(mix, |c, _| (0, c));
+    let early = plan(mix, |c, _| (0, c));
     if !early.ids.is_empty() {
         let t = early.ids.len();
         let s = b.prepare_step(&early.meta())?;
@@ -202,7 +158,7 @@ fn layer<B: Backend>(b: &B, bf16_acts: bool, h: Heads, mix: Mix) -> Result<Layer
         let v = act(b, bf16_acts, &data(t * kw, 32), &[t, kw])?;
         b.write_kv(&mut cache, 0, &k, &v, &s)?;
     }
-    let now = Plan::new(mix, |c, n| (c, c + n));
+    let now = plan(mix, |c, n| (c, c + n));
     let t = now.ids.len();
     Ok(Layer {
         step: b.prepare_step(&now.meta())?,
