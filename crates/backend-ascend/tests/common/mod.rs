@@ -182,6 +182,33 @@ pub fn top2(f32_ref: &RecordedLogits, i: usize) -> [u32; 2] {
     ]
 }
 
+/// Checks BF16 serving's first greedy token of `case` (`what` names the run): transformers'
+/// where its margin is decisive under BF16 (`bf16_decisive`; always, where the fixture has no
+/// BF16 reference), else one of the golden's top two. Returns whether it was decisive.
+pub fn check_bf16_first_token(case: &Case, got: u32, what: &str) -> bool {
+    let bf16_file = case
+        .logits_file
+        .replace(".safetensors", "__bf16.safetensors");
+    let f32_ref = recorded(case);
+    let decisive = !fixtures().join("goldens").join(bf16_file).exists()
+        || bf16_decisive(&f32_ref, &recorded_bf16(case), 0);
+    if decisive {
+        assert_eq!(
+            got, case.greedy_ids[0],
+            "{}: first token, {what}",
+            case.name
+        );
+    } else {
+        let near = top2(&f32_ref, 0);
+        assert!(
+            near.contains(&got),
+            "{}: first token, {what}: {got} not in {near:?}",
+            case.name
+        );
+    }
+    decisive
+}
+
 pub fn config(model: &str, overrides: Option<&serde_json::Value>) -> ModelConfig {
     let text = std::fs::read_to_string(fixtures().join(model).join("config.json")).expect("config");
     ModelConfig::from_json_str_with_overrides(&text, overrides).expect("config parses")
