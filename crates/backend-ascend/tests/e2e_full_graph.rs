@@ -3,8 +3,8 @@
 //! equal eager decode's exactly (greedy over bit-identical logits), the first token equals
 //! transformers' golden (BF16 drifts from the F32 goldens after it: see
 //! `e2e_engine::bf16_tp1_and_tp2_first_tokens_match_goldens`), and every replay updated
-//! fused attention's lengths through the task-update API. (The quantized fixtures have
-//! head_dim 32, which fused attention refuses: they run on the F32 cache, piecewise.)
+//! fused attention's lengths through the task-update API. Quantized too: W8A8_DYNAMIC and AWQ
+//! at head_dim 128 (the other quantized fixtures' head_dim 16/32 fused attention refuses).
 
 mod common;
 
@@ -85,4 +85,12 @@ fn full_graph_decode_equals_eager_dense_tp1_tp2() {
 #[test]
 fn full_graph_decode_equals_eager_moe_tp1_tp2() {
     full_equals_eager("tiny-qwen3-moe-hd128", WeightDType::BF16);
+}
+
+/// W8A8_DYNAMIC (per-token DynamicQuant and INT8 matmuls inside the graphs) and AWQ (antiquant
+/// matmuls) at head_dim 128, through fused attention.
+#[test]
+fn full_graph_decode_equals_eager_quantized_tp1_tp2() {
+    full_equals_eager("tiny-qwen3-w8a8-dynamic-hd128", WeightDType::BF16);
+    full_equals_eager("tiny-qwen3-awq-hd128", WeightDType::BF16);
 }

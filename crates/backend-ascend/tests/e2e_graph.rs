@@ -220,6 +220,16 @@ fn moe_hd128_graph_decode_equals_eager() {
     graph_equals_eager_for(MOE_HD128, WeightDType::F32, &[4], true);
 }
 
+/// The quantized fixtures at head_dim 128: per-token DynamicQuant and INT8 matmuls (W8A8) or
+/// antiquant matmuls (AWQ) inside full graphs and piecewise segments, fused attention.
+#[test]
+fn quantized_hd128_graph_decode_equals_eager() {
+    for model in ["tiny-qwen3-w8a8-dynamic-hd128", "tiny-qwen3-awq-hd128"] {
+        graph_equals_eager_for(model, WeightDType::BF16, &[2], true);
+        graph_equals_eager_for(model, WeightDType::BF16, &[2], false);
+    }
+}
+
 #[test]
 fn padded_graph_decode_equals_eager() {
     graph_equals_eager(WeightDType::BF16, &[1, 4]);

@@ -1,7 +1,7 @@
 //! AWQ / GPTQ weights through the Ascend backend's `aclnnWeightQuantBatchMatmulV2` path on
 //! the emulated CANN: one quantized matmul against the dequantized reference, the quantized
-//! fixtures against transformers' references on their dequantized weights (TP 1 and 2), and
-//! the clear refusals.
+//! fixtures against transformers' references on their dequantized weights (TP 1 and 2; AWQ
+//! at head_dim 128 in BF16 through fused attention too), and the clear refusals.
 
 mod common;
 
@@ -512,4 +512,15 @@ fn what_the_operator_cannot_take_is_refused_clearly() {
     // Refused at load: nothing ran, and what the partial loads allocated was freed.
     let st = emu.stats();
     assert_eq!((st.violations(), st.leaks()), (0, 0), "{st:?}");
+}
+
+/// AWQ at real Qwen3's head_dim 128 (tiny-qwen3-hd128's shape), which fused attention takes:
+/// BF16 weights, KV cache and attention, as a served model runs, at TP 1 and 2. The
+/// activations were BF16 already (the antiquant matmuls take no F32), so [`BOUNDS`] holds:
+/// measured worst 0.066 at TP 1, 0.049 at TP 2 (logit differences of the top 20).
+#[test]
+fn awq_hd128_in_bf16_through_fused_attention_at_tp1_and_tp2() {
+    let model = "tiny-qwen3-awq-hd128";
+    quant_check::check_tp1_as(model, BOUNDS, quant_check::Run::Bf16Fused);
+    quant_check::check_tp2_as(model, model, BOUNDS, 6, true, quant_check::Run::Bf16Fused);
 }

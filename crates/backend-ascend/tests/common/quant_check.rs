@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use qwen3_backend_ascend::{AscendBackend, AscendOptions};
+use qwen3_backend_ascend::{AscendBackend, AscendOptions, AttentionPath};
 use qwen3_model::{SingleExecutor, WeightDType};
 
 use super::*;
@@ -31,37 +31,82 @@ impl Bounds {
     }
 }
 
-/// A fixture on emulated device 0, F32 weights and KV cache.
-pub fn f32_executor(emu: &Emu, model: &str) -> SingleExecutor<AscendBackend> {
-    let opts = AscendOptions {
-        kv_cache_f32: true,
-        ..AscendOptions::default()
-    };
-    single_executor(emu, model, WeightDType::F32, opts)
+/// How a quantized fixture runs on the emulated NPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Run {
+    /// F32 weights and KV cache: attention is matmul + softmax (any head_dim).
+    F32Cache,
+    /// BF16 weights and KV cache: attention is fused infer attention (head_dim 64/128/192).
+    Bf16Fused,
 }
 
-/// A fixture on two emulated devices, F32 weights and KV cache.
-pub fn tp2_executor(emu: &Emu, model: &str) -> Box<dyn qwen3_model::ResizableExecutor> {
+impl Run {
+    fn dtype(self) -> WeightDType {
+        match self {
+            Run::F32Cache => WeightDType::F32,
+            Run::Bf16Fused => WeightDType::BF16,
+        }
+    }
+
+    fn options(self) -> AscendOptions {
+        AscendOptions {
+            kv_cache_f32: self == Run::F32Cache,
+            ..AscendOptions::default()
+        }
+    }
+}
+
+/// A fixture on emulated device 0, run as `run` says; its attention path checked.
+pub fn executor(emu: &Emu, model: &str, run: Run) -> SingleExecutor<AscendBackend> {
+    let ex = single_executor(emu, model, run.dtype(), run.options());
+    let path = ex.worker().backend.attention_path();
+    let fused = matches!(path, AttentionPath::Fused { .. });
+    assert_eq!(fused, run == Run::Bf16Fused, "{model} as {run:?}: {path:?}");
+    ex
+}
+
+/// A fixture on emulated device 0, F32 weights and KV cache.
+pub fn f32_executor(emu: &Emu, model: &str) -> SingleExecutor<AscendBackend> {
+    executor(emu, model, Run::F32Cache)
+}
+
+/// A fixture on two emulated devices, run as `run` says.
+pub fn tp2_executor_as(
+    emu: &Emu,
+    model: &str,
+    run: Run,
+) -> Box<dyn qwen3_model::ResizableExecutor> {
     let opts = qwen3_model::load::LoadOptions {
         dir: fixtures().join(model),
         config: config(model, None),
-        dtype: WeightDType::F32,
+        dtype: run.dtype(),
         tensor_parallel_size: 2,
         block_size: BLOCK_SIZE,
         num_blocks: 8,
     };
-    let backend = AscendOptions {
-        kv_cache_f32: true,
-        ..AscendOptions::default()
-    };
-    qwen3_model::load::ascend_executor_resizable(&opts, Arc::clone(&emu.cann), &[0, 1], backend)
-        .expect("TP 2 executor")
+    qwen3_model::load::ascend_executor_resizable(
+        &opts,
+        Arc::clone(&emu.cann),
+        &[0, 1],
+        run.options(),
+    )
+    .expect("TP 2 executor")
+}
+
+/// A fixture on two emulated devices, F32 weights and KV cache.
+pub fn tp2_executor(emu: &Emu, model: &str) -> Box<dyn qwen3_model::ResizableExecutor> {
+    tp2_executor_as(emu, model, Run::F32Cache)
 }
 
 /// Prefill and teacher-forced decode logits within `tol` of the reference (MoE: except at
 /// router near-ties, which are counted and must stay rare), and every recorded greedy token
 /// the argmax where the reference decides it.
 pub fn check_tp1(model: &str, bounds: Bounds) {
+    check_tp1_as(model, bounds, Run::F32Cache);
+}
+
+/// [`check_tp1`], run as `run` says.
+pub fn check_tp1_as(model: &str, bounds: Bounds, run: Run) {
     let tol = bounds.tol;
     let emu = Emu::new();
     let mut worst = 0.0f32;
@@ -71,7 +116,7 @@ pub fn check_tp1(model: &str, bounds: Bounds) {
     for case in &golden(model).cases {
         positions += case.prompt_ids.len() + case.greedy_ids.len();
         let rec = recorded(case);
-        let mut ex = f32_executor(&emu, model);
+        let mut ex = executor(&emu, model, run);
         let vocab = ex.worker().model.config.vocab_size;
         let n = case.prompt_ids.len();
         let rows: Vec<u32> = (0..n as u32).collect();
@@ -121,7 +166,7 @@ pub fn check_tp1(model: &str, bounds: Bounds) {
     }
     let worst_tie = ties.iter().copied().fold(0.0f32, f32::max);
     eprintln!(
-        "{model} on the NPU: max |diff| {worst:.2e}, {checked} greedy tokens checked; \
+        "{model} on the NPU ({run:?}): max |diff| {worst:.2e}, {checked} greedy tokens checked; \
          {} of {positions} positions at router near-ties (max |diff| there {worst_tie:.2e})",
         ties.len()
     );
@@ -155,11 +200,30 @@ pub fn check_tp2(
     min_checked: usize,
     logit_diffs: bool,
 ) {
+    check_tp2_as(
+        model,
+        reference,
+        bounds,
+        min_checked,
+        logit_diffs,
+        Run::F32Cache,
+    );
+}
+
+/// [`check_tp2`], run as `run` says.
+pub fn check_tp2_as(
+    model: &str,
+    reference: &str,
+    bounds: Bounds,
+    min_checked: usize,
+    logit_diffs: bool,
+    run: Run,
+) {
     let emu = Emu::new();
     let mut checked = 0;
     let (mut compared, mut worst) = (0usize, 0f32);
     {
-        let mut ex = tp2_executor(&emu, model);
+        let mut ex = tp2_executor_as(&emu, model, run);
         for (seq, case) in golden(reference).cases.iter().enumerate() {
             let seq = seq as u64 + 1;
             let rec = recorded(case);
@@ -226,7 +290,7 @@ pub fn check_tp2(
         }
     }
     eprintln!(
-        "{model} at TP 2 against {reference}: {checked} greedy tokens checked, \
+        "{model} at TP 2 ({run:?}) against {reference}: {checked} greedy tokens checked, \
          {compared} logit differences (worst {worst:.2e})"
     );
     assert!(
