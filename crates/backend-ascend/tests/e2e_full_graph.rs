@@ -88,7 +88,8 @@ fn full_graph_decode_equals_eager_moe_tp1_tp2() {
 }
 
 /// W8A8_DYNAMIC (per-token DynamicQuant and INT8 matmuls inside the graphs) and AWQ (antiquant
-/// matmuls) at head_dim 128, through fused attention.
+/// matmuls) at head_dim 128, through fused attention. (The W8A8 fixture's TP 2 reference,
+/// `__tp2`, has the same first tokens as its TP 1 one, checked here at both.)
 #[test]
 fn full_graph_decode_equals_eager_quantized_tp1_tp2() {
     full_equals_eager("tiny-qwen3-w8a8-dynamic-hd128", WeightDType::BF16);
