@@ -252,6 +252,12 @@ pub fn load(args: &ModelArgs, limits: &Limits) -> anyhow::Result<Loaded> {
             AttentionBackendArg::Custom => AttentionBackend::Custom,
         };
         options.fused_qk_norm_rope_cache = !args.no_fused_qk_norm_rope_cache;
+        if args.nnodes > 1 && options.graph_capture {
+            // Pipeline ranks run eagerly (`multinode::executor`): capturing here, or warming
+            // graphs up again after the KV resize, would only run steps no graph keeps.
+            info!("--nnodes > 1: decode graphs off (pipeline stages run eagerly)");
+            options.graph_capture = false;
+        }
         if options.graph_capture {
             options.capture_batch_sizes =
                 capture_sizes(&options.capture_batch_sizes, &config, limits.max_num_seqs);
