@@ -51,6 +51,10 @@ fn serve(lib_dir: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Server {
             "tiny-qwen3",
             "--max-model-len",
             "1024",
+            // Full decode graphs at TP 2 for every size up to 64 would fill the emulated
+            // 256 MiB HBM before the KV cache; a few sizes are enough here.
+            "--max-num-seqs",
+            "8",
         ])
         .args(extra)
         .stderr(Stdio::piped())
