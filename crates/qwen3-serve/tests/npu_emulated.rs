@@ -2,6 +2,7 @@
 //! real installation would be): `--device npu` and `--device auto` pick the NPU and give the
 //! CPU's greedy text, the server answers on it, `doctor` passes (as text and as JSON), and
 //! two processes serve one model as two pipeline stages.
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -507,16 +508,7 @@ fn request_on(addr: &str, method: &str, path: &str, body: &str) -> TcpStream {
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut raw = String::new();
     let _ = request_on(addr, method, path, body).read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    common::status_and_body(&raw)
 }
 
 #[test]

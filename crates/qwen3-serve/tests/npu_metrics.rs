@@ -2,6 +2,7 @@
 //! serving NPU, the readings the emulator was set to; a device switched to a fatal health
 //! state turns /health to 503 within one sampling interval (and back once it recovers);
 //! without libdcmi.so the server serves and says once why there are no NPU metrics.
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -95,16 +96,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     .expect("write");
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    common::status_and_body(&raw)
 }
 
 /// The value of the sample line starting with `series` (name and labels).
